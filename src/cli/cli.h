@@ -1,0 +1,38 @@
+#pragma once
+// Subcommand registry: each src/cli/<name>.cpp defines one int cmd_<name>(const Args&).
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace mha2mla::cli {
+
+// Parsed "--key value" / "--flag" arguments; unknown or missing options are clear errors.
+class Args {
+ public:
+  Args(std::string command, std::vector<std::string> argv);
+  // Declares the options a subcommand accepts; call before reading values.
+  const std::string& command() const { return command_; }
+  bool help() const { return help_; }
+  bool flag(const std::string& name) const;  // --name present (no value)
+  std::optional<std::string> get(const std::string& name) const;
+  std::string require(const std::string& name) const;  // throws Error "missing --name"
+  std::vector<std::string> get_all(const std::string& name) const;  // repeated or multi-valued
+  std::string get_or(const std::string& name, const std::string& def) const;
+  long long get_int(const std::string& name, long long def) const;
+  double get_double(const std::string& name, double def) const;
+  // Throws Error on any option not in `allowed` (names without dashes); flags take no value.
+  void validate(const std::vector<std::string>& allowed_values, const std::vector<std::string>& allowed_flags) const;
+
+ private:
+  std::string command_;
+  bool help_ = false;
+  std::map<std::string, std::vector<std::string>> values_;
+};
+
+int cmd_inspect(const Args& a);
+int cmd_tokenize(const Args& a);
+int cmd_ppl(const Args& a);
+int cmd_generate(const Args& a);
+
+}  // namespace mha2mla::cli
