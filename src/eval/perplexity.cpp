@@ -1,0 +1,55 @@
+#include "eval/perplexity.h"
+
+#include <chrono>
+#include <cmath>
+
+#include "util/error.h"
+
+namespace mha2mla::eval {
+
+PplResult perplexity(model::TransformerImpl& m, const std::vector<int64_t>& ids, int64_t ctx, int64_t stride,
+                     const std::function<void(int64_t, int64_t)>& progress) {
+  torch::NoGradGuard ng;
+  const int64_t n = static_cast<int64_t>(ids.size());
+  check(n >= 2, "the text has " + std::to_string(n) + " token(s): perplexity needs at least 2");
+  check(ctx >= 2, "--ctx must be at least 2");
+  check(stride >= 1 && stride <= ctx, "--stride must be between 1 and --ctx");
+  check(ctx <= m.config().max_position_embeddings,
+        "--ctx " + std::to_string(ctx) + " exceeds max_position_embeddings (" +
+            std::to_string(m.config().max_position_embeddings) + ")");
+  auto t0 = std::chrono::steady_clock::now();
+  auto all = torch::tensor(ids, torch::kInt64);
+  double total_nll = 0.0;
+  int64_t scored = 0, windows = 0, prev_end = 0;
+  for (int64_t begin = 0; begin < n; begin += stride) {
+    const int64_t end = std::min(begin + ctx, n);
+    const int64_t len = end - begin;
+    // Targets are tokens [max(prev_end, begin+1), end): predicted from the position before each.
+    const int64_t first_target = std::max(prev_end, begin + 1);
+    if (first_target < end) {
+      auto window = all.narrow(0, begin, len).unsqueeze(0);
+      auto h = m.hidden(window);  // [1, len, d]
+      const int64_t k = end - first_target;
+      auto hs = h.narrow(1, first_target - 1 - begin, k);
+      auto logits = m.logits(hs).view({k, -1});
+      auto targets = all.narrow(0, first_target, k).to(logits.device());
+      auto nll = torch::nn::functional::cross_entropy(
+          logits, targets, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
+      total_nll += nll.item<double>();
+      scored += k;
+      ++windows;
+    }
+    prev_end = end;
+    if (progress) progress(end, n);
+    if (end == n) break;
+  }
+  PplResult r;
+  r.tokens = scored;
+  r.windows = windows;
+  r.nll = total_nll / static_cast<double>(scored);
+  r.ppl = std::exp(r.nll);
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return r;
+}
+
+}  // namespace mha2mla::eval

@@ -1,0 +1,23 @@
+#pragma once
+// Sliding-window perplexity, as HF's recipe computes it: each window of at most `ctx` tokens scores
+// only the tokens not scored by the previous window, so every token after the first is predicted once.
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "model/transformer.h"
+
+namespace mha2mla::eval {
+
+struct PplResult {
+  double nll = 0.0;  // mean negative log-likelihood per predicted token (nats)
+  double ppl = 0.0;
+  int64_t tokens = 0;  // tokens predicted
+  int64_t windows = 0;
+  double seconds = 0.0;
+};
+
+PplResult perplexity(model::TransformerImpl& m, const std::vector<int64_t>& ids, int64_t ctx, int64_t stride,
+                     const std::function<void(int64_t done, int64_t total)>& progress = {});
+
+}  // namespace mha2mla::eval

@@ -1,0 +1,23 @@
+#pragma once
+// Batched autoregressive generation over the model's cache: prompts are left-padded, and every
+// row decodes in lock-step until it hits EOS or max_new.
+#include <functional>
+#include <vector>
+
+#include "infer/sampling.h"
+#include "model/transformer.h"
+
+namespace mha2mla::infer {
+
+struct GenerateOptions {
+  int64_t max_new = 64;
+  SamplingParams sampling;
+  std::vector<int64_t> stop_ids;  // usually the config's EOS ids
+};
+
+// on_token(row, token) is called as soon as a row produces a token (for streaming).
+std::vector<std::vector<int64_t>> generate(model::TransformerImpl& m, const std::vector<std::vector<int64_t>>& prompts,
+                                           const GenerateOptions& opt,
+                                           const std::function<void(int64_t, int64_t)>& on_token = {});
+
+}  // namespace mha2mla::infer

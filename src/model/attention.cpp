@@ -1,0 +1,61 @@
+#include "model/attention.h"
+
+#include <cmath>
+
+#include "model/rope.h"
+
+namespace mha2mla::model {
+
+torch::Tensor grouped_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                const torch::Tensor& mask, double scale) {
+  const int64_t B = q.size(0), Hq = q.size(1), T = q.size(2), D = q.size(3);
+  const int64_t Hkv = k.size(1), S = k.size(2), Dv = v.size(3);
+  const int64_t g = Hq / Hkv;
+  // [B, Hkv, g*T, D]: the g query heads of a group become extra rows, so K/V are never copied per head.
+  auto qg = q.reshape({B, Hkv, g * T, D});
+  auto scores = torch::matmul(qg, k.transpose(2, 3)) * scale;  // [B, Hkv, g*T, S]
+  if (mask.defined()) {
+    scores = (scores.view({B, Hkv, g, T, S}) + mask.view({mask.size(0), 1, 1, T, S})).view({B, Hkv, g * T, S});
+  }
+  auto probs = torch::softmax(scores, -1, torch::kFloat32).to(q.scalar_type());
+  auto out = torch::matmul(probs, v);  // [B, Hkv, g*T, Dv]
+  return out.view({B, Hq, T, Dv});
+}
+
+GQAAttentionImpl::GQAAttentionImpl(const io::ModelConfig& c, const torch::TensorOptions& opt)
+    : n_h_(c.num_heads), n_kv_(c.num_kv_heads), d_h_(c.head_dim) {
+  q_proj = register_module("q_proj", Dense(c.hidden_size, n_h_ * d_h_, c.qkv_bias, opt));
+  k_proj = register_module("k_proj", Dense(c.hidden_size, n_kv_ * d_h_, c.qkv_bias, opt));
+  v_proj = register_module("v_proj", Dense(c.hidden_size, n_kv_ * d_h_, c.qkv_bias, opt));
+  o_proj = register_module("o_proj", Dense(n_h_ * d_h_, c.hidden_size, c.o_bias, opt));
+  if (c.qk_norm) {
+    q_norm = register_module("q_norm", RMSNorm(d_h_, c.rms_norm_eps, opt));
+    k_norm = register_module("k_norm", RMSNorm(d_h_, c.rms_norm_eps, opt));
+  }
+}
+
+torch::Tensor GQAAttentionImpl::forward(const torch::Tensor& x, const AttnContext& ctx) {
+  const int64_t B = x.size(0), T = x.size(1);
+  auto q = q_proj(x).view({B, T, n_h_, d_h_});
+  auto k = k_proj(x).view({B, T, n_kv_, d_h_});
+  auto v = v_proj(x).view({B, T, n_kv_, d_h_}).transpose(1, 2);
+  if (q_norm) {  // qwen3 normalises each head before RoPE
+    q = q_norm(q);
+    k = k_norm(k);
+  }
+  q = apply_rope(q.transpose(1, 2), ctx.cos, ctx.sin);
+  k = apply_rope(k.transpose(1, 2), ctx.cos, ctx.sin);
+  if (ctx.cache) {
+    auto* lc = static_cast<KVLayerCache*>(ctx.cache->layer(ctx.layer));
+    std::tie(k, v) = lc->append(k, v, ctx.start);
+  }
+  auto o = grouped_attention(q.contiguous(), k, v, ctx.mask, 1.0 / std::sqrt(static_cast<double>(d_h_)));
+  return o_proj(o.transpose(1, 2).reshape({B, T, n_h_ * d_h_}));
+}
+
+std::shared_ptr<AttentionImpl> make_attention(const io::ModelConfig& cfg, int64_t /*layer*/,
+                                              const torch::TensorOptions& opt) {
+  return std::make_shared<GQAAttentionImpl>(cfg, opt);
+}
+
+}  // namespace mha2mla::model

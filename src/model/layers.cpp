@@ -1,0 +1,31 @@
+#include "model/layers.h"
+
+namespace mha2mla::model {
+
+DenseImpl::DenseImpl(int64_t in, int64_t out, bool has_bias, const torch::TensorOptions& opt) {
+  weight = register_parameter("weight", torch::empty({out, in}, opt));
+  if (has_bias) bias = register_parameter("bias", torch::zeros({out}, opt));
+}
+
+RMSNormImpl::RMSNormImpl(int64_t dim, double eps_, const torch::TensorOptions& opt) : eps(eps_) {
+  weight = register_parameter("weight", torch::ones({dim}, opt));
+}
+
+torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
+  auto xf = x.to(torch::kFloat32);
+  auto var = xf.pow(2).mean(-1, /*keepdim=*/true);
+  xf = xf * torch::rsqrt(var + eps);
+  return weight * xf.to(x.scalar_type());
+}
+
+EmbeddingImpl::EmbeddingImpl(int64_t vocab, int64_t dim, const torch::TensorOptions& opt) {
+  weight = register_parameter("weight", torch::empty({vocab, dim}, opt));
+}
+
+MLPImpl::MLPImpl(int64_t d, int64_t hidden, bool bias, const torch::TensorOptions& opt) {
+  gate_proj = register_module("gate_proj", Dense(d, hidden, bias, opt));
+  up_proj = register_module("up_proj", Dense(d, hidden, bias, opt));
+  down_proj = register_module("down_proj", Dense(hidden, d, bias, opt));
+}
+
+}  // namespace mha2mla::model

@@ -1,0 +1,200 @@
+#include "model/transformer.h"
+
+#include <filesystem>
+#include <set>
+#include <sstream>
+
+#include "model/rope.h"
+#include "util/atomic_file.h"
+#include "util/error.h"
+
+namespace mha2mla::model {
+namespace {
+
+std::string shape_str(at::IntArrayRef s) {
+  std::ostringstream o;
+  o << "[";
+  for (size_t i = 0; i < s.size(); ++i) o << (i ? ", " : "") << s[i];
+  o << "]";
+  return o.str();
+}
+
+// Additive mask [B, 1, T, S]: slot s is visible to new token t when it is valid, not in the future,
+// and (with a sliding window) not too far in the past. Slot offsets equal position offsets within a row.
+torch::Tensor build_mask(const torch::Tensor& valid_slots, int64_t start, int64_t t, int64_t window,
+                         torch::ScalarType dtype, torch::Device device) {
+  const int64_t S = start + t;
+  auto q_slot = torch::arange(start, S, torch::kInt64).view({t, 1});
+  auto k_slot = torch::arange(0, S, torch::kInt64).view({1, S});
+  auto allowed = k_slot <= q_slot;
+  if (window > 0) allowed = allowed & (k_slot > q_slot - window);
+  allowed = allowed.view({1, 1, t, S});
+  if (valid_slots.defined()) allowed = allowed & valid_slots.view({valid_slots.size(0), 1, 1, S});
+  // A large finite negative rather than -inf, so a fully masked (padding) row never yields NaN.
+  const double neg = dtype == torch::kFloat16 ? -65504.0 : -1e30;
+  auto mask = torch::zeros(allowed.sizes(), torch::TensorOptions().dtype(torch::kFloat32));
+  mask.masked_fill_(allowed.logical_not(), neg);
+  return mask.to(device, dtype);
+}
+
+}  // namespace
+
+torch::ScalarType parse_compute_dtype(const std::string& s) {
+  if (s == "f32" || s == "fp32" || s == "float32") return torch::kFloat32;
+  if (s == "bf16" || s == "bfloat16") return torch::kBFloat16;
+  if (s == "f16" || s == "fp16" || s == "float16") return torch::kFloat16;
+  fail("unknown dtype \"" + s + "\" (use f32 or bf16)");
+}
+
+DecoderLayerImpl::DecoderLayerImpl(const io::ModelConfig& c, int64_t layer, const torch::TensorOptions& opt) {
+  self_attn = register_module("self_attn", make_attention(c, layer, opt));
+  mlp = register_module("mlp", MLP(c.hidden_size, c.intermediate_size, c.mlp_bias, opt));
+  input_layernorm = register_module("input_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps, opt));
+  post_attention_layernorm = register_module("post_attention_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps, opt));
+}
+
+torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const AttnContext& ctx) {
+  auto h = x + self_attn->forward(input_layernorm(x), ctx);
+  return h + mlp(post_attention_layernorm(h));
+}
+
+BackboneImpl::BackboneImpl(const io::ModelConfig& c, const torch::TensorOptions& opt) {
+  embed_tokens = register_module("embed_tokens", Embedding(c.vocab_size, c.hidden_size, opt));
+  layers = register_module("layers", torch::nn::ModuleList());
+  for (int64_t i = 0; i < c.num_layers; ++i) layers->push_back(DecoderLayer(c, i, opt));
+  norm = register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps, opt));
+}
+
+TransformerImpl::TransformerImpl(const io::ModelConfig& cfg, torch::ScalarType dtype, torch::Device device)
+    : cfg_(cfg), dtype_(dtype), device_(device) {
+  auto opt = torch::TensorOptions().dtype(dtype).device(device);
+  model = register_module("model", Backbone(cfg, opt));
+  if (!cfg.tie_word_embeddings) lm_head = register_module("lm_head", Dense(cfg.hidden_size, cfg.vocab_size, false, opt));
+  inv_freq_ = rope_inv_freq(cfg).to(device);
+}
+
+const torch::Tensor& TransformerImpl::lm_head_weight() const {
+  return lm_head ? lm_head->weight : model->embed_tokens->weight;
+}
+
+std::unique_ptr<KVCache> TransformerImpl::make_cache(int64_t batch) const {
+  auto c = std::make_unique<KVCache>(batch, cfg_.num_layers);
+  for (int64_t i = 0; i < cfg_.num_layers; ++i)
+    c->set_layer(i, model->layers->at<DecoderLayerImpl>(i).self_attn->make_cache());
+  return c;
+}
+
+torch::Tensor TransformerImpl::hidden(const torch::Tensor& ids, KVCache* cache, const torch::Tensor& valid) {
+  check(ids.dim() == 2, "token ids must be [batch, time]");
+  const int64_t B = ids.size(0), T = ids.size(1);
+  check(T > 0, "no tokens to run");
+  auto dev_ids = ids.to(device_, torch::kInt64);
+  if (ids.numel() > 0) {
+    auto mx = dev_ids.max().item<int64_t>(), mn = dev_ids.min().item<int64_t>();
+    check(mn >= 0 && mx < cfg_.vocab_size, "token id " + std::to_string(mn < 0 ? mn : mx) +
+                                               " is outside the vocabulary (size " + std::to_string(cfg_.vocab_size) + ")");
+  }
+  AttnContext ctx;
+  torch::Tensor positions, slots_valid;
+  if (cache) {
+    check(cache->batch() == B, "cache batch size does not match the input");
+    ctx.start = cache->filled();
+    positions = cache->begin_step(valid.defined() ? valid : torch::ones({B, T}, torch::kBool));
+    slots_valid = cache->valid();
+    ctx.cache = cache;
+  } else if (valid.defined()) {
+    auto v = valid.to(torch::kCPU, torch::kBool);
+    positions = (v.to(torch::kInt64).cumsum(1) - 1).clamp_min(0);
+    slots_valid = v;
+  } else {
+    positions = torch::arange(T, torch::kInt64).unsqueeze(0).expand({B, T});
+  }
+  const int64_t last_pos = positions.max().item<int64_t>();
+  check(last_pos < cfg_.max_position_embeddings,
+        "sequence position " + std::to_string(last_pos) + " exceeds max_position_embeddings (" +
+            std::to_string(cfg_.max_position_embeddings) + ")");
+  // A single new token with all slots valid sees everything: no mask needed.
+  bool need_mask = T > 1 || (slots_valid.defined() && !slots_valid.all().item<bool>()) ||
+                   (cfg_.sliding_window > 0 && ctx.start + T > cfg_.sliding_window);
+  if (need_mask) ctx.mask = build_mask(slots_valid, ctx.start, T, cfg_.sliding_window, dtype_, device_);
+  std::tie(ctx.cos, ctx.sin) = rope_cos_sin(inv_freq_, positions.to(device_), dtype_);
+
+  auto h = model->embed_tokens(dev_ids);
+  for (int64_t i = 0; i < cfg_.num_layers; ++i) {
+    ctx.layer = i;
+    h = model->layers->at<DecoderLayerImpl>(i).forward(h, ctx);
+  }
+  if (cache) cache->end_step(T);
+  return model->norm(h);
+}
+
+torch::Tensor TransformerImpl::logits(const torch::Tensor& hidden) {
+  return torch::linear(hidden, lm_head_weight()).to(torch::kFloat32);
+}
+
+void load_weights(TransformerImpl& m, const io::Checkpoint& ckpt) {
+  torch::NoGradGuard ng;
+  std::set<std::string> expected;
+  for (auto& kv : m.named_parameters(/*recurse=*/true)) {
+    const std::string& name = kv.key();
+    expected.insert(name);
+    if (!ckpt.has(name)) fail("missing tensor " + name + " in " + ckpt.path());
+    auto src = ckpt.get(name);
+    auto& dst = kv.value();
+    if (src.sizes() != dst.sizes())
+      fail("tensor " + name + " in " + ckpt.path() + " has shape " + shape_str(src.sizes()) +
+           " but the config implies " + shape_str(dst.sizes()));
+    dst.copy_(src);
+  }
+  for (const auto& name : ckpt.names()) {
+    if (expected.count(name)) continue;
+    if (name.size() > 9 && name.compare(name.size() - 9, 9, ".inv_freq") == 0) continue;  // HF rotary buffers
+    if (name == "lm_head.weight" && m.config().tie_word_embeddings) continue;
+    fail("unexpected tensor " + name + " in " + ckpt.path() + ": the checkpoint does not match its config");
+  }
+}
+
+Transformer load_model(const std::string& dir, torch::ScalarType dtype, torch::Device device) {
+  auto cfg = io::ModelConfig::load(dir);
+  auto ckpt = io::Checkpoint::open(dir);
+  Transformer m(cfg, dtype, device);
+  load_weights(*m, ckpt);
+  m->eval();
+  return m;
+}
+
+void init_weights(TransformerImpl& m, uint64_t seed, double std) {
+  torch::NoGradGuard ng;
+  auto gen = at::detail::createCPUGenerator(seed);
+  for (auto& kv : m.named_parameters(true)) {
+    const std::string& name = kv.key();
+    auto& p = kv.value();
+    auto ends_with = [&](const std::string& suf) {
+      return name.size() >= suf.size() && name.compare(name.size() - suf.size(), suf.size(), suf) == 0;
+    };
+    if (ends_with(".bias")) {
+      p.zero_();
+    } else if (p.dim() == 1) {
+      p.fill_(1.0);  // norm weights
+    } else {
+      auto t = at::normal(0.0, std, p.sizes(), gen, torch::TensorOptions().dtype(torch::kFloat32));
+      p.copy_(t);
+    }
+  }
+}
+
+void save_model(TransformerImpl& m, const std::string& dir, uint64_t max_shard_bytes) {
+  std::filesystem::create_directories(dir);
+  auto cfg = m.config().to_json();
+  cfg["torch_dtype"] = m.dtype() == torch::kBFloat16 ? "bfloat16" : m.dtype() == torch::kFloat16 ? "float16" : "float32";
+  io::save_checkpoint(dir, named_weights(m), max_shard_bytes);
+  write_text_atomic((std::filesystem::path(dir) / "config.json").string(), cfg.dump(2) + "\n");
+}
+
+io::NamedTensors named_weights(TransformerImpl& m) {
+  io::NamedTensors out;
+  for (auto& kv : m.named_parameters(true)) out.emplace_back(kv.key(), kv.value().detach());
+  return out;
+}
+
+}  // namespace mha2mla::model

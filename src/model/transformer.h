@@ -1,0 +1,85 @@
+#pragma once
+// The decoder-only Llama-family transformer. Module and parameter names follow the HF checkpoint
+// names exactly ("model.layers.3.self_attn.q_proj.weight"), so loading is a name-by-name copy.
+#include <torch/torch.h>
+
+#include <memory>
+#include <string>
+
+#include "io/config.h"
+#include "io/safetensors.h"
+#include "model/attention.h"
+#include "model/kv_cache.h"
+#include "model/layers.h"
+
+namespace mha2mla::model {
+
+class DecoderLayerImpl : public torch::nn::Module {
+ public:
+  DecoderLayerImpl(const io::ModelConfig& cfg, int64_t layer, const torch::TensorOptions& opt);
+  torch::Tensor forward(const torch::Tensor& x, const AttnContext& ctx);
+
+  std::shared_ptr<AttentionImpl> self_attn;
+  MLP mlp{nullptr};
+  RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
+};
+TORCH_MODULE(DecoderLayer);
+
+class BackboneImpl : public torch::nn::Module {
+ public:
+  BackboneImpl(const io::ModelConfig& cfg, const torch::TensorOptions& opt);
+  Embedding embed_tokens{nullptr};
+  torch::nn::ModuleList layers{nullptr};
+  RMSNorm norm{nullptr};
+};
+TORCH_MODULE(Backbone);
+
+class TransformerImpl : public torch::nn::Module {
+ public:
+  TransformerImpl(const io::ModelConfig& cfg, torch::ScalarType dtype, torch::Device device = torch::kCPU);
+
+  // ids [B, T] int64. `valid` [B, T] bool marks real tokens (false = left padding); undefined = all real.
+  // With a cache, the tokens are appended to it. Returns the final-norm hidden states [B, T, d].
+  torch::Tensor hidden(const torch::Tensor& ids, KVCache* cache = nullptr, const torch::Tensor& valid = {});
+  // Logits [.., V] in fp32 from hidden states.
+  torch::Tensor logits(const torch::Tensor& hidden);
+  torch::Tensor forward(const torch::Tensor& ids, KVCache* cache = nullptr, const torch::Tensor& valid = {}) {
+    return logits(hidden(ids, cache, valid));
+  }
+
+  std::unique_ptr<KVCache> make_cache(int64_t batch) const;
+  const io::ModelConfig& config() const { return cfg_; }
+  torch::ScalarType dtype() const { return dtype_; }
+  torch::Device device() const { return device_; }
+  const torch::Tensor& lm_head_weight() const;
+
+  Backbone model{nullptr};
+  Dense lm_head{nullptr};  // null when tied to the embeddings
+
+ private:
+  io::ModelConfig cfg_;
+  torch::ScalarType dtype_;
+  torch::Device device_;
+  torch::Tensor inv_freq_;
+};
+TORCH_MODULE(Transformer);
+
+// Copies every parameter from the checkpoint, checking names and shapes against the config.
+void load_weights(TransformerImpl& m, const io::Checkpoint& ckpt);
+
+// Reads DIR/config.json and the weights. dtype: compute and storage precision.
+Transformer load_model(const std::string& dir, torch::ScalarType dtype, torch::Device device = torch::kCPU);
+
+// Random init as HF does for Llama: N(0, std) for matrices and embeddings, ones for norms, zeros for biases.
+void init_weights(TransformerImpl& m, uint64_t seed, double std = 0.02);
+
+// Writes DIR/config.json and the weights (sharded above max_shard_bytes when > 0), each file atomically.
+void save_model(TransformerImpl& m, const std::string& dir, uint64_t max_shard_bytes = 0);
+
+// All weights as HF-named tensors, for saving.
+io::NamedTensors named_weights(TransformerImpl& m);
+
+// "f32" | "bf16" | "f16" -> scalar type; a clear error otherwise.
+torch::ScalarType parse_compute_dtype(const std::string& s);
+
+}  // namespace mha2mla::model
