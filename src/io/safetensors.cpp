@@ -1,0 +1,479 @@
+#include "io/safetensors.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <set>
+
+#include "util/atomic_file.h"
+#include "util/error.h"
+
+namespace mha2mla::io {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+// Real headers are a few hundred KB; anything larger is corrupt or hostile.
+constexpr uint64_t kMaxHeaderBytes = 100ull * 1000 * 1000;
+
+struct DTypeEntry {
+  DType dtype;
+  const char* name;
+  size_t size;
+  torch::ScalarType scalar;
+};
+
+const DTypeEntry kDTypes[] = {
+    {DType::F64, "F64", 8, torch::kFloat64}, {DType::F32, "F32", 4, torch::kFloat32},
+    {DType::F16, "F16", 2, torch::kFloat16}, {DType::BF16, "BF16", 2, torch::kBFloat16},
+    {DType::I64, "I64", 8, torch::kInt64},   {DType::I32, "I32", 4, torch::kInt32},
+    {DType::I16, "I16", 2, torch::kInt16},   {DType::I8, "I8", 1, torch::kInt8},
+    {DType::U8, "U8", 1, torch::kUInt8},     {DType::BOOL, "BOOL", 1, torch::kBool},
+};
+
+const DTypeEntry& entry(DType t) {
+  for (const auto& e : kDTypes)
+    if (e.dtype == t) return e;
+  fail("invalid DType value " + std::to_string(static_cast<int>(t)));
+}
+
+std::string supported_list() {
+  std::string s;
+  for (const auto& e : kDTypes) s += std::string(s.empty() ? "" : " ") + e.name;
+  return s;
+}
+
+std::string join_path(const std::string& dir, const std::string& name) { return (fs::path(dir) / name).string(); }
+
+}  // namespace
+
+size_t dtype_size(DType t) { return entry(t).size; }
+std::string dtype_name(DType t) { return entry(t).name; }
+torch::ScalarType to_torch(DType t) { return entry(t).scalar; }
+
+DType parse_dtype(const std::string& name) {
+  for (const auto& e : kDTypes)
+    if (name == e.name) return e.dtype;
+  fail("unknown dtype \"" + name + "\" (supported: " + supported_list() + ")");
+}
+
+DType from_torch(torch::ScalarType t) {
+  for (const auto& e : kDTypes)
+    if (e.scalar == t) return e.dtype;
+  fail(std::string("unsupported tensor dtype ") + c10::toString(t) + " (safetensors supports " + supported_list() + ")");
+}
+
+// ---------------------------------------------------------------------------------------------- reading
+
+struct Mapping {
+  int fd = -1;
+  uint8_t* data = nullptr;
+  size_t size = 0;
+  uint64_t data_start = 0;  // 8 + header length: where tensor offsets count from
+  Mapping() = default;
+  Mapping(const Mapping&) = delete;
+  Mapping& operator=(const Mapping&) = delete;
+  ~Mapping() {
+    if (data) ::munmap(data, size);
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+namespace {
+
+std::shared_ptr<Mapping> map_file(const std::string& path) {
+  auto m = std::make_shared<Mapping>();
+  m->fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (m->fd < 0) fail("cannot open safetensors file " + path + ": " + std::strerror(errno));
+  struct stat st {};
+  if (::fstat(m->fd, &st) != 0) fail("cannot stat " + path + ": " + std::strerror(errno));
+  if (!S_ISREG(st.st_mode)) fail("safetensors file " + path + " is not a regular file");
+  m->size = static_cast<size_t>(st.st_size);
+  if (m->size < 8) fail("safetensors file " + path + " is truncated: " + std::to_string(m->size) + " bytes, need at least 8");
+  // MAP_PRIVATE + PROT_WRITE: a caller writing into a tensor view gets private copy-on-write pages
+  // instead of a SIGSEGV, and the file on disk is never modified.
+  void* p = ::mmap(nullptr, m->size, PROT_READ | PROT_WRITE, MAP_PRIVATE, m->fd, 0);
+  if (p == MAP_FAILED) fail("cannot mmap " + path + ": " + std::strerror(errno));
+  m->data = static_cast<uint8_t*>(p);
+  return m;
+}
+
+uint64_t read_le64(const uint8_t* p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
+  return v;
+}
+
+// nlohmann keeps the last of duplicate keys silently; a callback sees every top-level key.
+json parse_header(const std::string& path, const char* begin, const char* end) {
+  std::set<std::string> seen;
+  std::string dup;
+  json::parser_callback_t cb = [&](int depth, json::parse_event_t ev, json& parsed) {
+    if (ev == json::parse_event_t::key && depth == 1 && parsed.is_string()) {
+      const auto& k = parsed.get_ref<const std::string&>();
+      if (!seen.insert(k).second && dup.empty()) dup = k;
+    }
+    return true;
+  };
+  json h;
+  try {
+    h = json::parse(begin, end, cb);
+  } catch (const json::exception& e) {
+    fail("safetensors file " + path + ": malformed JSON header: " + e.what());
+  }
+  if (!dup.empty()) fail("safetensors file " + path + ": tensor \"" + dup + "\" appears twice in the header");
+  if (!h.is_object()) fail("safetensors file " + path + ": header is not a JSON object");
+  return h;
+}
+
+bool get_u64(const json& v, uint64_t& out) {
+  if (v.is_number_unsigned()) {
+    out = v.get<uint64_t>();
+    return true;
+  }
+  if (v.is_number_integer() && v.get<int64_t>() >= 0) {
+    out = static_cast<uint64_t>(v.get<int64_t>());
+    return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
+  map_ = map_file(path);
+  const std::string where = "safetensors file " + path;
+  const uint64_t file_size = map_->size;
+  const uint64_t n = read_le64(map_->data);
+  if (n > kMaxHeaderBytes)
+    fail(where + ": header length " + std::to_string(n) + " exceeds the " + std::to_string(kMaxHeaderBytes) +
+         " byte limit (corrupt file?)");
+  if (n > file_size - 8)
+    fail(where + " is truncated: header length " + std::to_string(n) + " but only " + std::to_string(file_size - 8) +
+         " bytes follow");
+  const char* hb = reinterpret_cast<const char*>(map_->data + 8);
+  json header = parse_header(path, hb, hb + n);
+
+  const uint64_t data_start = 8 + n;
+  const uint64_t data_size = file_size - data_start;
+  for (auto it = header.begin(); it != header.end(); ++it) {
+    const std::string& name = it.key();
+    const json& v = it.value();
+    if (name == "__metadata__") {
+      if (!v.is_object()) fail(where + ": __metadata__ is not an object");
+      for (auto m = v.begin(); m != v.end(); ++m) {
+        if (!m->is_string()) fail(where + ": __metadata__ value for \"" + m.key() + "\" is not a string");
+        metadata_[m.key()] = m->get<std::string>();
+      }
+      continue;
+    }
+    const std::string tw = where + ", tensor \"" + name + "\"";
+    if (!v.is_object()) fail(tw + ": entry is not an object");
+    auto dt = v.find("dtype");
+    if (dt == v.end() || !dt->is_string()) fail(tw + ": missing or non-string \"dtype\"");
+    TensorInfo info;
+    info.name = name;
+    try {
+      info.dtype = parse_dtype(dt->get<std::string>());
+    } catch (const Error& e) {
+      fail(tw + ": " + e.what());
+    }
+    auto sh = v.find("shape");
+    if (sh == v.end() || !sh->is_array()) fail(tw + ": missing or non-array \"shape\"");
+    uint64_t numel = 1;
+    bool overflow = false, empty = false;
+    for (const auto& d : *sh) {
+      uint64_t dim = 0;
+      if (!get_u64(d, dim) || dim > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+        fail(tw + ": shape " + sh->dump() + " must hold non-negative integers");
+      info.shape.push_back(static_cast<int64_t>(dim));
+      empty |= dim == 0;
+      overflow |= __builtin_mul_overflow(numel, dim, &numel);
+    }
+    auto off = v.find("data_offsets");
+    uint64_t begin = 0, end = 0;
+    if (off == v.end() || !off->is_array() || off->size() != 2 || !get_u64((*off)[0], begin) ||
+        !get_u64((*off)[1], end))
+      fail(tw + ": \"data_offsets\" must be [begin, end] with non-negative integers");
+    if (begin > end) fail(tw + ": data_offsets " + off->dump() + " has begin > end");
+    if (end > data_size)
+      fail(tw + ": data_offsets " + off->dump() + " lie outside the data section of " + std::to_string(data_size) +
+           " bytes (truncated file?)");
+    uint64_t nbytes = 0;
+    // A zero dimension makes the tensor empty whatever the other dimensions are, so overflow only matters otherwise.
+    if (!empty && (overflow || __builtin_mul_overflow(numel, static_cast<uint64_t>(dtype_size(info.dtype)), &nbytes)))
+      fail(tw + ": shape " + sh->dump() + " is too large");
+    if (nbytes != end - begin)
+      fail(tw + ": shape " + sh->dump() + " x " + dtype_name(info.dtype) + " needs " + std::to_string(nbytes) +
+           " bytes but data_offsets " + off->dump() + " span " + std::to_string(end - begin));
+    info.offset = begin;
+    info.nbytes = nbytes;
+    tensors_.push_back(std::move(info));
+  }
+
+  std::sort(tensors_.begin(), tensors_.end(), [](const TensorInfo& a, const TensorInfo& b) {
+    return a.offset != b.offset ? a.offset < b.offset : a.nbytes < b.nbytes;
+  });
+  for (size_t i = 1; i < tensors_.size(); ++i) {
+    const auto& a = tensors_[i - 1];
+    const auto& b = tensors_[i];
+    if (a.offset + a.nbytes > b.offset)
+      fail(where + ": tensors \"" + a.name + "\" and \"" + b.name + "\" overlap in the data section");
+  }
+  for (size_t i = 0; i < tensors_.size(); ++i) index_[tensors_[i].name] = i;
+  map_->data_start = data_start;
+}
+
+const TensorInfo* SafetensorsFile::find(const std::string& name) const {
+  auto it = index_.find(name);
+  return it == index_.end() ? nullptr : &tensors_[it->second];
+}
+
+torch::Tensor SafetensorsFile::tensor(const std::string& name) const {
+  const TensorInfo* info = find(name);
+  if (!info) fail("missing tensor " + name + " in " + path_);
+  auto opts = torch::TensorOptions().dtype(to_torch(info->dtype));
+  uint8_t* ptr = map_->data + map_->data_start + info->offset;
+  // Kernels may assume element alignment; files with odd offsets (legal in the format) get a copy instead.
+  if (reinterpret_cast<uintptr_t>(ptr) % dtype_size(info->dtype) != 0) {
+    auto t = torch::empty(info->shape, opts);
+    std::memcpy(t.data_ptr(), ptr, info->nbytes);
+    return t;
+  }
+  auto keep = map_;
+  return torch::from_blob(
+      ptr, info->shape, [keep](void*) mutable { keep.reset(); }, opts);
+}
+
+// ---------------------------------------------------------------------------------------------- checkpoint
+
+namespace {
+
+bool is_regular(const std::string& p) {
+  std::error_code ec;
+  return fs::is_regular_file(p, ec);
+}
+
+}  // namespace
+
+Checkpoint Checkpoint::open(const std::string& dir_or_file) {
+  Checkpoint ck;
+  ck.path_ = dir_or_file;
+  std::error_code ec;
+  if (!fs::exists(dir_or_file, ec)) fail("checkpoint " + dir_or_file + " does not exist");
+
+  std::string index_path;
+  std::string single;
+  std::string dir;
+  if (fs::is_directory(dir_or_file, ec)) {
+    dir = dir_or_file;
+    if (is_regular(join_path(dir, "model.safetensors.index.json")))
+      index_path = join_path(dir, "model.safetensors.index.json");
+    else if (is_regular(join_path(dir, "model.safetensors")))
+      single = join_path(dir, "model.safetensors");
+    else
+      fail("no model.safetensors or model.safetensors.index.json in " + dir);
+  } else if (dir_or_file.size() >= 5 && dir_or_file.compare(dir_or_file.size() - 5, 5, ".json") == 0) {
+    index_path = dir_or_file;
+    dir = fs::path(dir_or_file).parent_path().string();
+    if (dir.empty()) dir = ".";
+  } else {
+    single = dir_or_file;
+  }
+
+  auto add_file = [&](const std::string& path) {
+    auto f = std::make_shared<SafetensorsFile>(path);
+    size_t idx = ck.files_.size();
+    for (const auto& t : f->tensors()) {
+      auto [it, inserted] = ck.where_.emplace(t.name, idx);
+      if (!inserted)
+        fail("tensor " + t.name + " is present in both " + ck.files_[it->second]->path() + " and " + path);
+    }
+    ck.files_.push_back(std::move(f));
+    return idx;
+  };
+
+  if (!single.empty()) {
+    add_file(single);
+    return ck;
+  }
+
+  json index;
+  try {
+    index = json::parse(read_text_file(index_path));
+  } catch (const json::exception& e) {
+    fail("malformed index " + index_path + ": " + e.what());
+  }
+  if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object())
+    fail("index " + index_path + " has no \"weight_map\" object");
+  const json& wm = index["weight_map"];
+  std::map<std::string, size_t> shard_idx;
+  for (auto it = wm.begin(); it != wm.end(); ++it) {
+    if (!it->is_string()) fail("index " + index_path + ": shard for tensor " + it.key() + " is not a string");
+    const std::string shard = it->get<std::string>();
+    if (shard_idx.count(shard)) continue;
+    const std::string sp = join_path(dir, shard);
+    if (!is_regular(sp)) fail("shard " + sp + " listed in " + index_path + " (for tensor " + it.key() + ") is missing");
+    shard_idx[shard] = add_file(sp);
+  }
+  for (auto it = wm.begin(); it != wm.end(); ++it) {
+    const size_t want = shard_idx.at(it->get<std::string>());
+    auto w = ck.where_.find(it.key());
+    if (w == ck.where_.end() || w->second != want)
+      fail("tensor " + it.key() + " listed in " + index_path + " is missing from shard " + ck.files_[want]->path());
+  }
+  return ck;
+}
+
+bool Checkpoint::has(const std::string& name) const { return where_.count(name) != 0; }
+
+std::vector<std::string> Checkpoint::names() const {
+  std::vector<std::string> out;
+  out.reserve(where_.size());
+  for (const auto& kv : where_) out.push_back(kv.first);
+  return out;
+}
+
+const TensorInfo& Checkpoint::info(const std::string& name) const {
+  auto it = where_.find(name);
+  if (it == where_.end()) fail("missing tensor " + name + " in " + path_);
+  return *files_[it->second]->find(name);
+}
+
+torch::Tensor Checkpoint::get(const std::string& name) const {
+  auto it = where_.find(name);
+  if (it == where_.end()) fail("missing tensor " + name + " in " + path_);
+  return files_[it->second]->tensor(name);
+}
+
+// ---------------------------------------------------------------------------------------------- writing
+
+namespace {
+
+uint64_t tensor_bytes(const torch::Tensor& t) { return static_cast<uint64_t>(t.numel()) * t.element_size(); }
+
+// Checks names and dtypes before anything touches the disk, so a refused save leaves no trace.
+void check_writable(const std::string& path, const NamedTensors& tensors) {
+  std::set<std::string> names;
+  for (const auto& [name, t] : tensors) {
+    if (name == "__metadata__") fail("cannot save " + path + ": \"__metadata__\" is reserved, not a tensor name");
+    if (!names.insert(name).second) fail("cannot save " + path + ": tensor " + name + " given twice");
+    if (!t.defined()) fail("cannot save " + path + ": tensor " + name + " is undefined");
+    try {
+      from_torch(t.scalar_type());
+    } catch (const Error& e) {
+      fail("cannot save " + path + ", tensor " + name + ": " + e.what());
+    }
+  }
+}
+
+void write_safetensors_unchecked(const std::string& path, const NamedTensors& tensors,
+                                 const std::map<std::string, std::string>& metadata) {
+  json header = json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  uint64_t offset = 0;
+  for (const auto& [name, t] : tensors) {
+    const uint64_t nb = tensor_bytes(t);
+    header[name] = {{"dtype", dtype_name(from_torch(t.scalar_type()))},
+                    {"shape", t.sizes().vec()},
+                    {"data_offsets", {offset, offset + nb}}};
+    offset += nb;
+  }
+  std::string hs = header.dump();
+  // Pad so the data section starts 8-byte aligned (as HF does), keeping mapped tensors aligned.
+  hs.append((8 - (8 + hs.size()) % 8) % 8, ' ');
+
+  write_file_atomic(path, [&](std::ostream& os) {
+    uint8_t len[8];
+    uint64_t n = hs.size();
+    for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(n >> (8 * i));
+    os.write(reinterpret_cast<const char*>(len), 8);
+    os.write(hs.data(), static_cast<std::streamsize>(hs.size()));
+    // One tensor at a time on the CPU, so saving a GPU model does not need a second full copy in host memory.
+    for (const auto& [name, t] : tensors) {
+      torch::Tensor c = t.detach().to(torch::kCPU).contiguous();
+      if (c.numel() > 0) os.write(static_cast<const char*>(c.data_ptr()), static_cast<std::streamsize>(tensor_bytes(c)));
+      if (!os) fail("write failed for " + path + " at tensor " + name);
+    }
+  });
+}
+
+}  // namespace
+
+void save_safetensors(const std::string& path, const NamedTensors& tensors,
+                      const std::map<std::string, std::string>& metadata) {
+  check_writable(path, tensors);
+  write_safetensors_unchecked(path, tensors, metadata);
+}
+
+void save_checkpoint(const std::string& dir, const NamedTensors& tensors, uint64_t max_shard_bytes) {
+  check_writable(dir, tensors);
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec || !fs::is_directory(dir)) fail("cannot create checkpoint directory " + dir + ": " + ec.message());
+  // transformers refuses safetensors weights whose metadata lacks a known "format".
+  const std::map<std::string, std::string> meta = {{"format", "pt"}};
+  const std::string index_path = join_path(dir, "model.safetensors.index.json");
+  const std::regex shard_re(R"(model-\d{5}-of-\d{5}\.safetensors)");
+
+  uint64_t total = 0;
+  for (const auto& kv : tensors) total += tensor_bytes(kv.second);
+
+  // Removes weight files of an earlier save that the new layout does not use; a stale index
+  // would otherwise take precedence over the new model.safetensors when loading.
+  auto remove_stale = [&](const std::set<std::string>& keep) {
+    std::vector<fs::path> stale;
+    for (const auto& e : fs::directory_iterator(dir, ec)) {
+      const std::string fn = e.path().filename().string();
+      bool ours = fn == "model.safetensors" || fn == "model.safetensors.index.json" || std::regex_match(fn, shard_re);
+      if (ours && !keep.count(fn)) stale.push_back(e.path());
+    }
+    for (const auto& p : stale) fs::remove(p, ec);
+  };
+
+  if (max_shard_bytes == 0 || total <= max_shard_bytes) {
+    write_safetensors_unchecked(join_path(dir, "model.safetensors"), tensors, meta);
+    remove_stale({"model.safetensors"});
+    return;
+  }
+
+  // Greedy packing in the given order; a tensor larger than the limit gets a shard of its own.
+  std::vector<NamedTensors> shards(1);
+  uint64_t cur = 0;
+  for (const auto& kv : tensors) {
+    const uint64_t nb = tensor_bytes(kv.second);
+    if (!shards.back().empty() && cur + nb > max_shard_bytes) {
+      shards.emplace_back();
+      cur = 0;
+    }
+    shards.back().push_back(kv);
+    cur += nb;
+  }
+  json weight_map = json::object();
+  std::set<std::string> keep = {"model.safetensors.index.json"};
+  for (size_t i = 0; i < shards.size(); ++i) {
+    char fn[64];
+    std::snprintf(fn, sizeof fn, "model-%05zu-of-%05zu.safetensors", i + 1, shards.size());
+    write_safetensors_unchecked(join_path(dir, fn), shards[i], meta);
+    keep.insert(fn);
+    for (const auto& kv : shards[i]) weight_map[kv.first] = fn;
+  }
+  // The index goes last so it never names a shard that is not yet complete.
+  json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
+  write_text_atomic(index_path, index.dump(2) + "\n");
+  remove_stale(keep);
+}
+
+}  // namespace mha2mla::io
