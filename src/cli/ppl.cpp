@@ -8,7 +8,7 @@
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
 #include "util/progress.h"
-#include "util/text.h"
+#include "util/atomic_file.h"
 
 namespace mha2mla::cli {
 
@@ -32,7 +32,7 @@ int cmd_ppl(const Args& a) {
   const std::string text_path = a.require("text");
   auto dtype = model::parse_compute_dtype(a.get_or("dtype", "f32"));
   auto tok = tok::Tokenizer::load(dir);
-  std::string text = read_file(text_path);
+  std::string text = read_text_file(text_path);
   check(!text.empty(), text_path + " is empty");
   std::vector<int32_t> ids32;
   try {

@@ -1,19 +1,7 @@
 #include "util/text.h"
 
-#include <fstream>
-#include <sstream>
-
-#include "util/error.h"
 
 namespace mha2mla {
-
-std::string read_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  check(f.good(), "cannot read " + path);
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
 
 size_t stable_utf8_prefix(const std::string& s) {
   size_t n = s.size();

@@ -3,9 +3,6 @@
 
 namespace mha2mla {
 
-// Reads a whole file; throws Error naming the path if it cannot.
-std::string read_file(const std::string& path);
-
 // Length of the longest prefix of s that ends on a complete UTF-8 character and holds no U+FFFD
 // at its end (an incomplete byte sequence decoded so far): what is safe to stream now.
 size_t stable_utf8_prefix(const std::string& s);
