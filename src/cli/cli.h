@@ -34,5 +34,6 @@ int cmd_inspect(const Args& a);
 int cmd_tokenize(const Args& a);
 int cmd_ppl(const Args& a);
 int cmd_generate(const Args& a);
+int cmd_init(const Args& a);
 
 }  // namespace mha2mla::cli

@@ -102,6 +102,7 @@ const Command kCommands[] = {
     {"tokenize", mha2mla::cli::cmd_tokenize, "encode stdin lines to token ids (JSON arrays)"},
     {"ppl", mha2mla::cli::cmd_ppl, "perplexity of a text file with a sliding window"},
     {"generate", mha2mla::cli::cmd_generate, "generate text from a prompt, streamed"},
+    {"init", mha2mla::cli::cmd_init, "create a randomly initialised model from a config.json"},
 };
 
 void usage(FILE* out) {
@@ -151,7 +152,6 @@ int main(int argc, char** argv) {
     }
     return 1;
   }
-  std::fprintf(stderr, "mha2mla: unknown command \"%s\"\n", cmd.c_str());
-  usage(stderr);
+  std::fprintf(stderr, "mha2mla: error: unknown command \"%s\" (run 'mha2mla --help')\n", cmd.c_str());
   return 2;
 }

@@ -21,27 +21,29 @@ PplResult perplexity(model::TransformerImpl& m, const std::vector<int64_t>& ids,
   auto all = torch::tensor(ids, torch::kInt64);
   double total_nll = 0.0;
   int64_t scored = 0, windows = 0, prev_end = 0;
-  for (int64_t begin = 0; begin < n; begin += stride) {
-    const int64_t end = std::min(begin + ctx, n);
+  // Window k ends at e_k and starts at max(0, e_k - ctx); it scores tokens [e_{k-1}, e_k). Advancing by at most
+  // ctx - 1 keeps at least one token of context before the first scored token, so none is skipped.
+  const int64_t step = std::min(stride, ctx - 1);
+  int64_t end = std::min(ctx, n);
+  while (true) {
+    const int64_t begin = std::max<int64_t>(0, end - ctx);
+    const int64_t first_target = std::max<int64_t>(prev_end, 1);
     const int64_t len = end - begin;
-    // Targets are tokens [max(prev_end, begin+1), end): predicted from the position before each.
-    const int64_t first_target = std::max(prev_end, begin + 1);
-    if (first_target < end) {
-      auto window = all.narrow(0, begin, len).unsqueeze(0);
-      auto h = m.hidden(window);  // [1, len, d]
-      const int64_t k = end - first_target;
-      auto hs = h.narrow(1, first_target - 1 - begin, k);
-      auto logits = m.logits(hs).view({k, -1});
-      auto targets = all.narrow(0, first_target, k).to(logits.device());
-      auto nll = torch::nn::functional::cross_entropy(
-          logits, targets, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
-      total_nll += nll.item<double>();
-      scored += k;
-      ++windows;
-    }
+    const int64_t k = end - first_target;
+    auto window = all.narrow(0, begin, len).unsqueeze(0);
+    auto h = m.hidden(window);  // [1, len, d]
+    auto hs = h.narrow(1, first_target - 1 - begin, k);
+    auto logits = m.logits(hs).view({k, -1});
+    auto targets = all.narrow(0, first_target, k).to(logits.device());
+    auto nll = torch::nn::functional::cross_entropy(
+        logits, targets, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
+    total_nll += nll.item<double>();
+    scored += k;
+    ++windows;
     prev_end = end;
     if (progress) progress(end, n);
     if (end == n) break;
+    end = std::min(end + step, n);
   }
   PplResult r;
   r.tokens = scored;

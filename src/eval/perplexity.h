@@ -1,6 +1,8 @@
 #pragma once
-// Sliding-window perplexity, as HF's recipe computes it: each window of at most `ctx` tokens scores
-// only the tokens not scored by the previous window, so every token after the first is predicted once.
+// Sliding-window perplexity. Windows of at most `ctx` tokens end `stride` tokens apart (at most ctx - 1, so
+// each scored token has context in its window); each window scores only the tokens after the previous
+// window's end. Every token after the first is predicted exactly once. With stride < ctx this equals
+// HF's recipe; at stride == ctx HF drops each window's first token, which this does not.
 #include <cstdint>
 #include <functional>
 #include <vector>

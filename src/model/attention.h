@@ -3,6 +3,7 @@
 // make_cache(), so MHA/GQA, MLA and other cache layouts are interchangeable per layer.
 #include <torch/torch.h>
 
+#include <functional>
 #include <memory>
 
 #include "io/config.h"
@@ -18,6 +19,8 @@ struct AttnContext {
   int64_t start = 0;        // first slot of the new tokens (tokens already cached)
   int64_t layer = 0;
   KVCache* cache = nullptr; // null: no caching (training, scoring)
+  // Optional observer of each layer's attention input (after input_layernorm), e.g. for calibration.
+  const std::function<void(int64_t layer, const torch::Tensor& x)>* on_attn_input = nullptr;
 };
 
 // softmax(q kᵀ · scale + mask) v with grouped heads: q [B, Hq, T, D], k [B, Hkv, S, D], v [B, Hkv, S, Dv].

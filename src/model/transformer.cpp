@@ -54,7 +54,9 @@ DecoderLayerImpl::DecoderLayerImpl(const io::ModelConfig& c, int64_t layer, cons
 }
 
 torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const AttnContext& ctx) {
-  auto h = x + self_attn->forward(input_layernorm(x), ctx);
+  auto xn = input_layernorm(x);
+  if (ctx.on_attn_input && *ctx.on_attn_input) (*ctx.on_attn_input)(ctx.layer, xn);
+  auto h = x + self_attn->forward(xn, ctx);
   return h + mlp(post_attention_layernorm(h));
 }
 
@@ -95,6 +97,7 @@ torch::Tensor TransformerImpl::hidden(const torch::Tensor& ids, KVCache* cache, 
                                                " is outside the vocabulary (size " + std::to_string(cfg_.vocab_size) + ")");
   }
   AttnContext ctx;
+  ctx.on_attn_input = &attn_input_hook;
   torch::Tensor positions, slots_valid;
   if (cache) {
     check(cache->batch() == B, "cache batch size does not match the input");

@@ -55,6 +55,8 @@ class TransformerImpl : public torch::nn::Module {
 
   Backbone model{nullptr};
   Dense lm_head{nullptr};  // null when tied to the embeddings
+  // Called with each layer's attention input during hidden(); empty = off.
+  std::function<void(int64_t layer, const torch::Tensor& x)> attn_input_hook;
 
  private:
   io::ModelConfig cfg_;

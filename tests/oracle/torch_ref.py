@@ -168,6 +168,9 @@ def main():
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--new", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--ppl-ids", help="JSON list of token ids: print sliding-window perplexity as JSON")
+    ap.add_argument("--ctx", type=int, default=0)
+    ap.add_argument("--stride", type=int, default=0)
     a = ap.parse_args()
     torch.set_num_threads(a.threads or os.cpu_count())
     dtype = torch.float32 if a.dtype == "f32" else torch.bfloat16
@@ -191,6 +194,25 @@ def main():
                 best_p, best_d = min(best_p, t1 - t0), min(best_d, t2 - t1)
             print(json.dumps({"prefill_tokens_per_s": a.prompt_len / best_p, "decode_tokens_per_s": a.new / best_d,
                               "threads": torch.get_num_threads(), "dtype": a.dtype}))
+            return
+        if a.ppl_ids:
+            with open(a.ppl_ids) as f:
+                ids = torch.tensor(json.load(f), dtype=torch.int64)
+            n, nll_sum, count = len(ids), 0.0, 0
+            ends = [min(a.ctx, n)]
+            while ends[-1] < n:
+                ends.append(min(ends[-1] + min(a.stride, a.ctx - 1), n))
+            prev_end = 1
+            for end in ends:
+                begin = max(0, end - a.ctx)
+                x = ids[begin:end].unsqueeze(0)
+                logits = ref.forward(x)[0]
+                # logits at position p predict token p+1 (absolute begin+p+1)
+                lo, hi = prev_end - begin - 1, end - begin - 1
+                nll_sum += torch.nn.functional.cross_entropy(logits[lo:hi], ids[prev_end:end], reduction="sum").item()
+                count += end - prev_end
+                prev_end = end
+            print(json.dumps({"nll": nll_sum / count, "ppl": math.exp(nll_sum / count), "tokens": count}))
             return
         with open(a.ids) as f:
             ids = torch.tensor(json.load(f), dtype=torch.int64)
