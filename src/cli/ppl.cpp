@@ -17,7 +17,7 @@ int cmd_ppl(const Args& a) {
     std::puts(
         "usage: mha2mla ppl --model DIR --text FILE [--ctx N] [--stride S] [--dtype f32|bf16] [--json]\n\n"
         "Perplexity of FILE's tokens. The whole file is tokenized as one string with the tokenizer's\n"
-        "default special tokens; windows of N tokens advance by S, and every token after the first is\n"
+        "default special tokens; windows of N tokens advance by S (at most N-1), and every token after the first is\n"
         "predicted exactly once. ppl = exp(mean NLL).\n\n"
         "  --model DIR    model folder (config.json, safetensors, tokenizer.json)\n"
         "  --text FILE    UTF-8 text\n"

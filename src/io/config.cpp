@@ -83,6 +83,71 @@ std::string dtype_name_of(const json& j, const std::string& src) {
   return d;
 }
 
+// Recomputes kept frequencies for the fixed strategies when a file does not list them (reference checkpoints).
+std::vector<int64_t> fixed_freqs(const std::string& v, int64_t r, int64_t dh, int64_t start, const std::string& src) {
+  std::vector<int64_t> f;
+  const int64_t half = dh / 2, k = r / 2;
+  if (v == "high") {
+    for (int64_t i = 0; i < k; ++i) f.push_back(i);
+  } else if (v == "low") {
+    for (int64_t i = half - k; i < half; ++i) f.push_back(i);
+  } else if (v == "uniform") {
+    const int64_t step = dh / r;
+    for (int64_t i = 0; i < k; ++i) f.push_back(start + i * step);
+  } else {
+    fail(src + ": mha2mla.rope_freq_indices is missing, and partial_rope_version \"" + v +
+         "\" cannot be recomputed without a rank file");
+  }
+  return f;
+}
+
+MlaConfig parse_mla(const json& j, const ModelConfig& c, const std::string& src) {
+  check(j.is_object(), src + ": \"mha2mla\" must be an object");
+  const std::string rsrc = src + ": mha2mla";
+  Reader rd{j, rsrc};
+  MlaConfig m;
+  m.partial_rope_version = rd.str_or("partial_rope_version", "");
+  m.rope_dim = rd.i64("rope_dim_for_mla");
+  m.uniform_start_point = rd.i64_or("uniform_start_point", 0);
+  m.svd_init_method = rd.str_or("svd_init_method", "joint");
+  m.low_rank = rd.i64_or("low_rank", 0);
+  const std::string where = src + ": mha2mla";
+  check(m.rope_dim >= 2 && m.rope_dim % 2 == 0 && m.rope_dim <= c.head_dim,
+        where + ".rope_dim_for_mla must be even and in [2, head_dim]");
+  const auto& sm = m.svd_init_method;
+  check(sm == "joint" || sm == "split" || sm == "activation" || sm == "none",
+        where + ".svd_init_method \"" + sm + "\" is not supported (joint, split, activation, none)");
+  if (sm != "none") check(m.low_rank > 0, where + ".low_rank must be positive");
+  if (j.contains("rope_freq_indices") && !j.at("rope_freq_indices").is_null()) {
+    const json& f = j.at("rope_freq_indices");
+    check(f.is_array() && static_cast<int64_t>(f.size()) == c.num_layers,
+          where + ".rope_freq_indices must list one entry per layer");
+    for (const auto& layer : f) {
+      check(layer.is_array() && static_cast<int64_t>(layer.size()) == c.num_kv_heads,
+            where + ".rope_freq_indices must list one entry per KV head in each layer");
+      std::vector<std::vector<int64_t>> heads;
+      for (const auto& h : layer) {
+        check(h.is_array() && static_cast<int64_t>(h.size()) == m.rope_dim / 2,
+              where + ".rope_freq_indices entries must hold rope_dim_for_mla/2 indices");
+        std::vector<int64_t> v;
+        for (const auto& e : h) {
+          check(e.is_number_integer(), where + ".rope_freq_indices must hold integers");
+          int64_t x = e.get<int64_t>();
+          check(x >= 0 && x < c.head_dim / 2, where + ".rope_freq_indices holds an index outside [0, head_dim/2)");
+          check(v.empty() || x > v.back(), where + ".rope_freq_indices must be strictly ascending");
+          v.push_back(x);
+        }
+        heads.push_back(std::move(v));
+      }
+      m.freqs.push_back(std::move(heads));
+    }
+  } else {
+    auto f = fixed_freqs(m.partial_rope_version, m.rope_dim, c.head_dim, m.uniform_start_point, src);
+    m.freqs.assign(c.num_layers, std::vector<std::vector<int64_t>>(c.num_kv_heads, f));
+  }
+  return m;
+}
+
 }  // namespace
 
 ModelConfig ModelConfig::from_json(const json& j, const std::string& src) {
@@ -141,6 +206,10 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& src) {
   } else if (c.model_type == "qwen2" || c.model_type == "qwen3") {
     if (rd.bool_or("use_sliding_window", false)) c.sliding_window = rd.i64_or("sliding_window", 0);
   }
+  if (j.contains("mha2mla") && !j.at("mha2mla").is_null()) {
+    c.is_mla = true;
+    c.mla = parse_mla(j.at("mha2mla"), c, src);
+  }
   return c;
 }
 
@@ -196,6 +265,18 @@ json ModelConfig::to_json() const {
   if (model_type != "qwen2") j["attention_bias"] = qkv_bias;
   if (mlp_bias) j["mlp_bias"] = true;
   if (sliding_window > 0) j["sliding_window"] = sliding_window;
+  if (is_mla) {
+    json m = j.contains("mha2mla") && j["mha2mla"].is_object() ? j["mha2mla"] : json::object();
+    m["partial_rope_version"] = mla.partial_rope_version;
+    m["rope_dim_for_mla"] = mla.rope_dim;
+    m["uniform_start_point"] = mla.uniform_start_point;
+    m["svd_init_method"] = mla.svd_init_method;
+    m["low_rank"] = mla.low_rank;
+    m["rope_freq_indices"] = mla.freqs;
+    j["mha2mla"] = m;
+  } else {
+    j.erase("mha2mla");
+  }
   return j;
 }
 

@@ -16,6 +16,21 @@ struct RopeScaling {
   int64_t original_max_position_embeddings = 8192;  // llama3
 };
 
+// The "mha2mla" section of a converted model's config.json (the reference's refactored field names,
+// plus the kept frequencies written out so loading never needs a rank file).
+struct MlaConfig {
+  std::string partial_rope_version;  // high | low | uniform | 2-norm
+  int64_t rope_dim = 0;              // r: rotated dims per head ("rope_dim_for_mla")
+  int64_t uniform_start_point = 0;
+  std::string svd_init_method;       // joint | split | activation | none
+  int64_t low_rank = 0;              // d_kv per KV head; latent width L = low_rank * n_kv
+  // rope_freq_indices[layer][kv_head] = kept frequency indices (ascending), r/2 each.
+  std::vector<std::vector<std::vector<int64_t>>> freqs;
+
+  bool split() const { return svd_init_method == "split"; }
+  bool full_rank() const { return svd_init_method == "none"; }
+};
+
 struct ModelConfig {
   std::string model_type;  // llama | mistral | qwen2 | qwen3
   int64_t vocab_size = 0;
@@ -39,6 +54,8 @@ struct ModelConfig {
   bool qk_norm = false;    // qwen3
   int64_t sliding_window = 0;  // 0 = none (mistral sets one)
   std::string hidden_act = "silu";
+  bool is_mla = false;
+  MlaConfig mla;  // valid when is_mla
   nlohmann::json raw;  // the whole file, so later sections (e.g. "mha2mla") survive a rewrite
 
   int64_t group_size() const { return num_heads / num_kv_heads; }

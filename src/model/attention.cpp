@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "model/mla_attention.h"
 #include "model/rope.h"
 
 namespace mha2mla::model {
@@ -53,8 +54,9 @@ torch::Tensor GQAAttentionImpl::forward(const torch::Tensor& x, const AttnContex
   return o_proj(o.transpose(1, 2).reshape({B, T, n_h_ * d_h_}));
 }
 
-std::shared_ptr<AttentionImpl> make_attention(const io::ModelConfig& cfg, int64_t /*layer*/,
+std::shared_ptr<AttentionImpl> make_attention(const io::ModelConfig& cfg, int64_t layer,
                                               const torch::TensorOptions& opt) {
+  if (cfg.is_mla) return std::make_shared<MLAAttentionImpl>(cfg, layer, opt);
   return std::make_shared<GQAAttentionImpl>(cfg, opt);
 }
 

@@ -97,6 +97,7 @@ class Ref:
                     new.append((1 - s) * fr / f + s * fr)
             inv = torch.tensor(new, dtype=torch.float32)
         self.inv = inv
+        self.partial = None  # per layer, per KV head: kept frequency indices
         self.lm_head = self.w.get("lm_head.weight", self.w["model.embed_tokens.weight"])
         if c.get("tie_word_embeddings", False):
             self.lm_head = self.w["model.embed_tokens.weight"]
@@ -110,13 +111,26 @@ class Ref:
         b = self.w.get(name + ".bias")
         return torch.nn.functional.linear(x, self.w[name + ".weight"], b)
 
-    def rope(self, x, pos):  # x [B,H,T,D], pos [T]
+    def rope(self, x, pos, layer=None):  # x [B,H,T,D], pos [T]
         fr = pos.float()[:, None] * self.inv[None, :]
         emb = torch.cat([fr, fr], -1)
         cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
         h = self.D // 2
         rot = torch.cat([-x[..., h:], x[..., :h]], -1)
-        return x * cos + rot * sin
+        out = x * cos + rot * sin
+        if self.partial is not None:
+            # Partial RoPE as a mask: rotate everything, then restore the dims whose pair is not kept.
+            # Heads map to KV heads as repeat_kv does (head j -> j // (H / n_kv)).
+            heads = x.shape[1]
+            per_kv = self.partial[layer]
+            g = heads // len(per_kv)
+            mask = torch.zeros(heads, self.D, dtype=torch.bool)
+            for j in range(heads):
+                for f in per_kv[j // g]:
+                    mask[j, f] = True
+                    mask[j, f + h] = True
+            out = torch.where(mask[None, :, None, :], out, x)
+        return out
 
     def forward(self, ids, cache=None, start=0):
         """ids [B,T]; cache: list of (k, v) per layer, extended in place."""
@@ -135,8 +149,8 @@ class Ref:
             if self.qk_norm:
                 q = self.norm(q, self.w[p + "self_attn.q_norm.weight"])
                 k = self.norm(k, self.w[p + "self_attn.k_norm.weight"])
-            q = self.rope(q.transpose(1, 2), pos)
-            k = self.rope(k.transpose(1, 2), pos)
+            q = self.rope(q.transpose(1, 2), pos, i)
+            k = self.rope(k.transpose(1, 2), pos, i)
             if cache is not None:
                 if len(cache) <= i:
                     cache.append((k, v))
@@ -168,6 +182,7 @@ def main():
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--new", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--partial-rope", help="JSON [layer][kv_head] -> kept frequency indices")
     ap.add_argument("--ppl-ids", help="JSON list of token ids: print sliding-window perplexity as JSON")
     ap.add_argument("--ctx", type=int, default=0)
     ap.add_argument("--stride", type=int, default=0)
@@ -175,6 +190,9 @@ def main():
     torch.set_num_threads(a.threads or os.cpu_count())
     dtype = torch.float32 if a.dtype == "f32" else torch.bfloat16
     ref = Ref(a.model, dtype)
+    if a.partial_rope:
+        with open(a.partial_rope) as f:
+            ref.partial = json.load(f)
     with torch.no_grad():
         if a.bench:
             V = ref.c["vocab_size"]

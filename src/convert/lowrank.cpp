@@ -1,0 +1,106 @@
+#include "convert/lowrank.h"
+
+#include "util/error.h"
+
+namespace mha2mla::convert {
+
+SvdAlgo parse_svd_algo(const std::string& s) {
+  if (s == "exact") return SvdAlgo::Exact;
+  if (s == "randomized") return SvdAlgo::Randomized;
+  if (s == "auto") return SvdAlgo::Auto;
+  fail("unknown SVD algorithm \"" + s + "\" (exact, randomized, auto)");
+}
+
+namespace {
+
+LowRank exact_svd(const torch::Tensor& m, int64_t k) {
+  auto [u, s, vh] = torch::linalg::svd(m, /*full_matrices=*/false, c10::nullopt);
+  LowRank r;
+  r.sigma = s;
+  r.up = u.narrow(1, 0, k) * s.narrow(0, 0, k).unsqueeze(0);
+  r.down = vh.narrow(0, 0, k);
+  return r;
+}
+
+torch::Tensor orthonormal(const torch::Tensor& y) { return std::get<0>(torch::linalg::qr(y, "reduced")); }
+
+LowRank randomized_svd(const torch::Tensor& m, int64_t k, uint64_t seed) {
+  const int64_t n = m.size(1);
+  const int64_t p = std::min<int64_t>(std::max<int64_t>(k / 4, 16), std::min(m.size(0), n) - k);
+  const int64_t l = k + std::max<int64_t>(p, 0);
+  auto gen = at::detail::createCPUGenerator(seed);
+  auto omega = at::normal(0.0, 1.0, {n, l}, gen, m.options()).to(m.device());
+  auto q = orthonormal(torch::matmul(m, omega));
+  // Power iterations sharpen the spectrum so the sketch captures the top-k subspace of slowly decaying spectra.
+  for (int it = 0; it < 3; ++it) {
+    auto z = orthonormal(torch::matmul(m.t(), q));
+    q = orthonormal(torch::matmul(m, z));
+  }
+  auto b = torch::matmul(q.t(), m);  // [l, n]
+  auto [ub, s, vh] = torch::linalg::svd(b, false, c10::nullopt);
+  LowRank r;
+  r.sigma = s;
+  auto u = torch::matmul(q, ub.narrow(1, 0, k));
+  r.up = u * s.narrow(0, 0, k).unsqueeze(0);
+  r.down = vh.narrow(0, 0, k);
+  return r;
+}
+
+}  // namespace
+
+LowRank truncated_svd(const torch::Tensor& m_in, int64_t k, SvdAlgo algo, uint64_t seed) {
+  const int64_t rows = m_in.size(0), cols = m_in.size(1);
+  const int64_t full = std::min(rows, cols);
+  check(k >= 0 && k <= full, "rank " + std::to_string(k) + " exceeds the matrix rank bound " + std::to_string(full));
+  const bool small = rows * cols <= 1 << 20;
+  auto m = m_in.to(small ? torch::kFloat64 : torch::kFloat32);
+  if (rows == 0 || cols == 0 || k == 0) {
+    LowRank r;
+    r.up = torch::zeros({rows, k}, m.options());
+    r.down = torch::zeros({k, cols}, m.options());
+    r.sigma = torch::zeros({0}, m.options());
+    if (rows && cols) r.sigma = torch::linalg::svdvals(m, c10::nullopt);
+    return r;
+  }
+  if (algo == SvdAlgo::Auto) algo = (full >= 1024 && k * 4 <= full) ? SvdAlgo::Randomized : SvdAlgo::Exact;
+  LowRank r = algo == SvdAlgo::Randomized ? randomized_svd(m, k, seed) : exact_svd(m, k);
+  r.up = r.up.to(torch::kFloat32);
+  r.down = r.down.to(torch::kFloat32);
+  r.sigma = r.sigma.to(torch::kFloat32);
+  return r;
+}
+
+LowRank activation_svd(const torch::Tensor& m, const torch::Tensor& cov, int64_t k, SvdAlgo algo) {
+  const int64_t n = m.size(1);
+  check(cov.dim() == 2 && cov.size(0) == n && cov.size(1) == n, "activation covariance has the wrong shape");
+  auto c = cov.to(torch::kFloat64);
+  // Damping keeps the Cholesky factor well conditioned when some input directions are never excited.
+  const double damp = 1e-5 * c.diagonal().mean().item<double>() + 1e-12;
+  auto s = torch::linalg::cholesky(c + damp * torch::eye(n, c.options()));  // lower, C = S Sᵀ
+  auto a = torch::matmul(m.to(torch::kFloat64), s);
+  LowRank r = truncated_svd(a, k, algo);
+  // down = V_kᵀ S⁻¹, solved as Sᵀ downᵀ = V_k.
+  auto down_t = torch::linalg::solve_triangular(s.t(), r.down.to(torch::kFloat64).t(), /*upper=*/true, /*left=*/true,
+                                                /*unitriangular=*/false);
+  r.down = down_t.t().contiguous().to(torch::kFloat32);
+  return r;
+}
+
+double relative_error(const torch::Tensor& m, const torch::Tensor& approx) {
+  auto md = m.to(torch::kFloat64);
+  double den = md.norm().item<double>();
+  if (den == 0.0) return 0.0;
+  return (md - approx.to(torch::kFloat64)).norm().item<double>() / den;
+}
+
+double relative_error_on(const torch::Tensor& m, const torch::Tensor& approx, const torch::Tensor& cov) {
+  auto md = m.to(torch::kFloat64);
+  auto c = cov.to(torch::kFloat64);
+  auto e = md - approx.to(torch::kFloat64);
+  double den = (torch::matmul(md, c) * md).sum().item<double>();
+  if (den <= 0.0) return 0.0;
+  double num = (torch::matmul(e, c) * e).sum().item<double>();
+  return std::sqrt(std::max(num, 0.0) / den);
+}
+
+}  // namespace mha2mla::convert

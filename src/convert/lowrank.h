@@ -1,0 +1,32 @@
+#pragma once
+// Truncated factorisations M ≈ up · down used to initialise the latent projections.
+#include <torch/torch.h>
+
+#include <string>
+
+namespace mha2mla::convert {
+
+struct LowRank {
+  torch::Tensor up;     // [m, k] = U_k Σ_k
+  torch::Tensor down;   // [k, n] = V_kᵀ (orthonormal rows), or V_kᵀ S⁻¹ when activation-weighted
+  torch::Tensor sigma;  // singular values found (descending); all of them for the exact SVD
+};
+
+enum class SvdAlgo { Exact, Randomized, Auto };
+SvdAlgo parse_svd_algo(const std::string& s);
+
+// Rank-k truncated SVD in fp32 (fp64 for small matrices). Randomized: Halko et al. with oversampling
+// and power iterations, used by Auto when k is small next to the matrix.
+LowRank truncated_svd(const torch::Tensor& m, int64_t k, SvdAlgo algo = SvdAlgo::Auto, uint64_t seed = 0);
+
+// Activation-aware: minimises ||(M - M̂) S||_F where S Sᵀ = cov (+ damping), i.e. the error on inputs
+// with covariance `cov` [n, n] instead of on the weights alone.
+LowRank activation_svd(const torch::Tensor& m, const torch::Tensor& cov, int64_t k, SvdAlgo algo = SvdAlgo::Auto);
+
+// ||A||_F-relative error of an approximation: ||M - M̂||_F / ||M||_F (0 for an empty M).
+double relative_error(const torch::Tensor& m, const torch::Tensor& approx);
+
+// The same, measured on inputs with covariance `cov`: sqrt(tr(E C Eᵀ) / tr(M C Mᵀ)).
+double relative_error_on(const torch::Tensor& m, const torch::Tensor& approx, const torch::Tensor& cov);
+
+}  // namespace mha2mla::convert

@@ -1,0 +1,132 @@
+#include "model/mla_attention.h"
+
+#include <cmath>
+
+#include "model/rope.h"
+#include "util/error.h"
+
+namespace mha2mla::model {
+namespace {
+
+torch::Tensor grow(const torch::Tensor& buf, const torch::Tensor& like, int64_t need, int64_t keep) {
+  if (buf.defined() && buf.size(2) >= need) return buf;
+  int64_t cap = buf.defined() ? buf.size(2) : 0;
+  auto sizes = like.sizes().vec();
+  sizes[2] = std::max<int64_t>(need, std::max<int64_t>(cap * 2, 64));
+  auto out = torch::empty(sizes, like.options());
+  if (keep > 0) out.narrow(2, 0, keep).copy_(buf.narrow(2, 0, keep));
+  return out;
+}
+
+// cos/sin [B, T, d_h] gathered at per-head dims [H, r] -> [B, H, T, r].
+torch::Tensor gather_heads(const torch::Tensor& table, const torch::Tensor& dims) {
+  const int64_t B = table.size(0), T = table.size(1), H = dims.size(0), r = dims.size(1);
+  auto idx = dims.to(table.device()).view({1, H, 1, r}).expand({B, H, T, r});
+  return table.unsqueeze(1).expand({B, H, T, table.size(2)}).gather(3, idx);
+}
+
+torch::Tensor rope_sel(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
+  return x * cos + rotate_half(x) * sin;  // pairs (k, k + r/2) = frequency f_k at dims (f_k, f_k + d_h/2)
+}
+
+}  // namespace
+
+std::pair<torch::Tensor, torch::Tensor> LatentLayerCache::append(const torch::Tensor& c, const torch::Tensor& k_r,
+                                                                 int64_t start) {
+  const int64_t t = c.size(1);
+  auto c4 = c.unsqueeze(1);
+  c_ = grow(c_, c4, start + t, start);
+  kr_ = grow(kr_, k_r, start + t, start);
+  c_.narrow(2, start, t).copy_(c4);
+  kr_.narrow(2, start, t).copy_(k_r);
+  return {c_.narrow(2, 0, start + t).squeeze(1), kr_.narrow(2, 0, start + t)};
+}
+
+int64_t LatentLayerCache::bytes_for(int64_t slots) const {
+  if (!c_.defined()) return 0;
+  return slots * (c_.size(0) * c_.size(3) * c_.element_size() + kr_.size(0) * kr_.size(1) * kr_.size(3) * kr_.element_size());
+}
+
+LowRankKVImpl::LowRankKVImpl(const io::ModelConfig& c, const torch::TensorOptions& opt) : method_(c.mla.svd_init_method) {
+  const int64_t d = c.hidden_size, n_kv = c.num_kv_heads, d_h = c.head_dim, r = c.mla.rope_dim;
+  const int64_t d_c = d_h - r, L = c.mla.low_rank * n_kv;
+  const bool bias = c.qkv_bias;
+  if (method_ == "none") {
+    up_k = register_module("up_k", Dense(d, n_kv * d_c, bias, opt));
+    up_v = register_module("up_v", Dense(d, n_kv * d_h, bias, opt));
+    latent_dim_ = n_kv * (d_c + d_h);
+    split_ = n_kv * d_c;
+  } else if (method_ == "split") {
+    down_k = register_module("down_k", Dense(d, L, false, opt));
+    down_v = register_module("down_v", Dense(d, L, false, opt));
+    up_k = register_module("up_k", Dense(L, n_kv * d_c, bias, opt));
+    up_v = register_module("up_v", Dense(L, n_kv * d_h, bias, opt));
+    latent_dim_ = 2 * L;
+    split_ = L;
+  } else {
+    down_kv = register_module("down_kv", Dense(d, L, false, opt));
+    up_k = register_module("up_k", Dense(L, n_kv * d_c, bias, opt));
+    up_v = register_module("up_v", Dense(L, n_kv * d_h, bias, opt));
+    latent_dim_ = L;
+  }
+}
+
+torch::Tensor LowRankKVImpl::latent(const torch::Tensor& x) {
+  if (method_ == "none") return torch::cat({up_k(x), up_v(x)}, -1);
+  if (method_ == "split") return torch::cat({down_k(x), down_v(x)}, -1);
+  return down_kv(x);
+}
+
+std::pair<torch::Tensor, torch::Tensor> LowRankKVImpl::up(const torch::Tensor& c) {
+  if (method_ == "none") return {c.narrow(-1, 0, split_), c.narrow(-1, split_, c.size(-1) - split_)};
+  if (method_ == "split") return {up_k(c.narrow(-1, 0, split_)), up_v(c.narrow(-1, split_, split_))};
+  return {up_k(c), up_v(c)};
+}
+
+MLAAttentionImpl::MLAAttentionImpl(const io::ModelConfig& c, int64_t layer, const torch::TensorOptions& opt)
+    : n_h_(c.num_heads), n_kv_(c.num_kv_heads), d_h_(c.head_dim), r_(c.mla.rope_dim) {
+  check(!c.qk_norm, "MLA attention does not support qk-norm models (qwen3)");
+  check(layer < static_cast<int64_t>(c.mla.freqs.size()), "mha2mla config lists no frequencies for layer " +
+                                                               std::to_string(layer));
+  q_proj = register_module("q_proj", Dense(c.hidden_size, n_h_ * d_h_, c.qkv_bias, opt));
+  k_r_proj = register_module("k_r_proj", Dense(c.hidden_size, n_kv_ * r_, c.qkv_bias, opt));
+  kv_proj = register_module("kv_proj", LowRankKV(c, opt));
+  o_proj = register_module("o_proj", Dense(n_h_ * d_h_, c.hidden_size, c.o_bias, opt));
+  const auto& freqs = c.mla.freqs[layer];
+  const int64_t half = d_h_ / 2, g = n_h_ / n_kv_;
+  k_dims_ = torch::empty({n_kv_, r_}, torch::kInt64);
+  for (int64_t h = 0; h < n_kv_; ++h) {
+    const auto& f = freqs.at(h);
+    for (int64_t i = 0; i < r_ / 2; ++i) {
+      k_dims_[h][i] = f[i];
+      k_dims_[h][i + r_ / 2] = f[i] + half;
+    }
+  }
+  q_dims_ = k_dims_.repeat_interleave(g, 0);  // query head j uses KV head j / g, as HF repeat_kv
+}
+
+torch::Tensor MLAAttentionImpl::forward(const torch::Tensor& x, const AttnContext& ctx) {
+  const int64_t B = x.size(0), T = x.size(1), d_c = d_h_ - r_;
+  auto q = q_proj(x);
+  auto q_r = q.narrow(-1, 0, n_h_ * r_).view({B, T, n_h_, r_}).transpose(1, 2);
+  auto q_c = q.narrow(-1, n_h_ * r_, n_h_ * d_c).view({B, T, n_h_, d_c}).transpose(1, 2);
+  auto k_r = k_r_proj(x).view({B, T, n_kv_, r_}).transpose(1, 2);
+  q_r = rope_sel(q_r, gather_heads(ctx.cos, q_dims_), gather_heads(ctx.sin, q_dims_));
+  k_r = rope_sel(k_r, gather_heads(ctx.cos, k_dims_), gather_heads(ctx.sin, k_dims_));
+  auto c = kv_proj->latent(x);  // [B, T, L]
+  if (ctx.cache) {
+    auto* lc = static_cast<LatentLayerCache*>(ctx.cache->layer(ctx.layer));
+    std::tie(c, k_r) = lc->append(c, k_r, ctx.start);
+  }
+  const int64_t S = c.size(1);
+  auto kv = kv_proj->up(c);
+  auto k_c = kv.first.reshape({B, S, n_kv_, d_c}).transpose(1, 2);
+  auto v = kv.second.reshape({B, S, n_kv_, d_h_}).transpose(1, 2);
+  auto qf = torch::cat({q_r, q_c}, -1);
+  auto kf = torch::cat({k_r, k_c}, -1);
+  // The scale stays 1/sqrt(d_h): the score is the same dot product as before conversion, reordered.
+  auto o = grouped_attention(qf, kf, v, ctx.mask, 1.0 / std::sqrt(static_cast<double>(d_h_)));
+  return o_proj(o.transpose(1, 2).reshape({B, T, n_h_ * d_h_}));
+}
+
+}  // namespace mha2mla::model
