@@ -35,5 +35,7 @@ int cmd_tokenize(const Args& a);
 int cmd_ppl(const Args& a);
 int cmd_generate(const Args& a);
 int cmd_init(const Args& a);
+int cmd_convert(const Args& a);
+int cmd_calibrate(const Args& a);
 
 }  // namespace mha2mla::cli

@@ -102,7 +102,9 @@ const Command kCommands[] = {
     {"tokenize", mha2mla::cli::cmd_tokenize, "encode stdin lines to token ids (JSON arrays)"},
     {"ppl", mha2mla::cli::cmd_ppl, "perplexity of a text file with a sliding window"},
     {"generate", mha2mla::cli::cmd_generate, "generate text from a prompt, streamed"},
+    {"convert", mha2mla::cli::cmd_convert, "convert an MHA/GQA model to MLA (partial RoPE + latent KV)"},
     {"init", mha2mla::cli::cmd_init, "create a randomly initialised model from a config.json"},
+    {"calibrate", mha2mla::cli::cmd_calibrate, "q/k frequency norms and input covariances over a text"},
 };
 
 void usage(FILE* out) {
