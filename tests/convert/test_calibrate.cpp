@@ -1,0 +1,306 @@
+// Calibration statistics against an independent PyTorch computation, window/held-out bookkeeping,
+// the calibration file (round trip, model fingerprint, damaged files) and the calibrate subcommand.
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "convert/calibrate.h"
+#include "convert/rope_select.h"
+#include "io/safetensors.h"
+#include "model/transformer.h"
+#include "testing/byte_tokenizer.h"
+#include "testing/tiny_model.h"
+#include "util/error.h"
+
+using namespace mha2mla;
+using namespace mha2mla::convert;
+using testutil::make_random_model;
+using testutil::tiny_config;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::vector<int64_t> random_ids(int64_t n, int64_t vocab, uint64_t seed) {
+  auto gen = at::detail::createCPUGenerator(seed);
+  auto t = at::randint(0, vocab, {n}, gen, torch::kInt64);
+  return std::vector<int64_t>(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + n);
+}
+
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+double rel_diff(const torch::Tensor& a, const torch::Tensor& b) {
+  auto x = a.to(torch::kFloat64), y = b.to(torch::kFloat64);
+  return (x - y).abs().max().item<double>() / std::max(y.abs().max().item<double>(), 1e-30);
+}
+
+class CalibArch : public ::testing::TestWithParam<std::string> {};
+
+// qwen2 has q/k biases; qwen3 has q/k norms (the statistic is taken before them) and head_dim != d/n_h.
+TEST_P(CalibArch, MatchesPyTorchReference) {
+  if (!testutil::python_has_torch()) GTEST_SKIP() << "Debian python3 with torch (python3-torch) not found";
+  const std::string kind = GetParam();
+  auto dir = testutil::temp_dir("calib-ref-" + kind);
+  auto m = make_random_model(tiny_config(kind), 17);
+  model::save_model(*m, dir);
+  const int64_t ctx = 24, samples = 4;
+  auto ids = random_ids(5 * ctx + 7, m->config().vocab_size, 3);  // more text than samples * ctx
+  std::ofstream(dir + "/ids.json") << nlohmann::json(ids).dump();
+  std::string cmd = testutil::debian_python() + " " MHA2MLA_SOURCE_DIR "/tests/convert/calib_ref.py --model " + dir +
+                    " --ids " + dir + "/ids.json --samples " + std::to_string(samples) + " --ctx " +
+                    std::to_string(ctx) + " --out " + dir + "/ref.safetensors";
+  ASSERT_EQ(testutil::run(cmd), 0) << cmd;
+  io::SafetensorsFile ref(dir + "/ref.safetensors");
+
+  auto s = calibrate(*m, ids, samples, ctx);
+  auto counts = ref.tensor("counts");
+  EXPECT_EQ(s.tokens, counts[0].item<int64_t>());
+  EXPECT_EQ(s.heldout_tokens, counts[1].item<int64_t>());
+  EXPECT_EQ(s.samples, counts[2].item<int64_t>());
+  EXPECT_EQ(s.tokens, 3 * ctx);
+  EXPECT_EQ(s.heldout_tokens, ctx);
+  EXPECT_EQ(s.q_norm.sizes(), ref.tensor("q_norm").sizes());
+  EXPECT_EQ(s.k_norm.sizes(), ref.tensor("k_norm").sizes());
+  EXPECT_LE(rel_diff(s.q_norm, ref.tensor("q_norm")), 1e-4);
+  EXPECT_LE(rel_diff(s.k_norm, ref.tensor("k_norm")), 1e-4);
+  for (int64_t l = 0; l < m->config().num_layers; ++l) {
+    auto c = ref.tensor("cov." + std::to_string(l)), h = ref.tensor("cov_heldout." + std::to_string(l));
+    EXPECT_EQ(s.cov[l].scalar_type(), torch::kFloat64);
+    EXPECT_LE(rel_diff(s.cov[l], c), 1e-4) << "layer " << l;
+    EXPECT_LE(rel_diff(s.cov_heldout[l], h), 1e-4) << "layer " << l;
+    // Held-out windows are other text: their covariance must differ from the training one.
+    EXPECT_GT(rel_diff(s.cov_heldout[l], s.cov[l]), 1e-3) << "layer " << l;
+  }
+  fs::remove_all(dir);
+}
+
+INSTANTIATE_TEST_SUITE_P(Calibrate, CalibArch, ::testing::Values("qwen2", "qwen3"));
+
+TEST(Calibrate, WindowsAndHeldOutShare) {
+  auto m = make_random_model(tiny_config("llama-gqa"), 2);
+  const int64_t ctx = 4;
+  auto ids = random_ids(10 * ctx + 3, m->config().vocab_size, 1);
+  struct Case {
+    int64_t samples, windows, heldout;
+  };
+  // round(windows / 10), but at least 1 once there are 2 windows; at most `samples` windows.
+  for (auto c : {Case{100, 10, 1}, Case{3, 3, 1}, Case{2, 2, 1}, Case{1, 1, 0}}) {
+    auto s = calibrate(*m, ids, c.samples, ctx);
+    EXPECT_EQ(s.samples, c.windows);
+    EXPECT_EQ(s.tokens, (c.windows - c.heldout) * ctx);
+    EXPECT_EQ(s.heldout_tokens, c.heldout * ctx);
+    EXPECT_EQ(s.ctx, ctx);
+    ASSERT_EQ(s.cov_heldout.size(), 2u);
+    if (c.heldout == 0) {
+      EXPECT_EQ(s.cov_heldout[0].abs().sum().item<double>(), 0.0);
+    }
+    // The covariance of RMS-normalised inputs is symmetric positive semi-definite.
+    EXPECT_LE((s.cov[1] - s.cov[1].t()).abs().max().item<double>(), 1e-12);
+    EXPECT_GE(torch::linalg::eigvalsh(s.cov[1], "L").min().item<double>(), -1e-9);
+  }
+  auto s = calibrate(*m, random_ids(15 * ctx, m->config().vocab_size, 1), 100, ctx);
+  EXPECT_EQ(s.heldout_tokens, 2 * ctx);  // 15 windows: 1.5 rounds up
+  EXPECT_FALSE(m->attn_input_hook) << "the hook must be removed afterwards";
+}
+
+TEST(Calibrate, ErrorsAndHookRestored) {
+  auto m = make_random_model(tiny_config("llama-mha"), 2);
+  EXPECT_EQ(error_of([&] { calibrate(*m, random_ids(10, 97, 1), 8, 16); }),
+            "calibration text has 10 tokens, need at least 16");
+  EXPECT_NE(error_of([&] { calibrate(*m, random_ids(10, 97, 1), 0, 4); }).find("at least 1 sample"), std::string::npos);
+  // A failing forward (token outside the vocabulary) leaves the caller's hook in place.
+  int calls = 0;
+  m->attn_input_hook = [&](int64_t, const torch::Tensor&) { ++calls; };
+  auto ids = random_ids(8, 97, 1);
+  ids[6] = 500;
+  EXPECT_NE(error_of([&] { calibrate(*m, ids, 2, 4); }).find("outside the vocabulary"), std::string::npos);
+  ASSERT_TRUE(m->attn_input_hook);
+  torch::NoGradGuard ng;
+  m->hidden(torch::zeros({1, 3}, torch::kInt64));
+  EXPECT_EQ(calls, 2);  // one per layer
+}
+
+TEST(CalibFile, RoundTripAndFingerprint) {
+  auto dir = testutil::temp_dir("calib-file");
+  auto m = make_random_model(tiny_config("qwen2"), 5);
+  model::save_model(*m, dir + "/model");
+  auto s = calibrate(*m, random_ids(40, 97, 2), 5, 8);
+  const std::string path = dir + "/calib.safetensors";
+  save_calib(path, s);
+  auto t = load_calib(path);
+  EXPECT_EQ(t.fingerprint, s.fingerprint);
+  EXPECT_EQ(t.tokens, s.tokens);
+  EXPECT_EQ(t.heldout_tokens, s.heldout_tokens);
+  EXPECT_EQ(t.samples, s.samples);
+  EXPECT_EQ(t.ctx, s.ctx);
+  EXPECT_TRUE(torch::equal(t.q_norm, s.q_norm));
+  EXPECT_TRUE(torch::equal(t.k_norm, s.k_norm));
+  ASSERT_EQ(t.cov.size(), s.cov.size());
+  for (size_t l = 0; l < s.cov.size(); ++l) {
+    EXPECT_TRUE(torch::equal(t.cov[l], s.cov[l]));
+    EXPECT_TRUE(torch::equal(t.cov_heldout[l], s.cov_heldout[l]));
+  }
+  // The derived tensors people look at: product scores and the reference's rank layout.
+  io::SafetensorsFile f(path);
+  auto scores = two_norm_scores(s, 2);
+  EXPECT_TRUE(torch::equal(f.tensor("scores"), scores));
+  EXPECT_TRUE(torch::equal(f.tensor("ranks"), ranks_from_scores(scores)));
+  EXPECT_EQ(f.metadata().at("format"), "mha2mla-calib");
+
+  // The same weights through the loader match; the same shape with other weights does not.
+  auto reloaded = model::load_model(dir + "/model", torch::kFloat32);
+  EXPECT_NO_THROW(check_calib_matches(t, *reloaded, path));
+  auto other = make_random_model(tiny_config("qwen2"), 6);
+  EXPECT_NE(model_fingerprint(*other), s.fingerprint);
+  auto msg = error_of([&] { check_calib_matches(t, *other, path); });
+  EXPECT_EQ(msg.rfind("calibration file " + path + " was made for another model", 0), 0u) << msg;
+  EXPECT_EQ(msg.find('\n'), std::string::npos);
+  auto bigger = make_random_model(tiny_config("llama-mha"), 5);
+  EXPECT_NE(model_fingerprint(*bigger), s.fingerprint);
+  fs::remove_all(dir);
+}
+
+TEST(CalibFile, DamagedOrForeignFilesAreErrors) {
+  auto dir = testutil::temp_dir("calib-bad");
+  auto m = make_random_model(tiny_config("llama-gqa"), 5);
+  auto s = calibrate(*m, random_ids(24, 97, 2), 3, 8);
+  const std::string good = dir + "/good.safetensors";
+  save_calib(good, s);
+  std::string bytes;
+  {
+    std::ifstream in(good, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  const std::string cut = dir + "/cut.safetensors";
+  std::ofstream(cut, std::ios::binary) << bytes.substr(0, bytes.size() - 100);
+  EXPECT_THROW(load_calib(cut), Error);
+  EXPECT_THROW(load_calib(dir + "/missing.safetensors"), Error);
+
+  // A valid safetensors file that is not ours.
+  model::save_model(*m, dir + "/model");
+  EXPECT_EQ(error_of([&] { load_calib(dir + "/model/model.safetensors"); }),
+            dir + "/model/model.safetensors is not a mha2mla calibration file");
+
+  // Ours, but with a tensor missing, a wrong shape or an unreadable count.
+  io::SafetensorsFile f(good);
+  auto rewrite = [&](const std::string& name, const std::string& drop, std::map<std::string, std::string> meta) {
+    io::NamedTensors t;
+    for (const auto& info : f.tensors())
+      if (info.name != drop) t.push_back({info.name, f.tensor(info.name)});
+    auto p = dir + "/" + name;
+    io::save_safetensors(p, t, meta);
+    return p;
+  };
+  auto meta = f.metadata();
+  auto p1 = rewrite("nocov.safetensors", "cov_heldout.1", meta);
+  EXPECT_NE(error_of([&] { load_calib(p1); }).find("lacks tensor cov_heldout.1"), std::string::npos);
+  auto p2 = rewrite("noscores.safetensors", "ranks", meta);
+  EXPECT_NE(error_of([&] { load_calib(p2); }).find("lacks tensor ranks"), std::string::npos);
+  auto bad_meta = meta;
+  bad_meta["tokens"] = "12x";
+  auto p3 = rewrite("badmeta.safetensors", "", bad_meta);
+  EXPECT_NE(error_of([&] { load_calib(p3); }).find("\"tokens\" is not a count"), std::string::npos);
+  bad_meta = meta;
+  bad_meta["version"] = "7";
+  auto p4 = rewrite("version.safetensors", "", bad_meta);
+  EXPECT_NE(error_of([&] { load_calib(p4); }).find("has version 7"), std::string::npos);
+  // k_norm with the wrong number of frequencies.
+  io::NamedTensors t;
+  for (const auto& info : f.tensors())
+    t.push_back({info.name, info.name == "k_norm" ? f.tensor(info.name).narrow(2, 0, 4).contiguous()
+                                                  : f.tensor(info.name)});
+  io::save_safetensors(dir + "/shape.safetensors", t, meta);
+  EXPECT_NE(error_of([&] { load_calib(dir + "/shape.safetensors"); }).find("k_norm has shape [2, 2, 4], expected [2, 2, 8]"),
+            std::string::npos);
+  fs::remove_all(dir);
+}
+
+// The subcommand, run as users do.
+struct Result {
+  int code;
+  std::string out, err;
+};
+
+Result cli(const std::string& args) {
+  static int n = 0;
+  std::string errf = fs::temp_directory_path() / ("mha2mla-calib-err-" + std::to_string(getpid()) + "-" + std::to_string(n++));
+  FILE* p = popen((std::string(MHA2MLA_CLI) + " " + args + " 2>" + errf).c_str(), "r");
+  Result r;
+  std::array<char, 4096> buf;
+  size_t k;
+  while ((k = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), k);
+  r.code = WEXITSTATUS(pclose(p));
+  std::ifstream e(errf);
+  r.err.assign(std::istreambuf_iterator<char>(e), {});
+  fs::remove(errf);
+  return r;
+}
+
+void expect_one_line_error(const Result& r, const std::string& needle) {
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("error: "), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(needle), std::string::npos) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << "error must be one line: " << r.err;
+}
+
+TEST(CalibrateCli, JsonSummaryAndErrors) {
+  if (!fs::exists(MHA2MLA_CLI)) GTEST_SKIP() << "build the mha2mla target first: " << MHA2MLA_CLI;
+  auto dir = testutil::temp_dir("calib-cli");
+  auto cfg = tiny_config("llama-gqa");
+  cfg["vocab_size"] = 262;  // the byte-level tokenizer's ids
+  cfg["max_position_embeddings"] = 32;
+  auto m = make_random_model(cfg, 21);
+  model::save_model(*m, dir + "/model");
+  std::ofstream(dir + "/model/tokenizer.json") << testutil::byte_level_tokenizer_json().dump();
+  std::string text;
+  for (int i = 0; i < 12; ++i) text += "the quick brown fox jumps over the lazy dog; ";
+  std::ofstream(dir + "/text.txt") << text;
+
+  auto help = cli("calibrate --help");
+  EXPECT_EQ(help.code, 0);
+  EXPECT_NE(help.out.find("usage: mha2mla calibrate"), std::string::npos);
+
+  const std::string base = "calibrate --model " + dir + "/model --text " + dir + "/text.txt";
+  auto r = cli(base + " --samples 5 --out " + dir + "/c.safetensors --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["out"], dir + "/c.safetensors");
+  EXPECT_EQ(j["ctx"], 32);  // min(max_position_embeddings, 512)
+  EXPECT_EQ(j["samples"], 5);
+  EXPECT_EQ(j["tokens"], 4 * 32);
+  EXPECT_EQ(j["heldout_tokens"], 32);
+  EXPECT_EQ(j["layers"], 2);
+  auto s = load_calib(dir + "/c.safetensors");
+  EXPECT_EQ(s.tokens, 4 * 32);
+  EXPECT_NO_THROW(check_calib_matches(s, *m, "c"));
+
+  auto plain = cli(base + " --ctx 16 --samples 3 --out " + dir + "/d.safetensors");
+  ASSERT_EQ(plain.code, 0) << plain.err;
+  EXPECT_NE(plain.out.find("calibrated on 32 tokens (3 windows of 16, 16 tokens held out)"), std::string::npos)
+      << plain.out;
+  EXPECT_NE(plain.out.find("layer 1 best frequencies"), std::string::npos) << plain.out;
+
+  expect_one_line_error(cli(base), "missing --out");
+  expect_one_line_error(cli(base + " --ctx 4096 --out " + dir + "/e.safetensors"), "need at least 4096");
+  EXPECT_FALSE(fs::exists(dir + "/e.safetensors"));
+  expect_one_line_error(cli(base + " --samples 0 --out " + dir + "/e.safetensors"), "--samples must be at least 1");
+
+  // A converted model is refused before anything is computed.
+  auto conv = nlohmann::json::parse(std::ifstream(dir + "/model/config.json"));
+  conv["mha2mla"] = {{"partial_rope_version", "high"}, {"rope_dim_for_mla", 4}, {"svd_init_method", "none"}};
+  std::ofstream(dir + "/model/config.json") << conv.dump();
+  expect_one_line_error(cli(base + " --out " + dir + "/f.safetensors"), "model is already converted to MLA");
+  fs::remove_all(dir);
+}
+
+}  // namespace
