@@ -4,7 +4,7 @@ set -euo pipefail
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 export DEBIAN_FRONTEND=noninteractive
-PKGS="build-essential cmake ninja-build pkg-config libtorch-dev nlohmann-json3-dev libgtest-dev libgmock-dev googletest libbenchmark-dev python3-torch python3-numpy bible-kjv bible-kjv-text libpcre2-dev libutf8proc-dev libopenblas0-openmp"
+PKGS="build-essential cmake ninja-build pkg-config libtorch-dev nlohmann-json3-dev libgtest-dev libgmock-dev googletest libbenchmark-dev python3-torch python3-numpy bible-kjv bible-kjv-text libpcre2-dev libutf8proc-dev libopenblas0-openmp libgloo-dev"
 # libopenblas0-openmp replaces the reference BLAS that libtorch-dev links by default (about 100x faster fp32 matmuls).
 # nodejs and npm: the tokenizer conformance test uses them if present (installed separately below).
 missing=""
