@@ -37,5 +37,7 @@ int cmd_generate(const Args& a);
 int cmd_init(const Args& a);
 int cmd_convert(const Args& a);
 int cmd_calibrate(const Args& a);
+int cmd_tokenizer_train(const Args& a);
+int cmd_data(const Args& a);
 
 }  // namespace mha2mla::cli

@@ -105,6 +105,8 @@ const Command kCommands[] = {
     {"convert", mha2mla::cli::cmd_convert, "convert an MHA/GQA model to MLA (partial RoPE + latent KV)"},
     {"init", mha2mla::cli::cmd_init, "create a randomly initialised model from a config.json"},
     {"calibrate", mha2mla::cli::cmd_calibrate, "q/k frequency norms and input covariances over a text"},
+    {"tokenizer-train", mha2mla::cli::cmd_tokenizer_train, "train a byte-level BPE tokenizer on text files"},
+    {"data", mha2mla::cli::cmd_data, "tokenize text/JSONL into train/val token shards"},
 };
 
 void usage(FILE* out) {
