@@ -5,6 +5,10 @@
 #include <string>
 #include <vector>
 
+namespace mha2mla::train {
+struct TrainOptions;
+}
+
 namespace mha2mla::cli {
 
 // Parsed "--key value" / "--flag" arguments; unknown or missing options are clear errors.
@@ -13,6 +17,7 @@ class Args {
   Args(std::string command, std::vector<std::string> argv);
   // Declares the options a subcommand accepts; call before reading values.
   const std::string& command() const { return command_; }
+  const std::vector<std::string>& raw() const { return raw_; }  // the arguments as given
   bool help() const { return help_; }
   bool flag(const std::string& name) const;  // --name present (no value)
   std::optional<std::string> get(const std::string& name) const;
@@ -26,9 +31,16 @@ class Args {
 
  private:
   std::string command_;
+  std::vector<std::string> raw_;
   bool help_ = false;
-  std::map<std::string, std::vector<std::string>> values_;
+  std::map<std::string, std::vector<std::string>> values_;  // every value of every occurrence
+  std::map<std::string, std::vector<std::string>> last_;    // the values of the last occurrence
 };
+
+// Options shared by train and finetune (src/cli/train.cpp); the names they accept, and their help text.
+void read_train_options(const Args& a, train::TrainOptions& o);
+extern const std::vector<std::string> kTrainValueOptions;
+extern const char* kTrainOptionsHelp;
 
 int cmd_inspect(const Args& a);
 int cmd_tokenize(const Args& a);
@@ -36,6 +48,8 @@ int cmd_ppl(const Args& a);
 int cmd_generate(const Args& a);
 int cmd_init(const Args& a);
 int cmd_convert(const Args& a);
+int cmd_train(const Args& a);
+int cmd_finetune(const Args& a);
 int cmd_calibrate(const Args& a);
 int cmd_tokenizer_train(const Args& a);
 int cmd_data(const Args& a);

@@ -11,7 +11,7 @@
 
 namespace mha2mla::cli {
 
-Args::Args(std::string command, std::vector<std::string> argv) : command_(std::move(command)) {
+Args::Args(std::string command, std::vector<std::string> argv) : command_(std::move(command)), raw_(argv) {
   for (size_t i = 0; i < argv.size(); ++i) {
     const std::string& a = argv[i];
     if (a == "-h" || a == "--help") {
@@ -21,21 +21,28 @@ Args::Args(std::string command, std::vector<std::string> argv) : command_(std::m
     check(a.rfind("--", 0) == 0 && a.size() > 2, "unexpected argument \"" + a + "\" (options start with --)");
     std::string key = a.substr(2), val;
     auto eq = key.find('=');
-    auto& slot = values_[eq == std::string::npos ? key : key.substr(0, eq)];
+    const std::string name = eq == std::string::npos ? key : key.substr(0, eq);
+    auto& slot = values_[name];
+    auto& last = last_[name];  // a repeated single-value option: the last one wins, as usual
+    last.clear();
     if (eq != std::string::npos) {
       slot.push_back(key.substr(eq + 1));
+      last.push_back(key.substr(eq + 1));
       continue;
     }
     // Values run until the next --option, so "--in a b c" gives three values.
-    while (i + 1 < argv.size() && !(argv[i + 1].rfind("--", 0) == 0 && argv[i + 1].size() > 2)) slot.push_back(argv[++i]);
+    while (i + 1 < argv.size() && !(argv[i + 1].rfind("--", 0) == 0 && argv[i + 1].size() > 2)) {
+      slot.push_back(argv[++i]);
+      last.push_back(argv[i]);
+    }
   }
 }
 
 bool Args::flag(const std::string& name) const { return values_.count(name) > 0; }
 
 std::optional<std::string> Args::get(const std::string& name) const {
-  auto it = values_.find(name);
-  if (it == values_.end()) return std::nullopt;
+  auto it = last_.find(name);
+  if (it == last_.end()) return std::nullopt;
   check(it->second.size() == 1, "--" + name + " takes exactly one value");
   return it->second[0];
 }
@@ -103,6 +110,8 @@ const Command kCommands[] = {
     {"ppl", mha2mla::cli::cmd_ppl, "perplexity of a text file with a sliding window"},
     {"generate", mha2mla::cli::cmd_generate, "generate text from a prompt, streamed"},
     {"convert", mha2mla::cli::cmd_convert, "convert an MHA/GQA model to MLA (partial RoPE + latent KV)"},
+    {"train", mha2mla::cli::cmd_train, "train a model on token shards (one or several processes)"},
+    {"finetune", mha2mla::cli::cmd_finetune, "recover a converted model by fine-tuning, with the fair baseline"},
     {"init", mha2mla::cli::cmd_init, "create a randomly initialised model from a config.json"},
     {"calibrate", mha2mla::cli::cmd_calibrate, "q/k frequency norms and input covariances over a text"},
     {"tokenizer-train", mha2mla::cli::cmd_tokenizer_train, "train a byte-level BPE tokenizer on text files"},

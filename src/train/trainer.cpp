@@ -205,7 +205,8 @@ TrainResult run_training(model::TransformerImpl& m, const TrainOptions& o, const
     if (on) trainable.emplace_back(kv.key(), kv.value());
   }
   check(!trainable.empty(), "nothing to train");
-  std::vector<int> owner(trainable.size(), 0);
+  // Without ZeRO-1 every rank owns (and updates) every parameter.
+  std::vector<int> owner(trainable.size(), dist.rank());
   if (o.zero1 && dist.world() > 1) {
     // Greedy balance by size: each rank keeps Adam state only for the parameters it owns.
     std::vector<int64_t> load(dist.world(), 0);

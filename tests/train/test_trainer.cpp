@@ -87,12 +87,18 @@ TEST(Trainer, StepsMatchTorchAdamW) {
   auto init = model::load_model(dir + "/init", torch::kFloat32);
   std::map<std::string, torch::Tensor> before;
   for (auto& kv : init->named_parameters()) before[kv.key()] = kv.value();
+  // Adam divides by sqrt(v): where a gradient is ~0 its rounding noise is amplified up to ~lr, so
+  // compare whole updates by norm rather than elementwise.
   for (auto& kv : m->named_parameters()) {
-    auto r = ref.tensor(kv.key());
-    worst = std::max(worst, (kv.value() - r).abs().max().item<double>());
-    EXPECT_GT((kv.value() - before[kv.key()]).abs().max().item<double>(), 0.0) << kv.key() << " did not move";
+    auto r = ref.tensor(kv.key()).to(torch::kFloat64);
+    auto b0 = before[kv.key()].to(torch::kFloat64);
+    auto ours_d = kv.value().to(torch::kFloat64) - b0, ref_d = r - b0;
+    double rel = ((ours_d - ref_d).norm() / ref_d.norm()).item<double>();
+    worst = std::max(worst, rel);
+    EXPECT_GT(ours_d.abs().max().item<double>(), 0.0) << kv.key() << " did not move";
+    EXPECT_LE(rel, 1e-3) << kv.key();
   }
-  EXPECT_LE(worst, 2e-5);
+  EXPECT_LE(worst, 1e-3);
   fs::remove_all(dir);
 }
 
