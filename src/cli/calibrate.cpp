@@ -71,16 +71,7 @@ int cmd_calibrate(const Args& a) {
   check(samples >= 1, "--samples must be at least 1");
   check(ctx >= 1, "--ctx must be at least 1");
 
-  auto tok = tok::Tokenizer::load(dir);
-  std::string text = read_text_file(text_path);
-  check(!text.empty(), text_path + " is empty");
-  std::vector<int32_t> ids32;
-  try {
-    ids32 = tok.encode(text, /*add_special_tokens=*/true);
-  } catch (const Error& e) {
-    fail(text_path + ": " + e.what());
-  }
-  std::vector<int64_t> ids(ids32.begin(), ids32.end());
+  auto ids = tok::encode_text_file(tok::Tokenizer::load(dir), text_path);
   check(static_cast<int64_t>(ids.size()) >= ctx, "calibration text has " + std::to_string(ids.size()) +
                                                      " tokens, need at least " + std::to_string(ctx));
 

@@ -31,16 +31,7 @@ int cmd_ppl(const Args& a) {
   const std::string dir = a.require("model");
   const std::string text_path = a.require("text");
   auto dtype = model::parse_compute_dtype(a.get_or("dtype", "f32"));
-  auto tok = tok::Tokenizer::load(dir);
-  std::string text = read_text_file(text_path);
-  check(!text.empty(), text_path + " is empty");
-  std::vector<int32_t> ids32;
-  try {
-    ids32 = tok.encode(text, /*add_special_tokens=*/true);
-  } catch (const Error& e) {
-    fail(text_path + ": " + e.what());
-  }
-  std::vector<int64_t> ids(ids32.begin(), ids32.end());
+  auto ids = tok::encode_text_file(tok::Tokenizer::load(dir), text_path);
   auto m = model::load_model(dir, dtype);
   int64_t ctx = a.get_int("ctx", std::min<int64_t>(m->config().max_position_embeddings, 2048));
   int64_t stride = a.get_int("stride", std::max<int64_t>(1, ctx / 2));

@@ -1,10 +1,7 @@
 #include "model/kv_cache.h"
 
 namespace mha2mla::model {
-namespace {
-
-// Returns `buf` with room for at least `need` slots on dim 2, copying the first `keep` slots when it grows.
-torch::Tensor ensure_capacity(const torch::Tensor& buf, const torch::Tensor& like, int64_t need, int64_t keep) {
+torch::Tensor grow_slots(const torch::Tensor& buf, const torch::Tensor& like, int64_t need, int64_t keep) {
   if (buf.defined() && buf.size(2) >= need) return buf;
   int64_t cap = buf.defined() ? buf.size(2) : 0;
   int64_t new_cap = std::max<int64_t>(need, std::max<int64_t>(cap * 2, 64));
@@ -15,13 +12,11 @@ torch::Tensor ensure_capacity(const torch::Tensor& buf, const torch::Tensor& lik
   return out;
 }
 
-}  // namespace
-
 std::pair<torch::Tensor, torch::Tensor> KVLayerCache::append(const torch::Tensor& k, const torch::Tensor& v,
                                                              int64_t start) {
   const int64_t t = k.size(2);
-  k_ = ensure_capacity(k_, k, start + t, start);
-  v_ = ensure_capacity(v_, v, start + t, start);
+  k_ = grow_slots(k_, k, start + t, start);
+  v_ = grow_slots(v_, v, start + t, start);
   k_.narrow(2, start, t).copy_(k);
   v_.narrow(2, start, t).copy_(v);
   return {k_.narrow(2, 0, start + t), v_.narrow(2, 0, start + t)};

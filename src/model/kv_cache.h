@@ -8,6 +8,10 @@
 
 namespace mha2mla::model {
 
+// Returns `buf` with room for at least `need` slots on dim 2 (shaped like `like` otherwise), copying
+// the first `keep` slots when it has to grow; capacity doubles, so appends are amortised O(1).
+torch::Tensor grow_slots(const torch::Tensor& buf, const torch::Tensor& like, int64_t need, int64_t keep);
+
 class LayerCache {
  public:
   virtual ~LayerCache() = default;

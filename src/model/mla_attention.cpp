@@ -8,16 +8,6 @@
 namespace mha2mla::model {
 namespace {
 
-torch::Tensor grow(const torch::Tensor& buf, const torch::Tensor& like, int64_t need, int64_t keep) {
-  if (buf.defined() && buf.size(2) >= need) return buf;
-  int64_t cap = buf.defined() ? buf.size(2) : 0;
-  auto sizes = like.sizes().vec();
-  sizes[2] = std::max<int64_t>(need, std::max<int64_t>(cap * 2, 64));
-  auto out = torch::empty(sizes, like.options());
-  if (keep > 0) out.narrow(2, 0, keep).copy_(buf.narrow(2, 0, keep));
-  return out;
-}
-
 // cos/sin [B, T, d_h] gathered at per-head dims [H, r] -> [B, H, T, r].
 torch::Tensor gather_heads(const torch::Tensor& table, const torch::Tensor& dims) {
   const int64_t B = table.size(0), T = table.size(1), H = dims.size(0), r = dims.size(1);
@@ -35,8 +25,8 @@ std::pair<torch::Tensor, torch::Tensor> LatentLayerCache::append(const torch::Te
                                                                  int64_t start) {
   const int64_t t = c.size(1);
   auto c4 = c.unsqueeze(1);
-  c_ = grow(c_, c4, start + t, start);
-  kr_ = grow(kr_, k_r, start + t, start);
+  c_ = grow_slots(c_, c4, start + t, start);
+  kr_ = grow_slots(kr_, k_r, start + t, start);
   c_.narrow(2, start, t).copy_(c4);
   kr_.narrow(2, start, t).copy_(k_r);
   return {c_.narrow(2, 0, start + t).squeeze(1), kr_.narrow(2, 0, start + t)};

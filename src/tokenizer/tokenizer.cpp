@@ -8,6 +8,7 @@
 
 #include "tokenizer/components.h"
 #include "tokenizer/unicode.h"
+#include "util/atomic_file.h"
 #include "util/error.h"
 
 namespace mha2mla::tok {
@@ -354,6 +355,18 @@ std::string Tokenizer::id_to_token(int32_t id) const {
   if (id < 0 || id >= impl_->vocab_size_ || !impl_->has_token_[size_t(id)])
     fail("token id out of range: " + std::to_string(id));
   return impl_->vocab_[size_t(id)];
+}
+
+std::vector<int64_t> encode_text_file(const Tokenizer& tok, const std::string& path) {
+  std::string text = read_text_file(path);
+  check(!text.empty(), path + " is empty");
+  std::vector<int32_t> ids;
+  try {
+    ids = tok.encode(text, /*add_special_tokens=*/true);
+  } catch (const Error& e) {
+    fail(path + ": " + e.what());
+  }
+  return std::vector<int64_t>(ids.begin(), ids.end());
 }
 
 }  // namespace mha2mla::tok

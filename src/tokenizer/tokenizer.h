@@ -34,4 +34,8 @@ class Tokenizer {
   std::unique_ptr<TokenizerImpl> impl_;
 };
 
+// The whole file as one string with the tokenizer's default special tokens (as HF add_special_tokens=True);
+// errors name the file (missing, empty, invalid UTF-8).
+std::vector<int64_t> encode_text_file(const Tokenizer& tok, const std::string& path);
+
 }  // namespace mha2mla::tok
