@@ -3,6 +3,8 @@
 // so the 7B model never has to fit in memory. Also compares the randomized SVD's error with the exact one.
 #include <benchmark/benchmark.h>
 
+#include "util/alloc.h"
+
 #include <chrono>
 #include <thread>
 
@@ -87,6 +89,7 @@ int main(int argc, char** argv) {
   int threads = static_cast<int>(std::thread::hardware_concurrency());
   if (const char* env = std::getenv("MHA2MLA_THREADS")) threads = std::atoi(env);
   torch::set_num_threads(threads);
+  tune_allocator();  // as the mha2mla binary does
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

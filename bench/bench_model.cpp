@@ -3,6 +3,8 @@
 // (bench/model_vs_pytorch.sh).
 #include <benchmark/benchmark.h>
 
+#include "util/alloc.h"
+
 #include <cstring>
 #include <map>
 #include <thread>
@@ -79,6 +81,7 @@ int main(int argc, char** argv) {
   int threads = static_cast<int>(std::thread::hardware_concurrency());
   if (const char* env = std::getenv("MHA2MLA_THREADS")) threads = std::atoi(env);
   torch::set_num_threads(threads);
+  tune_allocator();  // as the mha2mla binary does
   for (int i = 1; i + 1 < argc; ++i) {
     if (std::strcmp(argv[i], "--write-model") == 0) {
       auto& m = get_model(torch::kFloat32);

@@ -50,6 +50,7 @@ int cmd_init(const Args& a);
 int cmd_convert(const Args& a);
 int cmd_train(const Args& a);
 int cmd_finetune(const Args& a);
+int cmd_cast(const Args& a);
 int cmd_calibrate(const Args& a);
 int cmd_tokenizer_train(const Args& a);
 int cmd_data(const Args& a);

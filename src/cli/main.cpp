@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "cli/cli.h"
+#include "util/alloc.h"
 #include "util/error.h"
 
 namespace mha2mla::cli {
@@ -112,6 +113,7 @@ const Command kCommands[] = {
     {"convert", mha2mla::cli::cmd_convert, "convert an MHA/GQA model to MLA (partial RoPE + latent KV)"},
     {"train", mha2mla::cli::cmd_train, "train a model on token shards (one or several processes)"},
     {"finetune", mha2mla::cli::cmd_finetune, "recover a converted model by fine-tuning, with the fair baseline"},
+    {"cast", mha2mla::cli::cmd_cast, "rewrite a model's weights in another dtype"},
     {"init", mha2mla::cli::cmd_init, "create a randomly initialised model from a config.json"},
     {"calibrate", mha2mla::cli::cmd_calibrate, "q/k frequency norms and input covariances over a text"},
     {"tokenizer-train", mha2mla::cli::cmd_tokenizer_train, "train a byte-level BPE tokenizer on text files"},
@@ -151,6 +153,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   set_threads();
+  mha2mla::tune_allocator();
   for (const auto& c : kCommands) {
     if (cmd != c.name) continue;
     try {

@@ -355,9 +355,12 @@ TrainResult run_training(model::TransformerImpl& m, const TrainOptions& o, const
     for (auto& p : params) p.mutable_grad().reset();
     tokens += tokens_per_step;
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    window_tokens += static_cast<double>(tokens_per_step);
-    window_secs += secs;
-    const double tps = window_tokens / std::max(window_secs, 1e-9);
+    // Throughput leaves out the run's first step, which pays one-off allocation and warm-up costs.
+    if (step > start || end - start == 1) {
+      window_tokens += static_cast<double>(tokens_per_step);
+      window_secs += secs;
+    }
+    const double tps = window_secs > 0 ? window_tokens / window_secs : tokens_per_step / std::max(secs, 1e-9);
     curve.emplace_back(step + 1, loss);
     res.last_loss = loss;
     json entry{{"step", step + 1}, {"loss", loss}, {"lr", lr}, {"grad_norm", gnorm}, {"tokens", tokens},

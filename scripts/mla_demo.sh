@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole MHA2MLA recipe on a shipped default model: calibrate, convert (2-norm partial RoPE, joint SVD
+# and its activation-aware variant), then fine-tune the converted model beside the fair baseline.
+#
+#   scripts/mla_demo.sh [mha|gqa]      (default mha; run after scripts/build.sh)
+#
+# Writes runs/demo-KIND/: calib, mla-joint/, mla-act/, convert-*.json, finetune/ and finetune.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+B=${MHA2MLA:-build/mha2mla}
+kind=${1:-mha}
+src=models/kjv-$kind
+out=runs/demo-$kind
+bash scripts/kjv.sh data/kjv >/dev/null
+[ -f data/kjv/tok/train.bin ] ||
+  $B data --tokenizer "$src" --in data/kjv/train.txt --val-in data/kjv/val.txt --out data/kjv/tok
+rm -rf "$out"
+mkdir -p "$out"
+$B calibrate --model "$src" --text data/kjv/train.txt --samples 64 --ctx 512 --out "$out/calib"
+# r = 8 rotated dims of 64 (4 frequency pairs), d_kv = 16: the cache keeps (8 + 16) / 128 = 18.75%.
+$B convert --model "$src" --out "$out/mla-joint" --rope 2-norm --rope-dims 8 --dkv 16 --svd joint \
+  --calib "$out/calib" --json > "$out/convert-joint.json"
+$B convert --model "$src" --out "$out/mla-act" --rope 2-norm --rope-dims 8 --dkv 16 --svd activation \
+  --calib "$out/calib" --json > "$out/convert-act.json"
+$B finetune --model "$src" --mla "$out/mla-joint" --data data/kjv/tok --val data/kjv/tok --out "$out/finetune" \
+  --steps 200 --batch 8 --seq-len 512 --lr 5e-4 --precision bf16 --val-windows -1 --json | tee "$out/finetune.json"

@@ -1,0 +1,49 @@
+// mha2mla cast: rewrite a model folder's weights in another dtype (e.g. bf16 to halve a shipped model).
+#include <cstdio>
+#include <filesystem>
+
+#include "cli/cli.h"
+#include "io/safetensors.h"
+#include "model/transformer.h"
+#include "util/atomic_file.h"
+#include "util/error.h"
+
+namespace mha2mla::cli {
+
+int cmd_cast(const Args& a) {
+  if (a.help()) {
+    std::puts(
+        "usage: mha2mla cast --model DIR --out DIR --dtype f32|bf16|f16\n\n"
+        "Writes DIR's weights in another dtype into OUT (config.json's torch_dtype updated, tokenizer files\n"
+        "copied). OUT must not exist or be empty; nothing is left behind on failure.");
+    return 0;
+  }
+  a.validate({"model", "out", "dtype"}, {});
+  namespace fs = std::filesystem;
+  const std::string dir = a.require("model"), out = a.require("out");
+  auto dtype = model::parse_compute_dtype(a.require("dtype"));
+  check(!fs::exists(out) || (fs::is_directory(out) && fs::is_empty(out)), out + " already exists and is not empty");
+  auto m = model::load_model(dir, torch::kFloat32);  // validates the folder
+  const std::string tmp = out + ".tmp-cast";
+  fs::remove_all(tmp);
+  try {
+    io::NamedTensors w;
+    for (auto& [n, t] : model::named_weights(*m)) w.emplace_back(n, t.to(dtype));
+    fs::create_directories(tmp);
+    io::save_checkpoint(tmp, w);
+    auto cfg = m->config().to_json();
+    cfg["torch_dtype"] = dtype == torch::kBFloat16 ? "bfloat16" : dtype == torch::kFloat16 ? "float16" : "float32";
+    write_text_atomic((fs::path(tmp) / "config.json").string(), cfg.dump(2) + "\n");
+    for (const char* f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"})
+      if (fs::exists(fs::path(dir) / f)) fs::copy_file(fs::path(dir) / f, fs::path(tmp) / f);
+    if (fs::exists(out)) fs::remove(out);
+    fs::rename(tmp, out);
+  } catch (...) {
+    fs::remove_all(tmp);
+    throw;
+  }
+  std::printf("wrote %s (%s)\n", out.c_str(), a.require("dtype").c_str());
+  return 0;
+}
+
+}  // namespace mha2mla::cli
