@@ -200,7 +200,12 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
         fail(tw + ": shape " + sh->dump() + " must hold non-negative integers");
       info.shape.push_back(static_cast<int64_t>(dim));
       empty |= dim == 0;
-      overflow |= __builtin_mul_overflow(numel, dim, &numel);
+      uint64_t prod = 0;
+      if (__builtin_mul_overflow(numel, dim, &prod)) {
+        overflow = true;
+      } else {
+        numel = prod;
+      }
     }
     auto off = v.find("data_offsets");
     uint64_t begin = 0, end = 0;
