@@ -43,6 +43,16 @@ int cmd_inspect(const Args& a) {
   std::printf("heads        %lld query, %lld kv, head_dim %lld%s\n", static_cast<long long>(cfg.num_heads),
               static_cast<long long>(cfg.num_kv_heads), static_cast<long long>(cfg.head_dim),
               cfg.num_kv_heads < cfg.num_heads ? " (GQA)" : " (MHA)");
+  if (cfg.is_mla) {
+    const auto& m = cfg.mla;
+    const int64_t r = m.rope_dim, latent = m.latent_dim(cfg.num_kv_heads, cfg.head_dim);
+    const int64_t after = cfg.num_kv_heads * r + latent, before = 2 * cfg.num_kv_heads * cfg.head_dim;
+    std::printf("attention    MLA: %s RoPE on %lld of %lld dims, %s latent (d_kv %lld, width %lld)\n",
+                m.partial_rope_version.c_str(), static_cast<long long>(r), static_cast<long long>(cfg.head_dim),
+                m.svd_init_method.c_str(), static_cast<long long>(m.low_rank), static_cast<long long>(latent));
+    std::printf("kv cache     %lld of %lld values per token and layer (%.2f%%)\n", static_cast<long long>(after),
+                static_cast<long long>(before), 100.0 * static_cast<double>(after) / static_cast<double>(before));
+  }
   std::printf("vocab        %lld%s\n", static_cast<long long>(cfg.vocab_size),
               cfg.tie_word_embeddings ? " (tied lm_head)" : "");
   std::printf("rope         theta %g, scaling %s\n", cfg.rope_theta, cfg.rope_scaling.type.c_str());

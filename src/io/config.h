@@ -28,6 +28,12 @@ struct MlaConfig {
   std::vector<std::vector<std::vector<int64_t>>> freqs;
 
   bool split() const { return svd_init_method == "split"; }
+  // Cached latent width per token and layer: d_kv·n_kv (joint), twice that (split), or n_kv·(d_h − r + d_h)
+  // for full-rank K/V ("none").
+  int64_t latent_dim(int64_t n_kv, int64_t head_dim) const {
+    if (svd_init_method == "none") return n_kv * (2 * head_dim - rope_dim);
+    return (split() ? 2 : 1) * low_rank * n_kv;
+  }
   bool full_rank() const { return svd_init_method == "none"; }
 };
 

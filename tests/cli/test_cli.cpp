@@ -65,7 +65,8 @@ void expect_one_line_error(const Result& r, const std::string& needle) {
 }
 
 TEST_F(Cli, HelpOnEverySubcommand) {
-  for (const char* c : {"inspect", "tokenize", "ppl", "generate"}) {
+  for (const char* c : {"inspect", "tokenize", "ppl", "generate", "convert", "calibrate", "train", "finetune", "data",
+                        "tokenizer-train", "init", "cast"}) {
     auto r = cli(std::string(c) + " --help");
     EXPECT_EQ(r.code, 0) << c;
     EXPECT_NE(r.out.find("usage: mha2mla " + std::string(c)), std::string::npos) << r.out;
