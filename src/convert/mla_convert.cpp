@@ -65,7 +65,7 @@ void validate_options(const LayerShape& s, const ConvertOptions& opt) {
 
 MlaLayer convert_layer(const AttnWeights& w, const LayerShape& s, const std::vector<std::vector<int64_t>>& freqs,
                        const ConvertOptions& opt, const torch::Tensor& cov, const torch::Tensor& cov_heldout) {
-  const int64_t g = s.n_h / s.n_kv, r = opt.rope_dims, L = opt.dkv * s.n_kv;
+  const int64_t g = s.n_h / s.n_kv, L = opt.dkv * s.n_kv;
   MlaLayer out;
   auto q_idx = torch::cat({head_rows(s.n_h, g, s.d_h, freqs, true), head_rows(s.n_h, g, s.d_h, freqs, false)});
   auto kr_idx = head_rows(s.n_kv, 1, s.d_h, freqs, true);
@@ -77,7 +77,6 @@ MlaLayer convert_layer(const AttnWeights& w, const LayerShape& s, const std::vec
   auto wkc = rows(w.wk, kc_idx);  // [n_kv·d_c, d]
   auto bkc = rows(w.bk, kc_idx);
   const int64_t nk = wkc.size(0);
-  (void)r;
 
   torch::Tensor k_hat, v_hat;  // reconstructions, for the report
   auto add_up = [&](const torch::Tensor& uk, const torch::Tensor& uv) {

@@ -15,7 +15,6 @@ torch::Tensor grouped_attention(const torch::Tensor& q, const torch::Tensor& k, 
   // [B, Hkv, g*T, D]: the g query heads of a group become extra rows, so K/V are never copied per head.
   auto qg = q.reshape({B, Hkv, g * T, D});
   auto scores = torch::matmul(qg, k.transpose(2, 3)) * scale;  // [B, Hkv, g*T, S]
-  (void)0;
   if (mask.defined()) {
     scores = (scores.view({B, Hkv, g, T, S}) + mask.view({mask.size(0), 1, 1, T, S})).view({B, Hkv, g * T, S});
   }
