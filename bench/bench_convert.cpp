@@ -3,12 +3,10 @@
 // so the 7B model never has to fit in memory. Also compares the randomized SVD's error with the exact one.
 #include <benchmark/benchmark.h>
 
-#include "util/alloc.h"
-
 #include <chrono>
-#include <thread>
 
 #include "convert/mla_convert.h"
+#include "infer/runtime.h"
 
 using namespace mha2mla;
 
@@ -86,10 +84,7 @@ BENCHMARK(BM_RandomizedVsExact)->Iterations(1)->Unit(benchmark::kSecond);
 }  // namespace
 
 int main(int argc, char** argv) {
-  int threads = static_cast<int>(std::thread::hardware_concurrency());
-  if (const char* env = std::getenv("MHA2MLA_THREADS")) threads = std::atoi(env);
-  torch::set_num_threads(threads);
-  tune_allocator();  // as the mha2mla binary does
+  infer::init_runtime();  // threads and allocator, as the mha2mla binary sets them
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

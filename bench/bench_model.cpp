@@ -3,12 +3,10 @@
 // (bench/model_vs_pytorch.sh).
 #include <benchmark/benchmark.h>
 
-#include "util/alloc.h"
-
 #include <cstring>
 #include <map>
-#include <thread>
 
+#include "infer/runtime.h"
 #include "model/transformer.h"
 
 using namespace mha2mla;
@@ -78,10 +76,7 @@ BENCHMARK(BM_Decode)->ArgNames({"bf16", "prompt"})->Args({0, 128})->Args({1, 128
 }  // namespace
 
 int main(int argc, char** argv) {
-  int threads = static_cast<int>(std::thread::hardware_concurrency());
-  if (const char* env = std::getenv("MHA2MLA_THREADS")) threads = std::atoi(env);
-  torch::set_num_threads(threads);
-  tune_allocator();  // as the mha2mla binary does
+  infer::init_runtime();  // threads and allocator, as the mha2mla binary sets them
   for (int i = 1; i + 1 < argc; ++i) {
     if (std::strcmp(argv[i], "--write-model") == 0) {
       auto& m = get_model(torch::kFloat32);

@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "cli/cli.h"
+#include "io/model_files.h"
 #include "io/safetensors.h"
 #include "model/transformer.h"
 #include "util/atomic_file.h"
@@ -34,8 +35,7 @@ int cmd_cast(const Args& a) {
     auto cfg = m->config().to_json();
     cfg["torch_dtype"] = dtype == torch::kBFloat16 ? "bfloat16" : dtype == torch::kFloat16 ? "float16" : "float32";
     write_text_atomic((fs::path(tmp) / "config.json").string(), cfg.dump(2) + "\n");
-    for (const char* f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"})
-      if (fs::exists(fs::path(dir) / f)) fs::copy_file(fs::path(dir) / f, fs::path(tmp) / f);
+    io::copy_tokenizer_files(dir, tmp);
     if (fs::exists(out)) fs::remove(out);
     fs::rename(tmp, out);
   } catch (...) {

@@ -4,10 +4,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
-#include <thread>
 
 #include "cli/cli.h"
-#include "util/alloc.h"
+#include "infer/runtime.h"
 #include "util/error.h"
 
 namespace mha2mla::cli {
@@ -133,13 +132,6 @@ void print_error(const std::string& cmd, const std::string& what) {
   std::fprintf(stderr, "mha2mla %s: error: %s\n", cmd.c_str(), line.c_str());
 }
 
-void set_threads() {
-  // libtorch defaults to one thread here; use every core unless told otherwise.
-  int n = static_cast<int>(std::thread::hardware_concurrency());
-  if (const char* env = std::getenv("MHA2MLA_THREADS")) n = std::atoi(env);
-  if (n > 0) torch::set_num_threads(n);
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -152,8 +144,7 @@ int main(int argc, char** argv) {
     usage(stdout);
     return 0;
   }
-  set_threads();
-  mha2mla::tune_allocator();
+  mha2mla::infer::init_runtime();
   for (const auto& c : kCommands) {
     if (cmd != c.name) continue;
     try {

@@ -5,6 +5,7 @@
 #include <set>
 
 #include "io/config.h"
+#include "io/model_files.h"
 #include "io/safetensors.h"
 #include "model/transformer.h"
 #include "util/atomic_file.h"
@@ -134,9 +135,6 @@ MlaLayer convert_layer(const AttnWeights& w, const LayerShape& s, const std::vec
 
 namespace {
 
-const char* kTokenizerFiles[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                                 "generation_config.json", "tokenizer.model", "vocab.json", "merges.txt"};
-
 nlohmann::json freq_summary(const FreqSelection& sel, int64_t half) {
   std::vector<int64_t> counts(half, 0);
   int64_t slots = 0;
@@ -257,8 +255,7 @@ nlohmann::json convert_model(const std::string& model_dir, const std::string& ou
     cj["mha2mla"]["source_model"] = model_dir;
     if (opt.rope == RopeStrategy::TwoNorm) cj["mha2mla"]["two_norm_score"] = opt.score_sum ? "sum" : "product";
     write_text_atomic((fs::path(tmp) / "config.json").string(), cj.dump(2) + "\n");
-    for (const char* f : kTokenizerFiles)
-      if (fs::exists(fs::path(model_dir) / f)) fs::copy_file(fs::path(model_dir) / f, fs::path(tmp) / f);
+    io::copy_tokenizer_files(model_dir, tmp);
     if (fs::exists(out_dir)) fs::remove(out_dir);
     fs::rename(tmp, out_dir);
   } catch (...) {

@@ -3,8 +3,6 @@
 #include <sys/stat.h>
 
 #include <deque>
-#include <fstream>
-#include <sstream>
 
 #include "tokenizer/components.h"
 #include "tokenizer/unicode.h"
@@ -88,15 +86,6 @@ class TokenTrie {
   bool first_[256] = {};
   bool empty_ = true;
 };
-
-std::string read_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) fail("cannot open tokenizer file: " + path);
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  if (f.bad()) fail("cannot read tokenizer file: " + path);
-  return ss.str();
-}
 
 }  // namespace
 
@@ -319,7 +308,7 @@ Tokenizer Tokenizer::load(const std::string& path) {
     file = path + (path.empty() || path.back() == '/' ? "" : "/") + "tokenizer.json";
     if (::stat(file.c_str(), &st) != 0) fail("no tokenizer.json in folder: " + path);
   }
-  std::string text = read_file(file);
+  std::string text = read_text_file(file);
   json j;
   try {
     j = json::parse(text);

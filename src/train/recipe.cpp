@@ -1,5 +1,6 @@
 #include "train/recipe.h"
 
+#include "io/model_files.h"
 #include <filesystem>
 
 #include "util/error.h"
@@ -57,8 +58,7 @@ TrainResult train_folder(const std::string& model_dir, const std::vector<DataSou
     const fs::path tmp = fs::path(opt.out) / "model.tmp";
     fs::remove_all(tmp);
     model::save_model(*m, tmp.string());
-    for (const char* f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"})
-      if (fs::exists(fs::path(model_dir) / f)) fs::copy_file(fs::path(model_dir) / f, tmp / f);
+    io::copy_tokenizer_files(model_dir, tmp.string());
     fs::remove_all(final_dir);
     fs::rename(tmp, final_dir);
   }

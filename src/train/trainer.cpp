@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "io/safetensors.h"
+#include "io/model_files.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
 #include "util/progress.h"
@@ -292,9 +293,7 @@ TrainResult run_training(model::TransformerImpl& m, const TrainOptions& o, const
         if (std::atoll(f) == step) _exit(99);
       json st{{"step", step}, {"tokens", tokens}, {"adam_steps", adam.steps()}, {"signature", sig}};
       write_text_atomic((tmp / "state.json").string(), st.dump(2) + "\n");
-      for (const char* f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"})
-        if (!o.source_dir.empty() && fs::exists(fs::path(o.source_dir) / f))
-          fs::copy_file(fs::path(o.source_dir) / f, tmp / f, fs::copy_options::overwrite_existing);
+      if (!o.source_dir.empty()) io::copy_tokenizer_files(o.source_dir, tmp.string());
     }
     dist.barrier();
     if (dist.is_main()) {

@@ -17,28 +17,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct Result {
-  int code;
-  std::string out, err;
-};
-
-// Runs the CLI with a shell command line; stdout and stderr captured separately.
-Result cli(const std::string& args, const std::string& stdin_file = "") {
-  static int n = 0;
-  std::string errf = fs::temp_directory_path() / ("mha2mla-cli-err-" + std::to_string(getpid()) + "-" + std::to_string(n++));
-  std::string cmd = std::string(MHA2MLA_CLI) + " " + args + " 2>" + errf;
-  if (!stdin_file.empty()) cmd += " <" + stdin_file;
-  FILE* p = popen(cmd.c_str(), "r");
-  Result r;
-  std::array<char, 4096> buf;
-  size_t k;
-  while ((k = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), k);
-  r.code = WEXITSTATUS(pclose(p));
-  std::ifstream e(errf);
-  r.err.assign(std::istreambuf_iterator<char>(e), {});
-  fs::remove(errf);
-  return r;
-}
+using testutil::expect_one_line_error;
+using testutil::run_cli;
 
 class Cli : public ::testing::Test {
  protected:
@@ -57,27 +37,20 @@ class Cli : public ::testing::Test {
 };
 std::string Cli::dir_;
 
-void expect_one_line_error(const Result& r, const std::string& needle) {
-  EXPECT_NE(r.code, 0);
-  EXPECT_NE(r.err.find("error: "), std::string::npos) << r.err;
-  EXPECT_NE(r.err.find(needle), std::string::npos) << r.err;
-  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << "error must be one line: " << r.err;
-}
-
 TEST_F(Cli, HelpOnEverySubcommand) {
   for (const char* c : {"inspect", "tokenize", "ppl", "generate", "convert", "calibrate", "train", "finetune", "data",
                         "tokenizer-train", "init", "cast"}) {
-    auto r = cli(std::string(c) + " --help");
+    auto r = run_cli(std::string(c) + " --help");
     EXPECT_EQ(r.code, 0) << c;
     EXPECT_NE(r.out.find("usage: mha2mla " + std::string(c)), std::string::npos) << r.out;
   }
-  auto r = cli("--help");
+  auto r = run_cli("--help");
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.out.find("commands:"), std::string::npos);
 }
 
 TEST_F(Cli, InspectJson) {
-  auto r = cli("inspect --json --model " + dir_);
+  auto r = run_cli("inspect --json --model " + dir_);
   ASSERT_EQ(r.code, 0) << r.err;
   auto j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j["config"]["num_key_value_heads"], 2);
@@ -92,7 +65,7 @@ TEST_F(Cli, InspectJson) {
       EXPECT_EQ(t["shape"], nlohmann::json({32, 64}));
     }
   EXPECT_TRUE(found);
-  auto h = cli("inspect --model " + dir_);
+  auto h = run_cli("inspect --model " + dir_);
   EXPECT_EQ(h.code, 0);
   EXPECT_NE(h.out.find("(GQA)"), std::string::npos);
 }
@@ -100,7 +73,7 @@ TEST_F(Cli, InspectJson) {
 TEST_F(Cli, TokenizeMatchesLibraryPerLine) {
   std::string in = dir_ + "/lines.txt";
   std::ofstream(in) << "hello there\n\nthe three  others, 42\n";
-  auto r = cli("tokenize --tokenizer " + dir_, in);
+  auto r = run_cli("tokenize --tokenizer " + dir_, in);
   ASSERT_EQ(r.code, 0) << r.err;
   auto tok = tok::Tokenizer::load(dir_);
   std::vector<std::string> lines{"hello there", "", "the three  others, 42"};
@@ -111,7 +84,7 @@ TEST_F(Cli, TokenizeMatchesLibraryPerLine) {
     EXPECT_EQ(nlohmann::json::parse(line).get<std::vector<int32_t>>(), tok.encode(l, false)) << l;
   }
   std::ofstream(in) << "ok\n\xff\xfe bad\n";
-  expect_one_line_error(cli("tokenize --tokenizer " + dir_, in), "line 2");
+  expect_one_line_error(run_cli("tokenize --tokenizer " + dir_, in), "line 2");
 }
 
 TEST_F(Cli, PplMatchesPyTorchSlidingWindow) {
@@ -124,7 +97,7 @@ TEST_F(Cli, PplMatchesPyTorchSlidingWindow) {
   std::ofstream(dir_ + "/ids.json") << nlohmann::json(ids).dump();
   for (auto [ctx, stride] : std::vector<std::pair<int, int>>{{128, 128}, {128, 48}, {100, 1000}}) {
     if (stride > ctx) stride = ctx;
-    auto r = cli("ppl --json --model " + dir_ + " --text " + dir_ + "/text.txt --ctx " + std::to_string(ctx) +
+    auto r = run_cli("ppl --json --model " + dir_ + " --text " + dir_ + "/text.txt --ctx " + std::to_string(ctx) +
                  " --stride " + std::to_string(stride));
     ASSERT_EQ(r.code, 0) << r.err;
     auto ours = nlohmann::json::parse(r.out);
@@ -142,42 +115,42 @@ TEST_F(Cli, PplMatchesPyTorchSlidingWindow) {
 }
 
 TEST_F(Cli, GenerateGreedyIsDeterministicAndStreams) {
-  auto a = cli("generate --json --model " + dir_ + " --prompt 'the thread' --max-new 12");
+  auto a = run_cli("generate --json --model " + dir_ + " --prompt 'the thread' --max-new 12");
   ASSERT_EQ(a.code, 0) << a.err;
   auto j = nlohmann::json::parse(a.out);
   EXPECT_GE(j["new_tokens"].get<int>(), 1);
   EXPECT_LE(j["new_tokens"].get<int>(), 12);
-  auto b = cli("generate --json --model " + dir_ + " --prompt 'the thread' --max-new 12");
+  auto b = run_cli("generate --json --model " + dir_ + " --prompt 'the thread' --max-new 12");
   EXPECT_EQ(nlohmann::json::parse(b.out)["tokens"], j["tokens"]);
-  auto s = cli("generate --model " + dir_ + " --prompt 'the thread' --max-new 12 --temperature 0.8 --top-p 0.9 --seed 3");
+  auto s = run_cli("generate --model " + dir_ + " --prompt 'the thread' --max-new 12 --temperature 0.8 --top-p 0.9 --seed 3");
   EXPECT_EQ(s.code, 0) << s.err;
   EXPECT_NE(s.err.find("tokens/s"), std::string::npos);
 }
 
 TEST_F(Cli, BadInputGivesOneLineErrors) {
-  expect_one_line_error(cli("inspect"), "missing --model");
-  expect_one_line_error(cli("inspect --model /nonexistent/dir"), "/nonexistent/dir");
-  expect_one_line_error(cli("inspect --model " + dir_ + " --bogus 1"), "unknown option --bogus");
-  expect_one_line_error(cli("ppl --model " + dir_ + " --text /nonexistent.txt"), "/nonexistent.txt");
-  expect_one_line_error(cli("generate --model " + dir_ + " --prompt hi --top-p 1.5"), "--top-p");
-  expect_one_line_error(cli("generate --model " + dir_ + " --prompt hi --max-new x"), "--max-new");
-  expect_one_line_error(cli("ppl --model " + dir_ + " --text " + dir_ + "/config.json --dtype f8"), "unknown dtype");
+  expect_one_line_error(run_cli("inspect"), "missing --model");
+  expect_one_line_error(run_cli("inspect --model /nonexistent/dir"), "/nonexistent/dir");
+  expect_one_line_error(run_cli("inspect --model " + dir_ + " --bogus 1"), "unknown option --bogus");
+  expect_one_line_error(run_cli("ppl --model " + dir_ + " --text /nonexistent.txt"), "/nonexistent.txt");
+  expect_one_line_error(run_cli("generate --model " + dir_ + " --prompt hi --top-p 1.5"), "--top-p");
+  expect_one_line_error(run_cli("generate --model " + dir_ + " --prompt hi --max-new x"), "--max-new");
+  expect_one_line_error(run_cli("ppl --model " + dir_ + " --text " + dir_ + "/config.json --dtype f8"), "unknown dtype");
   // A prompt longer than max_position_embeddings (128 here).
   std::string long_prompt(400, 'z');
   for (size_t i = 1; i < long_prompt.size(); i += 2) long_prompt[i] = ' ';
-  expect_one_line_error(cli("generate --model " + dir_ + " --prompt '" + long_prompt + "'"), "max_position_embeddings");
+  expect_one_line_error(run_cli("generate --model " + dir_ + " --prompt '" + long_prompt + "'"), "max_position_embeddings");
   // Truncated weights.
   auto bad = testutil::temp_dir("cli-bad");
   fs::copy(dir_, bad, fs::copy_options::recursive | fs::copy_options::overwrite_existing);
   fs::resize_file(bad + "/model.safetensors", fs::file_size(bad + "/model.safetensors") / 2);
-  expect_one_line_error(cli("generate --model " + bad + " --prompt hi"), "model.safetensors");
+  expect_one_line_error(run_cli("generate --model " + bad + " --prompt hi"), "model.safetensors");
   // Unsupported architecture.
   auto cfg = nlohmann::json::parse(std::ifstream(dir_ + "/config.json"));
   cfg["model_type"] = "gpt2";
   std::ofstream(bad + "/config.json") << cfg.dump();
-  expect_one_line_error(cli("inspect --model " + bad), "unsupported architecture");
+  expect_one_line_error(run_cli("inspect --model " + bad), "unsupported architecture");
   fs::remove_all(bad);
-  expect_one_line_error(cli("frobnicate"), "unknown command");
+  expect_one_line_error(run_cli("frobnicate"), "unknown command");
 }
 
 }  // namespace

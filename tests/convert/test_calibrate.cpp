@@ -23,6 +23,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
+using testutil::expect_one_line_error;
+using testutil::run_cli;
+
 std::vector<int64_t> random_ids(int64_t n, int64_t vocab, uint64_t seed) {
   auto gen = at::detail::createCPUGenerator(seed);
   auto t = at::randint(0, vocab, {n}, gen, torch::kInt64);
@@ -226,33 +229,6 @@ TEST(CalibFile, DamagedOrForeignFilesAreErrors) {
 }
 
 // The subcommand, run as users do.
-struct Result {
-  int code;
-  std::string out, err;
-};
-
-Result cli(const std::string& args) {
-  static int n = 0;
-  std::string errf = fs::temp_directory_path() / ("mha2mla-calib-err-" + std::to_string(getpid()) + "-" + std::to_string(n++));
-  FILE* p = popen((std::string(MHA2MLA_CLI) + " " + args + " 2>" + errf).c_str(), "r");
-  Result r;
-  std::array<char, 4096> buf;
-  size_t k;
-  while ((k = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), k);
-  r.code = WEXITSTATUS(pclose(p));
-  std::ifstream e(errf);
-  r.err.assign(std::istreambuf_iterator<char>(e), {});
-  fs::remove(errf);
-  return r;
-}
-
-void expect_one_line_error(const Result& r, const std::string& needle) {
-  EXPECT_NE(r.code, 0);
-  EXPECT_NE(r.err.find("error: "), std::string::npos) << r.err;
-  EXPECT_NE(r.err.find(needle), std::string::npos) << r.err;
-  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << "error must be one line: " << r.err;
-}
-
 TEST(CalibrateCli, JsonSummaryAndErrors) {
   if (!fs::exists(MHA2MLA_CLI)) GTEST_SKIP() << "build the mha2mla target first: " << MHA2MLA_CLI;
   auto dir = testutil::temp_dir("calib-cli");
@@ -266,12 +242,12 @@ TEST(CalibrateCli, JsonSummaryAndErrors) {
   for (int i = 0; i < 12; ++i) text += "the quick brown fox jumps over the lazy dog; ";
   std::ofstream(dir + "/text.txt") << text;
 
-  auto help = cli("calibrate --help");
+  auto help = run_cli("calibrate --help");
   EXPECT_EQ(help.code, 0);
   EXPECT_NE(help.out.find("usage: mha2mla calibrate"), std::string::npos);
 
   const std::string base = "calibrate --model " + dir + "/model --text " + dir + "/text.txt";
-  auto r = cli(base + " --samples 5 --out " + dir + "/c.safetensors --json");
+  auto r = run_cli(base + " --samples 5 --out " + dir + "/c.safetensors --json");
   ASSERT_EQ(r.code, 0) << r.err;
   auto j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j["out"], dir + "/c.safetensors");
@@ -284,22 +260,22 @@ TEST(CalibrateCli, JsonSummaryAndErrors) {
   EXPECT_EQ(s.tokens, 4 * 32);
   EXPECT_NO_THROW(check_calib_matches(s, *m, "c"));
 
-  auto plain = cli(base + " --ctx 16 --samples 3 --out " + dir + "/d.safetensors");
+  auto plain = run_cli(base + " --ctx 16 --samples 3 --out " + dir + "/d.safetensors");
   ASSERT_EQ(plain.code, 0) << plain.err;
   EXPECT_NE(plain.out.find("calibrated on 32 tokens (3 windows of 16, 16 tokens held out)"), std::string::npos)
       << plain.out;
   EXPECT_NE(plain.out.find("layer 1 best frequencies"), std::string::npos) << plain.out;
 
-  expect_one_line_error(cli(base), "missing --out");
-  expect_one_line_error(cli(base + " --ctx 4096 --out " + dir + "/e.safetensors"), "need at least 4096");
+  expect_one_line_error(run_cli(base), "missing --out");
+  expect_one_line_error(run_cli(base + " --ctx 4096 --out " + dir + "/e.safetensors"), "need at least 4096");
   EXPECT_FALSE(fs::exists(dir + "/e.safetensors"));
-  expect_one_line_error(cli(base + " --samples 0 --out " + dir + "/e.safetensors"), "--samples must be at least 1");
+  expect_one_line_error(run_cli(base + " --samples 0 --out " + dir + "/e.safetensors"), "--samples must be at least 1");
 
   // A converted model is refused before anything is computed.
   auto conv = nlohmann::json::parse(std::ifstream(dir + "/model/config.json"));
   conv["mha2mla"] = {{"partial_rope_version", "high"}, {"rope_dim_for_mla", 4}, {"svd_init_method", "none"}};
   std::ofstream(dir + "/model/config.json") << conv.dump();
-  expect_one_line_error(cli(base + " --out " + dir + "/f.safetensors"), "model is already converted to MLA");
+  expect_one_line_error(run_cli(base + " --out " + dir + "/f.safetensors"), "model is already converted to MLA");
   fs::remove_all(dir);
 }
 

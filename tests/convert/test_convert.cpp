@@ -18,6 +18,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
+using testutil::expect_error;
+
 torch::Tensor random_ids(int64_t b, int64_t t, int64_t vocab, uint64_t seed) {
   auto gen = at::detail::createCPUGenerator(seed);
   return at::randint(0, vocab, {b, t}, gen, torch::kInt64);
@@ -230,15 +232,6 @@ TEST(Convert, KvRatioForJointIsFormula) {
       auto [b, a] = convert::kv_values_per_token(s, opts("high", r, "joint", dkv));
       EXPECT_DOUBLE_EQ(static_cast<double>(a) / b, static_cast<double>(r + dkv) / (2.0 * 64));
     }
-}
-
-void expect_error(const std::function<void()>& fn, const std::string& needle) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected an error mentioning \"" << needle << "\"";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-  }
 }
 
 TEST(Convert, BadInputLeavesNoOutput) {

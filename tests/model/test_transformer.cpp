@@ -16,6 +16,8 @@ using mha2mla::testutil::tiny_config;
 
 namespace {
 
+using testutil::expect_error;
+
 torch::Tensor random_ids(int64_t b, int64_t t, int64_t vocab, uint64_t seed) {
   auto gen = at::detail::createCPUGenerator(seed);
   return at::randint(0, vocab, {b, t}, gen, torch::kInt64);
@@ -129,15 +131,6 @@ TEST(Transformer, ShardedCheckpointLoads) {
   auto ids = random_ids(1, 8, 97, 3);
   EXPECT_TRUE(torch::equal(m->forward(ids), m2->forward(ids)));
   std::filesystem::remove_all(dir);
-}
-
-void expect_error(const std::function<void()>& fn, const std::string& needle) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected an error mentioning \"" << needle << "\"";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-  }
 }
 
 TEST(BadInput, MissingTensorIsNamed) {

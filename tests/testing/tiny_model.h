@@ -10,15 +10,9 @@
 
 #include "io/config.h"
 #include "model/transformer.h"
+#include "testing/files.h"
 
 namespace mha2mla::testutil {
-
-inline std::string temp_dir(const std::string& tag) {
-  auto base = std::filesystem::temp_directory_path() / ("mha2mla-test-" + tag + "-" + std::to_string(getpid()));
-  std::filesystem::remove_all(base);
-  std::filesystem::create_directories(base);
-  return base.string();
-}
 
 // The four architectures the runtime must reproduce exactly.
 inline nlohmann::json tiny_config(const std::string& kind) {

@@ -16,6 +16,7 @@
 #include "tokenizer/bpe_train.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/unicode.h"
+#include "testing/files.h"
 #include "util/error.h"
 
 namespace {
@@ -25,25 +26,9 @@ using mha2mla::tok::BpeTrainer;
 using mha2mla::tok::BpeTrainOptions;
 using mha2mla::tok::Tokenizer;
 using nlohmann::json;
-
-std::string temp_dir(const std::string& tag) {
-  auto d = fs::temp_directory_path() / ("mha2mla-bpe-" + tag + "-" + std::to_string(::getpid()));
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d.string();
-}
-
-void write_file(const std::string& path, const std::string& text) {
-  std::ofstream f(path, std::ios::binary);
-  f << text;
-}
-
-std::string slurp(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
+using mha2mla::testutil::slurp;
+using mha2mla::testutil::temp_dir;
+using mha2mla::testutil::write_file;
 
 // English-like text with a skewed word distribution, some punctuation, digits and non-ASCII words.
 std::string generated_corpus(size_t lines, uint64_t seed) {

@@ -9,6 +9,7 @@
 #include "tokenizer/bpe_train.h"
 #include "tokenizer/tokenizer.h"
 #include "train/data.h"
+#include "testing/files.h"
 #include "util/error.h"
 
 namespace {
@@ -16,25 +17,9 @@ namespace {
 namespace fs = std::filesystem;
 using namespace mha2mla;
 using train::TokenShard;
-
-std::string temp_dir(const std::string& tag) {
-  auto d = fs::temp_directory_path() / ("mha2mla-data-" + tag + "-" + std::to_string(::getpid()));
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d.string();
-}
-
-void write_file(const std::string& path, const std::string& text) {
-  std::ofstream f(path, std::ios::binary);
-  f << text;
-}
-
-std::string slurp(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
+using mha2mla::testutil::slurp;
+using mha2mla::testutil::temp_dir;
+using mha2mla::testutil::write_file;
 
 void write_shard(const std::string& path, const std::vector<int32_t>& ids, int width = 2) {
   train::ShardWriter w(path, width);
