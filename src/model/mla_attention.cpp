@@ -37,27 +37,25 @@ int64_t LatentLayerCache::bytes_for(int64_t slots) const {
   return slots * (c_.size(0) * c_.size(3) * c_.element_size() + kr_.size(0) * kr_.size(1) * kr_.size(3) * kr_.element_size());
 }
 
-LowRankKVImpl::LowRankKVImpl(const io::ModelConfig& c, const torch::TensorOptions& opt) : method_(c.mla.svd_init_method) {
+LowRankKVImpl::LowRankKVImpl(const io::ModelConfig& c, const torch::TensorOptions& opt)
+    : method_(c.mla.svd_init_method), latent_dim_(c.mla.latent_dim(c.num_kv_heads, c.head_dim)) {
   const int64_t d = c.hidden_size, n_kv = c.num_kv_heads, d_h = c.head_dim, r = c.mla.rope_dim;
   const int64_t d_c = d_h - r, L = c.mla.low_rank * n_kv;
   const bool bias = c.qkv_bias;
   if (method_ == "none") {
     up_k = register_module("up_k", Dense(d, n_kv * d_c, bias, opt));
     up_v = register_module("up_v", Dense(d, n_kv * d_h, bias, opt));
-    latent_dim_ = n_kv * (d_c + d_h);
     split_ = n_kv * d_c;
   } else if (method_ == "split") {
     down_k = register_module("down_k", Dense(d, L, false, opt));
     down_v = register_module("down_v", Dense(d, L, false, opt));
     up_k = register_module("up_k", Dense(L, n_kv * d_c, bias, opt));
     up_v = register_module("up_v", Dense(L, n_kv * d_h, bias, opt));
-    latent_dim_ = 2 * L;
     split_ = L;
   } else {
     down_kv = register_module("down_kv", Dense(d, L, false, opt));
     up_k = register_module("up_k", Dense(L, n_kv * d_c, bias, opt));
     up_v = register_module("up_v", Dense(L, n_kv * d_h, bias, opt));
-    latent_dim_ = L;
   }
 }
 
