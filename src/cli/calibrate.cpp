@@ -3,6 +3,8 @@
 #include <iostream>
 
 #include "cli/cli.h"
+#include "cli/options.h"
+#include "cli/runtime_flags.h"
 #include "convert/calibrate.h"
 #include "convert/rope_select.h"
 #include "model/transformer.h"
@@ -35,27 +37,30 @@ void print_best(const torch::Tensor& ranks, int64_t l) {
 }  // namespace
 
 int cmd_calibrate(const Args& a) {
-  if (a.help()) {
-    std::puts(
-        "usage: mha2mla calibrate --model DIR --text FILE --out FILE [--samples N] [--ctx T] [--json]\n\n"
-        "Runs the model over FILE's tokens in consecutive windows of T tokens (at most N windows) and records,\n"
-        "per layer, what conversion to MLA needs: the mean 2-norm of every (i, i + head_dim/2) pair of the\n"
-        "q and k projections (for 2-norm partial RoPE) and the covariance of the attention inputs (for\n"
-        "activation-aware low-rank factorisation). The last ~10% of the windows (at least one when there are\n"
-        "two or more) are held out: they only feed a separate covariance, for evaluating the factorisation.\n\n"
-        "  --model DIR     unconverted model folder (config.json, safetensors, tokenizer.json)\n"
-        "  --text FILE     UTF-8 calibration text, tokenized as one string\n"
-        "  --out FILE      output .safetensors: q_norm [layers, heads, head_dim/2], k_norm [layers, kv_heads,\n"
-        "                  head_dim/2], scores (group-summed q·k norms), ranks [layers, kv_heads, head_dim]\n"
-        "                  (0 = best, halves repeated), cov.L and cov_heldout.L [hidden, hidden] fp64, and\n"
-        "                  metadata with the token counts and the model's fingerprint\n"
-        "  --samples N     most windows to use (default 64)\n"
-        "  --ctx T         window length in tokens (default: min(max_position_embeddings, 512))\n"
-        "  --json          print {out, tokens, heldout_tokens, samples, ctx, layers} as JSON");
-    return 0;
-  }
-  a.validate({"model", "text", "out", "samples", "ctx"}, {"json"});
-  const std::string dir = a.require("model"), text_path = a.require("text"), out = a.require("out");
+  std::string dir, text_path, out;
+  int64_t samples = 64, ctx = -1;
+  bool json = false;
+  model::RuntimeOptions rt;
+  OptionTable t("calibrate", "--model DIR --text FILE --out FILE [options]",
+                "Runs the model over FILE's tokens in consecutive windows of T tokens (at most N windows) and records,\n"
+                "per layer, what conversion to MLA needs: the mean 2-norm of every (i, i + head_dim/2) pair of the\n"
+                "q and k projections (for 2-norm partial RoPE) and the covariance of the attention inputs (for\n"
+                "activation-aware low-rank factorisation). The last ~10% of the windows (at least one when there are\n"
+                "two or more) are held out: they only feed a separate covariance, for evaluating the factorisation.");
+  t.required("model", "DIR", "unconverted model folder (config.json, safetensors, tokenizer.json)",
+             [&](auto& v) { dir = v; })
+      .required("text", "FILE", "UTF-8 calibration text, tokenized as one string", [&](auto& v) { text_path = v; })
+      .required("out", "FILE",
+                "output .safetensors: q_norm [layers, heads, head_dim/2], k_norm [layers, kv_heads,\n"
+                "head_dim/2], scores (group-summed q·k norms), ranks [layers, kv_heads, head_dim]\n"
+                "(0 = best, halves repeated), cov.L and cov_heldout.L [hidden, hidden] fp64, and\n"
+                "metadata with the token counts and the model's fingerprint",
+                [&](auto& v) { out = v; })
+      .integer("samples", "N", "most windows to use", samples, 1)
+      .integer("ctx", "T", "window length in tokens", ctx, 1, "min(max_position_embeddings, 512)");
+  add_runtime_options(t, rt, kDevice);
+  t.toggle("json", "print {out, tokens, heldout_tokens, samples, ctx, layers} as JSON", json);
+  if (!t.parse(a)) return 0;
   // Look at the raw config first: a converted model's weights would not even load as a standard one.
   nlohmann::json raw;
   try {
@@ -66,16 +71,13 @@ int cmd_calibrate(const Args& a) {
   check(!(raw.is_object() && raw.contains("mha2mla")),
         "model is already converted to MLA (" + dir + "/config.json has an \"mha2mla\" section)");
   auto cfg = io::ModelConfig::load(dir);
-  const int64_t samples = a.get_int("samples", 64);
-  const int64_t ctx = a.get_int("ctx", std::min<int64_t>(cfg.max_position_embeddings, 512));
-  check(samples >= 1, "--samples must be at least 1");
-  check(ctx >= 1, "--ctx must be at least 1");
+  if (ctx < 0) ctx = std::min<int64_t>(cfg.max_position_embeddings, 512);
 
   auto ids = tok::encode_text_file(tok::Tokenizer::load(dir), text_path);
   check(static_cast<int64_t>(ids.size()) >= ctx, "calibration text has " + std::to_string(ids.size()) +
                                                      " tokens, need at least " + std::to_string(ctx));
 
-  auto m = model::load_model(dir, torch::kFloat32);
+  auto m = model::load_model(dir, rt);
   check(!m->config().raw.contains("mha2mla"), "model is already converted to MLA");
   Progress bar("calibrate", std::min<int64_t>(samples, static_cast<int64_t>(ids.size()) / ctx));
   auto s = convert::calibrate(*m, ids, samples, ctx, [&](int64_t d, int64_t) { bar.update(d); });
@@ -83,7 +85,7 @@ int cmd_calibrate(const Args& a) {
   convert::save_calib(out, s);
 
   const int64_t L = m->config().num_layers;
-  if (a.flag("json")) {
+  if (json) {
     nlohmann::json j{{"out", out},          {"tokens", s.tokens}, {"heldout_tokens", s.heldout_tokens},
                      {"samples", s.samples}, {"ctx", s.ctx},       {"layers", L}};
     std::cout << j.dump() << "\n";

@@ -33,7 +33,7 @@ int cmd_cast(const Args& a) {
     fs::create_directories(tmp);
     io::save_checkpoint(tmp, w);
     auto cfg = m->config().to_json();
-    cfg["torch_dtype"] = dtype == torch::kBFloat16 ? "bfloat16" : dtype == torch::kFloat16 ? "float16" : "float32";
+    cfg["torch_dtype"] = model::torch_dtype_name(dtype);
     write_text_atomic((fs::path(tmp) / "config.json").string(), cfg.dump(2) + "\n");
     io::copy_tokenizer_files(dir, tmp);
     if (fs::exists(out)) fs::remove(out);

@@ -3,6 +3,8 @@
 #include <iostream>
 
 #include "cli/cli.h"
+#include "cli/options.h"
+#include "model/runtime_options.h"
 #include "convert/mla_convert.h"
 #include "util/error.h"
 #include "util/progress.h"
@@ -10,59 +12,58 @@
 namespace mha2mla::cli {
 
 int cmd_convert(const Args& a) {
-  if (a.help()) {
-    std::puts(
-        "usage: mha2mla convert --model DIR --out DIR --rope high|low|uniform|2-norm --rope-dims R\n"
-        "                       --dkv D --svd joint|split|activation|none [--calib FILE] [--dtype f32|bf16]\n"
-        "                       [--uniform-start S] [--score product|sum] [--svd-algo auto|exact|randomized] [--json]\n\n"
-        "Converts a Llama-family model (llama, mistral, qwen2) to Multi-head Latent Attention.\n"
-        "Each head keeps RoPE on R dims (R/2 frequency pairs); the other key dims and the values are\n"
-        "compressed into one latent of D·n_kv values per token (2·D·n_kv for split).\n\n"
-        "  --model DIR        source model folder (HF layout)\n"
-        "  --out DIR          output folder (must not exist or be empty; nothing is left on failure)\n"
-        "  --rope S           high | low | uniform | 2-norm (2-norm needs --calib)\n"
-        "  --rope-dims R      rotated dims kept per head, even, <= head_dim\n"
-        "  --dkv D            latent rank per KV head (not needed with --svd none)\n"
-        "  --svd M            joint: one SVD of [W_k nope; W_v]; split: one each (latent 2·D·n_kv);\n"
-        "                     activation: joint, weighted by the calibration inputs' covariance;\n"
-        "                     none: partial RoPE only, full-rank K/V\n"
-        "  --calib FILE       from 'mha2mla calibrate' (2-norm scores, covariances, held-out error)\n"
-        "  --dtype T          output dtype f32 | bf16 (default: as the source)\n"
-        "  --uniform-start S  first frequency for --rope uniform (default 0; step = head_dim/R)\n"
-        "  --score RULE       2-norm score: product (default) or sum (paper-era)\n"
-        "  --svd-algo A       auto (randomized for large matrices), exact, randomized\n"
-        "  --json             the report as one JSON object\n\n"
-        "Report keys (--json): kv_values_per_token_per_layer_before/_after, kv_cache_ratio, kv_cache_reduction,\n"
-        "latent_dim, layers[{layer, k_rel_err, v_rel_err, k_rel_err_heldout, v_rel_err_heldout,\n"
-        "k_rel_err_heldout_plain_svd, v_rel_err_heldout_plain_svd}], mean_k_rel_err, mean_v_rel_err,\n"
-        "kept_frequencies{slots, same_for_all_heads, frequencies, count_per_frequency, most_kept}.");
-    return 0;
-  }
-  a.validate({"model", "out", "rope", "rope-dims", "dkv", "svd", "calib", "dtype", "uniform-start", "score", "svd-algo"},
-             {"json"});
   convert::ConvertOptions opt;
-  const std::string model = a.require("model"), out = a.require("out");
-  opt.rope = convert::parse_rope_strategy(a.require("rope"));
-  opt.rope_dims = a.get_int("rope-dims", 0);
-  check(a.get("rope-dims").has_value(), "convert: missing --rope-dims");
-  opt.svd = a.require("svd");
-  opt.dkv = a.get_int("dkv", 0);
-  if (opt.svd != "none") check(a.get("dkv").has_value(), "convert: missing --dkv");
-  opt.uniform_start = a.get_int("uniform-start", 0);
-  std::string score = a.get_or("score", "product");
-  check(score == "product" || score == "sum", "--score must be product or sum");
-  opt.score_sum = score == "sum";
-  opt.algo = convert::parse_svd_algo(a.get_or("svd-algo", "auto"));
-  opt.out_dtype = a.get_or("dtype", "");
+  std::string model, out, calib;
+  bool json = false;
+  OptionTable t("convert",
+                "--model DIR --out DIR --rope high|low|uniform|2-norm --rope-dims R --dkv D\n"
+                "                       --svd joint|split|activation|none [options]",
+                "Converts a Llama-family model (llama, mistral, qwen2) to Multi-head Latent Attention.\n"
+                "Each head keeps RoPE on R dims (R/2 frequency pairs); the other key dims and the values are\n"
+                "compressed into one latent of D·n_kv values per token (2·D·n_kv for split).");
+  bool has_dkv = false;
+  t.required("model", "DIR", "source model folder (HF layout)", [&](auto& v) { model = v; })
+      .required("out", "DIR", "output folder (must not exist or be empty; nothing is left on failure)",
+                [&](auto& v) { out = v; })
+      .required("rope", "S", "high | low | uniform | 2-norm (2-norm needs --calib)",
+                [&](auto& v) { opt.rope = convert::parse_rope_strategy(v); })
+      .required("rope-dims", "R", "rotated dims kept per head, even, <= head_dim",
+                [&](auto& v) { opt.rope_dims = parse_int("rope-dims", v); })
+      .value("dkv", "D", "latent rank per KV head (not needed with --svd none)", [&](auto& v) {
+        opt.dkv = parse_int("dkv", v);
+        has_dkv = true;
+      })
+      .required("svd", "M",
+                "joint: one SVD of [W_k nope; W_v]; split: one each (latent 2·D·n_kv);\n"
+                "activation: joint, weighted by the calibration inputs' covariance;\n"
+                "none: partial RoPE only, full-rank K/V",
+                [&](auto& v) { opt.svd = v; })
+      .text("calib", "FILE", "from 'mha2mla calibrate' (2-norm scores, covariances, held-out error)", calib, "none")
+      .value("dtype", "T", "output dtype f32 | bf16 | f16", [&](auto& v) {
+        model::parse_compute_dtype(v);
+        opt.out_dtype = v;
+      }, "as the source")
+      .integer("uniform-start", "S", "first frequency for --rope uniform (step = head_dim/R)", opt.uniform_start, 0)
+      .value("score", "RULE", "2-norm score: product or sum (paper-era)",
+             [&](auto& v) { opt.score_sum = parse_choice("score", v, {"product", "sum"}) == "sum"; }, "product")
+      .value("svd-algo", "A", "auto (randomized for large matrices), exact, randomized",
+             [&](auto& v) { opt.algo = convert::parse_svd_algo(v); }, "auto")
+      .toggle("json", "the report as one JSON object", json)
+      .note("Report keys (--json): kv_values_per_token_per_layer_before/_after, kv_cache_ratio, kv_cache_reduction,\n"
+            "latent_dim, layers[{layer, k_rel_err, v_rel_err, k_rel_err_heldout, v_rel_err_heldout,\n"
+            "k_rel_err_heldout_plain_svd, v_rel_err_heldout_plain_svd}], mean_k_rel_err, mean_v_rel_err,\n"
+            "kept_frequencies{slots, same_for_all_heads, frequencies, count_per_frequency, most_kept}.");
+  if (!t.parse(a)) return 0;
+  if (opt.svd != "none") check(has_dkv, "convert: missing --dkv");
   Progress bar("convert", 1);
   std::unique_ptr<Progress> layers_bar;
-  auto report = convert::convert_model(model, out, opt, a.get_or("calib", ""), [&](int64_t d, int64_t n) {
+  auto report = convert::convert_model(model, out, opt, calib, [&](int64_t d, int64_t n) {
     if (!layers_bar) layers_bar = std::make_unique<Progress>("convert", n);
     layers_bar->update(d);
   });
   if (layers_bar) layers_bar->finish();
   bar.finish();
-  if (a.flag("json")) {
+  if (json) {
     std::cout << report.dump() << "\n";
     return 0;
   }

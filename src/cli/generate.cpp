@@ -4,6 +4,8 @@
 #include <iostream>
 
 #include "cli/cli.h"
+#include "cli/options.h"
+#include "cli/runtime_flags.h"
 #include "infer/generate.h"
 #include "model/transformer.h"
 #include "tokenizer/tokenizer.h"
@@ -13,33 +15,28 @@
 namespace mha2mla::cli {
 
 int cmd_generate(const Args& a) {
-  if (a.help()) {
-    std::puts(
-        "usage: mha2mla generate --model DIR --prompt TEXT [--max-new N] [--temperature T] [--top-p P]\n"
-        "                        [--seed S] [--dtype f32|bf16] [--json]\n\n"
-        "Streams the model's continuation of TEXT to stdout; speed goes to stderr.\n\n"
-        "  --model DIR        model folder (config.json, safetensors, tokenizer.json)\n"
-        "  --prompt TEXT      the prompt (the tokenizer's default special tokens are added)\n"
-        "  --max-new N        tokens to generate at most (default 64); stops early at EOS\n"
-        "  --temperature T    0 = greedy (default 0)\n"
-        "  --top-p P          nucleus sampling mass (default 1.0)\n"
-        "  --seed S           sampling seed (default 0)\n"
-        "  --dtype T          f32 (default) or bf16\n"
-        "  --json             no streaming; one JSON object {text, tokens, prompt_tokens, prefill_s, decode_s, ...}");
-    return 0;
-  }
-  a.validate({"model", "prompt", "max-new", "temperature", "top-p", "seed", "dtype"}, {"json"});
-  const std::string dir = a.require("model");
-  const std::string prompt = a.require("prompt");
+  std::string dir, prompt;
   infer::GenerateOptions opt;
-  opt.max_new = a.get_int("max-new", 64);
-  check(opt.max_new >= 1, "--max-new must be at least 1");
-  opt.sampling.temperature = a.get_double("temperature", 0.0);
-  opt.sampling.top_p = a.get_double("top-p", 1.0);
-  opt.sampling.seed = static_cast<uint64_t>(a.get_int("seed", 0));
+  model::RuntimeOptions rt;
+  bool json = false;
+  int64_t seed = 0;
+  OptionTable t("generate", "--model DIR --prompt TEXT [options]",
+                "Streams the model's continuation of TEXT to stdout; speed and cache size go to stderr.");
+  t.required("model", "DIR", "model folder (config.json, safetensors, tokenizer.json)", [&](auto& v) { dir = v; })
+      .required("prompt", "TEXT", "the prompt (the tokenizer's default special tokens are added)",
+                [&](auto& v) { prompt = v; })
+      .integer("max-new", "N", "tokens to generate at most; stops early at EOS", opt.max_new, 1)
+      .number("temperature", "T", "0 = greedy", opt.sampling.temperature)
+      .number("top-p", "P", "nucleus sampling mass", opt.sampling.top_p)
+      .integer("seed", "S", "sampling seed", seed, 0);
+  add_runtime_options(t, rt, kAllRuntime);
+  t.toggle("json", "no streaming; one JSON object {text, tokens, prompt_tokens, prefill_s, decode_s,\n"
+                   "decode_tokens_per_s, cache_bytes, cache_bytes_per_token, cache_capacity_bytes,\n"
+                   "cache_tokens, cache_residual_tokens, runtime}",
+           json);
+  if (!t.parse(a)) return 0;
+  opt.sampling.seed = static_cast<uint64_t>(seed);
   infer::Sampler validate_only(opt.sampling);  // rejects bad values before the model loads
-  auto dtype = model::parse_compute_dtype(a.get_or("dtype", "f32"));
-  const bool json = a.flag("json");
 
   auto tok = tok::Tokenizer::load(dir);
   std::vector<int32_t> p32;
@@ -49,7 +46,7 @@ int cmd_generate(const Args& a) {
     fail(std::string("prompt: ") + e.what());
   }
   check(!p32.empty(), "the prompt encodes to no tokens");
-  auto m = model::load_model(dir, dtype);
+  auto m = model::load_model(dir, rt);
   opt.stop_ids = m->config().eos_token_ids;
   std::vector<int64_t> prompt_ids(p32.begin(), p32.end());
 
@@ -74,7 +71,8 @@ int cmd_generate(const Args& a) {
       printed = stable;
     }
   };
-  auto res = infer::generate(*m, {prompt_ids}, opt, on_token);
+  model::CacheStats stats;
+  auto res = infer::generate(*m, {prompt_ids}, opt, on_token, &stats);
   auto t1 = std::chrono::steady_clock::now();
   std::string text = tok.decode(out_ids, true);
   const double prefill_s = std::chrono::duration<double>(t_first - t0).count();
@@ -88,13 +86,16 @@ int cmd_generate(const Args& a) {
                      {"new_tokens", n_new},
                      {"prefill_s", prefill_s},
                      {"decode_s", decode_s},
-                     {"decode_tokens_per_s", decode_tps}};
+                     {"decode_tokens_per_s", decode_tps},
+                     {"runtime", runtime_json(rt)}};
+    o.update(stats.to_json());
     std::cout << o.dump() << "\n";
   } else {
     if (printed < text.size()) std::fwrite(text.data() + printed, 1, text.size() - printed, stdout);
     std::printf("\n");
-    std::fprintf(stderr, "[%zu prompt tokens, prefill %.3fs; %lld new tokens, %.1f tokens/s]\n", prompt_ids.size(),
-                 prefill_s, static_cast<long long>(n_new), decode_tps);
+    std::fprintf(stderr, "[%zu prompt tokens, prefill %.3fs; %lld new tokens, %.1f tokens/s; cache %s for %lld tokens]\n",
+                 prompt_ids.size(), prefill_s, static_cast<long long>(n_new), decode_tps,
+                 format_bytes(stats.bytes).c_str(), static_cast<long long>(stats.tokens));
   }
   return 0;
 }

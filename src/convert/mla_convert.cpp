@@ -251,7 +251,7 @@ nlohmann::json convert_model(const std::string& model_dir, const std::string& ou
     ncfg.mla.low_rank = opt.svd == "none" ? 0 : opt.dkv;
     ncfg.mla.freqs = sel;
     auto cj = ncfg.to_json();
-    if (!opt.out_dtype.empty()) cj["torch_dtype"] = opt.out_dtype == "bf16" ? "bfloat16" : "float32";
+    if (!opt.out_dtype.empty()) cj["torch_dtype"] = model::torch_dtype_name(model::parse_compute_dtype(opt.out_dtype));
     cj["mha2mla"]["source_model"] = model_dir;
     if (opt.rope == RopeStrategy::TwoNorm) cj["mha2mla"]["two_norm_score"] = opt.score_sum ? "sum" : "product";
     write_text_atomic((fs::path(tmp) / "config.json").string(), cj.dump(2) + "\n");

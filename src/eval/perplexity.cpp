@@ -7,13 +7,31 @@
 
 namespace mha2mla::eval {
 
-PplResult perplexity(model::TransformerImpl& m, const std::vector<int64_t>& ids, int64_t ctx, int64_t stride,
+namespace {
+
+// Hidden states [1, len, d] of a window fed through a fresh cache `chunk` tokens at a time.
+torch::Tensor hidden_through_cache(model::TransformerImpl& m, const torch::Tensor& window, int64_t chunk,
+                                   model::CacheStats& stats) {
+  auto cache = m.make_cache(1);
+  const int64_t len = window.size(1);
+  std::vector<torch::Tensor> parts;
+  for (int64_t s = 0; s < len; s += chunk) parts.push_back(m.hidden(window.narrow(1, s, std::min(chunk, len - s)), cache.get()));
+  stats = cache->stats();
+  return parts.size() == 1 ? parts[0] : torch::cat(parts, 1);
+}
+
+}  // namespace
+
+PplResult perplexity(model::TransformerImpl& m, const std::vector<int64_t>& ids, const PplOptions& opt,
                      const std::function<void(int64_t, int64_t)>& progress) {
+  const int64_t ctx = opt.ctx, stride = opt.stride;
+  PplResult r;
   torch::NoGradGuard ng;
   const int64_t n = static_cast<int64_t>(ids.size());
   check(n >= 2, "the text has " + std::to_string(n) + " token(s): perplexity needs at least 2");
   check(ctx >= 2, "--ctx must be at least 2");
   check(stride >= 1 && stride <= ctx, "--stride must be between 1 and --ctx");
+  check(opt.chunk >= 0, "--chunk must not be negative");
   check(ctx <= m.config().max_position_embeddings,
         "--ctx " + std::to_string(ctx) + " exceeds max_position_embeddings (" +
             std::to_string(m.config().max_position_embeddings) + ")");
@@ -31,7 +49,7 @@ PplResult perplexity(model::TransformerImpl& m, const std::vector<int64_t>& ids,
     const int64_t len = end - begin;
     const int64_t k = end - first_target;
     auto window = all.narrow(0, begin, len).unsqueeze(0);
-    auto h = m.hidden(window);  // [1, len, d]
+    auto h = opt.chunk > 0 ? hidden_through_cache(m, window, opt.chunk, r.cache) : m.hidden(window);  // [1, len, d]
     auto hs = h.narrow(1, first_target - 1 - begin, k);
     auto logits = m.logits(hs).view({k, -1});
     auto targets = all.narrow(0, first_target, k).to(logits.device());
@@ -45,7 +63,6 @@ PplResult perplexity(model::TransformerImpl& m, const std::vector<int64_t>& ids,
     if (end == n) break;
     end = std::min(end + step, n);
   }
-  PplResult r;
   r.tokens = scored;
   r.windows = windows;
   r.nll = total_nll / static_cast<double>(scored);

@@ -8,7 +8,8 @@ namespace mha2mla::infer {
 
 std::vector<std::vector<int64_t>> generate(model::TransformerImpl& m, const std::vector<std::vector<int64_t>>& prompts,
                                            const GenerateOptions& opt,
-                                           const std::function<void(int64_t, int64_t)>& on_token) {
+                                           const std::function<void(int64_t, int64_t)>& on_token,
+                                           model::CacheStats* stats) {
   torch::NoGradGuard ng;
   const int64_t B = static_cast<int64_t>(prompts.size());
   check(B > 0, "no prompts to generate from");
@@ -36,6 +37,7 @@ std::vector<std::vector<int64_t>> generate(model::TransformerImpl& m, const std:
     sp.seed = opt.sampling.seed + static_cast<uint64_t>(b);
     samplers.emplace_back(sp);
   }
+  model::check_token_ids(ids, m.config().vocab_size);
   auto cache = m.make_cache(B);
   std::vector<std::vector<int64_t>> out(B);
   std::vector<bool> done(B, false);
@@ -64,8 +66,9 @@ std::vector<std::vector<int64_t>> generate(model::TransformerImpl& m, const std:
       any = true;
     }
     if (!any || step + 1 == opt.max_new) break;
-    last = m.logits(m.hidden(next, cache.get(), next_valid).select(1, 0));
+    last = m.logits(m.hidden(next.to(m.device()), cache.get(), next_valid).select(1, 0));
   }
+  if (stats) *stats = cache->stats();
   return out;
 }
 

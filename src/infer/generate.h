@@ -15,9 +15,11 @@ struct GenerateOptions {
   std::vector<int64_t> stop_ids;  // usually the config's EOS ids
 };
 
-// on_token(row, token) is called as soon as a row produces a token (for streaming).
+// on_token(row, token) is called as soon as a row produces a token (for streaming). The cache is stored as
+// m.runtime().cache says; `stats`, if given, receives its size at the end of the run.
 std::vector<std::vector<int64_t>> generate(model::TransformerImpl& m, const std::vector<std::vector<int64_t>>& prompts,
                                            const GenerateOptions& opt,
-                                           const std::function<void(int64_t, int64_t)>& on_token = {});
+                                           const std::function<void(int64_t, int64_t)>& on_token = {},
+                                           model::CacheStats* stats = nullptr);
 
 }  // namespace mha2mla::infer

@@ -10,8 +10,9 @@ Sampler::Sampler(const SamplingParams& p) : p_(p), rng_(p.seed) {
 }
 
 int64_t Sampler::sample(const torch::Tensor& logits) {
+  // Greedy reads one integer back from the device, nothing more.
+  if (p_.temperature <= 0.0) return logits.detach().reshape({-1}).argmax().item<int64_t>();
   auto l = logits.detach().to(torch::kCPU, torch::kFloat64).reshape({-1});
-  if (p_.temperature <= 0.0) return l.argmax().item<int64_t>();
   auto probs = torch::softmax(l / p_.temperature, 0);
   auto sorted = probs.sort(/*dim=*/0, /*descending=*/true);
   auto vals = std::get<0>(sorted).contiguous();

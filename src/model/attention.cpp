@@ -47,8 +47,12 @@ torch::Tensor GQAAttentionImpl::forward(const torch::Tensor& x, const AttnContex
   q = apply_rope(q.transpose(1, 2), ctx.cos, ctx.sin);
   k = apply_rope(k.transpose(1, 2), ctx.cos, ctx.sin);
   if (ctx.cache) {
-    auto* lc = static_cast<KVLayerCache*>(ctx.cache->layer(ctx.layer));
-    std::tie(k, v) = lc->append(k, v, ctx.start);
+    auto& kb = ctx.cache->buffer(ctx.layer, 0);
+    auto& vb = ctx.cache->buffer(ctx.layer, 1);
+    kb.append(k);
+    vb.append(v);
+    k = kb.read();  // [B, n_kv, S, d_h]
+    v = vb.read();
   }
   auto o = grouped_attention(q.contiguous(), k, v, ctx.mask, 1.0 / std::sqrt(static_cast<double>(d_h_)));
   return o_proj(o.transpose(1, 2).reshape({B, T, n_h_ * d_h_}));

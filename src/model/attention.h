@@ -1,6 +1,6 @@
 #pragma once
 // The attention interface. The transformer only ever talks to an Attention through forward() and
-// make_cache(), so MHA/GQA, MLA and other cache layouts are interchangeable per layer.
+// cache_spec(), so MHA/GQA, MLA and other cache layouts are interchangeable per layer.
 #include <torch/torch.h>
 
 #include <functional>
@@ -19,6 +19,7 @@ struct AttnContext {
   int64_t start = 0;        // first slot of the new tokens (tokens already cached)
   int64_t layer = 0;
   KVCache* cache = nullptr; // null: no caching (training, scoring)
+  AttnMode attn = AttnMode::Auto;
   // Optional observer of each layer's attention input (after input_layernorm), e.g. for calibration.
   const std::function<void(int64_t layer, const torch::Tensor& x)>* on_attn_input = nullptr;
 };
@@ -33,7 +34,8 @@ class AttentionImpl : public torch::nn::Module {
   ~AttentionImpl() override = default;
   // x: [B, T, d] -> [B, T, d].
   virtual torch::Tensor forward(const torch::Tensor& x, const AttnContext& ctx) = 0;
-  virtual std::unique_ptr<LayerCache> make_cache() const = 0;
+  // The per-token buffers this layer caches, in the order forward() uses them.
+  virtual std::vector<BufferSpec> cache_spec() const = 0;
 };
 
 // Standard HF Llama/Mistral/Qwen2/Qwen3 attention (MHA when n_kv == n_h, else GQA).
@@ -41,7 +43,10 @@ class GQAAttentionImpl : public AttentionImpl {
  public:
   GQAAttentionImpl(const io::ModelConfig& cfg, const torch::TensorOptions& opt);
   torch::Tensor forward(const torch::Tensor& x, const AttnContext& ctx) override;
-  std::unique_ptr<LayerCache> make_cache() const override { return std::make_unique<KVLayerCache>(); }
+  // k and v, [n_kv, d_h] each; KIVI's axes: keys per channel, values per token.
+  std::vector<BufferSpec> cache_spec() const override {
+    return {{"k", n_kv_, d_h_, QuantAxis::Channel}, {"v", n_kv_, d_h_, QuantAxis::Token}};
+  }
 
   Dense q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   RMSNorm q_norm{nullptr}, k_norm{nullptr};  // qwen3 only

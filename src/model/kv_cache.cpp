@@ -1,10 +1,24 @@
 #include "model/kv_cache.h"
 
+#include "util/error.h"
+
 namespace mha2mla::model {
-torch::Tensor grow_slots(const torch::Tensor& buf, const torch::Tensor& like, int64_t need, int64_t keep) {
+namespace {
+
+torch::ScalarType float_storage(CacheType t) {
+  return t == CacheType::F32 ? torch::kFloat32 : t == CacheType::BF16 ? torch::kBFloat16 : torch::kFloat16;
+}
+
+CacheType compute_cache_type(torch::ScalarType t) {
+  return t == torch::kFloat32 ? CacheType::F32 : t == torch::kBFloat16 ? CacheType::BF16 : CacheType::F16;
+}
+
+// `buf` with room for at least `need` entries on dim 2 (shaped like `like` otherwise), copying the first
+// `keep`; capacity doubles, so appends are amortised O(1).
+torch::Tensor grow(const torch::Tensor& buf, const torch::Tensor& like, int64_t need, int64_t keep, int64_t min_cap) {
   if (buf.defined() && buf.size(2) >= need) return buf;
   int64_t cap = buf.defined() ? buf.size(2) : 0;
-  int64_t new_cap = std::max<int64_t>(need, std::max<int64_t>(cap * 2, 64));
+  int64_t new_cap = std::max<int64_t>(need, std::max<int64_t>(cap * 2, min_cap));
   auto sizes = like.sizes().vec();
   sizes[2] = new_cap;
   auto out = torch::empty(sizes, like.options());
@@ -12,41 +26,164 @@ torch::Tensor grow_slots(const torch::Tensor& buf, const torch::Tensor& like, in
   return out;
 }
 
-std::pair<torch::Tensor, torch::Tensor> KVLayerCache::append(const torch::Tensor& k, const torch::Tensor& v,
-                                                             int64_t start) {
-  const int64_t t = k.size(2);
-  k_ = grow_slots(k_, k, start + t, start);
-  v_ = grow_slots(v_, v, start + t, start);
-  k_.narrow(2, start, t).copy_(k);
-  v_.narrow(2, start, t).copy_(v);
-  return {k_.narrow(2, 0, start + t), v_.narrow(2, 0, start + t)};
+int64_t nbytes(const torch::Tensor& t) { return t.defined() ? t.numel() * static_cast<int64_t>(t.element_size()) : 0; }
+
+}  // namespace
+
+Storage resolve_storage(const BufferSpec& spec, const CacheOptions& opt, torch::ScalarType compute) {
+  Storage s;
+  auto t = opt.type_of.find(spec.name);
+  s.type = t != opt.type_of.end() ? t->second : opt.type.value_or(compute_cache_type(compute));
+  auto a = opt.axis_of.find(spec.name);
+  s.axis = a != opt.axis_of.end() ? a->second : spec.axis;
+  s.group = opt.group;
+  s.residual = opt.residual;
+  check(s.group >= 1, "--cache-group must be at least 1");
+  check(s.residual >= 0, "--cache-residual must not be negative");
+  if (is_quantized(s.type) && s.axis == QuantAxis::Channel)
+    check(s.residual > 0 && s.residual % s.group == 0,
+          "cache buffer \"" + spec.name + "\" is quantized per channel in groups of " + std::to_string(s.group) +
+              " tokens, so --cache-residual (" + std::to_string(s.residual) +
+              ") must be a positive multiple of --cache-group; or use --cache-axis " + spec.name + "=token");
+  return s;
 }
 
-int64_t KVLayerCache::bytes_for(int64_t slots) const {
-  if (!k_.defined()) return 0;
-  return slots * (k_.size(0) * k_.size(1) * k_.size(3) * k_.element_size() +
-                  v_.size(0) * v_.size(1) * v_.size(3) * v_.element_size());
-}
-
-KVCache::KVCache(int64_t batch, int64_t num_layers) : batch_(batch), layers_(num_layers) {
-  valid_ = torch::zeros({batch, 0}, torch::kBool);
-  next_pos_ = torch::zeros({batch}, torch::kInt64);
-}
-
-int64_t KVCache::bytes() const {
-  int64_t total = 0;
-  for (const auto& l : layers_)
-    if (l) total += l->bytes_for(filled_);
+double bytes_per_token(const std::vector<BufferSpec>& specs, const CacheOptions& opt, torch::ScalarType compute) {
+  double total = 0;
+  for (const auto& b : specs) {
+    auto s = resolve_storage(b, opt, compute);
+    const int bits = cache_type_bits(s.type);
+    total += is_quantized(s.type) ? quantized_bytes_per_token(b.heads, b.width, bits, s.group, s.axis)
+                                  : static_cast<double>(b.heads * b.width * bits / 8);
+  }
   return total;
+}
+
+SlotBuffer::SlotBuffer(BufferSpec spec, Storage st, int64_t batch, torch::ScalarType compute, torch::Device device)
+    : spec_(std::move(spec)), st_(st), batch_(batch), compute_(compute), device_(device),
+      bits_(cache_type_bits(st.type)) {
+  if (is_quantized(st_.type) && st_.residual > 0)
+    residual_ = torch::empty({batch_, spec_.heads, st_.residual, spec_.width},
+                             torch::TensorOptions().dtype(compute_).device(device_));
+}
+
+int64_t SlotBuffer::meta_rows(int64_t tokens) const {
+  return st_.axis == QuantAxis::Token ? tokens : tokens / st_.group;
+}
+
+void SlotBuffer::append(const torch::Tensor& x) {
+  check(x.dim() == 4 && x.size(0) == batch_ && x.size(1) == spec_.heads && x.size(3) == spec_.width,
+        "cache buffer \"" + spec_.name + "\": appended tensor has the wrong shape");
+  const int64_t t = x.size(2);
+  if (!is_quantized(st_.type)) {
+    auto opts = torch::TensorOptions().dtype(float_storage(st_.type)).device(device_);
+    full_ = grow(full_, torch::empty({batch_, spec_.heads, 1, spec_.width}, opts), full_n_ + t, full_n_, 64);
+    full_.narrow(2, full_n_, t).copy_(x);
+    full_n_ += t;
+    return;
+  }
+  if (st_.residual == 0) {
+    quantize_and_append(x);
+    return;
+  }
+  // Fill the residual; each time it is full, quantize it as one block.
+  int64_t done = 0;
+  while (done < t) {
+    const int64_t take = std::min(t - done, st_.residual - residual_n_);
+    residual_.narrow(2, residual_n_, take).copy_(x.narrow(2, done, take));
+    residual_n_ += take;
+    done += take;
+    if (residual_n_ == st_.residual) {
+      quantize_and_append(residual_);
+      residual_n_ = 0;
+    }
+  }
+}
+
+void SlotBuffer::quantize_and_append(const torch::Tensor& block) {
+  const int64_t n = block.size(2);
+  auto q = quantize(block, bits_, st_.group, st_.axis);
+  const int64_t rows = meta_rows(quantized_), new_rows = q.scale.size(2);
+  data_ = grow(data_, q.data, quantized_ + n, quantized_, 64);
+  scale_ = grow(scale_, q.scale, rows + new_rows, rows, 64);
+  zero_ = grow(zero_, q.zero, rows + new_rows, rows, 64);
+  data_.narrow(2, quantized_, n).copy_(q.data);
+  scale_.narrow(2, rows, new_rows).copy_(q.scale);
+  zero_.narrow(2, rows, new_rows).copy_(q.zero);
+  quantized_ += n;
+}
+
+QuantBlock SlotBuffer::quantized_view() const {
+  if (quantized_ == 0) return {};
+  const int64_t rows = meta_rows(quantized_);
+  return {data_.narrow(2, 0, quantized_), scale_.narrow(2, 0, rows), zero_.narrow(2, 0, rows)};
+}
+
+torch::Tensor SlotBuffer::read() const {
+  if (!is_quantized(st_.type)) {
+    check(full_.defined(), "cache buffer \"" + spec_.name + "\" is empty");
+    return full_.narrow(2, 0, full_n_).to(compute_);
+  }
+  std::vector<torch::Tensor> parts;
+  if (quantized_ > 0) parts.push_back(dequantize(quantized_view(), bits_, st_.group, st_.axis, spec_.width, compute_));
+  if (residual_n_ > 0) parts.push_back(residual_view());
+  check(!parts.empty(), "cache buffer \"" + spec_.name + "\" is empty");
+  return parts.size() == 1 ? parts[0] : torch::cat(parts, 2);
+}
+
+int64_t SlotBuffer::bytes() const {
+  const int64_t rows = batch_ * spec_.heads;
+  if (!is_quantized(st_.type)) return rows * full_n_ * spec_.width * (bits_ / 8);
+  const int64_t meta = st_.axis == QuantAxis::Token ? quant_groups(spec_.width, st_.group) * quantized_
+                                                    : spec_.width * (quantized_ / st_.group);
+  return rows * (quantized_ * packed_row_bytes(spec_.width, bits_) + 4 * meta +
+                 residual_n_ * spec_.width * static_cast<int64_t>(c10::elementSize(compute_)));
+}
+
+int64_t SlotBuffer::capacity_bytes() const {
+  return nbytes(full_) + nbytes(data_) + nbytes(scale_) + nbytes(zero_) + nbytes(residual_);
+}
+
+nlohmann::json CacheStats::to_json() const {
+  return {{"cache_bytes", bytes},
+          {"cache_bytes_per_token", bytes_per_token()},
+          {"cache_capacity_bytes", capacity_bytes},
+          {"cache_tokens", tokens},
+          {"cache_residual_tokens", residual_tokens}};
+}
+
+KVCache::KVCache(int64_t batch, const std::vector<std::vector<BufferSpec>>& layer_specs, const CacheOptions& opt,
+                 torch::ScalarType compute, torch::Device device)
+    : batch_(batch), device_(device) {
+  valid_ = torch::zeros({batch, 0}, torch::TensorOptions().dtype(torch::kBool).device(device));
+  next_pos_host_ = torch::zeros({batch}, torch::kInt64);
+  layers_.resize(layer_specs.size());
+  for (size_t i = 0; i < layer_specs.size(); ++i)
+    for (const auto& spec : layer_specs[i])
+      layers_[i].emplace_back(spec, resolve_storage(spec, opt, compute), batch, compute, device);
+}
+
+CacheStats KVCache::stats() const {
+  CacheStats s;
+  s.tokens = batch_ * filled_;
+  for (const auto& layer : layers_)
+    for (const auto& b : layer) {
+      s.bytes += b.bytes();
+      s.capacity_bytes += b.capacity_bytes();
+      s.residual_tokens = std::max(s.residual_tokens, batch_ * b.residual_tokens());
+    }
+  s.capacity_bytes += nbytes(valid_);
+  return s;
 }
 
 torch::Tensor KVCache::begin_step(const torch::Tensor& new_valid) {
   auto nv = new_valid.to(torch::kCPU, torch::kBool);
-  valid_ = torch::cat({valid_.narrow(1, 0, filled_), nv}, 1);
-  auto steps = nv.to(torch::kInt64).cumsum(1);
-  auto pos = (next_pos_.unsqueeze(1) + steps - 1).clamp_min(0);
-  next_pos_ = next_pos_ + nv.to(torch::kInt64).sum(1);
-  return pos;
+  if (all_valid_ && !nv.all().item<bool>()) all_valid_ = false;
+  auto nv_i = nv.to(torch::kInt64);
+  auto pos = (next_pos_host_.unsqueeze(1) + nv_i.cumsum(1) - 1).clamp_min(0);
+  next_pos_host_ = next_pos_host_ + nv_i.sum(1);
+  valid_ = torch::cat({valid_, nv.to(device_)}, 1);
+  return pos.to(device_);
 }
 
 }  // namespace mha2mla::model

@@ -1,60 +1,123 @@
 #pragma once
-// The decoding cache. Batch bookkeeping (slot validity, next positions) is shared by all layers;
-// each layer owns a LayerCache whose layout its attention module chooses (full K/V, an MLA latent, ...).
+// The decoding cache. Batch bookkeeping (slot validity, next positions) is shared by all layers; each layer
+// holds the named per-token buffers its attention declares (GQA: k, v; MLA: c, k_r), every one stored in the
+// chosen CacheType. No attention module knows how a buffer is stored: it appends and reads tensors.
 #include <torch/torch.h>
 
 #include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
 #include <vector>
+
+#include "model/quant.h"
+#include "model/runtime_options.h"
 
 namespace mha2mla::model {
 
-// Returns `buf` with room for at least `need` slots on dim 2 (shaped like `like` otherwise), copying
-// the first `keep` slots when it has to grow; capacity doubles, so appends are amortised O(1).
-torch::Tensor grow_slots(const torch::Tensor& buf, const torch::Tensor& like, int64_t need, int64_t keep);
-
-class LayerCache {
- public:
-  virtual ~LayerCache() = default;
-  // Bytes held for `slots` cached positions of the whole batch.
-  virtual int64_t bytes_for(int64_t slots) const = 0;
+// A per-token buffer as an attention declares it: `heads` rows of `width` values per token.
+struct BufferSpec {
+  std::string name;   // "k", "v", "c", "k_r"
+  int64_t heads = 1;
+  int64_t width = 0;
+  QuantAxis axis = QuantAxis::Token;  // default quantization axis; --cache-axis overrides it
 };
 
-// Full keys and values, [B, n_kv, capacity, d], grown by doubling.
-class KVLayerCache : public LayerCache {
+// How one buffer is stored, resolved from the CacheOptions.
+struct Storage {
+  CacheType type = CacheType::F32;
+  QuantAxis axis = QuantAxis::Token;
+  int64_t group = 64;
+  int64_t residual = 128;
+};
+
+// Resolves a buffer's storage: its own type/axis override, else --cache-type, else the compute dtype.
+// Checks the combination (a per-channel axis needs a residual that is a positive multiple of the group).
+Storage resolve_storage(const BufferSpec& spec, const CacheOptions& opt, torch::ScalarType compute);
+// Bytes per cached token of one layer's buffers under `opt`, scales and zero points included.
+double bytes_per_token(const std::vector<BufferSpec>& specs, const CacheOptions& opt, torch::ScalarType compute);
+
+// One buffer of one layer: [B, heads, slots, width] in its storage type. Float types keep one growing tensor.
+// Integer types keep quantized blocks plus a compute-dtype residual of the newest tokens: when the residual
+// reaches `residual` tokens it is quantized as one block and appended (with residual 0, every token is).
+class SlotBuffer {
  public:
-  // Writes k/v [B, n_kv, T, d] at slots [start, start+T) and returns views of slots [0, start+T).
-  std::pair<torch::Tensor, torch::Tensor> append(const torch::Tensor& k, const torch::Tensor& v, int64_t start);
-  int64_t bytes_for(int64_t slots) const override;
+  SlotBuffer(BufferSpec spec, Storage st, int64_t batch, torch::ScalarType compute, torch::Device device);
+  // x [B, heads, T, width] (any float dtype) appended after the last slot.
+  void append(const torch::Tensor& x);
+  // Every cached slot, [B, heads, tokens(), width] in the compute dtype (quantized blocks dequantized).
+  torch::Tensor read() const;
+
+  const BufferSpec& spec() const { return spec_; }
+  const Storage& storage() const { return st_; }
+  int64_t tokens() const { return full_n_ + quantized_ + residual_n_; }  // slots held per row
+  int64_t quantized_tokens() const { return quantized_; }
+  int64_t residual_tokens() const { return residual_n_; }
+  int64_t bytes() const;           // what holds the cached slots, for the whole batch
+  int64_t capacity_bytes() const;  // what is allocated
+
+  // For fused kernels. Float types: full() [B, heads, capacity, width], the first tokens() slots valid.
+  const torch::Tensor& full() const { return full_; }
+  // Integer types: blocks [0, quantized_tokens()) and the residual [B, heads, residual, width].
+  QuantBlock quantized_view() const;
+  torch::Tensor residual_view() const { return residual_.narrow(2, 0, residual_n_); }
 
  private:
-  torch::Tensor k_, v_;
+  void quantize_and_append(const torch::Tensor& block);  // [B, heads, N, width]
+  int64_t meta_rows(int64_t tokens) const;  // scale/zero rows along the slot axis for `tokens` slots
+
+  BufferSpec spec_;
+  Storage st_;
+  int64_t batch_;
+  torch::ScalarType compute_;
+  torch::Device device_;
+  int bits_;
+  torch::Tensor full_;                   // float types
+  torch::Tensor data_, scale_, zero_;    // integer types: grown by doubling along dim 2
+  torch::Tensor residual_;               // [B, heads, residual, width], compute dtype
+  int64_t full_n_ = 0, quantized_ = 0, residual_n_ = 0;
+};
+
+struct CacheStats {
+  int64_t bytes = 0;            // holding the cached tokens, scales, zero points and residual included
+  int64_t capacity_bytes = 0;   // allocated
+  int64_t tokens = 0;           // cached tokens (batch rows × slots)
+  int64_t residual_tokens = 0;  // of which in the full-precision residual
+  double bytes_per_token() const { return tokens > 0 ? static_cast<double>(bytes) / tokens : 0.0; }
+  // {cache_bytes, cache_bytes_per_token, cache_capacity_bytes, cache_tokens, cache_residual_tokens}
+  nlohmann::json to_json() const;
 };
 
 // Sequences of different lengths share one slot axis: prompts are left-padded and padded slots are
 // marked invalid, so every row appends at the same slot while keeping its own positions.
 class KVCache {
  public:
-  KVCache(int64_t batch, int64_t num_layers);
+  // layer_specs[i]: the buffers layer i's attention declares.
+  KVCache(int64_t batch, const std::vector<std::vector<BufferSpec>>& layer_specs, const CacheOptions& opt,
+          torch::ScalarType compute, torch::Device device);
   int64_t batch() const { return batch_; }
-  int64_t filled() const { return filled_; }  // slots in use
-  const torch::Tensor& valid() const { return valid_; }        // [B, filled] bool
-  const torch::Tensor& next_positions() const { return next_pos_; }  // [B] int64
-  LayerCache* layer(int64_t i) { return layers_.at(i).get(); }
-  void set_layer(int64_t i, std::unique_ptr<LayerCache> c) { layers_.at(i) = std::move(c); }
-  bool has_layer(int64_t i) const { return layers_.at(i) != nullptr; }
-  int64_t bytes() const;  // all layers, at the current fill
+  int64_t filled() const { return filled_; }                  // slots in use
+  const torch::Tensor& valid() const { return valid_; }       // [B, filled] bool, on the model's device
+  bool all_valid() const { return all_valid_; }               // no padding slot so far (known on the host)
+  const torch::Tensor& next_positions() const { return next_pos_host_; }  // [B] int64, host
+  int64_t num_layers() const { return static_cast<int64_t>(layers_.size()); }
+  SlotBuffer& buffer(int64_t layer, size_t i) { return layers_.at(layer).at(i); }
+  const std::vector<SlotBuffer>& layer(int64_t i) const { return layers_.at(i); }
+  CacheStats stats() const;
+  int64_t bytes() const { return stats().bytes; }
 
-  // Called by the model once per forward: records which new slots are real tokens and
-  // returns their positions [B, T].
+  // Called by the model once per forward: records which new slots are real tokens (host tensor [B, T])
+  // and returns their positions [B, T] on the device.
   torch::Tensor begin_step(const torch::Tensor& new_valid);
   void end_step(int64_t t) { filled_ += t; }
 
  private:
   int64_t batch_;
+  torch::Device device_;
   int64_t filled_ = 0;
-  torch::Tensor valid_;
-  torch::Tensor next_pos_;
-  std::vector<std::unique_ptr<LayerCache>> layers_;
+  bool all_valid_ = true;
+  torch::Tensor valid_;          // device
+  torch::Tensor next_pos_host_;  // [B] host: positions are counted where the valid flags arrive
+  std::vector<std::vector<SlotBuffer>> layers_;
 };
 
 }  // namespace mha2mla::model

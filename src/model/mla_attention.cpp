@@ -21,22 +21,6 @@ torch::Tensor rope_sel(const torch::Tensor& x, const torch::Tensor& cos, const t
 
 }  // namespace
 
-std::pair<torch::Tensor, torch::Tensor> LatentLayerCache::append(const torch::Tensor& c, const torch::Tensor& k_r,
-                                                                 int64_t start) {
-  const int64_t t = c.size(1);
-  auto c4 = c.unsqueeze(1);
-  c_ = grow_slots(c_, c4, start + t, start);
-  kr_ = grow_slots(kr_, k_r, start + t, start);
-  c_.narrow(2, start, t).copy_(c4);
-  kr_.narrow(2, start, t).copy_(k_r);
-  return {c_.narrow(2, 0, start + t).squeeze(1), kr_.narrow(2, 0, start + t)};
-}
-
-int64_t LatentLayerCache::bytes_for(int64_t slots) const {
-  if (!c_.defined()) return 0;
-  return slots * (c_.size(0) * c_.size(3) * c_.element_size() + kr_.size(0) * kr_.size(1) * kr_.size(3) * kr_.element_size());
-}
-
 LowRankKVImpl::LowRankKVImpl(const io::ModelConfig& c, const torch::TensorOptions& opt)
     : method_(c.mla.svd_init_method), latent_dim_(c.mla.latent_dim(c.num_kv_heads, c.head_dim)) {
   const int64_t d = c.hidden_size, n_kv = c.num_kv_heads, d_h = c.head_dim, r = c.mla.rope_dim;
@@ -71,6 +55,14 @@ std::pair<torch::Tensor, torch::Tensor> LowRankKVImpl::up(const torch::Tensor& c
   return {up_k(c), up_v(c)};
 }
 
+torch::Tensor LowRankKVImpl::key_part(const torch::Tensor& c) const {
+  return method_ == "split" ? c.narrow(-1, 0, split_) : c;
+}
+
+torch::Tensor LowRankKVImpl::value_part(const torch::Tensor& c) const {
+  return method_ == "split" ? c.narrow(-1, split_, split_) : c;
+}
+
 MLAAttentionImpl::MLAAttentionImpl(const io::ModelConfig& c, int64_t layer, const torch::TensorOptions& opt)
     : n_h_(c.num_heads), n_kv_(c.num_kv_heads), d_h_(c.head_dim), r_(c.mla.rope_dim) {
   check(!c.qk_norm, "MLA attention does not support qk-norm models (qwen3)");
@@ -96,25 +88,68 @@ MLAAttentionImpl::MLAAttentionImpl(const io::ModelConfig& c, int64_t layer, cons
 torch::Tensor MLAAttentionImpl::forward(const torch::Tensor& x, const AttnContext& ctx) {
   const int64_t B = x.size(0), T = x.size(1), d_c = d_h_ - r_;
   auto q = q_proj(x);
-  auto q_r = q.narrow(-1, 0, n_h_ * r_).view({B, T, n_h_, r_}).transpose(1, 2);
-  auto q_c = q.narrow(-1, n_h_ * r_, n_h_ * d_c).view({B, T, n_h_, d_c}).transpose(1, 2);
-  auto k_r = k_r_proj(x).view({B, T, n_kv_, r_}).transpose(1, 2);
+  auto q_r = q.narrow(-1, 0, n_h_ * r_).view({B, T, n_h_, r_}).transpose(1, 2);            // [B, n_h, T, r]
+  auto q_c = q.narrow(-1, n_h_ * r_, n_h_ * d_c).view({B, T, n_h_, d_c}).transpose(1, 2);  // [B, n_h, T, d_c]
+  auto k_r = k_r_proj(x).view({B, T, n_kv_, r_}).transpose(1, 2);                          // [B, n_kv, T, r]
   q_r = rope_sel(q_r, gather_heads(ctx.cos, q_dims_), gather_heads(ctx.sin, q_dims_));
   k_r = rope_sel(k_r, gather_heads(ctx.cos, k_dims_), gather_heads(ctx.sin, k_dims_));
   auto c = kv_proj->latent(x);  // [B, T, L]
   if (ctx.cache) {
-    auto* lc = static_cast<LatentLayerCache*>(ctx.cache->layer(ctx.layer));
-    std::tie(c, k_r) = lc->append(c, k_r, ctx.start);
+    auto& cb = ctx.cache->buffer(ctx.layer, 0);
+    auto& kb = ctx.cache->buffer(ctx.layer, 1);
+    cb.append(c.unsqueeze(1));
+    kb.append(k_r);
+    c = cb.read().squeeze(1);  // [B, S, L]
+    k_r = kb.read();           // [B, n_kv, S, r]
   }
-  const int64_t S = c.size(1);
+  auto o = use_absorbed(ctx, T) ? attend_absorbed(q_r, q_c, c, k_r, ctx.mask)
+                                : attend_materialized(q_r, q_c, c, k_r, ctx.mask);  // [B, n_h, T, d_h]
+  return o_proj(o.transpose(1, 2).reshape({B, T, n_h_ * d_h_}));
+}
+
+bool MLAAttentionImpl::use_absorbed(const AttnContext& ctx, int64_t T) const {
+  if (!kv_proj->absorbable() || ctx.attn == AttnMode::Materialize) return false;
+  if (ctx.attn == AttnMode::Absorbed) return true;
+  // auto: absorbing costs ~2·T·n_h·L per cached token, materialising ~n_kv·(d_c + d_h)·L; the latter also
+  // writes K and V. So absorb for decoding and short chunks, materialise for prefill, as DeepSeek does.
+  return ctx.cache && 2 * T * n_h_ <= n_kv_ * (2 * d_h_ - r_);
+}
+
+torch::Tensor MLAAttentionImpl::attend_materialized(const torch::Tensor& q_r, const torch::Tensor& q_c,
+                                                    const torch::Tensor& c, const torch::Tensor& k_r,
+                                                    const torch::Tensor& mask) {
+  const int64_t B = c.size(0), S = c.size(1), d_c = d_h_ - r_;
   auto kv = kv_proj->up(c);
-  auto k_c = kv.first.reshape({B, S, n_kv_, d_c}).transpose(1, 2);
-  auto v = kv.second.reshape({B, S, n_kv_, d_h_}).transpose(1, 2);
+  auto k_c = kv.first.reshape({B, S, n_kv_, d_c}).transpose(1, 2);  // [B, n_kv, S, d_c]
+  auto v = kv.second.reshape({B, S, n_kv_, d_h_}).transpose(1, 2);   // [B, n_kv, S, d_h]
   auto qf = torch::cat({q_r, q_c}, -1);
   auto kf = torch::cat({k_r, k_c}, -1);
   // The scale stays 1/sqrt(d_h): the score is the same dot product as before conversion, reordered.
-  auto o = grouped_attention(qf, kf, v, ctx.mask, 1.0 / std::sqrt(static_cast<double>(d_h_)));
-  return o_proj(o.transpose(1, 2).reshape({B, T, n_h_ * d_h_}));
+  return grouped_attention(qf, kf, v, mask, 1.0 / std::sqrt(static_cast<double>(d_h_)));
+}
+
+torch::Tensor MLAAttentionImpl::attend_absorbed(const torch::Tensor& q_r, const torch::Tensor& q_c,
+                                                const torch::Tensor& c, const torch::Tensor& k_r,
+                                                const torch::Tensor& mask) {
+  const int64_t B = c.size(0), S = c.size(1), T = q_c.size(2), d_c = d_h_ - r_, g = n_h_ / n_kv_;
+  auto c_k = kv_proj->key_part(c);    // [B, S, Lk]
+  auto c_v = kv_proj->value_part(c);  // [B, S, Lv]
+  const int64_t Lk = c_k.size(-1), Lv = c_v.size(-1);
+  auto w_uk = kv_proj->up_k->weight.view({n_kv_, d_c, Lk});  // per KV head: k_nope = W_uk c
+  auto w_uv = kv_proj->up_v->weight.view({n_kv_, d_h_, Lv});  // per KV head: v = W_uv c
+  // Query heads of a group become rows of their KV head, as in grouped_attention.
+  auto q_nope_absorbed = torch::matmul(q_c.reshape({B, n_kv_, g * T, d_c}), w_uk);         // [B, n_kv, g·T, Lk]
+  auto scores_nope = torch::matmul(q_nope_absorbed.reshape({B, n_h_ * T, Lk}), c_k.transpose(1, 2))
+                         .view({B, n_kv_, g * T, S});                                         // [B, n_kv, g·T, S]
+  auto scores_rope = torch::matmul(q_r.reshape({B, n_kv_, g * T, r_}), k_r.transpose(2, 3));  // [B, n_kv, g·T, S]
+  auto scores = (scores_nope + scores_rope) * (1.0 / std::sqrt(static_cast<double>(d_h_)));
+  if (mask.defined())
+    scores = (scores.view({B, n_kv_, g, T, S}) + mask.view({mask.size(0), 1, 1, T, S})).view({B, n_kv_, g * T, S});
+  auto probs = torch::softmax(scores, -1, torch::kFloat32).to(c.scalar_type());
+  auto o_latent = torch::matmul(probs.view({B, n_h_ * T, S}), c_v).view({B, n_kv_, g * T, Lv});  // [B, n_kv, g·T, Lv]
+  auto o = torch::matmul(o_latent, w_uv.transpose(1, 2));                                       // [B, n_kv, g·T, d_h]
+  if (kv_proj->up_v->bias.defined()) o = o + kv_proj->up_v->bias.view({1, n_kv_, 1, d_h_});
+  return o.view({B, n_h_, T, d_h_});
 }
 
 }  // namespace mha2mla::model

@@ -4,7 +4,10 @@
 //   k_r = RoPE_sel(W_kr x)                    per KV head, only the kept frequency pairs rotate
 //   c = W_dkv x                                the latent (split: [W_dk x ; W_dv x])
 //   k_nope = W_uk c + b,  v = W_uv c + b      reconstructed per KV head
-// Only c and the rotated k_r are cached; K and V are materialised from them when attending.
+// Only c and the rotated k_r are cached. Attention either materialises K and V from them (the reference, and
+// prefill), or absorbs W_uk into the query and W_uv into the output, so scores and outputs are computed
+// against c directly (decoding): q_nope·(W_uk c + b_k) = (W_ukᵀ q_nope)·c + const, and Σ p·(W_uv c + b_v) =
+// W_uv (Σ p c) + b_v since Σ p = 1; the constant drops out of the softmax.
 #include <torch/torch.h>
 
 #include "io/config.h"
@@ -14,18 +17,6 @@
 
 namespace mha2mla::model {
 
-// The latent c [B, 1, cap, L] and rotated k_r [B, n_kv, cap, r], grown by doubling.
-class LatentLayerCache : public LayerCache {
- public:
-  // Writes c [B, T, L] and k_r [B, n_kv, T, r] at slot `start`; returns views of slots [0, start+T):
-  // c [B, S, L] and k_r [B, n_kv, S, r].
-  std::pair<torch::Tensor, torch::Tensor> append(const torch::Tensor& c, const torch::Tensor& k_r, int64_t start);
-  int64_t bytes_for(int64_t slots) const override;
-
- private:
-  torch::Tensor c_, kr_;
-};
-
 // The low-rank K/V path; parameter names follow the reference ("kv_proj.down_kv.weight", ...).
 class LowRankKVImpl : public torch::nn::Module {
  public:
@@ -33,6 +24,10 @@ class LowRankKVImpl : public torch::nn::Module {
   torch::Tensor latent(const torch::Tensor& x);                             // [.., latent_dim()]
   std::pair<torch::Tensor, torch::Tensor> up(const torch::Tensor& c);       // k_nope [.., n_kv*d_c], v [.., n_kv*d_h]
   int64_t latent_dim() const { return latent_dim_; }
+  bool absorbable() const { return method_ != "none"; }  // "none" caches full-rank K/V: nothing to absorb
+  // The parts of c that up_k and up_v read: [.., Lk] and [.., Lv] (the same tensor for a joint latent).
+  torch::Tensor key_part(const torch::Tensor& c) const;
+  torch::Tensor value_part(const torch::Tensor& c) const;
 
   Dense down_kv{nullptr};                // joint / activation
   Dense down_k{nullptr}, down_v{nullptr};  // split
@@ -48,7 +43,10 @@ class MLAAttentionImpl : public AttentionImpl {
  public:
   MLAAttentionImpl(const io::ModelConfig& cfg, int64_t layer, const torch::TensorOptions& opt);
   torch::Tensor forward(const torch::Tensor& x, const AttnContext& ctx) override;
-  std::unique_ptr<LayerCache> make_cache() const override { return std::make_unique<LatentLayerCache>(); }
+  // c [1, latent_dim] (shared by all heads) and k_r [n_kv, r]. Defaults by measured perplexity (README).
+  std::vector<BufferSpec> cache_spec() const override {
+    return {{"c", 1, kv_proj->latent_dim(), QuantAxis::Token}, {"k_r", n_kv_, r_, QuantAxis::Channel}};
+  }
 
   Dense q_proj{nullptr}, k_r_proj{nullptr}, o_proj{nullptr};
   LowRankKV kv_proj{nullptr};
@@ -60,6 +58,13 @@ class MLAAttentionImpl : public AttentionImpl {
  private:
   int64_t n_h_, n_kv_, d_h_, r_;
   torch::Tensor q_dims_, k_dims_;
+
+  bool use_absorbed(const AttnContext& ctx, int64_t T) const;
+  // q_r [B, n_h, T, r] (rotated), q_c [B, n_h, T, d_c]; c [B, S, L], k_r [B, n_kv, S, r] -> [B, n_h, T, d_h].
+  torch::Tensor attend_materialized(const torch::Tensor& q_r, const torch::Tensor& q_c, const torch::Tensor& c,
+                                    const torch::Tensor& k_r, const torch::Tensor& mask);
+  torch::Tensor attend_absorbed(const torch::Tensor& q_r, const torch::Tensor& q_c, const torch::Tensor& c,
+                                const torch::Tensor& k_r, const torch::Tensor& mask);
 };
 
 }  // namespace mha2mla::model

@@ -19,32 +19,25 @@ std::string shape_str(at::IntArrayRef s) {
   return o.str();
 }
 
-// Additive mask [B, 1, T, S]: slot s is visible to new token t when it is valid, not in the future,
-// and (with a sliding window) not too far in the past. Slot offsets equal position offsets within a row.
+// Additive mask [B, 1, T, S], built on the device: slot s is visible to new token t when it is valid, not in the
+// future, and (with a sliding window) not too far in the past. Slot offsets equal position offsets within a row.
 torch::Tensor build_mask(const torch::Tensor& valid_slots, int64_t start, int64_t t, int64_t window,
                          torch::ScalarType dtype, torch::Device device) {
   const int64_t S = start + t;
-  auto q_slot = torch::arange(start, S, torch::kInt64).view({t, 1});
-  auto k_slot = torch::arange(0, S, torch::kInt64).view({1, S});
+  auto iopt = torch::TensorOptions().dtype(torch::kInt64).device(device);
+  auto q_slot = torch::arange(start, S, iopt).view({t, 1});
+  auto k_slot = torch::arange(0, S, iopt).view({1, S});
   auto allowed = k_slot <= q_slot;
   if (window > 0) allowed = allowed & (k_slot > q_slot - window);
   allowed = allowed.view({1, 1, t, S});
-  if (valid_slots.defined()) allowed = allowed & valid_slots.view({valid_slots.size(0), 1, 1, S});
+  if (valid_slots.defined()) allowed = allowed & valid_slots.to(device).view({valid_slots.size(0), 1, 1, S});
   // A large finite negative rather than -inf, so a fully masked (padding) row never yields NaN.
   const double neg = dtype == torch::kFloat16 ? -65504.0 : -1e30;
-  auto mask = torch::zeros(allowed.sizes(), torch::TensorOptions().dtype(torch::kFloat32));
-  mask.masked_fill_(allowed.logical_not(), neg);
-  return mask.to(device, dtype);
+  auto mask = torch::zeros(allowed.sizes(), torch::TensorOptions().dtype(dtype).device(device));
+  return mask.masked_fill_(allowed.logical_not(), neg);
 }
 
 }  // namespace
-
-torch::ScalarType parse_compute_dtype(const std::string& s) {
-  if (s == "f32" || s == "fp32" || s == "float32") return torch::kFloat32;
-  if (s == "bf16" || s == "bfloat16") return torch::kBFloat16;
-  if (s == "f16" || s == "fp16" || s == "float16") return torch::kFloat16;
-  fail("unknown dtype \"" + s + "\" (use f32 or bf16)");
-}
 
 DecoderLayerImpl::DecoderLayerImpl(const io::ModelConfig& c, int64_t layer, const torch::TensorOptions& opt) {
   self_attn = register_module("self_attn", make_attention(c, layer, opt));
@@ -69,6 +62,8 @@ BackboneImpl::BackboneImpl(const io::ModelConfig& c, const torch::TensorOptions&
 
 TransformerImpl::TransformerImpl(const io::ModelConfig& cfg, torch::ScalarType dtype, torch::Device device)
     : cfg_(cfg), dtype_(dtype), device_(device) {
+  runtime_.dtype = dtype;
+  runtime_.device = device;
   auto opt = torch::TensorOptions().dtype(dtype).device(device);
   model = register_module("model", Backbone(cfg, opt));
   if (!cfg.tie_word_embeddings) lm_head = register_module("lm_head", Dense(cfg.hidden_size, cfg.vocab_size, false, opt));
@@ -79,48 +74,65 @@ const torch::Tensor& TransformerImpl::lm_head_weight() const {
   return lm_head ? lm_head->weight : model->embed_tokens->weight;
 }
 
-std::unique_ptr<KVCache> TransformerImpl::make_cache(int64_t batch) const {
-  auto c = std::make_unique<KVCache>(batch, cfg_.num_layers);
-  for (int64_t i = 0; i < cfg_.num_layers; ++i)
-    c->set_layer(i, model->layers->at<DecoderLayerImpl>(i).self_attn->make_cache());
-  return c;
+std::vector<std::vector<BufferSpec>> TransformerImpl::cache_specs() const {
+  std::vector<std::vector<BufferSpec>> specs;
+  for (int64_t i = 0; i < cfg_.num_layers; ++i) specs.push_back(model->layers->at<DecoderLayerImpl>(i).self_attn->cache_spec());
+  return specs;
+}
+
+std::unique_ptr<KVCache> TransformerImpl::make_cache(int64_t batch, const CacheOptions& opt) const {
+  return std::make_unique<KVCache>(batch, cache_specs(), opt, dtype_, device_);
+}
+
+void check_token_ids(const torch::Tensor& ids, int64_t vocab_size) {
+  if (ids.numel() == 0) return;
+  auto h = ids.to(torch::kCPU, torch::kInt64);
+  const int64_t mx = h.max().item<int64_t>(), mn = h.min().item<int64_t>();
+  check(mn >= 0 && mx < vocab_size, "token id " + std::to_string(mn < 0 ? mn : mx) +
+                                        " is outside the vocabulary (size " + std::to_string(vocab_size) + ")");
 }
 
 torch::Tensor TransformerImpl::hidden(const torch::Tensor& ids, KVCache* cache, const torch::Tensor& valid) {
   check(ids.dim() == 2, "token ids must be [batch, time]");
   const int64_t B = ids.size(0), T = ids.size(1);
   check(T > 0, "no tokens to run");
+  // Ids still on the host are checked here at no cost; ids already on the device were checked by whoever put
+  // them there (check_token_ids), so a decode step never waits for the device.
+  if (ids.device().is_cpu()) check_token_ids(ids, cfg_.vocab_size);
   auto dev_ids = ids.to(device_, torch::kInt64);
-  if (ids.numel() > 0) {
-    auto mx = dev_ids.max().item<int64_t>(), mn = dev_ids.min().item<int64_t>();
-    check(mn >= 0 && mx < cfg_.vocab_size, "token id " + std::to_string(mn < 0 ? mn : mx) +
-                                               " is outside the vocabulary (size " + std::to_string(cfg_.vocab_size) + ")");
-  }
   AttnContext ctx;
   ctx.on_attn_input = &attn_input_hook;
+  ctx.attn = runtime_.attn;
+  // Positions are counted on the host, where the validity flags arrive, then copied to the device.
   torch::Tensor positions, slots_valid;
+  bool all_valid = true;
+  int64_t last_pos = T - 1;
   if (cache) {
     check(cache->batch() == B, "cache batch size does not match the input");
     ctx.start = cache->filled();
-    positions = cache->begin_step(valid.defined() ? valid : torch::ones({B, T}, torch::kBool));
+    auto v = valid.defined() ? valid.to(torch::kCPU, torch::kBool) : torch::ones({B, T}, torch::kBool);
+    last_pos = (cache->next_positions() + v.to(torch::kInt64).sum(1)).max().item<int64_t>() - 1;
+    positions = cache->begin_step(v);
     slots_valid = cache->valid();
+    all_valid = cache->all_valid();
     ctx.cache = cache;
   } else if (valid.defined()) {
     auto v = valid.to(torch::kCPU, torch::kBool);
-    positions = (v.to(torch::kInt64).cumsum(1) - 1).clamp_min(0);
+    auto pos = (v.to(torch::kInt64).cumsum(1) - 1).clamp_min(0);
+    last_pos = pos.max().item<int64_t>();
+    positions = pos.to(device_);
     slots_valid = v;
+    all_valid = v.all().item<bool>();
   } else {
-    positions = torch::arange(T, torch::kInt64).unsqueeze(0).expand({B, T});
+    positions = torch::arange(T, torch::TensorOptions().dtype(torch::kInt64).device(device_)).unsqueeze(0).expand({B, T});
   }
-  const int64_t last_pos = positions.max().item<int64_t>();
   check(last_pos < cfg_.max_position_embeddings,
         "sequence position " + std::to_string(last_pos) + " exceeds max_position_embeddings (" +
             std::to_string(cfg_.max_position_embeddings) + ")");
   // A single new token with all slots valid sees everything: no mask needed.
-  bool need_mask = T > 1 || (slots_valid.defined() && !slots_valid.all().item<bool>()) ||
-                   (cfg_.sliding_window > 0 && ctx.start + T > cfg_.sliding_window);
-  if (need_mask) ctx.mask = build_mask(slots_valid, ctx.start, T, cfg_.sliding_window, dtype_, device_);
-  std::tie(ctx.cos, ctx.sin) = rope_cos_sin(inv_freq_, positions.to(device_), dtype_);
+  bool need_mask = T > 1 || !all_valid || (cfg_.sliding_window > 0 && ctx.start + T > cfg_.sliding_window);
+  if (need_mask) ctx.mask = build_mask(all_valid ? torch::Tensor() : slots_valid, ctx.start, T, cfg_.sliding_window, dtype_, device_);
+  std::tie(ctx.cos, ctx.sin) = rope_cos_sin(inv_freq_, positions, dtype_);
 
   auto h = model->embed_tokens(dev_ids);
   for (int64_t i = 0; i < cfg_.num_layers; ++i) {
@@ -157,13 +169,25 @@ void load_weights(TransformerImpl& m, const io::Checkpoint& ckpt) {
   }
 }
 
-Transformer load_model(const std::string& dir, torch::ScalarType dtype, torch::Device device) {
+Transformer load_model(const std::string& dir, const RuntimeOptions& rt) {
   auto cfg = io::ModelConfig::load(dir);
   auto ckpt = io::Checkpoint::open(dir);
-  Transformer m(cfg, dtype, device);
+  Transformer m(cfg, rt.dtype, rt.device);
   load_weights(*m, ckpt);
+  m->set_cache_options(rt.cache);
+  m->set_attn_mode(rt.attn);
+  // Reject a cache layout the model cannot hold before any work starts.
+  for (const auto& layer : m->cache_specs())
+    for (const auto& spec : layer) resolve_storage(spec, rt.cache, rt.dtype);
   m->eval();
   return m;
+}
+
+Transformer load_model(const std::string& dir, torch::ScalarType dtype, torch::Device device) {
+  RuntimeOptions rt;
+  rt.dtype = dtype;
+  rt.device = device;
+  return load_model(dir, rt);
 }
 
 void init_weights(TransformerImpl& m, uint64_t seed, double std) {
@@ -189,7 +213,7 @@ void init_weights(TransformerImpl& m, uint64_t seed, double std) {
 void save_model(TransformerImpl& m, const std::string& dir, uint64_t max_shard_bytes) {
   std::filesystem::create_directories(dir);
   auto cfg = m.config().to_json();
-  cfg["torch_dtype"] = m.dtype() == torch::kBFloat16 ? "bfloat16" : m.dtype() == torch::kFloat16 ? "float16" : "float32";
+  cfg["torch_dtype"] = torch_dtype_name(m.dtype());
   io::save_checkpoint(dir, named_weights(m), max_shard_bytes);
   write_text_atomic((std::filesystem::path(dir) / "config.json").string(), cfg.dump(2) + "\n");
 }

@@ -11,6 +11,7 @@
 #include "model/attention.h"
 #include "model/kv_cache.h"
 #include "model/layers.h"
+#include "model/runtime_options.h"
 
 namespace mha2mla::model {
 
@@ -47,7 +48,14 @@ class TransformerImpl : public torch::nn::Module {
     return logits(hidden(ids, cache, valid));
   }
 
-  std::unique_ptr<KVCache> make_cache(int64_t batch) const;
+  // A cache for `batch` rows, stored as runtime().cache says (or as `opt` says).
+  std::unique_ptr<KVCache> make_cache(int64_t batch) const { return make_cache(batch, runtime_.cache); }
+  std::unique_ptr<KVCache> make_cache(int64_t batch, const CacheOptions& opt) const;
+  std::vector<std::vector<BufferSpec>> cache_specs() const;  // per layer
+  // Device and dtype are fixed at construction; the cache and attention choices may change between runs.
+  const RuntimeOptions& runtime() const { return runtime_; }
+  void set_cache_options(const CacheOptions& c) { runtime_.cache = c; }
+  void set_attn_mode(AttnMode a) { runtime_.attn = a; }
   const io::ModelConfig& config() const { return cfg_; }
   torch::ScalarType dtype() const { return dtype_; }
   torch::Device device() const { return device_; }
@@ -62,6 +70,7 @@ class TransformerImpl : public torch::nn::Module {
   io::ModelConfig cfg_;
   torch::ScalarType dtype_;
   torch::Device device_;
+  RuntimeOptions runtime_;
   torch::Tensor inv_freq_;
 };
 TORCH_MODULE(Transformer);
@@ -69,8 +78,12 @@ TORCH_MODULE(Transformer);
 // Copies every parameter from the checkpoint, checking names and shapes against the config.
 void load_weights(TransformerImpl& m, const io::Checkpoint& ckpt);
 
-// Reads DIR/config.json and the weights. dtype: compute and storage precision.
+// Reads DIR/config.json and the weights onto rt.device in rt.dtype (compute and storage precision).
+Transformer load_model(const std::string& dir, const RuntimeOptions& rt);
 Transformer load_model(const std::string& dir, torch::ScalarType dtype, torch::Device device = torch::kCPU);
+
+// Token ids [B, T] on the host: all inside the vocabulary, else a clear error. Checked once per prompt.
+void check_token_ids(const torch::Tensor& ids, int64_t vocab_size);
 
 // Random init as HF does for Llama: N(0, std) for matrices and embeddings, ones for norms, zeros for biases.
 void init_weights(TransformerImpl& m, uint64_t seed, double std = 0.02);
@@ -80,8 +93,5 @@ void save_model(TransformerImpl& m, const std::string& dir, uint64_t max_shard_b
 
 // All weights as HF-named tensors, for saving.
 io::NamedTensors named_weights(TransformerImpl& m);
-
-// "f32" | "bf16" | "f16" -> scalar type; a clear error otherwise.
-torch::ScalarType parse_compute_dtype(const std::string& s);
 
 }  // namespace mha2mla::model

@@ -1,5 +1,7 @@
 #include "util/text.h"
 
+#include <cstdio>
+
 
 namespace mha2mla {
 
@@ -20,6 +22,23 @@ size_t stable_utf8_prefix(const std::string& s) {
   static const std::string repl = "\xEF\xBF\xBD";
   while (n >= 3 && s.compare(n - 3, 3, repl) == 0) n -= 3;
   return n;
+}
+
+}  // namespace mha2mla
+
+namespace mha2mla {
+
+std::string format_bytes(int64_t bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(bytes);
+  int u = 0;
+  while (v >= 1024.0 && u < 4) {
+    v /= 1024.0;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.2f %s", v, units[u]);
+  return buf;
 }
 
 }  // namespace mha2mla

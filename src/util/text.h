@@ -1,4 +1,6 @@
 #pragma once
+#include <cstddef>
+#include <cstdint>
 #include <string>
 
 namespace mha2mla {
@@ -7,4 +9,9 @@ namespace mha2mla {
 // at its end (an incomplete byte sequence decoded so far): what is safe to stream now.
 size_t stable_utf8_prefix(const std::string& s);
 
+}  // namespace mha2mla
+
+namespace mha2mla {
+// "1.50 MiB", "312 B": a byte count for people.
+std::string format_bytes(int64_t bytes);
 }  // namespace mha2mla

@@ -1,0 +1,61 @@
+#include "cli/runtime_flags.h"
+
+#include <sstream>
+
+#include "util/error.h"
+
+namespace mha2mla::cli {
+
+void add_runtime_options(OptionTable& t, model::RuntimeOptions& rt, unsigned parts) {
+  if (parts & kDevice)
+    t.value("device", "D", "cpu, cuda or cuda:N", [&rt](const std::string& v) { rt.device = model::parse_device(v); },
+            rt.device.str());
+  if (parts & kDtype)
+    t.value("dtype", "T", "weights and compute: f32, bf16 or f16",
+            [&rt](const std::string& v) { rt.dtype = model::parse_compute_dtype(v); },
+            std::string(rt.dtype == torch::kFloat32 ? "f32" : rt.dtype == torch::kBFloat16 ? "bf16" : "f16"));
+  if (parts & kCache) {
+    t.value("cache-type", "T",
+            "KV cache storage: f32, bf16, f16, or int8, int4, int2 (group-wise, f16 scale and zero point)",
+            [&rt](const std::string& v) { rt.cache.type = model::parse_cache_type(v); }, "the compute dtype");
+    t.value("cache-type-kr", "T", "storage of an MLA model's RoPE keys k_r, e.g. bf16 beside an int4 latent",
+            [&rt](const std::string& v) { rt.cache.type_of["k_r"] = model::parse_cache_type(v); }, "--cache-type");
+    t.integer("cache-residual", "N", "most recent tokens kept in the compute dtype by integer cache types",
+              rt.cache.residual, 0);
+    t.integer("cache-group", "G", "values per quantization group", rt.cache.group, 1);
+    t.value("cache-axis", "B=A,...",
+            "quantization axis per buffer: k, v (MHA/GQA), c, k_r (MLA) = token or channel",
+            [&rt](const std::string& v) {
+              std::istringstream in(v);
+              std::string item;
+              while (std::getline(in, item, ',')) {
+                auto eq = item.find('=');
+                check(eq != std::string::npos, "--cache-axis expects BUFFER=token|channel, got \"" + item + "\"");
+                const std::string name = item.substr(0, eq);
+                check(name == "k" || name == "v" || name == "c" || name == "k_r",
+                      "--cache-axis: unknown buffer \"" + name + "\" (use k, v, c or k_r)");
+                rt.cache.axis_of[name] = model::parse_quant_axis(item.substr(eq + 1));
+              }
+            },
+            "k=channel,v=token,c=token,k_r=channel");
+  }
+  if (parts & kAttn)
+    t.value("attn", "A",
+            "MLA attention: absorbed (score against the cached latent), materialize (rebuild K/V),\n"
+            "or auto (absorbed for decoding, materialize for long prefill chunks)",
+            [&rt](const std::string& v) { rt.attn = model::parse_attn_mode(v); }, "auto");
+}
+
+nlohmann::json runtime_json(const model::RuntimeOptions& rt) {
+  nlohmann::json j{{"device", rt.device.str()},
+                   {"dtype", model::torch_dtype_name(rt.dtype)},
+                   {"attn", model::attn_mode_name(rt.attn)}};
+  j["cache_type"] = rt.cache.type ? model::cache_type_name(*rt.cache.type) : "compute dtype";
+  if (rt.cache.type && model::is_quantized(*rt.cache.type)) {
+    j["cache_residual"] = rt.cache.residual;
+    j["cache_group"] = rt.cache.group;
+  }
+  return j;
+}
+
+}  // namespace mha2mla::cli

@@ -1,0 +1,26 @@
+#pragma once
+// The runtime rows shared by every command that runs a model: --device, --dtype, and for the commands
+// that decode through a cache --cache-type, --cache-residual, --cache-group, --cache-axis and --attn.
+#include <nlohmann/json.hpp>
+
+#include "cli/options.h"
+#include "model/runtime_options.h"
+
+namespace mha2mla::cli {
+
+enum RuntimeParts : unsigned {
+  kDevice = 1,
+  kDtype = 2,
+  kCache = 4,  // --cache-type, --cache-type-kr, --cache-residual, --cache-group, --cache-axis
+  kAttn = 8,
+  kAllRuntime = kDevice | kDtype | kCache | kAttn,
+};
+
+// Adds the rows; `rt` holds the defaults shown and receives the values. Cross-option checks (a residual
+// that is no multiple of the group for a per-channel axis, ...) happen where the cache is built.
+void add_runtime_options(OptionTable& t, model::RuntimeOptions& rt, unsigned parts);
+
+// The runtime as JSON ({device, dtype, cache_type, ...}), for the commands' --json reports.
+nlohmann::json runtime_json(const model::RuntimeOptions& rt);
+
+}  // namespace mha2mla::cli

@@ -1,0 +1,97 @@
+#include "model/runtime_options.h"
+
+#include "util/error.h"
+
+namespace mha2mla::model {
+
+CacheType parse_cache_type(const std::string& s) {
+  if (s == "f32") return CacheType::F32;
+  if (s == "bf16") return CacheType::BF16;
+  if (s == "f16") return CacheType::F16;
+  if (s == "int8" || s == "q8") return CacheType::Int8;
+  if (s == "int4" || s == "q4") return CacheType::Int4;
+  if (s == "int2" || s == "q2") return CacheType::Int2;
+  fail("unknown cache type \"" + s + "\" (use f32, bf16, f16, int8, int4 or int2)");
+}
+
+std::string cache_type_name(CacheType t) {
+  switch (t) {
+    case CacheType::F32: return "f32";
+    case CacheType::BF16: return "bf16";
+    case CacheType::F16: return "f16";
+    case CacheType::Int8: return "int8";
+    case CacheType::Int4: return "int4";
+    case CacheType::Int2: return "int2";
+  }
+  return "?";
+}
+
+int cache_type_bits(CacheType t) {
+  switch (t) {
+    case CacheType::F32: return 32;
+    case CacheType::BF16:
+    case CacheType::F16: return 16;
+    case CacheType::Int8: return 8;
+    case CacheType::Int4: return 4;
+    case CacheType::Int2: return 2;
+  }
+  return 0;
+}
+
+bool is_quantized(CacheType t) { return cache_type_bits(t) <= 8; }
+
+QuantAxis parse_quant_axis(const std::string& s) {
+  if (s == "token") return QuantAxis::Token;
+  if (s == "channel") return QuantAxis::Channel;
+  fail("unknown quantization axis \"" + s + "\" (use token or channel)");
+}
+
+std::string quant_axis_name(QuantAxis a) { return a == QuantAxis::Token ? "token" : "channel"; }
+
+AttnMode parse_attn_mode(const std::string& s) {
+  if (s == "auto") return AttnMode::Auto;
+  if (s == "absorbed") return AttnMode::Absorbed;
+  if (s == "materialize") return AttnMode::Materialize;
+  fail("unknown attention implementation \"" + s + "\" (use auto, absorbed or materialize)");
+}
+
+std::string attn_mode_name(AttnMode a) {
+  return a == AttnMode::Auto ? "auto" : a == AttnMode::Absorbed ? "absorbed" : "materialize";
+}
+
+torch::Device parse_device(const std::string& s) {
+  if (s == "cpu") return torch::kCPU;
+  if (s == "cuda" || s.rfind("cuda:", 0) == 0) {
+    check(torch::cuda::is_available(), "device \"" + s + "\" asked for, but this build or machine has no CUDA device");
+    int64_t index = 0;
+    if (s.size() > 5) {
+      try {
+        size_t pos = 0;
+        index = std::stoll(s.substr(5), &pos);
+        check(pos == s.size() - 5, "");
+      } catch (...) {
+        fail("bad device \"" + s + "\" (use cpu, cuda or cuda:N)");
+      }
+    }
+    const int64_t n = static_cast<int64_t>(torch::cuda::device_count());
+    check(index >= 0 && index < n, "device \"" + s + "\" does not exist (" + std::to_string(n) + " CUDA devices)");
+    return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(index));
+  }
+  fail("unknown device \"" + s + "\" (use cpu, cuda or cuda:N)");
+}
+
+torch::ScalarType parse_compute_dtype(const std::string& s) {
+  if (s == "f32" || s == "fp32" || s == "float32") return torch::kFloat32;
+  if (s == "bf16" || s == "bfloat16") return torch::kBFloat16;
+  if (s == "f16" || s == "fp16" || s == "float16") return torch::kFloat16;
+  fail("unknown dtype \"" + s + "\" (use f32, bf16 or f16)");
+}
+
+std::string torch_dtype_name(torch::ScalarType t) {
+  if (t == torch::kBFloat16) return "bfloat16";
+  if (t == torch::kFloat16) return "float16";
+  if (t == torch::kFloat32) return "float32";
+  fail(std::string("no HF name for dtype ") + c10::toString(t));
+}
+
+}  // namespace mha2mla::model

@@ -1,0 +1,55 @@
+#pragma once
+// How a model runs: device, compute dtype, cache storage and attention path. Built once from the command's
+// flags (cli/runtime_flags.h) and passed to loading, cache creation, generate, ppl, calibrate, train, eval.
+#include <torch/torch.h>
+
+#include <map>
+#include <optional>
+#include <string>
+
+namespace mha2mla::model {
+
+// Storage of cached tokens. The integer types are asymmetric group-wise quantization (x ≈ q·scale + zero,
+// q in [0, 2^bits − 1], scale and zero in f16), packed low bits first: a byte holds 1, 2 or 4 values.
+enum class CacheType { F32, BF16, F16, Int8, Int4, Int2 };
+
+// Which values share a scale: KIVI quantizes keys per channel (groups of G tokens of one channel) and
+// values per token (groups of G channels of one token).
+enum class QuantAxis { Token, Channel };
+
+// absorbed: MLA scores against the cached latent directly (K and V never materialised);
+// materialize: rebuild K/V from the latent (the reference path); auto: absorbed when it does less work.
+enum class AttnMode { Auto, Absorbed, Materialize };
+
+struct CacheOptions {
+  std::optional<CacheType> type;  // unset: the compute dtype
+  // Per-buffer overrides by buffer name ("k", "v", "c", "k_r"): storage type and quantization axis.
+  std::map<std::string, CacheType> type_of;
+  std::map<std::string, QuantAxis> axis_of;
+  int64_t residual = 128;  // most recent tokens kept in the compute dtype (integer types only)
+  int64_t group = 64;      // values per scale/zero-point group
+};
+
+struct RuntimeOptions {
+  torch::Device device = torch::kCPU;
+  torch::ScalarType dtype = torch::kFloat32;  // weights and compute
+  CacheOptions cache;
+  AttnMode attn = AttnMode::Auto;
+};
+
+// Names as the flags spell them; parse_* fail with a clear message naming the accepted values.
+CacheType parse_cache_type(const std::string& s);
+std::string cache_type_name(CacheType t);
+int cache_type_bits(CacheType t);  // 32, 16, 8, 4, 2
+bool is_quantized(CacheType t);
+QuantAxis parse_quant_axis(const std::string& s);
+std::string quant_axis_name(QuantAxis a);
+AttnMode parse_attn_mode(const std::string& s);
+std::string attn_mode_name(AttnMode a);
+torch::Device parse_device(const std::string& s);  // cpu | cuda | cuda:N, checked against what is present
+// "f32" | "bf16" | "f16" (and long forms) -> scalar type.
+torch::ScalarType parse_compute_dtype(const std::string& s);
+// The HF config spelling: "float32" | "bfloat16" | "float16".
+std::string torch_dtype_name(torch::ScalarType t);
+
+}  // namespace mha2mla::model

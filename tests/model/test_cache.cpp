@@ -1,0 +1,230 @@
+// The typed cache: quantization round trips per type, the packing layout derived by hand, the residual
+// hand-over at its boundary, and exact byte accounting.
+#include <gtest/gtest.h>
+
+#include "model/kv_cache.h"
+#include "model/quant.h"
+#include "model/transformer.h"
+#include "testing/tiny_model.h"
+#include "testing/files.h"
+
+using namespace mha2mla;
+using model::CacheType;
+using model::QuantAxis;
+
+namespace {
+
+torch::Tensor randn(std::vector<int64_t> shape, uint64_t seed) {
+  auto gen = at::detail::createCPUGenerator(seed);
+  return at::normal(0.0, 1.0, shape, gen, torch::TensorOptions().dtype(torch::kFloat32));
+}
+
+// Every element is within half a quantization step of its group's scale (plus f16 rounding of scale/zero).
+void expect_within_half_step(const torch::Tensor& x, const torch::Tensor& back, const model::QuantBlock& q,
+                             int64_t group, QuantAxis axis) {
+  auto s = q.scale.to(torch::kFloat32);
+  torch::Tensor step;
+  if (axis == QuantAxis::Token) {
+    step = s.repeat_interleave(group, 3).narrow(3, 0, x.size(3));
+  } else {
+    step = s.repeat_interleave(group, 2);
+  }
+  auto err = (x - back).abs();
+  auto bound = step * 0.5 + 1e-3 * (x.abs() + 1.0);  // f16 zero point: relative 2^-11
+  EXPECT_TRUE((err <= bound).all().item<bool>()) << "max excess " << (err - bound).max().item<double>();
+}
+
+}  // namespace
+
+class QuantTypes : public ::testing::TestWithParam<std::tuple<int, QuantAxis>> {};
+
+TEST_P(QuantTypes, RoundTripWithinHalfAStep) {
+  auto [bits, axis] = GetParam();
+  const int64_t group = 16;
+  auto x = randn({2, 3, 32, 40}, 7) * 3.0;  // 40 channels: the last per-token group holds 8
+  auto q = model::quantize(x, bits, group, axis);
+  EXPECT_EQ(q.data.size(3), model::packed_row_bytes(40, bits));
+  EXPECT_EQ(q.data.scalar_type(), torch::kUInt8);
+  EXPECT_EQ(q.scale.scalar_type(), torch::kFloat16);
+  auto back = model::dequantize(q, bits, group, axis, 40, torch::kFloat32);
+  ASSERT_EQ(back.sizes(), x.sizes());
+  expect_within_half_step(x, back, q, group, axis);
+  // More bits, smaller error: the mean error roughly halves per extra bit.
+  const double mean_err = (x - back).abs().mean().item<double>();
+  const double range = 6.0 * 3.0;  // about the span of a group of N(0, 9) values
+  EXPECT_LT(mean_err, range / ((1 << bits) - 1));
+  EXPECT_GT(mean_err, range / ((1 << bits) - 1) / 40);
+}
+
+INSTANTIATE_TEST_SUITE_P(Cache, QuantTypes,
+                         ::testing::Combine(::testing::Values(8, 4, 2),
+                                            ::testing::Values(QuantAxis::Token, QuantAxis::Channel)));
+
+TEST(Quant, PackingLayoutByHand) {
+  // One token, four channels 0, 1, 2, 3 in one group: min 0, max 3, so at 2 bits scale 1 and q = x.
+  // Low bits first: 0 | 1 << 2 | 2 << 4 | 3 << 6 = 228.
+  auto x = torch::tensor({0.f, 1.f, 2.f, 3.f}).view({1, 1, 1, 4});
+  auto q2 = model::quantize(x, 2, 4, QuantAxis::Token);
+  EXPECT_EQ(q2.data.item<uint8_t>(), 228);
+  EXPECT_EQ(q2.scale.item<float>(), 1.0f);
+  EXPECT_EQ(q2.zero.item<float>(), 0.0f);
+  // At 4 bits the scale is 3/15 = 0.2 (0.19995 in f16), q = 0, 5, 10, 15: bytes 0 | 5 << 4 = 80, 10 | 15 << 4 = 250.
+  auto q4 = model::quantize(x, 4, 4, QuantAxis::Token);
+  ASSERT_EQ(q4.data.numel(), 2);
+  EXPECT_EQ(q4.data.flatten()[0].item<uint8_t>(), 80);
+  EXPECT_EQ(q4.data.flatten()[1].item<uint8_t>(), 250);
+  // A constant group has scale 0 and comes back exactly.
+  auto c = torch::full({1, 1, 1, 4}, 1.5f);
+  auto qc = model::quantize(c, 4, 4, QuantAxis::Token);
+  EXPECT_TRUE(torch::equal(model::dequantize(qc, 4, 4, QuantAxis::Token, 4, torch::kFloat32), c));
+  // An odd width at 4 bits: 5 values fill 3 bytes, the last high nibble 0.
+  auto q5 = model::quantize(torch::arange(5, torch::kFloat32).view({1, 1, 1, 5}), 4, 8, QuantAxis::Token);
+  EXPECT_EQ(q5.data.size(3), 3);
+}
+
+TEST(Quant, BytesPerTokenFormula) {
+  // Per token: G·bits/8 + 4 bytes per group of G values; per channel: the scale pair is shared by G tokens.
+  EXPECT_DOUBLE_EQ(model::quantized_bytes_per_token(3, 64, 4, 64, QuantAxis::Token), 3 * (32 + 4));
+  EXPECT_DOUBLE_EQ(model::quantized_bytes_per_token(3, 64, 2, 32, QuantAxis::Token), 3 * (16 + 8));
+  EXPECT_DOUBLE_EQ(model::quantized_bytes_per_token(1, 48, 8, 64, QuantAxis::Token), 48 + 4);
+  EXPECT_DOUBLE_EQ(model::quantized_bytes_per_token(2, 8, 4, 64, QuantAxis::Channel), 2 * (4 + 8 * 4.0 / 64));
+}
+
+class ResidualHandOver : public ::testing::TestWithParam<QuantAxis> {};
+
+TEST_P(ResidualHandOver, BlocksQuantizeExactlyWhenTheResidualFills) {
+  const QuantAxis axis = GetParam();
+  const int64_t R = 8, G = 4, B = 2, H = 3, D = 12, N = 29;
+  model::BufferSpec spec{"k", H, D, axis};
+  model::Storage st{CacheType::Int4, axis, G, R};
+  model::SlotBuffer one(spec, st, B, torch::kFloat32, torch::kCPU), chunked(spec, st, B, torch::kFloat32, torch::kCPU);
+  auto x = randn({B, H, N, D}, 3);
+  for (int64_t t = 0; t < N; ++t) {
+    one.append(x.narrow(2, t, 1));
+    const int64_t n = t + 1;
+    ASSERT_EQ(one.tokens(), n);
+    ASSERT_EQ(one.residual_tokens(), n % R) << "after token " << n;
+    ASSERT_EQ(one.quantized_tokens(), n - n % R);
+    auto got = one.read();
+    // The residual holds the newest tokens exactly ...
+    const int64_t q = n - n % R;
+    EXPECT_TRUE(torch::equal(got.narrow(2, q, n - q), x.narrow(2, q, n - q))) << "after token " << n;
+    // ... and each full block equals that block quantized on its own.
+    for (int64_t b0 = 0; b0 < q; b0 += R) {
+      auto blk = x.narrow(2, b0, R).contiguous();
+      auto ref = model::dequantize(model::quantize(blk, 4, G, axis), 4, G, axis, D, torch::kFloat32);
+      EXPECT_TRUE(torch::equal(got.narrow(2, b0, R), ref)) << "block at " << b0 << " after token " << n;
+    }
+  }
+  // Appending in uneven chunks gives the same state.
+  int64_t done = 0;
+  for (int64_t c : {5, 3, 11, 1, 9}) {
+    chunked.append(x.narrow(2, done, c));
+    done += c;
+  }
+  ASSERT_EQ(done, N);
+  EXPECT_TRUE(torch::equal(chunked.read(), one.read()));
+  EXPECT_EQ(chunked.bytes(), one.bytes());
+}
+
+INSTANTIATE_TEST_SUITE_P(Cache, ResidualHandOver, ::testing::Values(QuantAxis::Token, QuantAxis::Channel));
+
+TEST(SlotBuffer, ZeroResidualQuantizesEveryToken) {
+  model::SlotBuffer b({"v", 1, 8, QuantAxis::Token}, {CacheType::Int8, QuantAxis::Token, 8, 0}, 1, torch::kFloat32,
+                      torch::kCPU);
+  b.append(randn({1, 1, 3, 8}, 1));
+  EXPECT_EQ(b.quantized_tokens(), 3);
+  EXPECT_EQ(b.residual_tokens(), 0);
+  EXPECT_EQ(b.bytes(), 3 * (8 + 4));
+}
+
+TEST(SlotBuffer, FloatStorageKeepsValuesInItsType) {
+  auto x = randn({1, 2, 5, 4}, 2);
+  model::SlotBuffer b({"k", 2, 4, QuantAxis::Channel}, {CacheType::BF16, QuantAxis::Channel, 64, 128}, 1,
+                      torch::kFloat32, torch::kCPU);
+  b.append(x);
+  EXPECT_TRUE(torch::equal(b.read(), x.to(torch::kBFloat16).to(torch::kFloat32)));
+  EXPECT_EQ(b.read().scalar_type(), torch::kFloat32);
+  EXPECT_EQ(b.bytes(), 2 * 5 * 4 * 2);
+  EXPECT_GE(b.capacity_bytes(), b.bytes());
+}
+
+TEST(SlotBuffer, PerChannelAxisNeedsAResidualMultipleOfTheGroup) {
+  model::CacheOptions o;
+  o.type = CacheType::Int4;
+  o.residual = 100;
+  o.group = 64;
+  testutil::expect_error([&] { model::resolve_storage({"k", 1, 8, QuantAxis::Channel}, o, torch::kFloat32); },
+                         "must be a positive multiple of --cache-group");
+  o.axis_of["k"] = QuantAxis::Token;  // the override makes it valid
+  EXPECT_NO_THROW(model::resolve_storage({"k", 1, 8, QuantAxis::Channel}, o, torch::kFloat32));
+}
+
+// The whole cache of a model: reported bytes equal the formula, by hand, at every step of a generation.
+class CacheAccounting : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CacheAccounting, ReportedBytesEqualTheFormula) {
+  const std::string type = GetParam();
+  auto m = testutil::make_random_model(testutil::tiny_config("llama-gqa"), 4);  // 2 layers, n_kv 2, d_h 16
+  model::CacheOptions o;
+  o.type = model::parse_cache_type(type);
+  o.residual = 8;
+  o.group = 4;
+  const int bits = model::cache_type_bits(*o.type);
+  const int64_t B = 3, L = 2, H = 2, D = 16;
+  auto cache = m->make_cache(B, o);
+  torch::NoGradGuard ng;
+  auto ids = torch::randint(0, 97, {B, 13}, torch::kInt64);
+  int64_t n = 0;
+  for (int64_t chunk : {5, 1, 1, 6}) {
+    m->forward(ids.narrow(1, n, chunk), cache.get());
+    n += chunk;
+    auto st = cache->stats();
+    int64_t expect = 0;
+    if (bits >= 16) {
+      expect = L * 2 * B * H * n * D * (bits / 8);
+    } else {
+      const int64_t q = n - n % 8, res = n % 8;
+      // k per channel: scale/zero per 4 tokens per channel; v per token: one pair per 4 channels.
+      const int64_t k_bytes = B * H * (q * D * bits / 8 + 4 * D * (q / 4) + res * D * 4);
+      const int64_t v_bytes = B * H * (q * D * bits / 8 + 4 * (D / 4) * q + res * D * 4);
+      expect = L * (k_bytes + v_bytes);
+      EXPECT_EQ(st.residual_tokens, B * res);
+    }
+    EXPECT_EQ(st.bytes, expect) << type << " after " << n << " tokens";
+    EXPECT_EQ(st.tokens, B * n);
+    EXPECT_GE(st.capacity_bytes, st.bytes);
+  }
+  // Quantized tokens cost what the per-token formula says.
+  if (bits < 16) {
+    auto st = cache->stats();
+    const double per_token = model::bytes_per_token(m->cache_specs()[0], o, torch::kFloat32) * L;
+    const int64_t q = n - n % 8;
+    EXPECT_DOUBLE_EQ(static_cast<double>(st.bytes - L * 2 * B * H * (n % 8) * D * 4), per_token * B * q);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Cache, CacheAccounting, ::testing::Values("f32", "bf16", "f16", "int8", "int4", "int2"));
+
+// A quantized cache changes the logits a little, and int2 more than int8.
+TEST(CacheQuality, QuantizedDecodingStaysCloseAndDegradesWithFewerBits) {
+  auto m = testutil::make_random_model(testutil::tiny_config("llama-mha"), 6);
+  torch::NoGradGuard ng;
+  auto ids = torch::randint(0, 97, {1, 40}, torch::kInt64);
+  auto ref = m->forward(ids);
+  std::vector<double> err;
+  for (auto t : {"f32", "int8", "int4", "int2"}) {
+    model::CacheOptions o;
+    o.type = model::parse_cache_type(t);
+    o.residual = 8;
+    o.group = 8;
+    auto cache = m->make_cache(1, o);
+    std::vector<torch::Tensor> parts;
+    for (int64_t s = 0; s < 40; s += 4) parts.push_back(m->forward(ids.narrow(1, s, 4), cache.get()));
+    err.push_back((torch::cat(parts, 1) - ref).abs().max().item<double>());
+  }
+  EXPECT_LE(err[0], 1e-4);  // a full-precision cache through chunks is exact
+  EXPECT_GT(err[1], 0.0);
+  EXPECT_LT(err[1], err[2]);
+  EXPECT_LT(err[2], err[3]);
+}
