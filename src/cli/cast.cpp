@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "cli/cli.h"
+#include "cli/options.h"
 #include "io/model_files.h"
 #include "io/safetensors.h"
 #include "model/transformer.h"
@@ -12,17 +13,16 @@
 namespace mha2mla::cli {
 
 int cmd_cast(const Args& a) {
-  if (a.help()) {
-    std::puts(
-        "usage: mha2mla cast --model DIR --out DIR --dtype f32|bf16|f16\n\n"
-        "Writes DIR's weights in another dtype into OUT (config.json's torch_dtype updated, tokenizer files\n"
-        "copied). OUT must not exist or be empty; nothing is left behind on failure.");
-    return 0;
-  }
-  a.validate({"model", "out", "dtype"}, {});
   namespace fs = std::filesystem;
-  const std::string dir = a.require("model"), out = a.require("out");
-  auto dtype = model::parse_compute_dtype(a.require("dtype"));
+  std::string dir, out, dtype_name;
+  OptionTable t("cast", "--model DIR --out DIR --dtype f32|bf16|f16",
+                "Writes DIR's weights in another dtype into OUT (config.json's torch_dtype updated, tokenizer files\n"
+                "copied). OUT must not exist or be empty; nothing is left behind on failure.");
+  t.required("model", "DIR", "source model folder", [&](auto& v) { dir = v; })
+      .required("out", "DIR", "output folder", [&](auto& v) { out = v; })
+      .required("dtype", "T", "f32, bf16 or f16", [&](auto& v) { dtype_name = v; });
+  if (!t.parse(a)) return 0;
+  auto dtype = model::parse_compute_dtype(dtype_name);
   check(!fs::exists(out) || (fs::is_directory(out) && fs::is_empty(out)), out + " already exists and is not empty");
   auto m = model::load_model(dir, torch::kFloat32);  // validates the folder
   const std::string tmp = out + ".tmp-cast";
@@ -42,7 +42,7 @@ int cmd_cast(const Args& a) {
     fs::remove_all(tmp);
     throw;
   }
-  std::printf("wrote %s (%s)\n", out.c_str(), a.require("dtype").c_str());
+  std::printf("wrote %s (%s)\n", out.c_str(), dtype_name.c_str());
   return 0;
 }
 

@@ -11,21 +11,17 @@ struct TrainOptions;
 
 namespace mha2mla::cli {
 
-// Parsed "--key value" / "--flag" arguments; unknown or missing options are clear errors.
+// Parsed "--key value" / "--flag" arguments. Commands read them through an OptionTable (cli/options.h),
+// which validates them against the command's rows.
 class Args {
  public:
   Args(std::string command, std::vector<std::string> argv);
-  // Declares the options a subcommand accepts; call before reading values.
   const std::string& command() const { return command_; }
   const std::vector<std::string>& raw() const { return raw_; }  // the arguments as given
   bool help() const { return help_; }
   bool flag(const std::string& name) const;  // --name present (no value)
   std::optional<std::string> get(const std::string& name) const;
-  std::string require(const std::string& name) const;  // throws Error "missing --name"
   std::vector<std::string> get_all(const std::string& name) const;  // repeated or multi-valued
-  std::string get_or(const std::string& name, const std::string& def) const;
-  long long get_int(const std::string& name, long long def) const;
-  double get_double(const std::string& name, double def) const;
   // Throws Error on any option not in `allowed` (names without dashes); flags take no value.
   void validate(const std::vector<std::string>& allowed_values, const std::vector<std::string>& allowed_flags) const;
 
@@ -37,10 +33,16 @@ class Args {
   std::map<std::string, std::vector<std::string>> last_;    // the values of the last occurrence
 };
 
-// Options shared by train and finetune (src/cli/train.cpp); the names they accept, and their help text.
-void read_train_options(const Args& a, train::TrainOptions& o);
-extern const std::vector<std::string> kTrainValueOptions;
-extern const char* kTrainOptionsHelp;
+class OptionTable;
+// Options shared by train and finetune (src/cli/train.cpp). Defaults that derive from --steps, and those that
+// differ for finetune, stay unset (-1) while parsing and are filled in by finish_train_options.
+struct TrainFlags {
+  bool finetune = false;
+  double lr = -1, weight_decay = -1;
+  int64_t warmup = -1, decay_start = -1, val_every = -1, save_every = -1, val_windows = 64;
+};
+void add_train_options(OptionTable& t, train::TrainOptions& o, TrainFlags& f, bool finetune);
+void finish_train_options(train::TrainOptions& o, const TrainFlags& f);
 
 int cmd_inspect(const Args& a);
 int cmd_tokenize(const Args& a);
@@ -54,5 +56,6 @@ int cmd_cast(const Args& a);
 int cmd_calibrate(const Args& a);
 int cmd_tokenizer_train(const Args& a);
 int cmd_data(const Args& a);
+int cmd_bench(const Args& a);
 
 }  // namespace mha2mla::cli

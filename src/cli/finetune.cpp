@@ -5,44 +5,35 @@
 #include <iostream>
 
 #include "cli/cli.h"
+#include "cli/options.h"
 #include "train/recipe.h"
 #include "util/error.h"
 
 namespace mha2mla::cli {
 
 int cmd_finetune(const Args& a) {
-  if (a.help()) {
-    std::printf(
-        "usage: mha2mla finetune --model ORIG --mla CONVERTED --data PATH[:WEIGHT]... --val PATH --out DIR [options]\n\n"
-        "Fine-tunes the converted model and, on the same tokens with the same schedule, the original model\n"
-        "(the fair baseline), then reports held-out perplexity for: the original, the original fine-tuned,\n"
-        "the converted model before training and after. The schedule has the reference's shape, scaled to\n"
-        "--steps: warmup 10%%, constant, then 1-sqrt decay to 0 over the last 1/6; AdamW 0.9/0.95, clip 1.\n"
-        "Runs go to OUT/baseline and OUT/mla (each with model/, checkpoints, log and loss.svg).\n\n"
-        "  --model ORIG       the original model\n"
-        "  --mla CONVERTED    its conversion by 'mha2mla convert'\n"
-        "  --data P[:W]...    training shards\n"
-        "  --val PATH         held-out shards\n"
-        "  --out DIR          output folder\n"
-        "  --skip-baseline    train only the converted model\n"
-        "%s"
-        "  --json             print the report as one JSON object\n\n"
-        "Defaults differ from 'train': --lr 1e-4, --warmup steps/10, --decay-start 5·steps/6, --weight-decay 0.\n",
-        kTrainOptionsHelp);
-    return 0;
-  }
-  auto vals = kTrainValueOptions;
-  for (const char* v : {"model", "mla", "data", "val", "out"}) vals.push_back(v);
-  a.validate(vals, {"json", "skip-baseline"});
   train::TrainOptions o;
-  read_train_options(a, o);
-  if (!a.get("lr")) o.schedule.lr = 1e-4;
-  if (!a.get("warmup")) o.schedule.warmup = std::max<int64_t>(1, o.steps / 10);
-  if (!a.get("decay-start")) o.schedule.decay_start = o.steps * 5 / 6;
-  if (!a.get("weight-decay")) o.adam.weight_decay = 0.0;
-  const std::string orig = a.require("model"), mla = a.require("mla"), out = a.require("out");
-  auto specs = a.get_all("data");
-  check(!specs.empty(), "finetune: missing --data");
+  TrainFlags f;
+  std::string orig, mla, out, val_path;
+  std::vector<std::string> specs;
+  bool json = false, skip_baseline = false;
+  OptionTable t("finetune", "--model ORIG --mla CONVERTED --data PATH[:WEIGHT]... --val PATH --out DIR [options]",
+                "Fine-tunes the converted model and, on the same tokens with the same schedule, the original model\n"
+                "(the fair baseline), then reports held-out perplexity for: the original, the original fine-tuned,\n"
+                "the converted model before training and after. The schedule has the reference's shape, scaled to\n"
+                "--steps: warmup 10%, constant, then 1-sqrt decay to 0 over the last 1/6; AdamW 0.9/0.95, clip 1.\n"
+                "Runs go to OUT/baseline and OUT/mla (each with model/, checkpoints, log and loss.svg).");
+  t.required("model", "ORIG", "the original model", [&](auto& v) { orig = v; })
+      .required("mla", "CONVERTED", "its conversion by 'mha2mla convert'", [&](auto& v) { mla = v; })
+      .multi("data", "P[:W]...", "training shards", [&](auto& v) { specs = v; }, true)
+      .required("val", "PATH", "held-out shards", [&](auto& v) { val_path = v; })
+      .required("out", "DIR", "output folder", [&](auto& v) { out = v; })
+      .toggle("skip-baseline", "train only the converted model", skip_baseline);
+  add_train_options(t, o, f, /*finetune=*/true);
+  t.toggle("json", "print the report as one JSON object", json);
+  if (!t.parse(a)) return 0;
+  finish_train_options(o, f);
+  o.device = train::rank_device(o.device);
   auto ocfg = io::ModelConfig::load(orig);
   auto mcfg = io::ModelConfig::load(mla);
   check(!ocfg.is_mla, orig + " is already an MLA model: --model takes the original");
@@ -52,18 +43,17 @@ int cmd_finetune(const Args& a) {
   std::vector<train::DataSource> data;
   for (const auto& s : specs) data.push_back(train::parse_source(s));
   train::Dist dist;
-  auto val = train::load_val_batches(a.require("val"), o.seq_len, o.batch, a.get_int("val-windows", -1), ocfg.vocab_size);
-  const bool json = a.flag("json");
+  auto val = train::load_val_batches(val_path, o.seq_len, o.batch, f.val_windows, ocfg.vocab_size);
   auto say = [&](const char* what) {
     if (!json) std::fprintf(stderr, "finetune: %s\n", what);
   };
   o.progress = !json;
   say("evaluating the original and the converted model");
-  const double l_orig = train::folder_val_loss(orig, val, dist, o.precision);
-  const double l_mla0 = train::folder_val_loss(mla, val, dist, o.precision);
+  const double l_orig = train::folder_val_loss(orig, val, dist, o.precision, o.device);
+  const double l_mla0 = train::folder_val_loss(mla, val, dist, o.precision, o.device);
   double l_base = -1;
   train::TrainResult rb;
-  if (!a.flag("skip-baseline")) {
+  if (!skip_baseline) {
     say("fine-tuning the original (baseline)");
     auto ob = o;
     ob.out = out + "/baseline";

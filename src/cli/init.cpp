@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "cli/cli.h"
+#include "cli/options.h"
 #include "model/transformer.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
@@ -11,23 +12,24 @@
 namespace mha2mla::cli {
 
 int cmd_init(const Args& a) {
-  if (a.help()) {
-    std::puts(
-        "usage: mha2mla init --config FILE --out DIR [--tokenizer PATH] [--seed S] [--std X] [--dtype f32|bf16] [--json]\n\n"
-        "Writes DIR/config.json and DIR/model.safetensors with weights drawn as HF does for Llama:\n"
-        "N(0, X) matrices and embeddings, unit norms, zero biases.\n\n"
-        "  --config FILE      an HF config.json (llama, mistral, qwen2, qwen3)\n"
-        "  --out DIR          output folder (must not exist or be empty)\n"
-        "  --tokenizer PATH   tokenizer.json (or a folder holding one) to copy alongside\n"
-        "  --seed S           random seed (default 0)\n"
-        "  --std X            initializer range (default: the config's initializer_range, else 0.02)\n"
-        "  --dtype T          storage dtype, f32 (default) or bf16\n"
-        "  --json             print {out, parameters} as JSON");
-    return 0;
-  }
-  a.validate({"config", "out", "tokenizer", "seed", "std", "dtype"}, {"json"});
   namespace fs = std::filesystem;
-  const std::string cfg_path = a.require("config"), out = a.require("out");
+  std::string cfg_path, out, tok_arg;
+  int64_t seed = 0;
+  double std_dev = -1;
+  auto dtype = torch::kFloat32;
+  bool json = false;
+  OptionTable t("init", "--config FILE --out DIR [options]",
+                "Writes DIR/config.json and DIR/model.safetensors with weights drawn as HF does for Llama:\n"
+                "N(0, X) matrices and embeddings, unit norms, zero biases.");
+  t.required("config", "FILE", "an HF config.json (llama, mistral, qwen2, qwen3)", [&](auto& v) { cfg_path = v; })
+      .required("out", "DIR", "output folder (must not exist or be empty)", [&](auto& v) { out = v; })
+      .text("tokenizer", "PATH", "tokenizer.json (or a folder holding one) to copy alongside", tok_arg, "none")
+      .integer("seed", "S", "random seed", seed, 0)
+      .number("std", "X", "initializer range", std_dev, "the config's initializer_range, else 0.02")
+      .value("dtype", "T", "storage dtype: f32, bf16 or f16", [&](auto& v) { dtype = model::parse_compute_dtype(v); },
+             "f32")
+      .toggle("json", "print {out, parameters} as JSON", json);
+  if (!t.parse(a)) return 0;
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(read_text_file(cfg_path));
@@ -35,13 +37,12 @@ int cmd_init(const Args& a) {
     fail(cfg_path + ": malformed JSON (" + e.what() + ")");
   }
   auto cfg = io::ModelConfig::from_json(j, cfg_path);
-  double std_dev = a.get_double("std", j.value("initializer_range", 0.02));
+  if (!a.flag("std")) std_dev = j.value("initializer_range", 0.02);
   check(std_dev > 0, "--std must be positive");
-  auto dtype = model::parse_compute_dtype(a.get_or("dtype", "f32"));
   std::string tok_src;
-  if (auto t = a.get("tokenizer")) {
-    tok_src = fs::is_directory(*t) ? (fs::path(*t) / "tokenizer.json").string() : *t;
-    check(fs::is_regular_file(tok_src), "tokenizer not found: " + *t);
+  if (!tok_arg.empty()) {
+    tok_src = fs::is_directory(tok_arg) ? (fs::path(tok_arg) / "tokenizer.json").string() : tok_arg;
+    check(fs::is_regular_file(tok_src), "tokenizer not found: " + tok_arg);
   }
   check(!fs::exists(out) || (fs::is_directory(out) && fs::is_empty(out)), out + " already exists and is not empty");
   // Build in a temporary folder and rename, so a failure leaves nothing half-written.
@@ -51,7 +52,7 @@ int cmd_init(const Args& a) {
   try {
     model::Transformer m(cfg, dtype);
     for (const auto& p : m->parameters()) params += p.numel();
-    model::init_weights(*m, static_cast<uint64_t>(a.get_int("seed", 0)), std_dev);
+    model::init_weights(*m, static_cast<uint64_t>(seed), std_dev);
     model::save_model(*m, tmp);
     if (!tok_src.empty()) fs::copy_file(tok_src, fs::path(tmp) / "tokenizer.json");
     if (fs::exists(out)) fs::remove(out);
@@ -60,7 +61,7 @@ int cmd_init(const Args& a) {
     fs::remove_all(tmp);
     throw;
   }
-  if (a.flag("json")) {
+  if (json) {
     std::cout << nlohmann::json{{"out", out}, {"parameters", params}}.dump() << "\n";
   } else {
     std::printf("wrote %s (%.2fM parameters)\n", out.c_str(), params / 1e6);

@@ -3,22 +3,27 @@
 #include <iostream>
 
 #include "cli/cli.h"
+#include "cli/options.h"
+#include "cli/runtime_flags.h"
+#include "model/attention.h"
 #include "io/config.h"
 #include "io/safetensors.h"
 
 namespace mha2mla::cli {
 
 int cmd_inspect(const Args& a) {
-  if (a.help()) {
-    std::puts(
-        "usage: mha2mla inspect --model DIR [--json]\n\n"
-        "Prints the model's config and a table of its tensors (name, dtype, shape).\n\n"
-        "  --model DIR   HF-layout model folder (config.json + safetensors)\n"
-        "  --json        one JSON object: {config, tensors: [{name, dtype, shape}], parameters}");
-    return 0;
-  }
-  a.validate({"model"}, {"json"});
-  const std::string dir = a.require("model");
+  std::string dir;
+  bool json = false;
+  model::RuntimeOptions rt;
+  OptionTable t("inspect", "--model DIR [--cache-type T] [--json]",
+                "Prints the model's config, its KV cache size per token, and a table of its tensors.");
+  t.required("model", "DIR", "HF-layout model folder (config.json + safetensors)", [&](auto& v) { dir = v; });
+  add_runtime_options(t, rt, kDtype | kCache);
+  t.toggle("json", "one JSON object: {config, tensors: [{name, dtype, shape}], parameters, kv_cache_bytes_per_token,\n"
+                   "kv_cache_buffers}; the bytes are for tokens held in the cache type (quantized tokens\n"
+                   "for integer types, scales and zero points included), across all layers",
+           json);
+  if (!t.parse(a)) return 0;
   auto cfg = io::ModelConfig::load(dir);
   auto ckpt = io::Checkpoint::open(dir);
   int64_t params = 0;
@@ -30,8 +35,25 @@ int cmd_inspect(const Args& a) {
     params += n;
     tensors.push_back({{"name", name}, {"dtype", io::dtype_name(ti.dtype)}, {"shape", ti.shape}});
   }
-  if (a.flag("json")) {
-    nlohmann::json out{{"config", cfg.to_json()}, {"tensors", tensors}, {"parameters", params}};
+  // The cache formula, per token across all layers, for the chosen storage.
+  const auto specs = model::cache_spec_for(cfg);
+  const double per_token = model::bytes_per_token(specs, rt.cache, rt.dtype) * static_cast<double>(cfg.num_layers);
+  nlohmann::json buffers = nlohmann::json::array();
+  for (const auto& b : specs) {
+    auto st = model::resolve_storage(b, rt.cache, rt.dtype);
+    buffers.push_back({{"name", b.name},
+                       {"heads", b.heads},
+                       {"width", b.width},
+                       {"type", model::cache_type_name(st.type)},
+                       {"axis", model::quant_axis_name(st.axis)},
+                       {"bytes_per_token", model::bytes_per_token({b}, rt.cache, rt.dtype) * cfg.num_layers}});
+  }
+  if (json) {
+    nlohmann::json out{{"config", cfg.to_json()},
+                       {"tensors", tensors},
+                       {"parameters", params},
+                       {"kv_cache_bytes_per_token", per_token},
+                       {"kv_cache_buffers", buffers}};
     std::cout << out.dump() << "\n";
     return 0;
   }
@@ -53,6 +75,11 @@ int cmd_inspect(const Args& a) {
     std::printf("kv cache     %lld of %lld values per token and layer (%.2f%%)\n", static_cast<long long>(after),
                 static_cast<long long>(before), 100.0 * static_cast<double>(after) / static_cast<double>(before));
   }
+  std::printf("cache/token  %.1f bytes across %lld layers (", per_token, static_cast<long long>(cfg.num_layers));
+  for (size_t i = 0; i < buffers.size(); ++i)
+    std::printf("%s%s %s", i ? ", " : "", buffers[i]["name"].get<std::string>().c_str(),
+                buffers[i]["type"].get<std::string>().c_str());
+  std::printf(")\n");
   std::printf("vocab        %lld%s\n", static_cast<long long>(cfg.vocab_size),
               cfg.tie_word_embeddings ? " (tied lm_head)" : "");
   std::printf("rope         theta %g, scaling %s\n", cfg.rope_theta, cfg.rope_scaling.type.c_str());

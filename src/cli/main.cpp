@@ -47,41 +47,9 @@ std::optional<std::string> Args::get(const std::string& name) const {
   return it->second[0];
 }
 
-std::string Args::require(const std::string& name) const {
-  auto v = get(name);
-  check(v.has_value(), command_ + ": missing --" + name + " (see mha2mla " + command_ + " --help)");
-  return *v;
-}
-
 std::vector<std::string> Args::get_all(const std::string& name) const {
   auto it = values_.find(name);
   return it == values_.end() ? std::vector<std::string>{} : it->second;
-}
-
-std::string Args::get_or(const std::string& name, const std::string& def) const { return get(name).value_or(def); }
-
-long long Args::get_int(const std::string& name, long long def) const {
-  auto v = get(name);
-  if (!v) return def;
-  try {
-    size_t pos = 0;
-    long long x = std::stoll(*v, &pos);
-    if (pos == v->size()) return x;
-  } catch (...) {
-  }
-  fail("--" + name + " expects an integer, got \"" + *v + "\"");
-}
-
-double Args::get_double(const std::string& name, double def) const {
-  auto v = get(name);
-  if (!v) return def;
-  try {
-    size_t pos = 0;
-    double x = std::stod(*v, &pos);
-    if (pos == v->size()) return x;
-  } catch (...) {
-  }
-  fail("--" + name + " expects a number, got \"" + *v + "\"");
 }
 
 void Args::validate(const std::vector<std::string>& vals, const std::vector<std::string>& flags) const {
@@ -117,12 +85,13 @@ const Command kCommands[] = {
     {"calibrate", mha2mla::cli::cmd_calibrate, "q/k frequency norms and input covariances over a text"},
     {"tokenizer-train", mha2mla::cli::cmd_tokenizer_train, "train a byte-level BPE tokenizer on text files"},
     {"data", mha2mla::cli::cmd_data, "tokenize text/JSONL into train/val token shards"},
+    {"bench", mha2mla::cli::cmd_bench, "decode/prefill speed of MHA vs the MLA ladder per cache type and context"},
 };
 
 void usage(FILE* out) {
   std::fprintf(out, "usage: mha2mla <command> [options]\n\nConvert, fine-tune, evaluate and serve Llama-family models "
                     "with Multi-head Latent Attention.\n\ncommands:\n");
-  for (const auto& c : kCommands) std::fprintf(out, "  %-10s %s\n", c.name, c.summary);
+  for (const auto& c : kCommands) std::fprintf(out, "  %-16s %s\n", c.name, c.summary);
   std::fprintf(out, "\nRun 'mha2mla <command> --help' for a command's options.\n");
 }
 

@@ -4,29 +4,22 @@
 #include <string>
 
 #include "cli/cli.h"
+#include "cli/options.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
 
 namespace mha2mla::cli {
 
-namespace {
-
-constexpr const char* kUsage =
-    "usage: mha2mla tokenize --tokenizer PATH [--add-special]\n"
-    "  Reads UTF-8 text from stdin and prints the token ids of each line as a JSON array.\n"
-    "  --tokenizer PATH  tokenizer.json, or a model folder holding one\n"
-    "  --add-special     apply the post-processor template (e.g. BOS), like HF add_special_tokens=True\n";
-
-}  // namespace
-
 int cmd_tokenize(const Args& a) {
-  if (a.help()) {
-    std::fputs(kUsage, stdout);
-    return 0;
-  }
-  a.validate({"tokenizer"}, {"add-special", "help"});
-  const tok::Tokenizer tokenizer = tok::Tokenizer::load(a.require("tokenizer"));
-  const bool add_special = a.flag("add-special");
+  std::string path;
+  bool add_special = false;
+  OptionTable t("tokenize", "--tokenizer PATH [--add-special]",
+                "Reads UTF-8 text from stdin and prints the token ids of each line as a JSON array.");
+  t.required("tokenizer", "PATH", "tokenizer.json, or a model folder holding one", [&](auto& v) { path = v; })
+      .toggle("add-special", "apply the post-processor template (e.g. BOS), like HF add_special_tokens=True",
+              add_special);
+  if (!t.parse(a)) return 0;
+  const tok::Tokenizer tokenizer = tok::Tokenizer::load(path);
 
   std::ios::sync_with_stdio(false);
   std::string line, out;

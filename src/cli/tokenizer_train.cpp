@@ -4,49 +4,43 @@
 #include <iostream>
 
 #include "cli/cli.h"
+#include "cli/options.h"
 #include "tokenizer/bpe_train.h"
 #include "util/error.h"
 #include "util/progress.h"
 
 namespace mha2mla::cli {
 
-namespace {
-
-constexpr const char* kUsage =
-    "usage: mha2mla tokenizer-train --in FILE... --vocab-size N --out PATH [--min-frequency F]\n"
-    "                               [--special TOKEN...] [--model-max-length L] [--json]\n\n"
-    "Trains a GPT-2-style byte-level BPE tokenizer (like HF ByteLevelBPETokenizer) and saves a standard\n"
-    "tokenizer.json plus tokenizer_config.json. The alphabet is all 256 bytes, so any text encodes.\n"
-    "Merges: most frequent adjacent pair first, ties to the lowest token ids; deterministic.\n\n"
-    "  --in FILE...          UTF-8 text files, read line by line\n"
-    "  --vocab-size N        total vocabulary size, special tokens included (>= 256 + specials)\n"
-    "  --out PATH            FILE.json to write, or a folder (created if missing) to write tokenizer.json\n"
-    "                        into; tokenizer_config.json goes next to it\n"
-    "  --min-frequency F     stop when no pair occurs F times (default 2)\n"
-    "  --special TOKEN...    special tokens, ids 0.. in order (default <|endoftext|>)\n"
-    "  --model-max-length L  model_max_length in tokenizer_config.json (default 2048)\n"
-    "  --json                print one JSON object with the training statistics\n";
-
-}  // namespace
-
 int cmd_tokenizer_train(const Args& a) {
-  if (a.help()) {
-    std::fputs(kUsage, stdout);
-    return 0;
-  }
-  a.validate({"in", "vocab-size", "out", "min-frequency", "special", "model-max-length"}, {"json"});
-  auto inputs = a.get_all("in");
-  check(!inputs.empty(), "tokenizer-train: missing --in (see mha2mla tokenizer-train --help)");
-  const std::string out = a.require("out");
+  std::vector<std::string> inputs;
+  std::string out;
   tok::BpeTrainOptions opts;
-  long long vocab = a.get_int("vocab-size", -1);
-  check(vocab > 0, "tokenizer-train: missing --vocab-size (see mha2mla tokenizer-train --help)");
-  check(vocab <= (1LL << 31) - 1, "--vocab-size is too large");
-  opts.vocab_size = int32_t(vocab);
-  opts.min_frequency = a.get_int("min-frequency", 2);
-  opts.model_max_length = a.get_int("model-max-length", 2048);
-  if (a.flag("special")) opts.special_tokens = a.get_all("special");
-  check(!a.flag("special") || !opts.special_tokens.empty(), "--special needs at least one token");
+  int64_t vocab = 0, min_freq = opts.min_frequency, max_len = opts.model_max_length;
+  bool json = false;
+  OptionTable t("tokenizer-train", "--in FILE... --vocab-size N --out PATH [options]",
+                "Trains a GPT-2-style byte-level BPE tokenizer (like HF ByteLevelBPETokenizer) and saves a standard\n"
+                "tokenizer.json plus tokenizer_config.json. The alphabet is all 256 bytes, so any text encodes.\n"
+                "Merges: most frequent adjacent pair first, ties to the lowest token ids; deterministic.");
+  t.multi("in", "FILE...", "UTF-8 text files, read line by line", [&](auto& v) { inputs = v; }, true)
+      .required("vocab-size", "N", "total vocabulary size, special tokens included (>= 256 + specials)",
+                [&](auto& v) {
+                  vocab = parse_int("vocab-size", v);
+                  check(vocab > 0, "--vocab-size must be positive");
+                  check(vocab <= (1LL << 31) - 1, "--vocab-size is too large");
+                })
+      .required("out", "PATH",
+                "FILE.json to write, or a folder (created if missing) to write tokenizer.json\n"
+                "into; tokenizer_config.json goes next to it",
+                [&](auto& v) { out = v; })
+      .integer("min-frequency", "F", "stop when no pair occurs F times", min_freq, 1)
+      .multi("special", "TOKEN...", "special tokens, ids 0.. in order", [&](auto& v) { opts.special_tokens = v; },
+             false, "<|endoftext|>")
+      .integer("model-max-length", "L", "model_max_length in tokenizer_config.json", max_len, 1)
+      .toggle("json", "print one JSON object with the training statistics", json);
+  if (!t.parse(a)) return 0;
+  opts.vocab_size = static_cast<int32_t>(vocab);
+  opts.min_frequency = min_freq;
+  opts.model_max_length = max_len;
 
   tok::BpeTrainer trainer(opts);
   for (const auto& path : inputs) {
@@ -66,7 +60,7 @@ int cmd_tokenizer_train(const Args& a) {
   bar.finish();
   std::string file = tok::save_trained_tokenizer(out, tokenizer, opts);
   const auto& s = trainer.stats();
-  if (a.flag("json")) {
+  if (json) {
     nlohmann::json j{{"tokenizer", file},           {"vocab_size", s.vocab_size},
                      {"merges", s.merges},          {"reached_vocab_size", s.reached_vocab_size},
                      {"lines", s.lines},            {"bytes", s.bytes},

@@ -4,95 +4,86 @@
 #include <iostream>
 
 #include "cli/cli.h"
+#include "cli/options.h"
+#include "model/runtime_options.h"
 #include "train/recipe.h"
 #include "util/error.h"
 
 namespace mha2mla::cli {
 
-const std::vector<std::string> kTrainValueOptions{
-    "steps", "batch", "seq-len", "accum", "lr", "min-lr", "warmup", "decay-start", "decay", "weight-decay",
-    "clip", "precision", "train", "val-every", "val-windows", "save-every", "seed", "stop-after"};
+void add_train_options(OptionTable& t, train::TrainOptions& o, TrainFlags& f, bool finetune) {
+  f.finetune = finetune;
+  f.val_windows = finetune ? -1 : 64;
+  t.integer("steps", "N", "optimizer steps", o.steps, 1)
+      .integer("batch", "B", "sequences per step over all processes", o.batch, 1)
+      .integer("seq-len", "T", "tokens per sequence", o.seq_len, 1)
+      .integer("accum", "A", "micro-batches per step and process", o.accum, 1)
+      .value("lr", "X", "peak learning rate", [&f](const std::string& v) {
+        f.lr = parse_number("lr", v);
+        check(f.lr > 0, "--lr must be positive");
+      }, finetune ? "1e-4" : "1e-3")
+      .number("min-lr", "X", "final learning rate", o.schedule.min_lr)
+      .integer("warmup", "W", "linear warmup steps", f.warmup, 0, finetune ? "steps/10" : "steps/20")
+      .integer("decay-start", "S", "step where the decay begins", f.decay_start, 0, finetune ? "5·steps/6" : "4·steps/5")
+      .value("decay", "D", "1-sqrt | cosine | none",
+             [&o](const std::string& v) { o.schedule.decay = parse_choice("decay", v, {"1-sqrt", "cosine", "none"}); },
+             "1-sqrt")
+      .number("weight-decay", "X", "AdamW weight decay on matrices; betas 0.9/0.95, eps 1e-8", f.weight_decay,
+              finetune ? "0" : "0.01")
+      .number("clip", "X", "gradient-norm clip (0 = off)", o.clip)
+      .value("precision", "P", "f32 | bf16 (bf16 compute, fp32 master weights)",
+             [&o](const std::string& v) { o.precision = parse_choice("precision", v, {"f32", "bf16"}); }, "f32")
+      .value("train", "S", "all | attn (attention and norm parameters only)",
+             [&o](const std::string& v) { o.train = parse_choice("train", v, {"all", "attn"}); }, "all")
+      .integer("val-every", "N", "validate every N steps", f.val_every, 1, "steps/10")
+      .integer("val-windows", "N", "validation windows used (-1 = all)", f.val_windows, -1)
+      .integer("save-every", "N", "checkpoint every N steps; always at the end", f.save_every, 1, "steps/5")
+      .value("seed", "S", "data order seed", [&o](const std::string& v) { o.seed = static_cast<uint64_t>(parse_int("seed", v)); },
+             "42")
+      .integer("stop-after", "N", "stop after step N with a checkpoint, as if interrupted (resume with --resume)",
+               o.stop_after, 0)
+      .value("device", "D", "cpu, cuda or cuda:N; with several processes on GPUs, rank r uses cuda:LOCAL_RANK",
+             [&o](const std::string& v) { o.device = model::parse_device(v); }, "cpu");
+}
 
-const char* kTrainOptionsHelp =
-    "  --steps N          optimizer steps (default 100)\n"
-    "  --batch B          sequences per step over all processes (default 8)\n"
-    "  --seq-len T        tokens per sequence (default 256)\n"
-    "  --accum A          micro-batches per step and process (default 1)\n"
-    "  --lr X             peak learning rate (default 1e-3)\n"
-    "  --min-lr X         final learning rate (default 0)\n"
-    "  --warmup W         linear warmup steps (default 5% of steps)\n"
-    "  --decay-start S    step where the decay begins (default 80% of steps)\n"
-    "  --decay D          1-sqrt (default) | cosine | none\n"
-    "  --weight-decay X   AdamW weight decay on matrices (default 0.01); betas 0.9/0.95, eps 1e-8\n"
-    "  --clip X           gradient-norm clip (default 1.0; 0 = off)\n"
-    "  --precision P      f32 (default) | bf16 (bf16 compute, fp32 master weights)\n"
-    "  --train S          all (default) | attn (attention and norm parameters only)\n"
-    "  --val-every N      validate every N steps (default: steps/10)\n"
-    "  --val-windows N    validation windows used (default 64; -1 = all)\n"
-    "  --save-every N     checkpoint every N steps (default: steps/5); always at the end\n"
-    "  --seed S           data order seed (default 42)\n"
-    "  --stop-after N     stop after step N with a checkpoint, as if interrupted (resume with --resume)\n";
-
-void read_train_options(const Args& a, train::TrainOptions& o) {
-  o.steps = a.get_int("steps", 100);
-  check(o.steps >= 1, "--steps must be at least 1");
-  o.batch = a.get_int("batch", 8);
-  o.seq_len = a.get_int("seq-len", 256);
-  check(o.seq_len >= 1, "--seq-len must be at least 1");
-  o.accum = a.get_int("accum", 1);
-  o.schedule.lr = a.get_double("lr", 1e-3);
-  o.schedule.min_lr = a.get_double("min-lr", 0.0);
-  o.schedule.warmup = a.get_int("warmup", o.steps / 20);
-  o.schedule.decay_start = a.get_int("decay-start", o.steps * 4 / 5);
+void finish_train_options(train::TrainOptions& o, const TrainFlags& f) {
+  o.schedule.lr = f.lr > 0 ? f.lr : (f.finetune ? 1e-4 : 1e-3);
+  o.schedule.warmup = f.warmup >= 0 ? f.warmup : (f.finetune ? std::max<int64_t>(1, o.steps / 10) : o.steps / 20);
+  o.schedule.decay_start = f.decay_start >= 0 ? f.decay_start : (f.finetune ? o.steps * 5 / 6 : o.steps * 4 / 5);
   o.schedule.total = o.steps;
-  o.schedule.decay = a.get_or("decay", "1-sqrt");
-  check(o.schedule.decay == "1-sqrt" || o.schedule.decay == "cosine" || o.schedule.decay == "none",
-        "--decay must be 1-sqrt, cosine or none");
-  check(o.schedule.lr > 0, "--lr must be positive");
-  o.adam.weight_decay = a.get_double("weight-decay", 0.01);
-  o.clip = a.get_double("clip", 1.0);
-  o.precision = a.get_or("precision", "f32");
-  o.train = a.get_or("train", "all");
-  o.val_every = a.get_int("val-every", std::max<int64_t>(1, o.steps / 10));
-  o.save_every = a.get_int("save-every", std::max<int64_t>(1, o.steps / 5));
-  o.seed = static_cast<uint64_t>(a.get_int("seed", 42));
-  o.stop_after = a.get_int("stop-after", 0);
+  o.adam.weight_decay = f.weight_decay >= 0 ? f.weight_decay : (f.finetune ? 0.0 : 0.01);
+  o.val_every = f.val_every > 0 ? f.val_every : std::max<int64_t>(1, o.steps / 10);
+  o.save_every = f.save_every > 0 ? f.save_every : std::max<int64_t>(1, o.steps / 5);
 }
 
 int cmd_train(const Args& a) {
-  if (a.help()) {
-    std::printf(
-        "usage: mha2mla train --model DIR --data PATH[:WEIGHT]... --val PATH --out DIR [options]\n\n"
-        "Trains all (or only attention) parameters of the model in DIR on token shards made by\n"
-        "'mha2mla data' (or datatrove .ds files), sampling windows from a weighted mixture of sources.\n"
-        "Writes OUT/model (the trained HF folder), OUT/checkpoints/ (atomic, resumable), OUT/train_log.jsonl\n"
-        "and OUT/loss.svg.\n\n"
-        "  --model DIR        starting model (use 'mha2mla init' for a fresh one)\n"
-        "  --data P[:W]...    training shard folders or files, each with an optional mixture weight\n"
-        "  --val PATH         validation shards (a folder gives its val.bin)\n"
-        "  --out DIR          run folder\n"
-        "%s"
-        "  --resume           continue the run in OUT from its latest checkpoint\n"
-        "  --zero1            shard AdamW state across processes\n"
-        "  --nproc N          data-parallel processes on this machine (c10d, Gloo on CPU); across machines,\n"
-        "                     start one process per rank with RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set\n"
-        "  --json             print {steps, tokens, loss, val_loss, val_ppl, tokens_per_s, seconds}\n",
-        kTrainOptionsHelp);
-    return 0;
-  }
-  auto vals = kTrainValueOptions;
-  for (const char* v : {"model", "data", "val", "out", "nproc"}) vals.push_back(v);
-  a.validate(vals, {"resume", "zero1", "json"});
   train::TrainOptions o;
-  read_train_options(a, o);
-  const std::string model = a.require("model"), out = a.require("out"), val_path = a.require("val");
-  auto data_specs = a.get_all("data");
-  check(!data_specs.empty(), "train: missing --data");
+  TrainFlags f;
+  std::string model, out, val_path;
+  std::vector<std::string> data_specs;
+  int64_t nproc = 1;
+  bool json = false;
+  OptionTable t("train", "--model DIR --data PATH[:WEIGHT]... --val PATH --out DIR [options]",
+                "Trains all (or only attention) parameters of the model in DIR on token shards made by\n"
+                "'mha2mla data' (or datatrove .ds files), sampling windows from a weighted mixture of sources.\n"
+                "Writes OUT/model (the trained HF folder), OUT/checkpoints/ (atomic, resumable), OUT/train_log.jsonl\n"
+                "and OUT/loss.svg.");
+  t.required("model", "DIR", "starting model (use 'mha2mla init' for a fresh one)", [&](auto& v) { model = v; })
+      .multi("data", "P[:W]...", "training shard folders or files, each with an optional mixture weight",
+             [&](auto& v) { data_specs = v; }, true)
+      .required("val", "PATH", "validation shards (a folder gives its val.bin)", [&](auto& v) { val_path = v; })
+      .required("out", "DIR", "run folder", [&](auto& v) { out = v; });
+  add_train_options(t, o, f, /*finetune=*/false);
+  t.toggle("resume", "continue the run in OUT from its latest checkpoint", o.resume)
+      .toggle("zero1", "shard AdamW state across processes", o.zero1)
+      .integer("nproc", "N",
+               "data-parallel processes on this machine (c10d: Gloo on CPU, NCCL on GPUs); across machines,\n"
+               "start one process per rank with RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set",
+               nproc, 1)
+      .toggle("json", "print {steps, tokens, loss, val_loss, val_ppl, tokens_per_s, seconds}", json);
+  if (!t.parse(a)) return 0;
+  finish_train_options(o, f);
   o.out = out;
-  o.resume = a.flag("resume");
-  o.zero1 = a.flag("zero1");
-  const int64_t nproc = a.get_int("nproc", 1);
-  check(nproc >= 1, "--nproc must be at least 1");
   if (nproc > 1 && !std::getenv("WORLD_SIZE")) {
     check(o.batch % (nproc * o.accum) == 0,
           "--nproc " + std::to_string(nproc) + " is more than the work allows: --batch " + std::to_string(o.batch) +
@@ -108,19 +99,20 @@ int cmd_train(const Args& a) {
     }
     return train::launch_local(static_cast<int>(nproc), argv);
   }
-  auto dist = train::Dist::from_env(torch::kCPU);
-  o.progress = dist.is_main() && !a.flag("json");
+  o.device = train::rank_device(o.device);
+  auto dist = train::Dist::from_env(o.device);
+  o.progress = dist.is_main() && !json;
   std::vector<train::DataSource> data;
   for (const auto& s : data_specs) data.push_back(train::parse_source(s));
   auto cfg = io::ModelConfig::load(model);
   auto val = train::load_val_batches(val_path, o.seq_len, std::max<int64_t>(1, o.batch / dist.world()),
-                                     a.get_int("val-windows", 64), cfg.vocab_size);
+                                     f.val_windows, cfg.vocab_size);
   auto res = train::train_folder(model, data, val, o, dist);
   if (!dist.is_main()) return 0;
   nlohmann::json j{{"steps", res.steps},     {"tokens", res.tokens},           {"loss", res.last_loss},
                    {"val_loss", res.val_loss}, {"val_ppl", std::exp(res.val_loss)}, {"tokens_per_s", res.tokens_per_s},
                    {"seconds", res.seconds},  {"out", out}};
-  if (a.flag("json")) {
+  if (json) {
     std::cout << j.dump() << "\n";
   } else {
     std::printf("trained %lld steps (%lld tokens, %.0f tokens/s): loss %.4f, validation loss %.4f (ppl %.2f)\n",

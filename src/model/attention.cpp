@@ -7,6 +7,24 @@
 
 namespace mha2mla::model {
 
+namespace {
+void sync_device(const torch::Device& d) {
+  if (d.is_cuda()) torch::cuda::synchronize(d.index());
+}
+}  // namespace
+
+AttnTimer::AttnTimer(double* acc, const torch::Device& d) : acc_(acc), dev_(d) {
+  if (!acc_) return;
+  sync_device(dev_);
+  t0_ = std::chrono::steady_clock::now();
+}
+
+AttnTimer::~AttnTimer() {
+  if (!acc_) return;
+  sync_device(dev_);
+  *acc_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+}
+
 torch::Tensor grouped_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                 const torch::Tensor& mask, double scale) {
   const int64_t B = q.size(0), Hq = q.size(1), T = q.size(2), D = q.size(3);
@@ -46,16 +64,25 @@ torch::Tensor GQAAttentionImpl::forward(const torch::Tensor& x, const AttnContex
   }
   q = apply_rope(q.transpose(1, 2), ctx.cos, ctx.sin);
   k = apply_rope(k.transpose(1, 2), ctx.cos, ctx.sin);
-  if (ctx.cache) {
-    auto& kb = ctx.cache->buffer(ctx.layer, 0);
-    auto& vb = ctx.cache->buffer(ctx.layer, 1);
-    kb.append(k);
-    vb.append(v);
-    k = kb.read();  // [B, n_kv, S, d_h]
-    v = vb.read();
+  torch::Tensor o;
+  {
+    AttnTimer timer(ctx.attn_seconds, x.device());
+    if (ctx.cache) {
+      auto& kb = ctx.cache->buffer(ctx.layer, 0);
+      auto& vb = ctx.cache->buffer(ctx.layer, 1);
+      kb.append(k);
+      vb.append(v);
+      k = kb.read();  // [B, n_kv, S, d_h]
+      v = vb.read();
+    }
+    o = grouped_attention(q.contiguous(), k, v, ctx.mask, 1.0 / std::sqrt(static_cast<double>(d_h_)));
   }
-  auto o = grouped_attention(q.contiguous(), k, v, ctx.mask, 1.0 / std::sqrt(static_cast<double>(d_h_)));
   return o_proj(o.transpose(1, 2).reshape({B, T, n_h_ * d_h_}));
+}
+
+std::vector<BufferSpec> cache_spec_for(const io::ModelConfig& cfg) {
+  if (cfg.is_mla) return MLAAttentionImpl::spec(cfg);
+  return GQAAttentionImpl::spec(cfg.num_kv_heads, cfg.head_dim);
 }
 
 std::shared_ptr<AttentionImpl> make_attention(const io::ModelConfig& cfg, int64_t layer,

@@ -3,6 +3,7 @@
 // cache_spec(), so MHA/GQA, MLA and other cache layouts are interchangeable per layer.
 #include <torch/torch.h>
 
+#include <chrono>
 #include <functional>
 #include <memory>
 
@@ -15,13 +16,31 @@ namespace mha2mla::model {
 // What a layer needs besides its input; built once per forward by the transformer.
 struct AttnContext {
   torch::Tensor cos, sin;   // [B, T, head_dim] for the new tokens' positions, compute dtype
-  torch::Tensor mask;       // additive [B, 1, T, S] over all S visible slots, compute dtype
+  torch::Tensor mask;       // additive [B, 1, T, S] over all S visible slots, compute dtype; undefined = none needed
+  // The same visibility as the mask, for kernels that build it on the fly: new token t sits at slot start + t and
+  // sees slot s <= start + t that is valid and (with a window) s > start + t − window.
+  torch::Tensor slot_valid;  // [B, S] bool on the device; undefined = every slot valid
+  int64_t window = 0;        // sliding window; 0 = none
   int64_t start = 0;        // first slot of the new tokens (tokens already cached)
   int64_t layer = 0;
   KVCache* cache = nullptr; // null: no caching (training, scoring)
   AttnMode attn = AttnMode::Auto;
+  double* attn_seconds = nullptr;  // when set, accumulates the time spent attending over the cache (bench)
   // Optional observer of each layer's attention input (after input_layernorm), e.g. for calibration.
   const std::function<void(int64_t layer, const torch::Tensor& x)>* on_attn_input = nullptr;
+};
+
+// Adds the wall time of its scope to *acc (when acc is set): the attention core of a layer, from the cache
+// append to the attended output, for the benchmark's attention-step figures. Syncs the device first on GPUs.
+class AttnTimer {
+ public:
+  AttnTimer(double* acc, const torch::Device& d);
+  ~AttnTimer();
+
+ private:
+  double* acc_;
+  torch::Device dev_;
+  std::chrono::steady_clock::time_point t0_;
 };
 
 // softmax(q kᵀ · scale + mask) v with grouped heads: q [B, Hq, T, D], k [B, Hkv, S, D], v [B, Hkv, S, Dv].
@@ -43,9 +62,10 @@ class GQAAttentionImpl : public AttentionImpl {
  public:
   GQAAttentionImpl(const io::ModelConfig& cfg, const torch::TensorOptions& opt);
   torch::Tensor forward(const torch::Tensor& x, const AttnContext& ctx) override;
+  std::vector<BufferSpec> cache_spec() const override { return spec(n_kv_, d_h_); }
   // k and v, [n_kv, d_h] each; KIVI's axes: keys per channel, values per token.
-  std::vector<BufferSpec> cache_spec() const override {
-    return {{"k", n_kv_, d_h_, QuantAxis::Channel}, {"v", n_kv_, d_h_, QuantAxis::Token}};
+  static std::vector<BufferSpec> spec(int64_t n_kv, int64_t d_h) {
+    return {{"k", n_kv, d_h, QuantAxis::Channel}, {"v", n_kv, d_h, QuantAxis::Token}};
   }
 
   Dense q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
@@ -54,6 +74,9 @@ class GQAAttentionImpl : public AttentionImpl {
  private:
   int64_t n_h_, n_kv_, d_h_;
 };
+
+// The cache buffers of a layer of this config, without building the model (inspect, memory planning).
+std::vector<BufferSpec> cache_spec_for(const io::ModelConfig& cfg);
 
 // Picks the attention variant a config asks for.
 std::shared_ptr<AttentionImpl> make_attention(const io::ModelConfig& cfg, int64_t layer,

@@ -186,4 +186,19 @@ torch::Tensor KVCache::begin_step(const torch::Tensor& new_valid) {
   return pos.to(device_);
 }
 
+void KVCache::append_synthetic(int64_t t, uint64_t seed) {
+  auto gen = at::detail::createCPUGenerator(seed);
+  begin_step(torch::ones({batch_, t}, torch::kBool));
+  for (auto& layer : layers_)
+    for (auto& b : layer) {
+      // Chunks bound the temporary f32 tensor for long contexts.
+      for (int64_t s = 0; s < t; s += 1024) {
+        const int64_t n = std::min<int64_t>(1024, t - s);
+        auto x = at::normal(0.0, 1.0, {batch_, b.spec().heads, n, b.spec().width}, gen);
+        b.append(x.to(device_));
+      }
+    }
+  end_step(t);
+}
+
 }  // namespace mha2mla::model

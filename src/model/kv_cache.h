@@ -109,6 +109,9 @@ class KVCache {
   // and returns their positions [B, T] on the device.
   torch::Tensor begin_step(const torch::Tensor& new_valid);
   void end_step(int64_t t) { filled_ += t; }
+  // Appends t valid tokens of N(0, 1) values to every buffer, as if a prompt had been run: the benchmark's
+  // long contexts without the prefill.
+  void append_synthetic(int64_t t, uint64_t seed);
 
  private:
   int64_t batch_;

@@ -64,7 +64,7 @@ torch::Tensor LowRankKVImpl::value_part(const torch::Tensor& c) const {
 }
 
 MLAAttentionImpl::MLAAttentionImpl(const io::ModelConfig& c, int64_t layer, const torch::TensorOptions& opt)
-    : n_h_(c.num_heads), n_kv_(c.num_kv_heads), d_h_(c.head_dim), r_(c.mla.rope_dim) {
+    : n_h_(c.num_heads), n_kv_(c.num_kv_heads), d_h_(c.head_dim), r_(c.mla.rope_dim), spec_(spec(c)) {
   check(!c.qk_norm, "MLA attention does not support qk-norm models (qwen3)");
   check(layer < static_cast<int64_t>(c.mla.freqs.size()), "mha2mla config lists no frequencies for layer " +
                                                                std::to_string(layer));
@@ -94,16 +94,20 @@ torch::Tensor MLAAttentionImpl::forward(const torch::Tensor& x, const AttnContex
   q_r = rope_sel(q_r, gather_heads(ctx.cos, q_dims_), gather_heads(ctx.sin, q_dims_));
   k_r = rope_sel(k_r, gather_heads(ctx.cos, k_dims_), gather_heads(ctx.sin, k_dims_));
   auto c = kv_proj->latent(x);  // [B, T, L]
-  if (ctx.cache) {
-    auto& cb = ctx.cache->buffer(ctx.layer, 0);
-    auto& kb = ctx.cache->buffer(ctx.layer, 1);
-    cb.append(c.unsqueeze(1));
-    kb.append(k_r);
-    c = cb.read().squeeze(1);  // [B, S, L]
-    k_r = kb.read();           // [B, n_kv, S, r]
+  torch::Tensor o;  // [B, n_h, T, d_h]
+  {
+    AttnTimer timer(ctx.attn_seconds, x.device());
+    if (ctx.cache) {
+      auto& cb = ctx.cache->buffer(ctx.layer, 0);
+      auto& kb = ctx.cache->buffer(ctx.layer, 1);
+      cb.append(c.unsqueeze(1));
+      kb.append(k_r);
+      c = cb.read().squeeze(1);  // [B, S, L]
+      k_r = kb.read();           // [B, n_kv, S, r]
+    }
+    o = use_absorbed(ctx, T) ? attend_absorbed(q_r, q_c, c, k_r, ctx.mask)
+                             : attend_materialized(q_r, q_c, c, k_r, ctx.mask);
   }
-  auto o = use_absorbed(ctx, T) ? attend_absorbed(q_r, q_c, c, k_r, ctx.mask)
-                                : attend_materialized(q_r, q_c, c, k_r, ctx.mask);  // [B, n_h, T, d_h]
   return o_proj(o.transpose(1, 2).reshape({B, T, n_h_ * d_h_}));
 }
 

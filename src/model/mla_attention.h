@@ -43,9 +43,11 @@ class MLAAttentionImpl : public AttentionImpl {
  public:
   MLAAttentionImpl(const io::ModelConfig& cfg, int64_t layer, const torch::TensorOptions& opt);
   torch::Tensor forward(const torch::Tensor& x, const AttnContext& ctx) override;
-  // c [1, latent_dim] (shared by all heads) and k_r [n_kv, r]. Defaults by measured perplexity (README).
-  std::vector<BufferSpec> cache_spec() const override {
-    return {{"c", 1, kv_proj->latent_dim(), QuantAxis::Token}, {"k_r", n_kv_, r_, QuantAxis::Channel}};
+  std::vector<BufferSpec> cache_spec() const override { return spec_; }
+  // c [1, latent_dim] (shared by all heads) and k_r [n_kv, r]. Default axes chosen by measured perplexity (README).
+  static std::vector<BufferSpec> spec(const io::ModelConfig& cfg) {
+    return {{"c", 1, cfg.mla.latent_dim(cfg.num_kv_heads, cfg.head_dim), QuantAxis::Token},
+            {"k_r", cfg.num_kv_heads, cfg.mla.rope_dim, QuantAxis::Channel}};
   }
 
   Dense q_proj{nullptr}, k_r_proj{nullptr}, o_proj{nullptr};
@@ -58,6 +60,7 @@ class MLAAttentionImpl : public AttentionImpl {
  private:
   int64_t n_h_, n_kv_, d_h_, r_;
   torch::Tensor q_dims_, k_dims_;
+  std::vector<BufferSpec> spec_;
 
   bool use_absorbed(const AttnContext& ctx, int64_t T) const;
   // q_r [B, n_h, T, r] (rotated), q_c [B, n_h, T, d_c]; c [B, S, L], k_r [B, n_kv, S, r] -> [B, n_h, T, d_h].

@@ -103,6 +103,7 @@ torch::Tensor TransformerImpl::hidden(const torch::Tensor& ids, KVCache* cache, 
   AttnContext ctx;
   ctx.on_attn_input = &attn_input_hook;
   ctx.attn = runtime_.attn;
+  ctx.attn_seconds = attn_seconds;
   // Positions are counted on the host, where the validity flags arrive, then copied to the device.
   torch::Tensor positions, slots_valid;
   bool all_valid = true;
@@ -131,7 +132,9 @@ torch::Tensor TransformerImpl::hidden(const torch::Tensor& ids, KVCache* cache, 
             std::to_string(cfg_.max_position_embeddings) + ")");
   // A single new token with all slots valid sees everything: no mask needed.
   bool need_mask = T > 1 || !all_valid || (cfg_.sliding_window > 0 && ctx.start + T > cfg_.sliding_window);
-  if (need_mask) ctx.mask = build_mask(all_valid ? torch::Tensor() : slots_valid, ctx.start, T, cfg_.sliding_window, dtype_, device_);
+  if (!all_valid) ctx.slot_valid = slots_valid.to(device_);
+  ctx.window = cfg_.sliding_window;
+  if (need_mask) ctx.mask = build_mask(ctx.slot_valid, ctx.start, T, cfg_.sliding_window, dtype_, device_);
   std::tie(ctx.cos, ctx.sin) = rope_cos_sin(inv_freq_, positions, dtype_);
 
   auto h = model->embed_tokens(dev_ids);

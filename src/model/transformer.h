@@ -65,6 +65,8 @@ class TransformerImpl : public torch::nn::Module {
   Dense lm_head{nullptr};  // null when tied to the embeddings
   // Called with each layer's attention input during hidden(); empty = off.
   std::function<void(int64_t layer, const torch::Tensor& x)> attn_input_hook;
+  // When set, accumulates the seconds spent in attention over the cache (see AttnTimer); null = off.
+  double* attn_seconds = nullptr;
 
  private:
   io::ModelConfig cfg_;

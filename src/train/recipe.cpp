@@ -1,6 +1,7 @@
 #include "train/recipe.h"
 
 #include "io/model_files.h"
+#include <cstdlib>
 #include <filesystem>
 
 #include "util/error.h"
@@ -42,7 +43,7 @@ std::vector<torch::Tensor> load_val_batches(const std::string& path, int64_t seq
 
 TrainResult train_folder(const std::string& model_dir, const std::vector<DataSource>& data,
                          const std::vector<torch::Tensor>& val, TrainOptions opt, Dist& dist) {
-  auto m = model::load_model(model_dir, torch::kFloat32);
+  auto m = model::load_model(model_dir, torch::kFloat32, opt.device);
   const int64_t micro = opt.batch / (dist.world() * opt.accum);
   check(micro >= 1 && opt.batch % (dist.world() * opt.accum) == 0,
         "--batch " + std::to_string(opt.batch) + " cannot be split over " + std::to_string(dist.world()) +
@@ -67,9 +68,21 @@ TrainResult train_folder(const std::string& model_dir, const std::vector<DataSou
 }
 
 double folder_val_loss(const std::string& model_dir, const std::vector<torch::Tensor>& val, Dist& dist,
-                       const std::string& precision) {
-  auto m = model::load_model(model_dir, torch::kFloat32);
+                       const std::string& precision, const torch::Device& device) {
+  auto m = model::load_model(model_dir, torch::kFloat32, device);
   return evaluate(*m, val, dist, precision);
+}
+
+torch::Device rank_device(const torch::Device& requested) {
+  if (!requested.is_cuda() || requested.has_index()) return requested;
+  const char* lr = std::getenv("LOCAL_RANK");
+  if (!lr || !*lr) return requested;
+  char* end = nullptr;
+  const long r = std::strtol(lr, &end, 10);
+  check(end && *end == '\0' && r >= 0, std::string("LOCAL_RANK must be a non-negative integer, got \"") + lr + "\"");
+  check(r < static_cast<long>(torch::cuda::device_count()),
+        "LOCAL_RANK " + std::to_string(r) + " but only " + std::to_string(torch::cuda::device_count()) + " CUDA devices");
+  return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(r));
 }
 
 }  // namespace mha2mla::train

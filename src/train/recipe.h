@@ -22,6 +22,10 @@ TrainResult train_folder(const std::string& model_dir, const std::vector<DataSou
 
 // Held-out loss (mean NLL per token) of the model in model_dir.
 double folder_val_loss(const std::string& model_dir, const std::vector<torch::Tensor>& val, Dist& dist,
-                       const std::string& precision = "f32");
+                       const std::string& precision = "f32", const torch::Device& device = torch::kCPU);
+
+// The device this rank trains on: a bare "cuda" becomes cuda:LOCAL_RANK under torchrun-style variables, so
+// each process of a node takes its own GPU; an explicit index or the CPU is kept.
+torch::Device rank_device(const torch::Device& requested);
 
 }  // namespace mha2mla::train

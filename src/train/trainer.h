@@ -34,6 +34,7 @@ struct TrainOptions {
   bool zero1 = false;             // shard optimizer state across ranks
   bool progress = true;
   uint64_t seed = 42;
+  torch::Device device = torch::kCPU;  // where the model trains (train_folder loads it there)
 };
 
 // Micro-batch `micro` of optimizer step `step` for this rank: [b, seq_len + 1] token ids.

@@ -39,7 +39,7 @@ std::string Cli::dir_;
 
 TEST_F(Cli, HelpOnEverySubcommand) {
   for (const char* c : {"inspect", "tokenize", "ppl", "generate", "convert", "calibrate", "train", "finetune", "data",
-                        "tokenizer-train", "init", "cast"}) {
+                        "tokenizer-train", "init", "cast", "bench"}) {
     auto r = run_cli(std::string(c) + " --help");
     EXPECT_EQ(r.code, 0) << c;
     EXPECT_NE(r.out.find("usage: mha2mla " + std::string(c)), std::string::npos) << r.out;
@@ -47,6 +47,76 @@ TEST_F(Cli, HelpOnEverySubcommand) {
   auto r = run_cli("--help");
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.out.find("commands:"), std::string::npos);
+}
+
+// Help, validation and parsing come from one table per command: every option the help lists is accepted,
+// and one the help does not list is refused.
+TEST_F(Cli, HelpListsExactlyTheAcceptedOptions) {
+  auto h = run_cli("generate --help");
+  ASSERT_EQ(h.code, 0);
+  for (const char* o : {"--model", "--prompt", "--max-new", "--device", "--dtype", "--cache-type", "--cache-residual",
+                        "--cache-group", "--cache-axis", "--cache-type-kr", "--attn", "--json"})
+    EXPECT_NE(h.out.find(std::string("  ") + o), std::string::npos) << o;
+  EXPECT_NE(h.out.find("(default: 128)"), std::string::npos);  // defaults are shown from the table
+  expect_one_line_error(run_cli("generate --model " + dir_ + " --prompt hi --chunk 4"), "unknown option --chunk");
+  expect_one_line_error(run_cli("generate --model " + dir_ + " --prompt hi --cache-type int3"), "unknown cache type");
+  expect_one_line_error(run_cli("generate --model " + dir_ + " --prompt hi --device tpu"), "unknown device");
+  expect_one_line_error(run_cli("generate --model " + dir_ + " --prompt hi --json 1"), "--json takes no value");
+  expect_one_line_error(run_cli("generate --model " + dir_), "missing --prompt");
+  // A per-channel key axis needs a residual that is a multiple of the group: refused before any work.
+  expect_one_line_error(run_cli("generate --model " + dir_ + " --prompt hi --cache-type int4 --cache-residual 100"),
+                        "multiple of --cache-group");
+  if (!torch::cuda::is_available())
+    expect_one_line_error(run_cli("generate --model " + dir_ + " --prompt hi --device cuda"), "no CUDA device");
+}
+
+// generate and ppl report the cache exactly; the bytes match inspect's per-token formula for quantized tokens.
+TEST_F(Cli, CacheReportMatchesTheFormula) {
+  auto g = run_cli("generate --json --model " + dir_ +
+                   " --prompt 'the thread and the needle' --max-new 40 --cache-type int4 --cache-residual 16 --cache-group 16");
+  ASSERT_EQ(g.code, 0) << g.err;
+  auto j = nlohmann::json::parse(g.out);
+  const int64_t tokens = j["cache_tokens"].get<int64_t>(), res = j["cache_residual_tokens"].get<int64_t>();
+  EXPECT_EQ(tokens, j["prompt_tokens"].get<int64_t>() + j["new_tokens"].get<int64_t>() - 1);
+  EXPECT_EQ(res, tokens % 16);
+  auto ins = run_cli("inspect --json --model " + dir_ + " --cache-type int4 --cache-group 16 --cache-residual 16");
+  ASSERT_EQ(ins.code, 0) << ins.err;
+  const double per_token = nlohmann::json::parse(ins.out)["kv_cache_bytes_per_token"].get<double>();
+  auto cfg = nlohmann::json::parse(ins.out)["config"];
+  const int64_t layers = cfg["num_hidden_layers"], kv = cfg["num_key_value_heads"];
+  const int64_t d_h = cfg["hidden_size"].get<int64_t>() / cfg["num_attention_heads"].get<int64_t>();
+  // Residual tokens are held in f32: 2 buffers × n_kv × d_h × 4 bytes per layer.
+  EXPECT_DOUBLE_EQ(j["cache_bytes"].get<double>(), per_token * (tokens - res) + res * layers * 2 * kv * d_h * 4);
+  EXPECT_GE(j["cache_capacity_bytes"].get<int64_t>(), j["cache_bytes"].get<int64_t>());
+  auto p = run_cli("ppl --json --model " + dir_ + " --text " + dir_ + "/config.json --ctx 32 --cache-type int8");
+  ASSERT_EQ(p.code, 0) << p.err;
+  auto pj = nlohmann::json::parse(p.out);
+  EXPECT_EQ(pj["chunk"], 64);  // a --cache-* flag turns the chunked path on
+  EXPECT_GT(pj["cache_bytes"].get<int64_t>(), 0);
+}
+
+TEST_F(Cli, BenchWritesJsonMarkdownAndPlot) {
+  const std::string prefix = testutil::temp_dir("bench") + "/b";
+  auto r = run_cli("bench --model " + dir_ + " --cache-types f32,int8 --contexts 16,32 --batch 1,2 --steps 2 --dtype f32 "
+                   "--cache-residual 16 --cache-group 16 --out " + prefix + " --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_GT(j["read_bandwidth_gbs"].get<double>(), 0);
+  EXPECT_GT(j["matmul_gflops"]["bf16"].get<double>(), 0);
+  ASSERT_EQ(j["cells"].size(), 8u);  // 2 cache types × 2 contexts × 2 batches
+  for (const auto& c : j["cells"]) {
+    for (const char* k : {"model", "cache_type", "context", "batch", "kv_bytes_per_token", "prefill_tokens_per_s",
+                          "decode_tokens_per_s", "attn_step_ms", "attn_gbs"})
+      EXPECT_TRUE(c.contains(k)) << k;
+    EXPECT_GT(c["decode_tokens_per_s"].get<double>(), 0);
+    EXPECT_GT(c["attn_step_ms"].get<double>(), 0);
+  }
+  // int8 tokens cost a quarter of f32 plus the scales.
+  EXPECT_LT(j["cells"][4]["kv_bytes_per_token"].get<double>(), j["cells"][0]["kv_bytes_per_token"].get<double>() / 3);
+  for (const char* ext : {".json", ".md", ".svg"}) EXPECT_TRUE(fs::exists(prefix + ext)) << ext;
+  expect_one_line_error(run_cli("bench --shape gpt5"), "unknown shape");
+  expect_one_line_error(run_cli("bench --models mla-50.3"), "whole latent rank");
+  fs::remove_all(fs::path(prefix).parent_path());
 }
 
 TEST_F(Cli, InspectJson) {

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Held-out perplexity through the cache for every cache type, on the shipped models and their MHA2MLA
+# conversions (recovered by a short fine-tune), plus the quantization-axis choices for the MLA buffers.
+#
+#   scripts/cache_quality.sh [OUT_DIR]     (default runs/cache-quality; run after scripts/build.sh)
+#
+# Writes OUT_DIR/cache_quality.md (the README's table), OUT_DIR/*.json (one ppl report per cell) and, when
+# missing, the converted models under OUT_DIR/mla-{mha,gqa}/ (calibrate -> convert 2-norm r=8 d_kv=16 joint ->
+# finetune --skip-baseline 200 steps, as scripts/mla_demo.sh does).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+B=${MHA2MLA:-build/mha2mla}
+out=${1:-runs/cache-quality}
+ctx=${CTX:-512}
+mkdir -p "$out"
+bash scripts/kjv.sh data/kjv >/dev/null
+[ -f data/kjv/tok/train.bin ] ||
+  $B data --tokenizer models/kjv-mha --in data/kjv/train.txt --val-in data/kjv/val.txt --out data/kjv/tok >/dev/null
+
+for kind in mha gqa; do
+  mla=$out/mla-$kind
+  [ -f "$mla/model/config.json" ] && continue
+  rm -rf "$mla"
+  mkdir -p "$mla"
+  $B calibrate --model models/kjv-$kind --text data/kjv/train.txt --samples 64 --ctx 512 --out "$mla/calib" >/dev/null
+  $B convert --model models/kjv-$kind --out "$mla/converted" --rope 2-norm --rope-dims 8 --dkv 16 --svd joint \
+    --calib "$mla/calib" --json >"$mla/convert.json"
+  $B finetune --model models/kjv-$kind --mla "$mla/converted" --data data/kjv/tok --val data/kjv/tok --out "$mla/ft" \
+    --steps 200 --batch 8 --seq-len 512 --lr 5e-4 --precision bf16 --val-windows -1 --skip-baseline --json \
+    >"$mla/finetune.json"
+  mv "$mla/ft/mla/model" "$mla/model"
+done
+
+run() {  # name model type [extra flags...]
+  local name=$1 model=$2 type=$3
+  shift 3
+  $B ppl --model "$model" --text data/kjv/val.txt --ctx "$ctx" --stride $((ctx / 2)) --chunk 64 \
+    --cache-type "$type" --cache-residual 128 "$@" --json >"$out/$name.json"
+}
+models="kjv-mha:models/kjv-mha kjv-gqa:models/kjv-gqa mla-mha:$out/mla-mha/model mla-gqa:$out/mla-gqa/model"
+types="f32 bf16 int8 int4 int2"
+for mt in $models; do
+  for t in $types; do run "${mt%%:*}-$t" "${mt#*:}" "$t"; done
+done
+# Quantization axes of the MLA buffers (c: the latent, k_r: the rotated keys) and k_r kept in bf16.
+for kind in mha gqa; do
+  for ax in "c=token,k_r=channel" "c=token,k_r=token" "c=channel,k_r=channel" "c=channel,k_r=token"; do
+    tag=$(echo "$ax" | tr ',=' '__')
+    run "axes-mla-$kind-int4-$tag" "$out/mla-$kind/model" int4 --cache-axis "$ax"
+  done
+  run "axes-mla-$kind-int4-kr-bf16" "$out/mla-$kind/model" int4 --cache-type-kr bf16
+done
+
+{
+  echo "| model | $(echo $types | sed 's/ / | /g') |"
+  echo "|---|$(for t in $types; do printf -- '---:|'; done)"
+  for mt in $models; do
+    name=${mt%%:*}
+    printf "| %s |" "$name"
+    for t in $types; do
+      grep -o '"ppl":[0-9.e+-]*' "$out/$name-$t.json" | cut -d: -f2 | xargs printf " %.2f"
+      grep -o '"cache_bytes_per_token":[0-9.e+-]*' "$out/$name-$t.json" | cut -d: -f2 | xargs printf " (%.0f B) |"
+    done
+    echo
+  done
+  echo
+  echo "| MLA int4 axes (c, k_r) | mla-mha ppl | mla-gqa ppl |"
+  echo "|---|---:|---:|"
+  for ax in c_token_k_r_channel c_token_k_r_token c_channel_k_r_channel c_channel_k_r_token kr-bf16; do
+    printf "| %s |" "$ax"
+    for kind in mha gqa; do
+      f="$out/axes-mla-$kind-int4-$ax.json"
+      [ "$ax" = kr-bf16 ] && f="$out/axes-mla-$kind-int4-kr-bf16.json"
+      grep -o '"ppl":[0-9.e+-]*' "$f" | cut -d: -f2 | xargs printf " %.2f |"
+    done
+    echo
+  done
+} >"$out/cache_quality.md.tmp"
+mv "$out/cache_quality.md.tmp" "$out/cache_quality.md"
+cat "$out/cache_quality.md"
