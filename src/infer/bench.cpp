@@ -128,6 +128,11 @@ nlohmann::json run_bench(const BenchOptions& opt, const std::function<void(int64
   for (auto ctx : opt.contexts) check(ctx >= 1, "--contexts must be positive");
   for (auto b : opt.batches) check(b >= 1, "--batch must be positive");
   check(opt.decode_steps >= 1, "decode steps must be at least 1");
+  // A real model folder runs as it is (its MHA/GQA or converted MLA form); shapes run the whole ladder.
+  const std::vector<std::string> variants = opt.model_dir.empty() ? opt.models : std::vector<std::string>{"model"};
+  std::vector<io::ModelConfig> configs;  // built first, so a bad variant fails before any measurement
+  for (const auto& v : variants)
+    configs.push_back(opt.model_dir.empty() ? variant_config(base, v) : io::ModelConfig::load(opt.model_dir));
   nlohmann::json out{{"read_bandwidth_gbs", measure_read_bandwidth_gbs(rt.device)},
                      {"matmul_gflops",
                       {{"f32", measure_matmul_gflops(torch::kFloat32, rt.device)},
@@ -137,12 +142,11 @@ nlohmann::json run_bench(const BenchOptions& opt, const std::function<void(int64
                      {"device", rt.device.str()},
                      {"cells", nlohmann::json::array()}};
   int64_t done = 0;
-  // A real model folder runs as it is (its MHA/GQA or converted MLA form); shapes run the whole ladder.
-  const std::vector<std::string> variants = opt.model_dir.empty() ? opt.models : std::vector<std::string>{"model"};
   const int64_t total = static_cast<int64_t>(variants.size() * opt.cache_types.size() * opt.contexts.size() *
                                              opt.batches.size());
-  for (const auto& variant : variants) {
-    io::ModelConfig cfg = opt.model_dir.empty() ? variant_config(base, variant) : io::ModelConfig::load(opt.model_dir);
+  for (size_t vi = 0; vi < variants.size(); ++vi) {
+    const std::string& variant = variants[vi];
+    io::ModelConfig cfg = configs[vi];
     int64_t max_ctx = 0;
     for (auto c : opt.contexts) max_ctx = std::max(max_ctx, c);
     cfg.max_position_embeddings = std::max(cfg.max_position_embeddings, max_ctx + opt.decode_steps + 1);
