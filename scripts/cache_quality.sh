@@ -4,6 +4,7 @@
 #
 #   scripts/cache_quality.sh [OUT_DIR]     (default runs/cache-quality; run after scripts/build.sh)
 #
+# Windows of 512 tokens advance by 511 (each held-out token is scored once, with 1-511 tokens of context).
 # Writes OUT_DIR/cache_quality.md (the README's table), OUT_DIR/*.json (one ppl report per cell) and, when
 # missing, the converted models under OUT_DIR/mla-{mha,gqa}/ (calibrate -> convert 2-norm r=8 d_kv=16 joint ->
 # finetune --skip-baseline 200 steps, as scripts/mla_demo.sh does).
@@ -34,7 +35,7 @@ done
 run() {  # name model type [extra flags...]
   local name=$1 model=$2 type=$3
   shift 3
-  $B ppl --model "$model" --text data/kjv/val.txt --ctx "$ctx" --stride $((ctx / 2)) --chunk 64 \
+  $B ppl --model "$model" --text data/kjv/val.txt --ctx "$ctx" --stride "$ctx" --chunk 64 \
     --cache-type "$type" --cache-residual 128 "$@" --json >"$out/$name.json"
 }
 models="kjv-mha:models/kjv-mha kjv-gqa:models/kjv-gqa mla-mha:$out/mla-mha/model mla-gqa:$out/mla-gqa/model"
