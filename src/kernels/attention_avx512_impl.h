@@ -354,26 +354,26 @@ void prefill_tile(const AttnArgs& a, int64_t b, int64_t kvh, int64_t t0, int64_t
 // reduced per key; K/V rows shared by every row of the work item are converted once per block.
 constexpr int64_t kDecBlock = 16;
 
-// sum over D of q[d] * k[d] for four keys at once.
-inline void dot4(const float* q, const float* const* k, int64_t Dr, float* out) {
-  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-  for (int64_t d = 0; d < Dr; d += 16) {
-    const __m512 qv = _mm512_loadu_ps(q + d);
-    a0 = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k[0] + d), a0);
-    a1 = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k[1] + d), a1);
-    a2 = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k[2] + d), a2);
-    a3 = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k[3] + d), a3);
-  }
-  out[0] = _mm512_reduce_add_ps(a0);
-  out[1] = _mm512_reduce_add_ps(a1);
-  out[2] = _mm512_reduce_add_ps(a2);
-  out[3] = _mm512_reduce_add_ps(a3);
+// Lane j of the result = sum of the lanes of v[j] (a transposing reduction tree: ~3 ops per sum).
+inline __m512 reduce16(const __m512* v) {
+  __m512 s[8], u[4], w[2];
+  for (int i = 0; i < 8; ++i)  // 128-bit groups: [a0+a2, b0+b2, a1+a3, b1+b3]
+    s[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+  for (int i = 0; i < 4; ++i)  // groups: partial sums of keys 4i..4i+3
+    u[i] = _mm512_add_ps(_mm512_shuffle_ps(s[2 * i], s[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm512_shuffle_ps(s[2 * i], s[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  for (int i = 0; i < 2; ++i)  // sum groups 0+2 and 1+3 of two vectors
+    w[i] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], 0x44),
+                         _mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], 0xEE));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(w[0], w[1], 0x88), _mm512_shuffle_f32x4(w[0], w[1], 0xDD));
 }
 
-inline float dot1(const float* q, const float* k, int64_t Dr) {
-  __m512 a0 = _mm512_setzero_ps();
-  for (int64_t d = 0; d < Dr; d += 16) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), _mm512_loadu_ps(k + d), a0);
-  return _mm512_reduce_add_ps(a0);
+// acc[j] += q . k[j] over Dr (a multiple of 16) for the 16 keys of a block.
+inline void dot16(const float* q, const float* const* k, int64_t Dr, __m512* acc) {
+  for (int64_t d = 0; d < Dr; d += 16) {
+    const __m512 qv = _mm512_loadu_ps(q + d);
+    for (int j = 0; j < 16; ++j) acc[j] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k[j] + d), acc[j]);
+  }
 }
 
 void decode_split(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, int64_t s1, const Partial& out) {
@@ -435,14 +435,20 @@ void decode_split(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, int64_t
         row_to_f32(K2f + (r * kDecBlock + j) * D2r, row_ptr(a.k2, a.dtype, b, kvh[r], j0 + j), a.dtype, a.D2);
     }
     int64_t k2base = 0;
+    const float* k2row[kDecBlock];
     for (int64_t r = 0; r < R; ++r) {
-      if (r == 0 || kvh[r] != kvh[r - 1]) k2base = r;
+      if (r == 0 || kvh[r] != kvh[r - 1]) {
+        k2base = r;
+        for (int64_t j = 0; j < kDecBlock; ++j) k2row[j] = K2f + (k2base * kDecBlock + (j < nb ? j : 0)) * D2r;
+      }
       float* pr = P + r * kDecBlock;
+      __m512 dacc[kDecBlock];
+      for (int j = 0; j < kDecBlock; ++j) dacc[j] = _mm512_setzero_ps();
+      dot16(Q1 + r * D1r, krow, D1r, dacc);
+      if (a.D2) dot16(Q2 + r * D2r, k2row, D2r, dacc);
+      _mm512_storeu_ps(pr, reduce16(dacc));
       int64_t j = 0;
-      for (; j + 4 <= nb; j += 4) dot4(Q1 + r * D1r, krow + j, D1r, pr + j);
-      for (; j < nb; ++j) pr[j] = dot1(Q1 + r * D1r, krow[j], D1r);
-      for (j = 0; j < nb; ++j) {
-        if (a.D2) pr[j] += dot1(Q2 + r * D2r, K2f + (k2base * kDecBlock + j) * D2r, D2r);
+      for (; j < nb; ++j) {
         const int64_t s = j0 + j;
         const bool vis = s <= pos[r] && (a.window <= 0 || s > pos[r] - a.window) && (!valid || valid[s]);
         if (!vis) pr[j] = kNegInf;
