@@ -194,6 +194,49 @@ void gemv(bool quick) {
   }
 }
 
+// --- whole-model decode (Dense layers and the LM head on the GEMV kernel vs torch::linear) -------
+void model_decode(bool quick) {
+  nlohmann::json cfg_json{{"model_type", "llama"},         {"vocab_size", 49152},     {"hidden_size", 576},
+                          {"intermediate_size", 1536},     {"num_hidden_layers", 30}, {"num_attention_heads", 9},
+                          {"num_key_value_heads", 9},      {"rms_norm_eps", 1e-5},    {"rope_theta", 10000.0},
+                          {"max_position_embeddings", 2048}, {"tie_word_embeddings", true}, {"bos_token_id", 0},
+                          {"eos_token_id", 0},             {"torch_dtype", "float32"}};
+  auto cfg = io::ModelConfig::from_json(cfg_json, "smollm-135m-mha");
+  for (auto dt : {torch::kBFloat16, torch::kFloat32}) {
+    model::Transformer m(cfg, dt);
+    model::init_weights(*m, 0);
+    m->eval();
+    double weight_bytes = 0;  // read once per token (the tied embedding once, as the LM head)
+    for (const auto& p : m->parameters()) weight_bytes += p.numel() * static_cast<double>(p.element_size());
+    const int64_t prompt = 16, steps = quick ? 8 : 32;
+    auto ids = torch::randint(0, 49152, {1, prompt}, torch::kInt64);
+    auto run = [&](bool kernels_on) {
+      if (kernels_on) unsetenv("MHA2MLA_KERNELS"); else setenv("MHA2MLA_KERNELS", "reference", 1);
+      auto cache = m->make_cache(1);
+      auto head = [&](const torch::Tensor& h) { return kernels::linear(h, m->lm_head_weight(), {}); };
+      auto last = head(m->hidden(ids, cache.get()).select(1, prompt - 1));
+      const double t0 = now_s();
+      for (int64_t i = 0; i < steps; ++i) {
+        auto tok = last.argmax(-1).view({1, 1});
+        last = head(m->hidden(tok, cache.get()).select(1, 0));
+      }
+      return (now_s() - t0) / steps;
+    };
+    double best_ref = 1e30, best_new = 1e30;
+    for (int r = 0; r < (quick ? 2 : 4); ++r) {
+      best_ref = std::min(best_ref, run(false));
+      best_new = std::min(best_new, run(true));
+    }
+    unsetenv("MHA2MLA_KERNELS");
+    const double roof = weight_bytes / (read_bw_gbs * 1e9);
+    char note[128];
+    std::snprintf(note, sizeof note, "%.1f -> %.1f tok/s; roofline %.1f tok/s; ref %.0f%%, kernels %.0f%% of it",
+                  1 / best_ref, 1 / best_new, 1 / roof, 100 * roof / best_ref, 100 * roof / best_new);
+    report({"model_decode", "SmolLM-135M MHA, 16-token prompt", dname(dt), best_ref * 1e3, best_new * 1e3,
+            weight_bytes / best_new / 1e9, 0, note});
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -206,7 +249,7 @@ int main(int argc, char** argv) {
           "bench_kernels: CPU kernels (src/kernels) against their references in the same process.\n"
           "  --quick        fewer shapes and repetitions\n"
           "  --json         one JSON object on stdout instead of the table\n"
-          "  --only NAME    prefill | decode | mla | gemv\n"
+          "  --only NAME    prefill | decode | mla | gemv | model\n"
           "MHA2MLA_THREADS sets the thread count; MHA2MLA_KERNELS=generic|avx512 caps the variant.\n");
       return 0;
     } else if (a == "--quick") {
@@ -226,6 +269,7 @@ int main(int argc, char** argv) {
   if (only.empty() || only == "gemv") gemv(quick);
   if (only.empty() || only == "decode") decode(quick);
   if (only.empty() || only == "mla") mla(quick);
+  if (only.empty() || only == "model") model_decode(quick);
   if (only.empty() || only == "prefill") prefill(quick);
   if (json) {
     nlohmann::json j;

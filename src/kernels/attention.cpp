@@ -10,8 +10,10 @@
 #include <vector>
 
 #include "kernels/attention_args.h"
+#include "kernels/attention_internal.h"
 
 namespace mha2mla::kernels {
+
 namespace {
 
 [[noreturn]] void fail(const char* fn, const std::string& what) {
@@ -37,17 +39,6 @@ DType dtype_of(const char* fn, const torch::Tensor& t) {
 // The SIMD kernels read rows; other strides are passed through.
 torch::Tensor rows_contiguous(const torch::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
 
-Operand operand(const torch::Tensor& t) {  // [B, H, rows, dim]
-  return Operand{t.data_ptr(), t.stride(0), t.stride(1), t.stride(2)};
-}
-
-const AttnKernels& kernels_for(Variant v) {
-  switch (v) {
-    case Variant::Avx512: return avx512::kAttnF32;
-    case Variant::Avx512Bf16: return avx512bf16::kAttn;
-    default: return generic::kAttn;
-  }
-}
 
 // Runs f(item) for item in [0, n) on every intra-op thread, handing items out in order; callers put
 // the most expensive items first so that the threads finish together.
@@ -113,7 +104,20 @@ void merge_partials(const float* part, int64_t nsplit, int64_t R, int64_t Dv, fl
   }
 }
 
-// Split-KV decoding shared by decode_attention and mla_decode_attention. `a` is filled except `out`.
+}  // namespace
+
+Operand operand(const torch::Tensor& t) {  // [B, H, rows, dim]
+  return Operand{t.data_ptr(), t.stride(0), t.stride(1), t.stride(2)};
+}
+
+const AttnKernels& kernels_for(Variant v) {
+  switch (v) {
+    case Variant::Avx512: return avx512::kAttnF32;
+    case Variant::Avx512Bf16: return avx512bf16::kAttn;
+    default: return generic::kAttn;
+  }
+}
+
 torch::Tensor run_decode(AttnArgs& a, const AttnKernels& kern, const torch::TensorOptions& opt) {
   const int64_t g = a.Hq / a.groups, R = g * a.T;
   // Keys any row of a (batch, group) can see; split them so every thread has work.
@@ -142,8 +146,6 @@ torch::Tensor run_decode(AttnArgs& a, const AttnKernels& kern, const torch::Tens
   });
   return merged.to(opt.dtype());
 }
-
-}  // namespace
 
 torch::Tensor visibility(int64_t T, int64_t S, int64_t start, const torch::Tensor& valid, int64_t window,
                          torch::Device device) {
@@ -198,9 +200,11 @@ torch::Tensor flash_attention(const torch::Tensor& q_in, const torch::Tensor& k_
   // vdpbf16ps works on pairs along D.
   if (variant == Variant::Avx512Bf16 && a.dtype == DType::BF16 && c.D % 2 != 0) variant = Variant::Avx512;
   const auto& kern = kernels_for(variant);
-  // Query tiles of about 96 rows (g heads x tq tokens); smaller when that leaves threads idle.
+  // Query tiles of about 64-96 rows (g heads x tq tokens); smaller when that leaves threads idle.
   const int64_t g = c.Hq / c.Hkv, threads = at::get_num_threads();
-  int64_t tq = std::max<int64_t>(1, 96 / g);
+  // f32 tiles take twice the cache of bf16 ones: fewer rows keep Q, scores and accumulators near L1.
+  const int64_t target_rows = a.dtype == DType::F32 ? 64 : 96;
+  int64_t tq = std::max<int64_t>(1, target_rows / g);
   while (tq > 8 && c.B * c.Hkv * ((c.T + tq - 1) / tq) < 4 * threads) tq /= 2;
   tq = std::min(tq, c.T);
   const int64_t ntiles = (c.T + tq - 1) / tq, per_tile = c.B * c.Hkv;

@@ -15,6 +15,21 @@ struct Operand {
   int64_t sb = 0, sh = 0, sr = 0;  // sh = 0 shares one head between all heads (MLA latent)
 };
 
+// A quantized K or V cache (layout in kernels/quant_attention.h): slots [0, n_quant) are stored as
+// `bits`-bit codes with f16 scale/zero, slots [n_quant, S) in `residual` (compute dtype).
+struct QuantDesc {
+  const uint8_t* data = nullptr;  // [B, H, >= n_quant, row_bytes]
+  int64_t d_sb = 0, d_sh = 0, d_sr = 0;
+  const uint16_t* scale = nullptr;  // f16; per token [B, H, >= n_quant, ceil(D/group)], per channel [B, H, n_quant/group, D]
+  const uint16_t* zero = nullptr;
+  int64_t s_sb = 0, s_sh = 0, s_sr = 0;  // strides of scale and zero (same layout)
+  int bits = 8;
+  int64_t group = 0;
+  bool per_channel = false;
+  int64_t n_quant = 0;
+  Operand residual;  // [B, H, S - n_quant, D]
+};
+
 // score(query row t of head h, key slot s) = (q1·k1 + q2·k2) * scale; out = softmax-weighted sum of v.
 // Key slot s is visible to query t iff s <= start+t, (window <= 0 or s > start+t-window) and
 // valid[b, s] (when given). A query row that sees no key gets zeros.
@@ -29,6 +44,8 @@ struct AttnArgs {
   Operand q1, q2, k1, k2, v;       // q [B, Hq, T, D], k/v [B, Hkv, S, D]
   const bool* valid = nullptr;     // [B, S] contiguous, or null (all valid)
   void* out = nullptr;             // [B, Hq, T, Dv] contiguous
+  const QuantDesc* kq = nullptr;   // when set, k1 / v are read from these (decode only)
+  const QuantDesc* vq = nullptr;
 };
 
 // Partial result of one split of the key axis, for `rows` = g*T query rows of one (batch, KV head):

@@ -379,10 +379,10 @@ inline void dot16(const float* q, const float* const* k, int64_t Dr, __m512* acc
 void decode_split(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, int64_t s1, const Partial& out) {
   const int64_t g = a.Hq / a.groups, R = g * a.T, hdiv = a.Hq / a.Hkv;
   const int64_t D1r = round_up(a.D1, 16), D2r = round_up(a.D2, 16), Dv = a.Dv, Dvp = round_up(Dv, 16);
-  const bool f32 = a.dtype == DType::F32 && a.D1 % 16 == 0 && Dv % 16 == 0;
-  const bool v_is_k = a.v.p == a.k1.p && a.v.sb == a.k1.sb && a.v.sh == a.k1.sh && a.v.sr == a.k1.sr && Dv == a.D1;
+  const bool f32 = a.dtype == DType::F32 && a.D1 % 16 == 0 && Dv % 16 == 0 && !a.kq && !a.vq;
+  const bool v_is_k = a.v.p != nullptr && a.v.p == a.k1.p && a.v.sb == a.k1.sb && a.v.sh == a.k1.sh && a.v.sr == a.k1.sr && Dv == a.D1;
   Scratch sc(R * (D1r + D2r) * 4 + R * kDecBlock * 4 + R * Dvp * 4 + R * 8 * 4 + kDecBlock * (D1r + Dvp) * 4 +
-             kDecBlock * R * D2r * 4 + 64 * 12);
+             kDecBlock * R * D2r * 4 + (D1r + Dvp) * 4 + 64 * 14);
   if (!sc.ok()) return;
   float* Q1 = sc.take<float>(R * D1r);  // [R][D1r] f32, scaled into the log2 domain
   float* Q2 = sc.take<float>(R * D2r);
@@ -395,6 +395,10 @@ void decode_split(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, int64_t
   float* Kf = sc.take<float>(kDecBlock * D1r);
   float* Vf = sc.take<float>(kDecBlock * Dvp);
   float* K2f = sc.take<float>(kDecBlock * R * D2r);  // per row's KV head (rows of one head share it)
+  int32_t* kgroup = sc.take<int32_t>(D1r);  // element -> per-token quantization group
+  int32_t* vgroup = sc.take<int32_t>(Dvp);
+  for (int64_t i = 0; i < D1r; ++i) kgroup[i] = a.kq && a.kq->group > 0 ? static_cast<int32_t>(i / a.kq->group) : 0;
+  for (int64_t i = 0; i < Dvp; ++i) vgroup[i] = a.vq && a.vq->group > 0 ? static_cast<int32_t>(i / a.vq->group) : 0;
   const float c = a.scale * kLog2e;
   int64_t pmin = a.start, pmax = a.start + a.T - 1;
   for (int64_t r = 0; r < R; ++r) {
@@ -419,6 +423,11 @@ void decode_split(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, int64_t
   for (int64_t j0 = lo; j0 < hi; j0 += kDecBlock) {
     const int64_t nb = imin(kDecBlock, hi - j0);
     for (int64_t j = 0; j < nb; ++j) {
+      if (a.kq) {
+        dequant_row(Kf + j * D1r, *a.kq, a.dtype, b, kv0, j0 + j, a.D1, kgroup);
+        krow[j] = Kf + j * D1r;
+        continue;
+      }
       const char* kr = row_ptr(a.k1, a.dtype, b, kv0, j0 + j);
       if (f32) {
         krow[j] = reinterpret_cast<const float*>(kr);
@@ -470,7 +479,10 @@ void decode_split(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, int64_t
       }
     }
     for (int64_t j = 0; j < nb; ++j) {
-      if (v_is_k && !f32) {
+      if (a.vq) {
+        dequant_row(Vf + j * Dvp, *a.vq, a.dtype, b, kv0, j0 + j, Dv, vgroup);
+        vrow[j] = Vf + j * Dvp;
+      } else if (v_is_k && !f32) {
         vrow[j] = krow[j];  // MLA: the latent is both key and value
       } else {
         const char* vr = row_ptr(a.v, a.dtype, b, kv0, j0 + j);

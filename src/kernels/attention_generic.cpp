@@ -28,9 +28,13 @@ void row_partial(const AttnArgs& a, int64_t b, int64_t h, int64_t t, int64_t s0,
   sc.assign(hi > lo ? hi - lo : 0, kNegInf);
   for (int64_t s = lo; s < hi; ++s) {
     if (a.valid && !a.valid[b * a.S + s]) continue;
-    const void* k1 = row_ptr(a.k1, a.dtype, b, kvh, s);
     float dot = 0.f;
-    for (int64_t d = 0; d < a.D1; ++d) dot += load_elem(q1, d, a.dtype) * load_elem(k1, d, a.dtype);
+    if (a.kq) {
+      for (int64_t d = 0; d < a.D1; ++d) dot += load_elem(q1, d, a.dtype) * quant_elem(*a.kq, a.dtype, b, kvh, s, d);
+    } else {
+      const void* k1 = row_ptr(a.k1, a.dtype, b, kvh, s);
+      for (int64_t d = 0; d < a.D1; ++d) dot += load_elem(q1, d, a.dtype) * load_elem(k1, d, a.dtype);
+    }
     if (q2) {
       const void* k2 = row_ptr(a.k2, a.dtype, b, kvh, s);
       for (int64_t d = 0; d < a.D2; ++d) dot += load_elem(q2, d, a.dtype) * load_elem(k2, d, a.dtype);
@@ -45,8 +49,12 @@ void row_partial(const AttnArgs& a, int64_t b, int64_t h, int64_t t, int64_t s0,
       if (sc[s - lo] == kNegInf) continue;
       const float p = std::exp2(sc[s - lo] - m);
       l += p;
-      const void* v = row_ptr(a.v, a.dtype, b, kvh, s);
-      for (int64_t d = 0; d < a.Dv; ++d) acc[d] += p * load_elem(v, d, a.dtype);
+      if (a.vq) {
+        for (int64_t d = 0; d < a.Dv; ++d) acc[d] += p * quant_elem(*a.vq, a.dtype, b, kvh, s, d);
+      } else {
+        const void* v = row_ptr(a.v, a.dtype, b, kvh, s);
+        for (int64_t d = 0; d < a.Dv; ++d) acc[d] += p * load_elem(v, d, a.dtype);
+      }
     }
   }
   *m_out = m;

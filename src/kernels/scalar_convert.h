@@ -91,5 +91,15 @@ inline const char* row_ptr(const Operand& o, DType t, int64_t b, int64_t h, int6
   return static_cast<const char*>(o.p) + (b * o.sb + h * o.sh + r * o.sr) * elem_size(t);
 }
 
+// Element d of slot s of head h of batch b of a quantized cache, as f32.
+inline float quant_elem(const QuantDesc& q, DType t, int64_t b, int64_t h, int64_t s, int64_t d) {
+  if (s >= q.n_quant) return load_elem(row_ptr(q.residual, t, b, h, s - q.n_quant), d, t);
+  const uint8_t* row = q.data + b * q.d_sb + h * q.d_sh + s * q.d_sr;
+  const int per_byte = 8 / q.bits;
+  const int code = (row[d / per_byte] >> ((d % per_byte) * q.bits)) & ((1 << q.bits) - 1);
+  const int64_t si = b * q.s_sb + h * q.s_sh + (q.per_channel ? (s / q.group) * q.s_sr + d : s * q.s_sr + d / q.group);
+  return static_cast<float>(code) * f16_to_f32(q.scale[si]) + f16_to_f32(q.zero[si]);
+}
+
 }  // namespace
 }  // namespace mha2mla::kernels

@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "kernels/attention_args.h"
+#include "kernels/scalar_convert.h"
 
 namespace mha2mla::kernels {
 namespace {
@@ -74,6 +75,77 @@ inline void row_to_f32(float* dst, const void* src, DType t, int64_t n) {
   const int64_t es = t == DType::F32 ? 4 : 2;
   for (int64_t i = 0; i < n; i += 16)
     _mm512_storeu_ps(dst + i, load16(static_cast<const char*>(src) + i * es, t, tail_mask(n - i)));
+}
+
+// Values i0..i0+15 (i0 a multiple of 16; n of them valid) of a row of packed `bits`-bit codes (value i
+// in byte i / (8 / bits) at bit (i % (8 / bits)) * bits), as f32.
+inline __m512 unpack16(const uint8_t* row, int bits, int64_t i0, int64_t n) {
+  const int64_t nbytes = ((n < 16 ? n : 16) * bits + 7) / 8;
+  const __m128i raw = _mm_maskz_loadu_epi8(tail_mask(nbytes), row + i0 * bits / 8);
+  if (bits == 8) return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(raw));
+  __m128i idx;
+  __m512i shift;
+  if (bits == 4) {
+    idx = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+    shift = _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4);
+  } else {  // 2 bits
+    idx = _mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    shift = _mm512_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6, 0, 2, 4, 6, 0, 2, 4, 6);
+  }
+  const __m512i w = _mm512_srlv_epi32(_mm512_cvtepu8_epi32(_mm_shuffle_epi8(raw, idx)), shift);
+  return _mm512_cvtepi32_ps(_mm512_and_si512(w, _mm512_set1_epi32((1 << bits) - 1)));
+}
+
+inline __m512 load_f16x16(const uint16_t* p, __mmask16 m) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p)); }
+
+// Slot s of head h of a quantized cache as D f32 values (zero-padded to a multiple of 16).
+// group_of[i] = i / group (per-token groups; the caller fills it once).
+inline void dequant_row(float* dst, const QuantDesc& q, DType t, int64_t b, int64_t h, int64_t s, int64_t D,
+                        const int32_t* group_of) {
+  if (s >= q.n_quant) {
+    row_to_f32(dst, row_ptr(q.residual, t, b, h, s - q.n_quant), t, D);
+    return;
+  }
+  const uint8_t* row = q.data + b * q.d_sb + h * q.d_sh + s * q.d_sr;
+  const int64_t base = b * q.s_sb + h * q.s_sh;
+  if (q.per_channel) {  // scale/zero rows [D] of the slot's group of tokens
+    const uint16_t* sc = q.scale + base + (s / q.group) * q.s_sr;
+    const uint16_t* zr = q.zero + base + (s / q.group) * q.s_sr;
+    for (int64_t i = 0; i < D; i += 16) {
+      const __mmask16 mk = tail_mask(D - i);
+      _mm512_storeu_ps(dst + i, _mm512_maskz_mov_ps(mk, _mm512_fmadd_ps(unpack16(row, q.bits, i, D - i),
+                                                                        load_f16x16(sc + i, mk), load_f16x16(zr + i, mk))));
+    }
+    return;
+  }
+  const uint16_t* sc = q.scale + base + s * q.s_sr;
+  const uint16_t* zr = q.zero + base + s * q.s_sr;
+  const int64_t ngroups = (D + q.group - 1) / q.group;
+  if (ngroups <= 16) {  // all of the row's scales in one register, spread by a permute
+    const __mmask16 gm = tail_mask(ngroups);
+    const __m512 sv = load_f16x16(sc, gm), zv = load_f16x16(zr, gm);
+    for (int64_t i = 0; i < D; i += 16) {
+      const __mmask16 mk = tail_mask(D - i);
+      const __m512i gi = _mm512_maskz_loadu_epi32(mk, group_of + i);
+      _mm512_storeu_ps(dst + i, _mm512_maskz_mov_ps(mk, _mm512_fmadd_ps(unpack16(row, q.bits, i, D - i),
+                                                                        _mm512_permutexvar_ps(gi, sv),
+                                                                        _mm512_permutexvar_ps(gi, zv))));
+    }
+    return;
+  }
+  for (int64_t i = 0; i < D; i += 16) {  // many small groups: per-lane gather of the scales
+    const __mmask16 mk = tail_mask(D - i);
+    const __m512i gi = _mm512_maskz_loadu_epi32(mk, group_of + i);
+    alignas(64) float sv[16], zv[16];
+    alignas(64) int32_t g[16];
+    _mm512_store_si512(g, gi);
+    for (int l = 0; l < 16; ++l) {
+      sv[l] = f16_to_f32(sc[g[l]]);
+      zv[l] = f16_to_f32(zr[g[l]]);
+    }
+    _mm512_storeu_ps(dst + i, _mm512_maskz_mov_ps(mk, _mm512_fmadd_ps(unpack16(row, q.bits, i, D - i),
+                                                                      _mm512_load_ps(sv), _mm512_load_ps(zv))));
+  }
 }
 
 // Scratch memory owned by one work item; 64-byte aligned pieces carved from one allocation.
