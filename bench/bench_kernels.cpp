@@ -2,7 +2,7 @@
 // only ratios are meaningful), with the machine's read bandwidth and matmul rate measured alongside.
 // Reference and kernel runs alternate; each side reports its fastest run.
 //
-//   bench_kernels [--quick] [--json] [--only prefill|decode|mla|gemv|model]
+//   bench_kernels [--quick] [--json] [--only prefill|decode|mla|quant|gemv|model]
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -19,6 +19,7 @@
 #include "infer/runtime.h"
 #include "kernels/attention.h"
 #include "kernels/gemv.h"
+#include "kernels/quant_attention.h"
 #include "model/attention.h"
 #include "model/transformer.h"
 
@@ -110,6 +111,22 @@ void prefill(bool quick) {
       const double flops = 4.0 * Hq * D * T * (T + 1) / 2;  // causal half of QK^T and PV
       report({"flash_prefill", "SmolLM layer T=" + std::to_string(T), dname(dt), t[0] * 1e3, t[1] * 1e3, 0,
               flops / t[1] / 1e9, "ref = model::grouped_attention"});
+      if (T != 4096 || dt != torch::kBFloat16) continue;
+      // The rest of a layer (projections and MLP, torch::linear as the model runs them) to project the
+      // whole 30-layer prefill: today's attention vs the kernel.
+      auto x = torch::randn({1, T, 576}).to(dt), xh = torch::randn({1, T, 1536}).to(dt);
+      auto w_sq = torch::randn({576, 576}).to(dt), w_kv = torch::randn({192, 576}).to(dt),
+           w_up = torch::randn({1536, 576}).to(dt), w_dn = torch::randn({576, 1536}).to(dt);
+      auto tl = race({[&] {
+                       for (auto* w : {&w_sq, &w_kv, &w_kv, &w_sq, &w_up, &w_up}) auto y = torch::linear(x, *w);
+                       auto y = torch::linear(xh, w_dn);
+                     }},
+                     1)[0];
+      char note[160];
+      std::snprintf(note, sizeof note, "30 layers: linears %.1f s + attention %.1f s -> %.1f s (x%.1f)", 30 * tl,
+                    30 * t[1], 30 * (tl + t[1]), (tl + t[0]) / (tl + t[1]));
+      report({"prefill_proj", "SmolLM-135M T=4096 (projection)", dname(dt), 30 * (tl + t[0]) * 1e3,
+              30 * (tl + t[1]) * 1e3, 0, 0, note});
     }
   }
   if (quick) return;
@@ -141,6 +158,39 @@ void decode(bool quick) {
       report({"decode_attn", "SmolLM layer S=" + std::to_string(S), dname(dt), t[0] * 1e3, t[1] * 1e3,
               bytes / t[1] / 1e9, 0, note});
     }
+  }
+}
+
+// --- decode over a quantized cache (random codes: only the traffic matters here) -----------------
+void quant_decode(bool quick) {
+  const int64_t Hq = 9, Hkv = 3, D = 64, S = quick ? 8192 : 32768, R = 64, G = 32;
+  const auto dt = torch::kBFloat16;
+  for (int bits : {8, 4, 2}) {
+    torch::manual_seed(5);
+    auto make = [&](bool per_channel) {
+      kernels::QuantizedKV kv;
+      kv.bits = bits, kv.group = G, kv.per_channel = per_channel, kv.n_quant = S - R;
+      kv.data = torch::randint(0, 256, {1, Hkv, S - R, (D * bits + 7) / 8}, torch::kUInt8);
+      const int64_t rows = per_channel ? (S - R) / G : S - R, cols = per_channel ? D : (D + G - 1) / G;
+      kv.scale = (torch::rand({1, Hkv, rows, cols}) * 0.01).to(torch::kFloat16);
+      kv.zero = (torch::rand({1, Hkv, rows, cols}) - 0.5).to(torch::kFloat16);
+      kv.residual = torch::randn({1, Hkv, R, D}).to(dt);
+      return kv;
+    };
+    auto k = make(true), v = make(false);  // KIVI: keys per channel, values per token
+    auto q = torch::randn({1, Hq, 1, D}).to(dt);
+    auto bytes_of = [](const kernels::QuantizedKV& kv) {
+      return static_cast<double>(kv.data.numel() + 2 * kv.scale.numel() * 2 + kv.residual.numel() * 2);
+    };
+    const double bytes = bytes_of(k) + bytes_of(v);
+    torch::Tensor o;
+    auto t = race({[&] { o = kernels::quantized_decode_reference(q, k, v, S - 1, {}, 0, 0.125); },
+                   [&] { o = kernels::quantized_decode_attention(q, k, v, S - 1, {}, 0, 0.125); }},
+                  quick ? 3 : 10, 0.2);
+    char note[96];
+    std::snprintf(note, sizeof note, "int%d, %.0f%% of read bandwidth", bits, 100.0 * bytes / t[1] / 1e9 / read_bw_gbs);
+    report({"quant_decode", "SmolLM layer S=" + std::to_string(S), "bf16", t[0] * 1e3, t[1] * 1e3,
+            bytes / t[1] / 1e9, 0, note});
   }
 }
 
@@ -249,7 +299,7 @@ int main(int argc, char** argv) {
           "bench_kernels: CPU kernels (src/kernels) against their references in the same process.\n"
           "  --quick        fewer shapes and repetitions\n"
           "  --json         one JSON object on stdout instead of the table\n"
-          "  --only NAME    prefill | decode | mla | gemv | model\n"
+          "  --only NAME    prefill | decode | mla | quant | gemv | model\n"
           "MHA2MLA_THREADS sets the thread count; MHA2MLA_KERNELS=generic|avx512 caps the variant.\n");
       return 0;
     } else if (a == "--quick") {
@@ -269,6 +319,7 @@ int main(int argc, char** argv) {
   if (only.empty() || only == "gemv") gemv(quick);
   if (only.empty() || only == "decode") decode(quick);
   if (only.empty() || only == "mla") mla(quick);
+  if (only.empty() || only == "quant") quant_decode(quick);
   if (only.empty() || only == "model") model_decode(quick);
   if (only.empty() || only == "prefill") prefill(quick);
   if (json) {

@@ -38,9 +38,11 @@ std::string variant_name(Variant v) {
 
 Variant resolve_variant(Variant v) {
   if (v == Variant::Auto) {
+    // Without AVX-512 the libtorch reference (vectorised BLAS) beats the scalar portable kernels,
+    // which remain for correctness checks (MHA2MLA_KERNELS=generic).
     Variant best = cpu_has_avx512_bf16() ? Variant::Avx512Bf16
                    : cpu_has_avx512()    ? Variant::Avx512
-                                         : Variant::Generic;
+                                         : Variant::Reference;
     if (const char* env = std::getenv("MHA2MLA_KERNELS")) {
       std::string e(env);
       if (e == "reference") return Variant::Reference;
