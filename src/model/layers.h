@@ -2,12 +2,15 @@
 // Small building blocks whose parameters are created empty: checkpoints fill them, so no random init is wasted.
 #include <torch/torch.h>
 
+#include "kernels/gemv.h"
+
 namespace mha2mla::model {
 
 class DenseImpl : public torch::nn::Module {
  public:
   DenseImpl(int64_t in, int64_t out, bool bias, const torch::TensorOptions& opt);
-  torch::Tensor forward(const torch::Tensor& x) { return torch::linear(x, weight, bias); }
+  // Decoding (a few rows, no autograd) streams W with the GEMV kernel; everything else is torch::linear.
+  torch::Tensor forward(const torch::Tensor& x) { return kernels::linear(x, weight, bias); }
   torch::Tensor weight;  // [out, in], HF layout
   torch::Tensor bias;    // undefined when absent
 };

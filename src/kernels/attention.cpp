@@ -1,0 +1,319 @@
+#include "kernels/attention.h"
+
+#include <ATen/Parallel.h>
+
+#include <atomic>
+#include <cmath>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "kernels/attention_args.h"
+#include "kernels/attention_internal.h"
+
+namespace mha2mla::kernels {
+
+namespace {
+
+[[noreturn]] void fail(const char* fn, const std::string& what) {
+  throw std::invalid_argument(std::string("kernels::") + fn + ": " + what);
+}
+
+std::string shape_str(const torch::Tensor& t) {
+  if (!t.defined()) return "undefined";
+  std::string s = "[";
+  for (int64_t i = 0; i < t.dim(); ++i) s += (i ? ", " : "") + std::to_string(t.size(i));
+  return s + "]";
+}
+
+DType dtype_of(const char* fn, const torch::Tensor& t) {
+  switch (t.scalar_type()) {
+    case torch::kFloat32: return DType::F32;
+    case torch::kBFloat16: return DType::BF16;
+    case torch::kFloat16: return DType::F16;
+    default: fail(fn, std::string("unsupported dtype ") + c10::toString(t.scalar_type()));
+  }
+}
+
+// The SIMD kernels read rows; other strides are passed through.
+torch::Tensor rows_contiguous(const torch::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
+
+
+// Runs f(item) for item in [0, n) on every intra-op thread, handing items out in order; callers put
+// the most expensive items first so that the threads finish together.
+template <class F>
+void run_items(int64_t n, const F& f) {
+  std::atomic<int64_t> next{0};
+  const int64_t workers = std::min<int64_t>(n, at::get_num_threads());
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    for (int64_t i; (i = next.fetch_add(1)) < n;) f(i);
+  });
+}
+
+struct Checked {
+  int64_t B, Hq, Hkv, T, S, D, Dv;
+};
+
+Checked check_qkv(const char* fn, const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                  const torch::Tensor& valid) {
+  if (!q.defined() || !k.defined() || !v.defined()) fail(fn, "q, k and v must be defined");
+  if (q.dim() != 4 || k.dim() != 4 || v.dim() != 4)
+    fail(fn, "q, k, v must be 4-d [B, H, T|S, D]; got q " + shape_str(q) + ", k " + shape_str(k) + ", v " +
+                 shape_str(v));
+  Checked c{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3), v.size(3)};
+  if (k.size(0) != c.B || v.size(0) != c.B || v.size(1) != c.Hkv || v.size(2) != c.S || k.size(3) != c.D)
+    fail(fn, "shapes disagree: q " + shape_str(q) + ", k " + shape_str(k) + ", v " + shape_str(v));
+  if (c.Hkv == 0 || c.Hq % c.Hkv != 0)
+    fail(fn, "query heads (" + std::to_string(c.Hq) + ") must be a multiple of KV heads (" + std::to_string(c.Hkv) + ")");
+  if (k.scalar_type() != q.scalar_type() || v.scalar_type() != q.scalar_type())
+    fail(fn, "q, k and v must share one dtype");
+  if (valid.defined() && (valid.scalar_type() != torch::kBool || valid.dim() != 2 || valid.size(0) != c.B ||
+                          valid.size(1) != c.S))
+    fail(fn, "valid must be bool [B, S] = [" + std::to_string(c.B) + ", " + std::to_string(c.S) + "]; got " +
+                 shape_str(valid));
+  return c;
+}
+
+bool on_cpu(std::initializer_list<const torch::Tensor*> ts) {
+  for (const auto* t : ts)
+    if (t->defined() && !t->device().is_cpu()) return false;
+  return true;
+}
+
+// Merges the per-split partial softmaxes of one (batch, group): part [nsplit][R][Dv + 2] (m, l, acc).
+void merge_partials(const float* part, int64_t nsplit, int64_t R, int64_t Dv, float* out /*[R][Dv]*/) {
+  const int64_t stride = R * (Dv + 2);
+  for (int64_t r = 0; r < R; ++r) {
+    float M = -std::numeric_limits<float>::infinity();
+    for (int64_t i = 0; i < nsplit; ++i) M = std::max(M, part[i * stride + r]);
+    float* o = out + r * Dv;
+    for (int64_t d = 0; d < Dv; ++d) o[d] = 0.f;
+    if (M == -std::numeric_limits<float>::infinity()) continue;  // no visible key: zeros
+    float L = 0.f;
+    for (int64_t i = 0; i < nsplit; ++i) {
+      const float m = part[i * stride + r];
+      if (m == -std::numeric_limits<float>::infinity()) continue;
+      const float w = std::exp2(m - M);
+      L += w * part[i * stride + R + r];
+      const float* acc = part + i * stride + 2 * R + r * Dv;
+      for (int64_t d = 0; d < Dv; ++d) o[d] += w * acc[d];
+    }
+    const float inv = L > 0.f ? 1.f / L : 0.f;
+    for (int64_t d = 0; d < Dv; ++d) o[d] *= inv;
+  }
+}
+
+}  // namespace
+
+Operand operand(const torch::Tensor& t) {  // [B, H, rows, dim]
+  return Operand{t.data_ptr(), t.stride(0), t.stride(1), t.stride(2)};
+}
+
+const AttnKernels& kernels_for(Variant v) {
+  switch (v) {
+    case Variant::Avx512: return avx512::kAttnF32;
+    case Variant::Avx512Bf16: return avx512bf16::kAttn;
+    default: return generic::kAttn;
+  }
+}
+
+torch::Tensor run_decode(AttnArgs& a, const AttnKernels& kern, const torch::TensorOptions& opt) {
+  const int64_t g = a.Hq / a.groups, R = g * a.T;
+  // Keys any row of a (batch, group) can see; split them so every thread has work.
+  const int64_t lo = a.window > 0 ? std::max<int64_t>(0, a.start - a.window + 1) : 0;
+  const int64_t hi = std::min(a.S, a.start + a.T);
+  const int64_t span = std::max<int64_t>(hi - lo, 1);
+  const int64_t threads = at::get_num_threads();
+  int64_t nsplit = std::max<int64_t>(1, (4 * threads + a.B * a.groups - 1) / (a.B * a.groups));
+  nsplit = std::min(nsplit, std::max<int64_t>(1, span / 256));  // keep splits long enough to stream
+  const int64_t chunk = (span + nsplit - 1) / nsplit;
+  nsplit = (span + chunk - 1) / chunk;
+  auto part = torch::empty({a.B, a.groups, nsplit, R * (a.Dv + 2)}, torch::kFloat32);
+  float* pp = part.data_ptr<float>();
+  run_items(a.B * a.groups * nsplit, [&](int64_t i) {
+    const int64_t sp = i % nsplit, bg = i / nsplit, b = bg / a.groups, grp = bg % a.groups;
+    float* base = pp + i * R * (a.Dv + 2);
+    const int64_t s0 = lo + sp * chunk, s1 = std::min(hi, s0 + chunk);
+    kern.decode_split(a, b, grp, s0, s1, Partial{base, base + R, base + 2 * R});
+  });
+  // out [B, Hq, T, Dv]: rows of a group are (head, t), so each group's block is contiguous.
+  auto merged = torch::empty({a.B, a.Hq, a.T, a.Dv}, torch::kFloat32);
+  float* mp = merged.data_ptr<float>();
+  at::parallel_for(0, a.B * a.groups, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t bg = b0; bg < b1; ++bg)
+      merge_partials(pp + bg * nsplit * R * (a.Dv + 2), nsplit, R, a.Dv, mp + bg * R * a.Dv);
+  });
+  return merged.to(opt.dtype());
+}
+
+torch::Tensor visibility(int64_t T, int64_t S, int64_t start, const torch::Tensor& valid, int64_t window,
+                         torch::Device device) {
+  auto opt = torch::TensorOptions().dtype(torch::kInt64).device(device);
+  auto q_slot = torch::arange(start, start + T, opt).view({1, T, 1});
+  auto k_slot = torch::arange(0, S, opt).view({1, 1, S});
+  auto vis = k_slot <= q_slot;
+  if (window > 0) vis = vis & (k_slot > q_slot - window);
+  if (valid.defined()) vis = vis & valid.to(device).view({valid.size(0), 1, S});
+  return vis;
+}
+
+namespace {
+// softmax over the last dim of f32 scores with -inf where not visible; rows with nothing visible -> 0.
+torch::Tensor masked_softmax(const torch::Tensor& scores, const torch::Tensor& vis) {
+  auto s = scores.masked_fill(vis.logical_not(), -std::numeric_limits<float>::infinity());
+  auto p = torch::softmax(s, -1);
+  return p.masked_fill(vis.logical_not(), 0.0);  // all-masked rows were NaN; every entry there is masked
+}
+}  // namespace
+
+torch::Tensor attention_reference(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                  int64_t start, const torch::Tensor& valid, int64_t window, double scale) {
+  const auto c = check_qkv("attention_reference", q, k, v, valid);
+  const int64_t g = c.Hq / c.Hkv;
+  auto qf = q.to(torch::kFloat32).reshape({c.B, c.Hkv, g * c.T, c.D});
+  auto scores = torch::matmul(qf, k.to(torch::kFloat32).transpose(2, 3)).mul(scale);  // [B, Hkv, g*T, S]
+  scores = scores.view({c.B, c.Hkv, g, c.T, c.S});
+  auto vis = visibility(c.T, c.S, start, valid, window, q.device()).view({-1, 1, 1, c.T, c.S});
+  auto probs = masked_softmax(scores, vis).view({c.B, c.Hkv, g * c.T, c.S});
+  return torch::matmul(probs, v.to(torch::kFloat32)).view({c.B, c.Hq, c.T, c.Dv}).to(q.scalar_type());
+}
+
+torch::Tensor flash_attention(const torch::Tensor& q_in, const torch::Tensor& k_in, const torch::Tensor& v_in,
+                              int64_t start, const torch::Tensor& valid_in, int64_t window, double scale,
+                              Variant variant) {
+  const auto c = check_qkv("flash_attention", q_in, k_in, v_in, valid_in);
+  variant = resolve_variant(variant);
+  if (variant == Variant::Reference || !on_cpu({&q_in, &k_in, &v_in, &valid_in}))
+    return attention_reference(q_in, k_in, v_in, start, valid_in, window, scale);
+  auto q = rows_contiguous(q_in), k = rows_contiguous(k_in), v = rows_contiguous(v_in);
+  auto valid = valid_in.defined() ? valid_in.contiguous() : valid_in;
+  auto out = torch::empty({c.B, c.Hq, c.T, c.Dv}, q.options());
+  if (c.B * c.Hq * c.T == 0 || c.Dv == 0) return out;
+  AttnArgs a;
+  a.dtype = dtype_of("flash_attention", q);
+  a.B = c.B, a.Hq = c.Hq, a.Hkv = c.Hkv, a.groups = c.Hkv, a.T = c.T, a.S = c.S;
+  a.D1 = c.D, a.Dv = c.Dv, a.start = start, a.window = window, a.scale = static_cast<float>(scale);
+  a.q1 = operand(q), a.k1 = operand(k), a.v = operand(v);
+  a.valid = valid.defined() ? valid.data_ptr<bool>() : nullptr;
+  a.out = out.data_ptr();
+  // vdpbf16ps works on pairs along D.
+  if (variant == Variant::Avx512Bf16 && a.dtype == DType::BF16 && c.D % 2 != 0) variant = Variant::Avx512;
+  const auto& kern = kernels_for(variant);
+  // Query tiles of about 64-96 rows (g heads x tq tokens); smaller when that leaves threads idle.
+  const int64_t g = c.Hq / c.Hkv, threads = at::get_num_threads();
+  // f32 tiles take twice the cache of bf16 ones: fewer rows keep Q, scores and accumulators near L1.
+  const int64_t target_rows = a.dtype == DType::F32 ? 64 : 96;
+  int64_t tq = std::max<int64_t>(1, target_rows / g);
+  while (tq > 8 && c.B * c.Hkv * ((c.T + tq - 1) / tq) < 4 * threads) tq /= 2;
+  tq = std::min(tq, c.T);
+  const int64_t ntiles = (c.T + tq - 1) / tq, per_tile = c.B * c.Hkv;
+  // Later tiles see more keys: hand them out first.
+  run_items(ntiles * per_tile, [&](int64_t i) {
+    const int64_t tile = ntiles - 1 - i / per_tile, bh = i % per_tile;
+    const int64_t t0 = tile * tq;
+    kern.prefill_tile(a, bh / c.Hkv, bh % c.Hkv, t0, std::min(tq, c.T - t0));
+  });
+  return out;
+}
+
+torch::Tensor decode_attention(const torch::Tensor& q_in, const torch::Tensor& k_in, const torch::Tensor& v_in,
+                               int64_t start, const torch::Tensor& valid_in, int64_t window, double scale,
+                               Variant variant) {
+  const auto c = check_qkv("decode_attention", q_in, k_in, v_in, valid_in);
+  variant = resolve_variant(variant);
+  if (variant == Variant::Reference || !on_cpu({&q_in, &k_in, &v_in, &valid_in}))
+    return attention_reference(q_in, k_in, v_in, start, valid_in, window, scale);
+  auto q = rows_contiguous(q_in), k = rows_contiguous(k_in), v = rows_contiguous(v_in);
+  auto valid = valid_in.defined() ? valid_in.contiguous() : valid_in;
+  if (c.B * c.Hq * c.T == 0 || c.Dv == 0) return torch::zeros({c.B, c.Hq, c.T, c.Dv}, q.options());
+  AttnArgs a;
+  a.dtype = dtype_of("decode_attention", q);
+  a.B = c.B, a.Hq = c.Hq, a.Hkv = c.Hkv, a.groups = c.Hkv, a.T = c.T, a.S = c.S;
+  a.D1 = c.D, a.Dv = c.Dv, a.start = start, a.window = window, a.scale = static_cast<float>(scale);
+  a.q1 = operand(q), a.k1 = operand(k), a.v = operand(v);
+  a.valid = valid.defined() ? valid.data_ptr<bool>() : nullptr;
+  return run_decode(a, kernels_for(variant), q.options());
+}
+
+torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, int64_t start,
+                        const torch::Tensor& valid, int64_t window, double scale, Variant variant) {
+  const int64_t rows = q.dim() == 4 && k.dim() == 4 && k.size(1) > 0 ? q.size(1) / k.size(1) * q.size(2) : 0;
+  if (rows <= 32) return decode_attention(q, k, v, start, valid, window, scale, variant);
+  return flash_attention(q, k, v, start, valid, window, scale, variant);
+}
+
+namespace {
+struct MlaChecked {
+  int64_t B, Hq, T, L, r, S, Hkv;
+};
+
+MlaChecked check_mla(const char* fn, const torch::Tensor& q_lat, const torch::Tensor& q_rope, const torch::Tensor& c,
+                     const torch::Tensor& k_r, const torch::Tensor& valid) {
+  if (!q_lat.defined() || !c.defined() || q_lat.dim() != 4 || c.dim() != 3)
+    fail(fn, "need q_lat [B, Hq, T, L] and c [B, S, L]; got q_lat " + shape_str(q_lat) + ", c " + shape_str(c));
+  MlaChecked m{q_lat.size(0), q_lat.size(1), q_lat.size(2), q_lat.size(3), 0, c.size(1), 1};
+  if (c.size(0) != m.B || c.size(2) != m.L)
+    fail(fn, "c " + shape_str(c) + " does not match q_lat " + shape_str(q_lat));
+  if (q_rope.defined() != k_r.defined()) fail(fn, "q_rope and k_r must both be given or both be undefined");
+  if (q_rope.defined()) {
+    if (q_rope.dim() != 4 || k_r.dim() != 4 || q_rope.size(0) != m.B || q_rope.size(1) != m.Hq ||
+        q_rope.size(2) != m.T || k_r.size(0) != m.B || k_r.size(2) != m.S || k_r.size(3) != q_rope.size(3))
+      fail(fn, "q_rope " + shape_str(q_rope) + " / k_r " + shape_str(k_r) + " do not match q_lat " +
+                   shape_str(q_lat) + " and c " + shape_str(c));
+    m.r = q_rope.size(3);
+    m.Hkv = k_r.size(1);
+    if (m.Hkv == 0 || m.Hq % m.Hkv != 0) fail(fn, "query heads must be a multiple of k_r heads");
+    if (q_rope.scalar_type() != q_lat.scalar_type() || k_r.scalar_type() != q_lat.scalar_type())
+      fail(fn, "all operands must share one dtype");
+  }
+  if (c.scalar_type() != q_lat.scalar_type()) fail(fn, "all operands must share one dtype");
+  if (valid.defined() && (valid.scalar_type() != torch::kBool || valid.dim() != 2 || valid.size(0) != m.B ||
+                          valid.size(1) != m.S))
+    fail(fn, "valid must be bool [B, S]; got " + shape_str(valid));
+  return m;
+}
+}  // namespace
+
+torch::Tensor mla_decode_reference(const torch::Tensor& q_lat, const torch::Tensor& q_rope, const torch::Tensor& c,
+                                   const torch::Tensor& k_r, int64_t start, const torch::Tensor& valid,
+                                   int64_t window, double scale) {
+  const auto m = check_mla("mla_decode_reference", q_lat, q_rope, c, k_r, valid);
+  auto cf = c.to(torch::kFloat32).unsqueeze(1);  // [B, 1, S, L]
+  auto scores = torch::matmul(q_lat.to(torch::kFloat32), cf.transpose(2, 3));  // [B, Hq, T, S]
+  if (q_rope.defined()) {
+    const int64_t g = m.Hq / m.Hkv;
+    auto qr = q_rope.to(torch::kFloat32).reshape({m.B, m.Hkv, g * m.T, m.r});
+    auto sr = torch::matmul(qr, k_r.to(torch::kFloat32).transpose(2, 3));  // [B, Hkv, g*T, S]
+    scores = scores + sr.view({m.B, m.Hq, m.T, m.S});
+  }
+  scores = scores.mul(scale);
+  auto vis = visibility(m.T, m.S, start, valid, window, q_lat.device()).unsqueeze(1);  // [B|1, 1, T, S]
+  return torch::matmul(masked_softmax(scores, vis), cf).to(q_lat.scalar_type());
+}
+
+torch::Tensor mla_decode_attention(const torch::Tensor& q_lat_in, const torch::Tensor& q_rope_in,
+                                   const torch::Tensor& c_in, const torch::Tensor& k_r_in, int64_t start,
+                                   const torch::Tensor& valid_in, int64_t window, double scale, Variant variant) {
+  const auto m = check_mla("mla_decode_attention", q_lat_in, q_rope_in, c_in, k_r_in, valid_in);
+  variant = resolve_variant(variant);
+  if (variant == Variant::Reference || !on_cpu({&q_lat_in, &q_rope_in, &c_in, &k_r_in, &valid_in}))
+    return mla_decode_reference(q_lat_in, q_rope_in, c_in, k_r_in, start, valid_in, window, scale);
+  auto q_lat = rows_contiguous(q_lat_in), c = rows_contiguous(c_in);
+  auto q_rope = q_rope_in.defined() ? rows_contiguous(q_rope_in) : q_rope_in;
+  auto k_r = k_r_in.defined() ? rows_contiguous(k_r_in) : k_r_in;
+  auto valid = valid_in.defined() ? valid_in.contiguous() : valid_in;
+  if (m.B * m.Hq * m.T == 0 || m.L == 0) return torch::zeros({m.B, m.Hq, m.T, m.L}, q_lat.options());
+  AttnArgs a;
+  a.dtype = dtype_of("mla_decode_attention", q_lat);
+  a.B = m.B, a.Hq = m.Hq, a.Hkv = m.Hkv, a.groups = 1, a.T = m.T, a.S = m.S;
+  a.D1 = m.L, a.D2 = m.r, a.Dv = m.L, a.start = start, a.window = window, a.scale = static_cast<float>(scale);
+  a.q1 = operand(q_lat);
+  a.k1 = Operand{c.data_ptr(), c.stride(0), 0, c.stride(1)};  // one latent head shared by all query heads
+  a.v = a.k1;
+  if (q_rope.defined()) a.q2 = operand(q_rope), a.k2 = operand(k_r);
+  a.valid = valid.defined() ? valid.data_ptr<bool>() : nullptr;
+  return run_decode(a, kernels_for(variant), q_lat.options());
+}
+
+}  // namespace mha2mla::kernels

@@ -1,0 +1,80 @@
+#pragma once
+// Plain-pointer description of one attention call, shared by the libtorch front end (attention.cpp)
+// and the instruction-set specific files, which include no libtorch header: they are compiled with
+// -mavx512*, and an inline libtorch function instantiated there could be picked by the linker for
+// code that runs on CPUs without AVX-512.
+#include <cstdint>
+
+namespace mha2mla::kernels {
+
+enum class DType : int { F32, BF16, F16 };
+
+// A [B, H, rows, dim] operand, last dim contiguous; strides in elements.
+struct Operand {
+  const void* p = nullptr;
+  int64_t sb = 0, sh = 0, sr = 0;  // sh = 0 shares one head between all heads (MLA latent)
+};
+
+// A quantized K or V cache (layout in kernels/quant_attention.h): slots [0, n_quant) are stored as
+// `bits`-bit codes with f16 scale/zero, slots [n_quant, S) in `residual` (compute dtype).
+struct QuantDesc {
+  const uint8_t* data = nullptr;  // [B, H, >= n_quant, row_bytes]
+  int64_t d_sb = 0, d_sh = 0, d_sr = 0;
+  const uint16_t* scale = nullptr;  // f16; per token [B, H, >= n_quant, ceil(D/group)], per channel [B, H, n_quant/group, D]
+  const uint16_t* zero = nullptr;
+  int64_t s_sb = 0, s_sh = 0, s_sr = 0;  // strides of scale and zero (same layout)
+  int bits = 8;
+  int64_t group = 0;
+  bool per_channel = false;
+  int64_t n_quant = 0;
+  Operand residual;  // [B, H, S - n_quant, D]
+};
+
+// score(query row t of head h, key slot s) = (q1·k1 + q2·k2) * scale; out = softmax-weighted sum of v.
+// Key slot s is visible to query t iff s <= start+t, (window <= 0 or s > start+t-window) and
+// valid[b, s] (when given). A query row that sees no key gets zeros.
+struct AttnArgs {
+  DType dtype = DType::F32;        // q, k, v, out share it
+  int64_t B = 0, Hq = 0, Hkv = 0;  // Hkv: heads of k1/k2/v (k1/v may have sh = 0); head h uses h / (Hq/Hkv)
+  int64_t groups = 0;              // work items per batch row: Hkv for GQA, 1 for MLA (all heads share c)
+  int64_t T = 0, S = 0;
+  int64_t D1 = 0, D2 = 0, Dv = 0;  // D2 = 0: no second score term
+  int64_t start = 0, window = 0;
+  float scale = 1.f;
+  Operand q1, q2, k1, k2, v;       // q [B, Hq, T, D], k/v [B, Hkv, S, D]
+  const bool* valid = nullptr;     // [B, S] contiguous, or null (all valid)
+  void* out = nullptr;             // [B, Hq, T, Dv] contiguous
+  const QuantDesc* kq = nullptr;   // when set, k1 / v are read from these (decode only)
+  const QuantDesc* vq = nullptr;
+};
+
+// Partial result of one split of the key axis, for `rows` = g*T query rows of one (batch, KV head):
+// per row the running max m (log2 domain), the sum l, and the unnormalised accumulator acc[Dv].
+// Rows are ordered head-major: row = (h - first head of the group) * T + t.
+struct Partial {
+  float* m;    // [rows]
+  float* l;    // [rows]
+  float* acc;  // [rows, Dv]
+};
+
+// Which key slots a query at slot `pos` of batch row b sees, as [lo, hi) before validity.
+inline void visible_range(const AttnArgs& a, int64_t pos, int64_t* lo, int64_t* hi) {
+  int64_t h = pos + 1 < a.S ? pos + 1 : a.S;
+  int64_t l = a.window > 0 ? pos - a.window + 1 : 0;
+  *lo = l < 0 ? 0 : l;
+  *hi = h;
+}
+
+// One implementation variant. Each entry runs a piece of work; the front end owns the threads.
+struct AttnKernels {
+  // Prefill: query rows t in [t0, t0+tq) of all g heads of KV head kvh, over every visible key; writes out.
+  void (*prefill_tile)(const AttnArgs&, int64_t b, int64_t kvh, int64_t t0, int64_t tq);
+  // Decode: all T query rows of the Hq/groups heads of group grp against keys [s0, s1); writes a Partial.
+  void (*decode_split)(const AttnArgs&, int64_t b, int64_t grp, int64_t s0, int64_t s1, const Partial&);
+};
+
+namespace generic { extern const AttnKernels kAttn; }
+namespace avx512 { extern const AttnKernels kAttnF32; }    // f32 math, any storage dtype
+namespace avx512bf16 { extern const AttnKernels kAttn; }   // vdpbf16ps for bf16 storage
+
+}  // namespace mha2mla::kernels

@@ -1,0 +1,526 @@
+// AVX-512 attention kernels; included by attention_avx512.cpp (f32 math for every storage type) and
+// attention_avx512bf16.cpp (adds vdpbf16ps for bf16 prefill). Everything here has internal linkage.
+#include <cmath>
+#include <limits>
+
+#include "kernels/attention_args.h"
+#include "kernels/scalar_convert.h"
+#include "kernels/simd_avx512.h"
+
+namespace mha2mla::kernels {
+namespace {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+constexpr int64_t kBc = 32;       // keys per prefill tile
+constexpr int32_t kNoPos = -(1 << 30);  // position of padding rows: sees nothing
+
+// ---------------------------------------------------------------------------------------------
+// Prefill. Rows (head-major: r = head_in_group * tq + t) are the SIMD lanes of the score tile
+// St[key][row], so the softmax statistics are plain vector ops and K rows are broadcast from the
+// cache without packing. Query heads of a GQA group share every K/V tile.
+
+// St[j][rows] = sum_d Qt[d][rows] * K[j][d] for keys j0..j0+KJ, NV row vectors starting at rv0.
+template <int NV, int KJ>
+inline void qk_f32(const float* Qt, int64_t Rp, int64_t D, const float* const* krow, float* St, int64_t rv0, float c) {
+  __m512 acc[KJ][NV];
+  for (int j = 0; j < KJ; ++j)
+    for (int v = 0; v < NV; ++v) acc[j][v] = _mm512_setzero_ps();
+  const float* q = Qt + rv0 * 16;
+  for (int64_t d = 0; d < D; ++d, q += Rp) {
+    __m512 qv[NV];
+    for (int v = 0; v < NV; ++v) qv[v] = _mm512_loadu_ps(q + 16 * v);
+    for (int j = 0; j < KJ; ++j) {
+      const __m512 kb = _mm512_set1_ps(krow[j][d]);
+      for (int v = 0; v < NV; ++v) acc[j][v] = _mm512_fmadd_ps(qv[v], kb, acc[j][v]);
+    }
+  }
+  const __m512 cv = _mm512_set1_ps(c);
+  for (int j = 0; j < KJ; ++j)
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(St + j * Rp + (rv0 + v) * 16, _mm512_mul_ps(acc[j][v], cv));
+}
+
+#ifdef __AVX512BF16__
+// As qk_f32 with bf16 pairs: Qp[d/2][rows] holds (q[d], q[d+1]) per row; K pairs are broadcast.
+template <int NV, int KJ>
+inline void qk_bf16(const uint32_t* Qp, int64_t Rp, int64_t D, const uint16_t* const* krow, float* St, int64_t rv0,
+                    float c) {
+  __m512 acc[KJ][NV];
+  for (int j = 0; j < KJ; ++j)
+    for (int v = 0; v < NV; ++v) acc[j][v] = _mm512_setzero_ps();
+  const uint32_t* q = Qp + rv0 * 16;
+  for (int64_t d = 0; d < D; d += 2, q += Rp) {
+    __m512i qv[NV];
+    for (int v = 0; v < NV; ++v) qv[v] = _mm512_loadu_si512(q + 16 * v);
+    for (int j = 0; j < KJ; ++j) {
+      uint32_t pair;
+      std::memcpy(&pair, krow[j] + d, 4);
+      const __m512i kb = _mm512_set1_epi32(static_cast<int32_t>(pair));
+      for (int v = 0; v < NV; ++v)
+        acc[j][v] = _mm512_dpbf16_ps(acc[j][v], (__m512bh)qv[v], (__m512bh)kb);
+    }
+  }
+  const __m512 cv = _mm512_set1_ps(c);
+  for (int j = 0; j < KJ; ++j)
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(St + j * Rp + (rv0 + v) * 16, _mm512_mul_ps(acc[j][v], cv));
+}
+#endif
+
+// acc[r][dv chunk] += sum_j P[j][r] * V[j][chunk] for RB rows and NC 16-wide chunks (last one masked).
+template <int RB, int NC>
+inline void pv_f32(const float* St, int64_t Rp, int64_t r0, int64_t nb, const float* const* vrow, int64_t dv0,
+                   __mmask16 last, float* acc, int64_t Dvp) {
+  __m512 a[RB][NC];
+  for (int r = 0; r < RB; ++r)
+    for (int c = 0; c < NC; ++c) a[r][c] = _mm512_loadu_ps(acc + (r0 + r) * Dvp + dv0 + 16 * c);
+  for (int64_t j = 0; j < nb; ++j) {
+    __m512 vv[NC];
+    for (int c = 0; c < NC; ++c) vv[c] = _mm512_maskz_loadu_ps(c == NC - 1 ? last : 0xffff, vrow[j] + dv0 + 16 * c);
+    for (int r = 0; r < RB; ++r) {
+      const __m512 p = _mm512_set1_ps(St[j * Rp + r0 + r]);
+      for (int c = 0; c < NC; ++c) a[r][c] = _mm512_fmadd_ps(p, vv[c], a[r][c]);
+    }
+  }
+  for (int r = 0; r < RB; ++r)
+    for (int c = 0; c < NC; ++c) _mm512_storeu_ps(acc + (r0 + r) * Dvp + dv0 + 16 * c, a[r][c]);
+}
+
+#ifdef __AVX512BF16__
+// As pv_f32 with bf16 pairs of keys: Pp[j/2][rows] and Vp[j/2][Dvp] hold (x[j], x[j+1]).
+template <int RB, int NC>
+inline void pv_bf16(const uint32_t* Pp, int64_t Rp, int64_t r0, int64_t npairs, const uint32_t* Vp, int64_t Dvp,
+                    int64_t dv0, float* acc) {
+  __m512 a[RB][NC];
+  for (int r = 0; r < RB; ++r)
+    for (int c = 0; c < NC; ++c) a[r][c] = _mm512_loadu_ps(acc + (r0 + r) * Dvp + dv0 + 16 * c);
+  for (int64_t jp = 0; jp < npairs; ++jp) {
+    __m512i vv[NC];
+    for (int c = 0; c < NC; ++c) vv[c] = _mm512_loadu_si512(Vp + jp * Dvp + dv0 + 16 * c);
+    for (int r = 0; r < RB; ++r) {
+      const __m512i p = _mm512_set1_epi32(static_cast<int32_t>(Pp[jp * Rp + r0 + r]));
+      for (int c = 0; c < NC; ++c)
+        a[r][c] = _mm512_dpbf16_ps(a[r][c], (__m512bh)p, (__m512bh)vv[c]);
+    }
+  }
+  for (int r = 0; r < RB; ++r)
+    for (int c = 0; c < NC; ++c) _mm512_storeu_ps(acc + (r0 + r) * Dvp + dv0 + 16 * c, a[r][c]);
+}
+
+// 32 bf16 lanes (lo[0..15], hi[0..15]) -> pairs (lo[i], hi[i]).
+inline __m512i interleave_bf16(__m512i lo_hi) {
+  const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
+                                       21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  return _mm512_permutexvar_epi16(idx, lo_hi);
+}
+#endif
+
+struct PVF32 {
+  const float* St; int64_t Rp, r0, nb; const float* const* vrow; float* acc; int64_t Dvp;
+  template <int RB, int NC>
+  void operator()(int64_t dv0, __mmask16 last) const { pv_f32<RB, NC>(St, Rp, r0, nb, vrow, dv0, last, acc, Dvp); }
+};
+
+#ifdef __AVX512BF16__
+struct PVBf16 {
+  const uint32_t* Pp; int64_t Rp, r0, npairs; const uint32_t* Vp; int64_t Dvp; float* acc;
+  template <int RB, int NC>
+  void operator()(int64_t dv0, __mmask16) const { pv_bf16<RB, NC>(Pp, Rp, r0, npairs, Vp, Dvp, dv0, acc); }
+};
+#endif
+
+template <class F>
+inline void for_row_blocks(int64_t R, F&& f) {
+  int64_t r = 0;
+  for (; r + 4 <= R; r += 4) f(r, 4);
+  for (; r < R; ++r) f(r, 1);
+}
+
+template <int RB, class PV>
+inline void dispatch_chunks(int64_t Dv, PV&& pv) {
+  // Chunks of 4 vectors (64 values), then one chunk for the rest; the last vector may be partial.
+  int64_t dv = 0;
+  for (; dv + 64 <= Dv; dv += 64) pv.template operator()<RB, 4>(dv, static_cast<__mmask16>(0xffff));
+  const int64_t rest = Dv - dv;
+  if (rest <= 0) return;
+  const __mmask16 last = tail_mask(rest - (rest - 1) / 16 * 16);
+  switch ((rest + 15) / 16) {
+    case 1: pv.template operator()<RB, 1>(dv, last); break;
+    case 2: pv.template operator()<RB, 2>(dv, last); break;
+    case 3: pv.template operator()<RB, 3>(dv, last); break;
+  }
+}
+
+void prefill_tile(const AttnArgs& a, int64_t b, int64_t kvh, int64_t t0, int64_t tq) {
+  const int64_t g = a.Hq / a.Hkv, R = g * tq, NV = (R + 15) / 16, Rp = NV * 16;
+  const int64_t D = a.D1, Dv = a.Dv, Dvp = round_up(Dv, 16);
+#ifdef __AVX512BF16__
+  const bool pairs = a.dtype == DType::BF16;  // D even is checked by the front end
+#else
+  const bool pairs = false;
+#endif
+  const bool conv_k = !pairs && a.dtype != DType::F32, conv_v = a.dtype != DType::F32 || (Dv % 16) != 0;
+  Scratch sc(Rp * D * 4 + kBc * Rp * 4 * 2 + Rp * Dvp * 4 + Rp * 4 * 4 + kBc * round_up(D, 16) * 4 +
+             kBc * Dvp * 4 + 64 * 12);
+  if (!sc.ok()) return;
+  float* Qt = sc.take<float>(Rp * D);          // [D][Rp] f32, or [D/2][Rp] bf16 pairs
+  float* St = sc.take<float>(kBc * Rp);        // [kBc][Rp] scores, then probabilities
+  [[maybe_unused]] uint32_t* Pp = sc.take<uint32_t>(kBc / 2 * Rp);  // [kBc/2][Rp] bf16 probability pairs
+  float* acc = sc.take<float>(Rp * Dvp);       // [Rp][Dvp]
+  float* m = sc.take<float>(Rp);
+  float* l = sc.take<float>(Rp);
+  float* alpha = sc.take<float>(Rp);
+  int32_t* pos = sc.take<int32_t>(Rp);
+  float* Kf = sc.take<float>(kBc * round_up(D, 16));  // converted K rows (f32 math on 16-bit storage)
+  float* Vf = sc.take<float>(kBc * Dvp);              // converted V rows, or Vp pairs [kBc/2][Dvp]
+  const int64_t Dr = round_up(D, 16);
+
+  // Pack Q: transposed (rows are lanes), padded rows are zero and see nothing.
+  for (int64_t r = 0; r < Rp; ++r) {
+    const bool live = r < R;
+    const int64_t h = kvh * g + (live ? r / tq : 0), t = t0 + (live ? r % tq : 0);
+    pos[r] = live ? static_cast<int32_t>(a.start + t) : kNoPos;
+    m[r] = kNegInf;
+    l[r] = 0.f;
+    const char* qrow = row_ptr(a.q1, a.dtype, b, h, t);
+    if (pairs) {
+      auto* Qp = reinterpret_cast<uint32_t*>(Qt);
+      for (int64_t d = 0; d < D; d += 2) {
+        uint32_t pr = 0;
+        if (live) std::memcpy(&pr, qrow + d * 2, 4);
+        Qp[(d / 2) * Rp + r] = pr;
+      }
+    } else {
+      for (int64_t d = 0; d < D; ++d) Qt[d * Rp + r] = live ? load_elem(qrow, d, a.dtype) : 0.f;
+    }
+  }
+  for (int64_t i = 0; i < Rp * Dvp; ++i) acc[i] = 0.f;
+
+  const int64_t pmin = a.start + t0, pmax = a.start + t0 + tq - 1;
+  const int64_t lo = a.window > 0 ? imax(0, pmin - a.window + 1) : 0, hi = imin(a.S, pmax + 1);
+  const float c = a.scale * kLog2e;
+  const bool* valid = a.valid ? a.valid + b * a.S : nullptr;
+  const float* krow[kBc];
+  const float* vrow[kBc];
+  [[maybe_unused]] const uint16_t* krow16[kBc];
+
+  for (int64_t j0 = lo; j0 < hi; j0 += kBc) {
+    const int64_t nb = imin(kBc, hi - j0);
+    // K rows: straight from the cache, or converted to f32.
+    for (int64_t j = 0; j < nb; ++j) {
+      const char* kr = row_ptr(a.k1, a.dtype, b, kvh, j0 + j);
+      krow16[j] = reinterpret_cast<const uint16_t*>(kr);
+      if (conv_k) {
+        row_to_f32(Kf + j * Dr, kr, a.dtype, D);
+        krow[j] = Kf + j * Dr;
+      } else {
+        krow[j] = reinterpret_cast<const float*>(kr);
+      }
+    }
+    // Scores St[j][rows] (log2 domain).
+    for (int64_t rv0 = 0; rv0 < NV; rv0 += 6) {
+      const int64_t nv = imin(6, NV - rv0);
+      int64_t j = 0;
+#define MHA2MLA_QK(NVV, KJ)                                                                                   \
+  do {                                                                                                       \
+    if (pairs) {                                                                                             \
+      MHA2MLA_QK_BF16(NVV, KJ);                                                                              \
+    } else {                                                                                                 \
+      qk_f32<NVV, KJ>(Qt, Rp, D, krow + j, St + j * Rp, rv0, c);                                             \
+    }                                                                                                        \
+  } while (0)
+#ifdef __AVX512BF16__
+#define MHA2MLA_QK_BF16(NVV, KJ) \
+  qk_bf16<NVV, KJ>(reinterpret_cast<const uint32_t*>(Qt), Rp, D, krow16 + j, St + j * Rp, rv0, c)
+#else
+#define MHA2MLA_QK_BF16(NVV, KJ) (void)0
+#endif
+#define MHA2MLA_QK_NV(KJ)                  \
+  switch (nv) {                            \
+    case 1: MHA2MLA_QK(1, KJ); break;      \
+    case 2: MHA2MLA_QK(2, KJ); break;      \
+    case 3: MHA2MLA_QK(3, KJ); break;      \
+    case 4: MHA2MLA_QK(4, KJ); break;      \
+    case 5: MHA2MLA_QK(5, KJ); break;      \
+    default: MHA2MLA_QK(6, KJ); break;     \
+  }
+      for (; j + 2 <= nb; j += 2) { MHA2MLA_QK_NV(2) }
+      for (; j < nb; ++j) { MHA2MLA_QK_NV(1) }
+#undef MHA2MLA_QK_NV
+#undef MHA2MLA_QK_BF16
+#undef MHA2MLA_QK
+    }
+    // Masks: skipped for tiles every row sees whole.
+    bool all_valid = true;
+    if (valid)
+      for (int64_t j = 0; j < nb; ++j) all_valid = all_valid && valid[j0 + j];
+    const bool full = all_valid && j0 + nb - 1 <= pmin && (a.window <= 0 || j0 > pmax - a.window);
+    if (!full) {
+      for (int64_t j = 0; j < nb; ++j) {
+        const bool kv_ok = !valid || valid[j0 + j];
+        const __m512i s = _mm512_set1_epi32(static_cast<int32_t>(j0 + j));
+        for (int64_t rv = 0; rv < NV; ++rv) {
+          const __m512i p = _mm512_loadu_si512(pos + rv * 16);
+          __mmask16 vis = kv_ok ? _mm512_cmple_epi32_mask(s, p) : 0;
+          if (a.window > 0)
+            vis &= _mm512_cmpgt_epi32_mask(s, _mm512_sub_epi32(p, _mm512_set1_epi32(static_cast<int32_t>(a.window))));
+          float* st = St + j * Rp + rv * 16;
+          _mm512_storeu_ps(st, _mm512_mask_mov_ps(_mm512_set1_ps(kNegInf), vis, _mm512_loadu_ps(st)));
+        }
+      }
+    }
+    // Online softmax per row.
+    for (int64_t rv = 0; rv < NV; ++rv) {
+      __m512 mx = _mm512_set1_ps(kNegInf);
+      for (int64_t j = 0; j < nb; ++j) mx = _mm512_max_ps(mx, _mm512_loadu_ps(St + j * Rp + rv * 16));
+      const __m512 mo = _mm512_loadu_ps(m + rv * 16), mn = _mm512_max_ps(mo, mx);
+      const __m512 mu = _mm512_mask_mov_ps(mn, _mm512_cmp_ps_mask(mn, _mm512_set1_ps(kNegInf), _CMP_EQ_OQ),
+                                           _mm512_setzero_ps());
+      const __m512 al = exp2_ps(_mm512_sub_ps(mo, mu));
+      __m512 sum = _mm512_setzero_ps();
+      for (int64_t j = 0; j < nb; ++j) {
+        float* st = St + j * Rp + rv * 16;
+        const __m512 p = exp2_ps(_mm512_sub_ps(_mm512_loadu_ps(st), mu));
+        sum = _mm512_add_ps(sum, p);
+        _mm512_storeu_ps(st, p);
+      }
+      _mm512_storeu_ps(l + rv * 16, _mm512_fmadd_ps(_mm512_loadu_ps(l + rv * 16), al, sum));
+      _mm512_storeu_ps(m + rv * 16, mn);
+      _mm512_storeu_ps(alpha + rv * 16, al);
+    }
+    for (int64_t r = 0; r < R; ++r) {
+      if (alpha[r] == 1.f) continue;
+      const __m512 al = _mm512_set1_ps(alpha[r]);
+      for (int64_t d = 0; d < Dvp; d += 16)
+        _mm512_storeu_ps(acc + r * Dvp + d, _mm512_mul_ps(al, _mm512_loadu_ps(acc + r * Dvp + d)));
+    }
+    // acc += P V.
+    if (pairs) {
+#ifdef __AVX512BF16__
+      const int64_t npairs = (nb + 1) / 2;
+      auto* Vp = reinterpret_cast<uint32_t*>(Vf);
+      for (int64_t jp = 0; jp < npairs; ++jp) {
+        const int64_t j = 2 * jp;
+        const bool two = j + 1 < nb;
+        const auto* v0 = reinterpret_cast<const uint16_t*>(row_ptr(a.v, a.dtype, b, kvh, j0 + j));
+        const auto* v1 = two ? reinterpret_cast<const uint16_t*>(row_ptr(a.v, a.dtype, b, kvh, j0 + j + 1)) : v0;
+        for (int64_t d = 0; d < Dvp; d += 16) {
+          const __mmask16 mk = tail_mask(Dv - d);
+          const __m256i x0 = _mm256_maskz_loadu_epi16(mk, v0 + d);
+          const __m256i x1 = two ? _mm256_maskz_loadu_epi16(mk, v1 + d) : _mm256_setzero_si256();
+          _mm512_storeu_si512(Vp + jp * Dvp + d,
+                              interleave_bf16(_mm512_inserti64x4(_mm512_castsi256_si512(x0), x1, 1)));
+        }
+        for (int64_t rv = 0; rv < NV; ++rv) {
+          const __m512 p0 = _mm512_loadu_ps(St + j * Rp + rv * 16);
+          const __m512 p1 = two ? _mm512_loadu_ps(St + (j + 1) * Rp + rv * 16) : _mm512_setzero_ps();
+          const __m512i pb = (__m512i)_mm512_cvtne2ps_pbh(p1, p0);
+          _mm512_storeu_si512(Pp + jp * Rp + rv * 16, interleave_bf16(pb));
+        }
+      }
+      for_row_blocks(R, [&](int64_t r0, int64_t rb) {
+        PVBf16 pv{Pp, Rp, r0, npairs, Vp, Dvp, acc};
+        if (rb == 4) dispatch_chunks<4>(Dvp, pv); else dispatch_chunks<1>(Dvp, pv);
+      });
+#endif
+    } else {
+      for (int64_t j = 0; j < nb; ++j) {
+        const char* vr = row_ptr(a.v, a.dtype, b, kvh, j0 + j);
+        if (conv_v) {
+          row_to_f32(Vf + j * Dvp, vr, a.dtype, Dv);
+          vrow[j] = Vf + j * Dvp;
+        } else {
+          vrow[j] = reinterpret_cast<const float*>(vr);
+        }
+      }
+      for_row_blocks(R, [&](int64_t r0, int64_t rb) {
+        PVF32 pv{St, Rp, r0, nb, vrow, acc, Dvp};
+        if (rb == 4) dispatch_chunks<4>(Dv, pv); else dispatch_chunks<1>(Dv, pv);
+      });
+    }
+  }
+  // Normalise; a row that saw no key gets zeros.
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t h = kvh * g + r / tq, t = t0 + r % tq;
+    const __m512 inv = _mm512_set1_ps(l[r] > 0.f ? 1.f / l[r] : 0.f);
+    char* o = static_cast<char*>(a.out) + ((b * a.Hq + h) * a.T + t) * Dv * elem_size(a.dtype);
+    for (int64_t d = 0; d < Dv; d += 16)
+      store16(o + d * elem_size(a.dtype), a.dtype, _mm512_mul_ps(inv, _mm512_loadu_ps(acc + r * Dvp + d)),
+              tail_mask(Dv - d));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decode over a split [s0, s1) of the keys. Few query rows: dot products run along D and are
+// reduced per key; K/V rows shared by every row of the work item are converted once per block.
+constexpr int64_t kDecBlock = 16;
+
+// Lane j of the result = sum of the lanes of v[j] (a transposing reduction tree: ~3 ops per sum).
+inline __m512 reduce16(const __m512* v) {
+  __m512 s[8], u[4], w[2];
+  for (int i = 0; i < 8; ++i)  // 128-bit groups: [a0+a2, b0+b2, a1+a3, b1+b3]
+    s[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+  for (int i = 0; i < 4; ++i)  // groups: partial sums of keys 4i..4i+3
+    u[i] = _mm512_add_ps(_mm512_shuffle_ps(s[2 * i], s[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm512_shuffle_ps(s[2 * i], s[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  for (int i = 0; i < 2; ++i)  // sum groups 0+2 and 1+3 of two vectors
+    w[i] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], 0x44),
+                         _mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], 0xEE));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(w[0], w[1], 0x88), _mm512_shuffle_f32x4(w[0], w[1], 0xDD));
+}
+
+// acc[j] += q . k[j] over Dr (a multiple of 16) for the 16 keys of a block.
+inline void dot16(const float* q, const float* const* k, int64_t Dr, __m512* acc) {
+  for (int64_t d = 0; d < Dr; d += 16) {
+    const __m512 qv = _mm512_loadu_ps(q + d);
+    for (int j = 0; j < 16; ++j) acc[j] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k[j] + d), acc[j]);
+  }
+}
+
+void decode_split(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, int64_t s1, const Partial& out) {
+  const int64_t g = a.Hq / a.groups, R = g * a.T, hdiv = a.Hq / a.Hkv;
+  const int64_t D1r = round_up(a.D1, 16), D2r = round_up(a.D2, 16), Dv = a.Dv, Dvp = round_up(Dv, 16);
+  const bool f32 = a.dtype == DType::F32 && a.D1 % 16 == 0 && Dv % 16 == 0 && !a.kq && !a.vq;
+  const bool v_is_k = a.v.p != nullptr && a.v.p == a.k1.p && a.v.sb == a.k1.sb && a.v.sh == a.k1.sh && a.v.sr == a.k1.sr && Dv == a.D1;
+  Scratch sc(R * (D1r + D2r) * 4 + R * kDecBlock * 4 + R * Dvp * 4 + R * 8 * 4 + kDecBlock * (D1r + Dvp) * 4 +
+             kDecBlock * R * D2r * 4 + (D1r + Dvp) * 4 + 64 * 14);
+  if (!sc.ok()) return;
+  float* Q1 = sc.take<float>(R * D1r);  // [R][D1r] f32, scaled into the log2 domain
+  float* Q2 = sc.take<float>(R * D2r);
+  float* P = sc.take<float>(R * kDecBlock);  // [R][block] scores, then probabilities
+  float* acc = sc.take<float>(R * Dvp);
+  float* m = sc.take<float>(R);
+  float* l = sc.take<float>(R);
+  int64_t* pos = sc.take<int64_t>(R);
+  int64_t* kvh = sc.take<int64_t>(R);
+  float* Kf = sc.take<float>(kDecBlock * D1r);
+  float* Vf = sc.take<float>(kDecBlock * Dvp);
+  float* K2f = sc.take<float>(kDecBlock * R * D2r);  // per row's KV head (rows of one head share it)
+  int32_t* kgroup = sc.take<int32_t>(D1r);  // element -> per-token quantization group
+  int32_t* vgroup = sc.take<int32_t>(Dvp);
+  for (int64_t i = 0; i < D1r; ++i) kgroup[i] = a.kq && a.kq->group > 0 ? static_cast<int32_t>(i / a.kq->group) : 0;
+  for (int64_t i = 0; i < Dvp; ++i) vgroup[i] = a.vq && a.vq->group > 0 ? static_cast<int32_t>(i / a.vq->group) : 0;
+  const float c = a.scale * kLog2e;
+  int64_t pmin = a.start, pmax = a.start + a.T - 1;
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t h = grp * g + r / a.T, t = r % a.T;
+    pos[r] = a.start + t;
+    kvh[r] = h / hdiv;
+    m[r] = kNegInf;
+    l[r] = 0.f;
+    row_to_f32(Q1 + r * D1r, row_ptr(a.q1, a.dtype, b, h, t), a.dtype, a.D1);
+    for (int64_t d = 0; d < D1r; ++d) Q1[r * D1r + d] *= c;
+    if (a.D2) {
+      row_to_f32(Q2 + r * D2r, row_ptr(a.q2, a.dtype, b, h, t), a.dtype, a.D2);
+      for (int64_t d = 0; d < D2r; ++d) Q2[r * D2r + d] *= c;
+    }
+  }
+  for (int64_t i = 0; i < R * Dvp; ++i) acc[i] = 0.f;
+  const int64_t kv0 = kvh[0];  // k1 and v are shared by every row (checked by the front end)
+  const int64_t lo = imax(s0, a.window > 0 ? pmin - a.window + 1 : 0), hi = imin(s1, imin(a.S, pmax + 1));
+  const bool* valid = a.valid ? a.valid + b * a.S : nullptr;
+  const float* krow[kDecBlock];
+  const float* vrow[kDecBlock];
+  for (int64_t j0 = lo; j0 < hi; j0 += kDecBlock) {
+    const int64_t nb = imin(kDecBlock, hi - j0);
+    for (int64_t j = 0; j < nb; ++j) {
+      if (a.kq) {
+        dequant_row(Kf + j * D1r, *a.kq, a.dtype, b, kv0, j0 + j, a.D1, kgroup);
+        krow[j] = Kf + j * D1r;
+        continue;
+      }
+      const char* kr = row_ptr(a.k1, a.dtype, b, kv0, j0 + j);
+      if (f32) {
+        krow[j] = reinterpret_cast<const float*>(kr);
+      } else {
+        row_to_f32(Kf + j * D1r, kr, a.dtype, a.D1);
+        krow[j] = Kf + j * D1r;
+      }
+    }
+    for (int64_t j = nb; j < kDecBlock; ++j) krow[j] = krow[0];
+    // K2 rows for each distinct KV head among the rows (rows are head-major, so runs share one).
+    for (int64_t r = 0; r < R && a.D2; ++r) {
+      if (r > 0 && kvh[r] == kvh[r - 1]) continue;
+      for (int64_t j = 0; j < nb; ++j)
+        row_to_f32(K2f + (r * kDecBlock + j) * D2r, row_ptr(a.k2, a.dtype, b, kvh[r], j0 + j), a.dtype, a.D2);
+    }
+    int64_t k2base = 0;
+    const float* k2row[kDecBlock];
+    for (int64_t r = 0; r < R; ++r) {
+      if (r == 0 || kvh[r] != kvh[r - 1]) {
+        k2base = r;
+        for (int64_t j = 0; j < kDecBlock; ++j) k2row[j] = K2f + (k2base * kDecBlock + (j < nb ? j : 0)) * D2r;
+      }
+      float* pr = P + r * kDecBlock;
+      __m512 dacc[kDecBlock];
+      for (int j = 0; j < kDecBlock; ++j) dacc[j] = _mm512_setzero_ps();
+      dot16(Q1 + r * D1r, krow, D1r, dacc);
+      if (a.D2) dot16(Q2 + r * D2r, k2row, D2r, dacc);
+      _mm512_storeu_ps(pr, reduce16(dacc));
+      int64_t j = 0;
+      for (; j < nb; ++j) {
+        const int64_t s = j0 + j;
+        const bool vis = s <= pos[r] && (a.window <= 0 || s > pos[r] - a.window) && (!valid || valid[s]);
+        if (!vis) pr[j] = kNegInf;
+      }
+      for (; j < kDecBlock; ++j) pr[j] = kNegInf;
+      // Online softmax over this block.
+      const __m512 sv = _mm512_loadu_ps(pr);
+      const float mx = _mm512_reduce_max_ps(sv), mo = m[r], mn = mo > mx ? mo : mx;
+      const float mu = mn == kNegInf ? 0.f : mn;
+      const __m512 p = exp2_ps(_mm512_sub_ps(sv, _mm512_set1_ps(mu)));
+      _mm512_storeu_ps(pr, p);
+      const float al = mo == kNegInf ? 0.f : exp2f(mo - mu);
+      l[r] = l[r] * al + _mm512_reduce_add_ps(p);
+      m[r] = mn;
+      if (al != 1.f) {
+        const __m512 alv = _mm512_set1_ps(al);
+        for (int64_t d = 0; d < Dvp; d += 16)
+          _mm512_storeu_ps(acc + r * Dvp + d, _mm512_mul_ps(alv, _mm512_loadu_ps(acc + r * Dvp + d)));
+      }
+    }
+    for (int64_t j = 0; j < nb; ++j) {
+      if (a.vq) {
+        dequant_row(Vf + j * Dvp, *a.vq, a.dtype, b, kv0, j0 + j, Dv, vgroup);
+        vrow[j] = Vf + j * Dvp;
+      } else if (v_is_k && !f32) {
+        vrow[j] = krow[j];  // MLA: the latent is both key and value
+      } else {
+        const char* vr = row_ptr(a.v, a.dtype, b, kv0, j0 + j);
+        if (f32) {
+          vrow[j] = reinterpret_cast<const float*>(vr);
+        } else {
+          row_to_f32(Vf + j * Dvp, vr, a.dtype, Dv);
+          vrow[j] = Vf + j * Dvp;
+        }
+      }
+    }
+    // P is [R][block]; pv_f32 reads St[j * Rp + r], so pass it transposed through strides.
+    float Pt[kDecBlock * 64];
+    const int64_t Rt = R;
+    if (R <= 64) {
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t j = 0; j < nb; ++j) Pt[j * Rt + r] = P[r * kDecBlock + j];
+      for_row_blocks(R, [&](int64_t r0, int64_t rb) {
+        PVF32 pv{Pt, Rt, r0, nb, vrow, acc, Dvp};
+        if (rb == 4) dispatch_chunks<4>(Dv, pv); else dispatch_chunks<1>(Dv, pv);
+      });
+    } else {
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t j = 0; j < nb; ++j) {
+          const __m512 p = _mm512_set1_ps(P[r * kDecBlock + j]);
+          for (int64_t d = 0; d < Dvp; d += 16)
+            _mm512_storeu_ps(acc + r * Dvp + d,
+                             _mm512_fmadd_ps(p, _mm512_maskz_loadu_ps(tail_mask(Dv - d), vrow[j] + d),
+                                             _mm512_loadu_ps(acc + r * Dvp + d)));
+        }
+    }
+  }
+  for (int64_t r = 0; r < R; ++r) {
+    out.m[r] = m[r];
+    out.l[r] = l[r];
+    for (int64_t d = 0; d < Dv; ++d) out.acc[r * Dv + d] = acc[r * Dvp + d];
+  }
+}
+
+}  // namespace
+}  // namespace mha2mla::kernels

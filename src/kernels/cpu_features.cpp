@@ -1,0 +1,59 @@
+#include "kernels/cpu_features.h"
+
+#include <cstdlib>
+#include <stdexcept>
+
+namespace mha2mla::kernels {
+
+bool cpu_has_avx512() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                         __builtin_cpu_supports("fma");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+bool cpu_has_avx512_bf16() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool ok = cpu_has_avx512() && __builtin_cpu_supports("avx512bf16");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+std::string variant_name(Variant v) {
+  switch (v) {
+    case Variant::Auto: return "auto";
+    case Variant::Reference: return "reference";
+    case Variant::Generic: return "generic";
+    case Variant::Avx512: return "avx512";
+    case Variant::Avx512Bf16: return "avx512bf16";
+  }
+  return "?";
+}
+
+Variant resolve_variant(Variant v) {
+  if (v == Variant::Auto) {
+    // Without AVX-512 the libtorch reference (vectorised BLAS) beats the scalar portable kernels,
+    // which remain for correctness checks (MHA2MLA_KERNELS=generic).
+    Variant best = cpu_has_avx512_bf16() ? Variant::Avx512Bf16
+                   : cpu_has_avx512()    ? Variant::Avx512
+                                         : Variant::Reference;
+    if (const char* env = std::getenv("MHA2MLA_KERNELS")) {
+      std::string e(env);
+      if (e == "reference") return Variant::Reference;
+      if (e == "generic") return Variant::Generic;
+      if (e == "avx512" && best == Variant::Avx512Bf16) return Variant::Avx512;
+    }
+    return best;
+  }
+  if ((v == Variant::Avx512 && !cpu_has_avx512()) || (v == Variant::Avx512Bf16 && !cpu_has_avx512_bf16()))
+    throw std::runtime_error("kernels: this CPU cannot run the " + variant_name(v) + " variant");
+  return v;
+}
+
+}  // namespace mha2mla::kernels

@@ -1,0 +1,20 @@
+#pragma once
+// Which instruction-set variants of the CPU kernels this machine can run. Kernels compiled with
+// -mavx512* live in their own files and are only called after these checks pass.
+#include <string>
+
+namespace mha2mla::kernels {
+
+// Kernel implementations, most portable first. Auto picks the fastest one the CPU supports.
+enum class Variant { Auto, Reference, Generic, Avx512, Avx512Bf16 };
+
+bool cpu_has_avx512();      // AVX512F + BW + VL + DQ and FMA
+bool cpu_has_avx512_bf16(); // the above plus AVX512_BF16 (vdpbf16ps)
+
+// Auto -> the best supported variant (the libtorch reference on CPUs without AVX-512);
+// MHA2MLA_KERNELS=generic|avx512|reference overrides it (benchmarks and bug hunts). An explicit
+// variant the CPU lacks is refused with an error.
+Variant resolve_variant(Variant v);
+std::string variant_name(Variant v);
+
+}  // namespace mha2mla::kernels

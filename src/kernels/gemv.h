@@ -1,0 +1,24 @@
+#pragma once
+// Weight-bound linear layer for decoding: y = x W^T (+ b) with few rows of x, streaming W once.
+#include <torch/torch.h>
+
+#include "kernels/cpu_features.h"
+
+namespace mha2mla::kernels {
+
+// Most rows of x the GEMV kernel takes; more rows are a matmul and go to torch::linear.
+constexpr int64_t kGemvMaxRows = 8;
+
+// True when linear() runs the GEMV kernel for these arguments (CPU, shared dtype f32/bf16/f16,
+// at most kGemvMaxRows rows, no autograd needed).
+bool gemv_applies(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b);
+
+// x [..., in], w [out, in] (rows may be strided), b [out] or undefined -> [..., out] in x's dtype;
+// f32 accumulation. Falls back to torch::linear when gemv_applies() is false.
+torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b,
+                     Variant variant = Variant::Auto);
+
+// torch::linear.
+torch::Tensor linear_reference(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b);
+
+}  // namespace mha2mla::kernels

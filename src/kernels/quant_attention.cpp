@@ -1,0 +1,125 @@
+#include "kernels/quant_attention.h"
+
+#include <stdexcept>
+#include <string>
+
+#include "kernels/attention.h"
+#include "kernels/attention_internal.h"
+
+namespace mha2mla::kernels {
+namespace {
+
+[[noreturn]] void fail(const std::string& what) { throw std::invalid_argument("kernels::quantized_decode: " + what); }
+
+// Checks one buffer against its layout; returns D.
+int64_t check_quant(const char* name, const QuantizedKV& kv, int64_t B, int64_t H) {
+  const std::string n(name);
+  if (!kv.data.defined() || !kv.scale.defined() || !kv.zero.defined() || !kv.residual.defined())
+    fail(n + ": data, scale, zero and residual must all be given (residual may have 0 slots)");
+  if (kv.bits != 2 && kv.bits != 4 && kv.bits != 8) fail(n + ": bits must be 2, 4 or 8, got " + std::to_string(kv.bits));
+  if (kv.group <= 0) fail(n + ": group must be positive");
+  if (kv.residual.dim() != 4 || kv.residual.size(0) != B || kv.residual.size(1) != H)
+    fail(n + ": residual must be [B, H, R, D] with B = " + std::to_string(B) + ", H = " + std::to_string(H));
+  const int64_t D = kv.residual.size(3);
+  if (kv.data.scalar_type() != torch::kUInt8 || kv.data.dim() != 4 || kv.data.size(0) != B || kv.data.size(1) != H ||
+      kv.data.size(2) < kv.n_quant || kv.data.size(3) != (D * kv.bits + 7) / 8)
+    fail(n + ": data must be uint8 [B, H, >= n_quant, ceil(D * bits / 8)] = [" + std::to_string(B) + ", " +
+         std::to_string(H) + ", " + std::to_string(kv.n_quant) + ", " + std::to_string((D * kv.bits + 7) / 8) + "]");
+  if (kv.scale.scalar_type() != torch::kFloat16 || kv.zero.scalar_type() != torch::kFloat16 ||
+      kv.scale.sizes() != kv.zero.sizes() || kv.scale.dim() != 4 || kv.scale.size(0) != B || kv.scale.size(1) != H)
+    fail(n + ": scale and zero must be f16 [B, H, ., .] of one shape");
+  if (kv.per_channel) {
+    if (kv.n_quant % kv.group != 0) fail(n + ": per-channel n_quant must be a multiple of group");
+    if (kv.scale.size(2) < kv.n_quant / kv.group || kv.scale.size(3) != D)
+      fail(n + ": per-channel scale must be [B, H, >= n_quant / group, D]");
+  } else if (kv.scale.size(2) < kv.n_quant || kv.scale.size(3) != (D + kv.group - 1) / kv.group) {
+    fail(n + ": per-token scale must be [B, H, >= n_quant, ceil(D / group)]");
+  }
+  if (kv.n_quant < 0) fail(n + ": n_quant must be >= 0");
+  return D;
+}
+
+QuantDesc desc_of(const QuantizedKV& kv, const torch::Tensor& data, const torch::Tensor& scale,
+                  const torch::Tensor& zero, const torch::Tensor& residual) {
+  QuantDesc d;
+  d.data = data.data_ptr<uint8_t>();
+  d.d_sb = data.stride(0), d.d_sh = data.stride(1), d.d_sr = data.stride(2);
+  d.scale = reinterpret_cast<const uint16_t*>(scale.data_ptr());
+  d.zero = reinterpret_cast<const uint16_t*>(zero.data_ptr());
+  d.s_sb = scale.stride(0), d.s_sh = scale.stride(1), d.s_sr = scale.stride(2);
+  d.bits = static_cast<int>(kv.bits), d.group = kv.group, d.per_channel = kv.per_channel, d.n_quant = kv.n_quant;
+  d.residual = operand(residual);
+  return d;
+}
+
+}  // namespace
+
+torch::Tensor dequantize_reference(const QuantizedKV& kv) {
+  const int64_t B = kv.residual.size(0), H = kv.residual.size(1);
+  const int64_t D = check_quant("dequantize", kv, B, H);
+  const int64_t per_byte = 8 / kv.bits, Sq = kv.n_quant;
+  auto data = kv.data.narrow(2, 0, Sq).to(torch::kInt32);
+  auto shifts = torch::arange(0, 8, kv.bits, torch::kInt32);  // value i of a byte at bit i * bits
+  auto codes = data.unsqueeze(-1).bitwise_right_shift(shifts).bitwise_and((1 << kv.bits) - 1);
+  codes = codes.reshape({B, H, Sq, -1}).narrow(3, 0, D).to(torch::kFloat32);
+  torch::Tensor scale, zero;
+  if (kv.per_channel) {
+    scale = kv.scale.narrow(2, 0, Sq / kv.group).repeat_interleave(kv.group, 2);
+    zero = kv.zero.narrow(2, 0, Sq / kv.group).repeat_interleave(kv.group, 2);
+  } else {
+    scale = kv.scale.narrow(2, 0, Sq).repeat_interleave(kv.group, 3).narrow(3, 0, D);
+    zero = kv.zero.narrow(2, 0, Sq).repeat_interleave(kv.group, 3).narrow(3, 0, D);
+  }
+  (void)per_byte;
+  auto x = codes * scale.to(torch::kFloat32) + zero.to(torch::kFloat32);
+  return torch::cat({x, kv.residual.to(torch::kFloat32)}, 2);
+}
+
+torch::Tensor quantized_decode_reference(const torch::Tensor& q, const QuantizedKV& k, const QuantizedKV& v,
+                                         int64_t start, const torch::Tensor& valid, int64_t window, double scale) {
+  return attention_reference(q.to(torch::kFloat32), dequantize_reference(k), dequantize_reference(v), start, valid,
+                             window, scale)
+      .to(q.scalar_type());
+}
+
+torch::Tensor quantized_decode_attention(const torch::Tensor& q_in, const QuantizedKV& k, const QuantizedKV& v,
+                                         int64_t start, const torch::Tensor& valid_in, int64_t window, double scale,
+                                         Variant variant) {
+  if (!q_in.defined() || q_in.dim() != 4) fail("q must be [B, Hq, T, D]");
+  const int64_t B = q_in.size(0), Hq = q_in.size(1), T = q_in.size(2);
+  const int64_t Hkv = k.residual.defined() && k.residual.dim() == 4 ? k.residual.size(1) : 0;
+  const int64_t D = check_quant("k", k, B, Hkv), Dv = check_quant("v", v, B, Hkv);
+  if (Hkv == 0 || Hq % Hkv != 0) fail("query heads must be a multiple of KV heads");
+  if (q_in.size(3) != D) fail("q's last dim must equal the key width " + std::to_string(D));
+  const int64_t S = k.n_quant + k.residual.size(2);
+  if (v.n_quant + v.residual.size(2) != S) fail("k and v must hold the same number of slots");
+  if (k.residual.scalar_type() != q_in.scalar_type() || v.residual.scalar_type() != q_in.scalar_type())
+    fail("residual buffers must have q's dtype");
+  if (valid_in.defined() && (valid_in.scalar_type() != torch::kBool || valid_in.dim() != 2 || valid_in.size(0) != B ||
+                             valid_in.size(1) != S))
+    fail("valid must be bool [B, S] with S = " + std::to_string(S));
+  variant = resolve_variant(variant);
+  const bool cpu = q_in.device().is_cpu() && k.data.device().is_cpu() && v.data.device().is_cpu();
+  if (variant == Variant::Reference || !cpu)
+    return quantized_decode_reference(q_in, k, v, start, valid_in, window, scale);
+  auto q = q_in.stride(-1) == 1 ? q_in : q_in.contiguous();
+  auto valid = valid_in.defined() ? valid_in.contiguous() : valid_in;
+  auto last_contig = [](const torch::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); };
+  auto kd = last_contig(k.data), ks = last_contig(k.scale), kz = last_contig(k.zero), kr = last_contig(k.residual);
+  auto vd = last_contig(v.data), vs = last_contig(v.scale), vz = last_contig(v.zero), vr = last_contig(v.residual);
+  if (ks.strides() != kz.strides()) kz = kz.contiguous(), ks = ks.contiguous();
+  if (vs.strides() != vz.strides()) vz = vz.contiguous(), vs = vs.contiguous();
+  const QuantDesc kq = desc_of(k, kd, ks, kz, kr), vq = desc_of(v, vd, vs, vz, vr);
+  AttnArgs a;
+  a.dtype = q.scalar_type() == torch::kFloat32 ? DType::F32 : q.scalar_type() == torch::kBFloat16 ? DType::BF16 : DType::F16;
+  if (q.scalar_type() != torch::kFloat32 && q.scalar_type() != torch::kBFloat16 && q.scalar_type() != torch::kFloat16)
+    fail("q must be f32, bf16 or f16");
+  a.B = B, a.Hq = Hq, a.Hkv = Hkv, a.groups = Hkv, a.T = T, a.S = S;
+  a.D1 = D, a.Dv = Dv, a.start = start, a.window = window, a.scale = static_cast<float>(scale);
+  a.q1 = operand(q);
+  a.kq = &kq, a.vq = &vq;
+  a.valid = valid.defined() ? valid.data_ptr<bool>() : nullptr;
+  return run_decode(a, kernels_for(variant), q.options());
+}
+
+}  // namespace mha2mla::kernels

@@ -1,0 +1,42 @@
+#pragma once
+// Decode attention over a quantized K/V cache, dequantized in registers (never written back).
+//
+// Layout of one quantized buffer (K or V) whose tokens have shape [H, D]:
+//   data  uint8 [B, H, >= n_quant, ceil(D * bits / 8)]: value i of a row sits in byte i / (8 / bits)
+//         at bit offset (i % (8 / bits)) * bits, low bits first; bits is 2, 4 or 8.
+//   x ~= code * scale + zero, code in [0, 2^bits - 1]; scale and zero are f16:
+//     per token   (per_channel = false): groups of `group` consecutive values along D (the last may be
+//                 shorter), scale/zero [B, H, >= n_quant, ceil(D / group)];
+//     per channel (per_channel = true, KIVI keys): groups of `group` consecutive slots,
+//                 scale/zero [B, H, >= n_quant / group, D]; n_quant is a multiple of group.
+//   residual [B, H, R, D] in the compute dtype: slots n_quant .. n_quant + R - 1 (the most recent).
+// The cache holds S = n_quant + R slots; masking and padding rows as in kernels/attention.h.
+#include <torch/torch.h>
+
+#include "kernels/cpu_features.h"
+
+namespace mha2mla::kernels {
+
+struct QuantizedKV {
+  torch::Tensor data;      // uint8
+  torch::Tensor scale;     // f16
+  torch::Tensor zero;      // f16
+  torch::Tensor residual;  // [B, H, R, D], R may be 0
+  int64_t bits = 8;
+  int64_t group = 32;
+  bool per_channel = false;
+  int64_t n_quant = 0;     // slots held in data
+};
+
+// [B, H, n_quant + R, D] in the residual's dtype.
+torch::Tensor dequantize_reference(const QuantizedKV& kv);
+
+// q [B, Hq, T, D] (small T) against the quantized k and v (same slots, Hkv heads) -> [B, Hq, T, Dv].
+torch::Tensor quantized_decode_attention(const torch::Tensor& q, const QuantizedKV& k, const QuantizedKV& v,
+                                         int64_t start, const torch::Tensor& valid, int64_t window, double scale,
+                                         Variant variant = Variant::Auto);
+// attention_reference over the dequantized caches.
+torch::Tensor quantized_decode_reference(const torch::Tensor& q, const QuantizedKV& k, const QuantizedKV& v,
+                                         int64_t start, const torch::Tensor& valid, int64_t window, double scale);
+
+}  // namespace mha2mla::kernels

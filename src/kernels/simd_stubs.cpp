@@ -1,0 +1,17 @@
+// Stand-ins for the AVX-512 kernels on other architectures, where those files are not built.
+// resolve_variant() never picks them there (cpu_has_avx512() is false); they run the portable code.
+#if !defined(__x86_64__)
+#include "kernels/attention_args.h"
+#include "kernels/gemv_args.h"
+
+namespace mha2mla::kernels {
+namespace avx512 {
+const AttnKernels kAttnF32 = generic::kAttn;
+void gemv_rows(const GemvArgs& a, int64_t o0, int64_t o1) { generic::gemv_rows(a, o0, o1); }
+}  // namespace avx512
+namespace avx512bf16 {
+const AttnKernels kAttn = generic::kAttn;
+void gemv_rows(const GemvArgs& a, int64_t o0, int64_t o1) { generic::gemv_rows(a, o0, o1); }
+}  // namespace avx512bf16
+}  // namespace mha2mla::kernels
+#endif

@@ -1,0 +1,159 @@
+// Decode attention over quantized caches: the layout (a quantizer written here from the layout's
+// definition, round-tripped through the reference dequantizer) and every kernel variant against the
+// reference.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "kernels/attention.h"
+#include "kernels/quant_attention.h"
+
+using namespace mha2mla;
+using kernels::QuantizedKV;
+using kernels::Variant;
+
+namespace {
+
+std::vector<Variant> cpu_variants() {
+  std::vector<Variant> v{Variant::Generic};
+  if (kernels::cpu_has_avx512()) v.push_back(Variant::Avx512);
+  if (kernels::cpu_has_avx512_bf16()) v.push_back(Variant::Avx512Bf16);
+  return v;
+}
+
+// Asymmetric min/max quantization of slots [0, n_quant) of x [B, H, S, D] (f32), the rest kept as residual.
+QuantizedKV quantize(const torch::Tensor& x, int bits, int64_t group, bool per_channel, int64_t n_quant,
+                     torch::ScalarType dt) {
+  const int64_t B = x.size(0), H = x.size(1), S = x.size(2), D = x.size(3);
+  const double qmax = (1 << bits) - 1;
+  auto xq = x.narrow(2, 0, n_quant);
+  auto codes = torch::zeros({B, H, n_quant, D}, torch::kInt32);
+  QuantizedKV kv;
+  kv.bits = bits, kv.group = group, kv.per_channel = per_channel, kv.n_quant = n_quant;
+  auto code_of = [&](const torch::Tensor& slice, const torch::Tensor& mn, const torch::Tensor& sc) {
+    // scale and zero as stored (f16), so codes are the nearest under the stored values
+    return torch::where(sc > 0, ((slice - mn) / sc).round(), torch::zeros_like(slice)).clamp(0, qmax).to(torch::kInt32);
+  };
+  if (per_channel) {
+    const int64_t ng = n_quant / group;
+    kv.scale = torch::empty({B, H, ng, D}, torch::kFloat16);
+    kv.zero = torch::empty({B, H, ng, D}, torch::kFloat16);
+    for (int64_t g = 0; g < ng; ++g) {
+      auto sl = xq.narrow(2, g * group, group);
+      auto mn = sl.amin(2, true).to(torch::kFloat16).to(torch::kFloat32);
+      auto sc = ((sl.amax(2, true) - mn) / qmax).to(torch::kFloat16).to(torch::kFloat32);
+      kv.zero.narrow(2, g, 1).copy_(mn);
+      kv.scale.narrow(2, g, 1).copy_(sc);
+      codes.narrow(2, g * group, group).copy_(code_of(sl, mn, sc));
+    }
+  } else {
+    const int64_t ng = (D + group - 1) / group;
+    kv.scale = torch::empty({B, H, n_quant, ng}, torch::kFloat16);
+    kv.zero = torch::empty({B, H, n_quant, ng}, torch::kFloat16);
+    for (int64_t g = 0; g < ng; ++g) {
+      auto sl = xq.narrow(3, g * group, std::min(group, D - g * group));
+      auto mn = sl.amin(3, true).to(torch::kFloat16).to(torch::kFloat32);
+      auto sc = ((sl.amax(3, true) - mn) / qmax).to(torch::kFloat16).to(torch::kFloat32);
+      kv.zero.narrow(3, g, 1).copy_(mn);
+      kv.scale.narrow(3, g, 1).copy_(sc);
+      codes.narrow(3, g * group, sl.size(3)).copy_(code_of(sl, mn, sc));
+    }
+  }
+  // Pack: value i of a row in byte i / (8 / bits) at bit (i % (8 / bits)) * bits.
+  const int64_t per_byte = 8 / bits, nbytes = (D * bits + 7) / 8;
+  auto padded = torch::zeros({B, H, n_quant, nbytes * per_byte}, torch::kInt32);
+  padded.narrow(3, 0, D).copy_(codes);
+  auto shifts = torch::arange(0, 8, bits, torch::kInt32);
+  kv.data = padded.view({B, H, n_quant, nbytes, per_byte}).bitwise_left_shift(shifts).sum(-1).to(torch::kUInt8);
+  kv.residual = x.narrow(2, n_quant, S - n_quant).to(dt);
+  return kv;
+}
+
+struct QCase {
+  int64_t B, Hq, Hkv, T, S, n_quant, D, group, window;
+  bool pad;
+};
+
+}  // namespace
+
+TEST(KernelQuantAttention, QuantizerRoundTripsThroughTheReferenceDequantizer) {
+  torch::manual_seed(21);
+  auto x = torch::randn({2, 3, 40, 36});
+  for (int bits : {8, 4, 2})
+    for (bool pc : {false, true}) {
+      auto kv = quantize(x, bits, pc ? 8 : 10, pc, 32, torch::kFloat32);
+      auto back = kernels::dequantize_reference(kv);
+      ASSERT_EQ(back.sizes(), x.sizes());
+      // Each value within half a step of its group (+ the f16 rounding of zero), the residual exact.
+      const double range = (x.max() - x.min()).item<double>();
+      const double half_step = range / ((1 << bits) - 1) / 2;
+      auto err = (back.narrow(2, 0, 32) - x.narrow(2, 0, 32)).abs().max().item<double>();
+      EXPECT_LE(err, half_step * 1.01 + 4e-3) << "bits " << bits << " per_channel " << pc;
+      EXPECT_GT(err, 0.0);
+      EXPECT_TRUE(back.narrow(2, 32, 8).equal(x.narrow(2, 32, 8)));
+    }
+}
+
+TEST(KernelQuantAttention, DecodeMatchesReference) {
+  const std::vector<QCase> cases = {
+      {1, 9, 3, 1, 300, 288, 64, 32, 0, false},  // SmolLM-shaped, residual of 12
+      {1, 2, 2, 1, 256, 256, 64, 24, 0, false},  // no residual; last per-token group shorter (64 = 24+24+16)
+      {2, 8, 1, 1, 77, 64, 40, 8, 0, true},      // group of 8 heads, D = 40, padded batch
+      {1, 3, 1, 2, 130, 128, 64, 2, 50, false},  // 32 tiny groups per row, T = 2, window
+  };
+  for (auto dt : {torch::kFloat32, torch::kBFloat16}) {
+    for (const auto& c : cases) {
+      for (int bits : {8, 4, 2}) {
+        for (bool pc_keys : {false, true}) {
+          torch::manual_seed(c.S + bits);
+          auto q = torch::randn({c.B, c.Hq, c.T, c.D}).to(dt);
+          auto kx = torch::randn({c.B, c.Hkv, c.S, c.D}), vx = torch::randn({c.B, c.Hkv, c.S, c.D});
+          // KIVI: keys per channel over groups of slots, values per token.
+          const int64_t kgroup = pc_keys ? 16 : c.group;
+          const int64_t nq = pc_keys ? c.n_quant / 16 * 16 : c.n_quant;
+          auto k = quantize(kx, bits, kgroup, pc_keys, nq, dt);
+          auto v = quantize(vx, bits, c.group, false, nq, dt);
+          torch::Tensor valid;
+          if (c.pad) {
+            valid = torch::ones({c.B, c.S}, torch::kBool);
+            valid[c.B - 1].narrow(0, 0, c.S - 5).fill_(false);
+          }
+          const double scale = 1.0 / std::sqrt(static_cast<double>(c.D));
+          const int64_t start = c.S - c.T;
+          auto want = kernels::quantized_decode_reference(q, k, v, start, valid, c.window, scale);
+          for (auto var : cpu_variants()) {
+            auto got = kernels::quantized_decode_attention(q, k, v, start, valid, c.window, scale, var);
+            const std::string what = kernels::variant_name(var) + " " + c10::toString(dt) + " bits " +
+                                     std::to_string(bits) + (pc_keys ? " per-channel keys" : " per-token keys") +
+                                     " S " + std::to_string(c.S) + " D " + std::to_string(c.D) + " group " +
+                                     std::to_string(c.group);
+            ASSERT_EQ(got.sizes(), want.sizes()) << what;
+            ASSERT_FALSE(got.isnan().any().item<bool>()) << what;
+            // Same dequantized values, f32 softmax; only summation order and output rounding differ.
+            const double atol = dt == torch::kBFloat16 ? 2e-2 : 2e-5, rtol = dt == torch::kBFloat16 ? 2e-2 : 1e-4;
+            auto g = got.to(torch::kFloat64), w = want.to(torch::kFloat64);
+            EXPECT_LE(((g - w).abs() - (atol + rtol * w.abs())).max().item<double>(), 0.0)
+                << what << ": max |diff| " << (g - w).abs().max().item<double>();
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(KernelQuantAttention, BadLayoutIsOneClearError) {
+  torch::manual_seed(1);
+  auto x = torch::randn({1, 2, 20, 16});
+  auto k = quantize(x, 4, 8, false, 16, torch::kFloat32);
+  auto v = k;
+  k.data = k.data.narrow(3, 0, 4);  // rows of 16 4-bit values need 8 bytes
+  try {
+    kernels::quantized_decode_attention(torch::randn({1, 2, 1, 16}), k, v, 19, {}, 0, 0.25);
+    FAIL() << "short rows accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("kernels::quantized_decode: k: data must be uint8"), std::string::npos)
+        << e.what();
+  }
+}
