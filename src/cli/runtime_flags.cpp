@@ -44,12 +44,20 @@ void add_runtime_options(OptionTable& t, model::RuntimeOptions& rt, unsigned par
             "MLA attention: absorbed (score against the cached latent), materialize (rebuild K/V),\n"
             "or auto (absorbed for decoding, materialize for long prefill chunks)",
             [&rt](const std::string& v) { rt.attn = model::parse_attn_mode(v); }, "auto");
+  if (parts & kAttn)
+    t.value("attn-kernel", "K",
+            "fused (tiled online-softmax kernels, masks from positions) or reference (libtorch, explicit mask)",
+            [&rt](const std::string& v) {
+              rt.reference_attention = parse_choice("attn-kernel", v, {"fused", "reference"}) == "reference";
+            },
+            "fused");
 }
 
 nlohmann::json runtime_json(const model::RuntimeOptions& rt) {
   nlohmann::json j{{"device", rt.device.str()},
                    {"dtype", model::torch_dtype_name(rt.dtype)},
-                   {"attn", model::attn_mode_name(rt.attn)}};
+                   {"attn", model::attn_mode_name(rt.attn)},
+                   {"attn_kernel", rt.reference_attention ? "reference" : "fused"}};
   j["cache_type"] = rt.cache.type ? model::cache_type_name(*rt.cache.type) : "compute dtype";
   if (rt.cache.type && model::is_quantized(*rt.cache.type)) {
     j["cache_residual"] = rt.cache.residual;

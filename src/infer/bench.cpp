@@ -85,7 +85,9 @@ nlohmann::json BenchCell::to_json() const {
                    {"kv_bytes_per_token", kv_bytes_per_token},
                    {"decode_tokens_per_s", decode_tokens_per_s},
                    {"attn_step_ms", attn_step_ms},
-                   {"attn_gbs", attn_gbs}};
+                   {"attn_gbs", attn_gbs},
+                   {"weight_bytes", weight_bytes},
+                   {"decode_roofline", decode_roofline}};
   j["prefill_tokens_per_s"] = prefill_tokens_per_s >= 0 ? nlohmann::json(prefill_tokens_per_s) : nlohmann::json(nullptr);
   return j;
 }
@@ -157,7 +159,14 @@ nlohmann::json run_bench(const BenchOptions& opt, const std::function<void(int64
       model::load_weights(*m, io::Checkpoint::open(opt.model_dir));
     }
     m->set_attn_mode(rt.attn);
+    m->set_reference_attention(rt.reference_attention);
     m->eval();
+    // A decode step reads every weight once, except the embedding table (one row per token) when it is not
+    // also the output head.
+    double weight_bytes = 0;
+    for (const auto& kv : m->named_parameters(true))
+      if (kv.key() != "model.embed_tokens.weight" || cfg.tie_word_embeddings)
+        weight_bytes += static_cast<double>(kv.value().numel() * kv.value().element_size());
     for (const auto& type : opt.cache_types) {
       model::CacheOptions co = rt.cache;
       co.type = model::parse_cache_type(type);
@@ -203,6 +212,10 @@ nlohmann::json run_bench(const BenchOptions& opt, const std::function<void(int64
           cell.decode_tokens_per_s = static_cast<double>(batch * opt.decode_steps) / secs;
           cell.attn_step_ms = 1e3 * attn / static_cast<double>(opt.decode_steps);
           cell.attn_gbs = read_bytes / (attn / static_cast<double>(opt.decode_steps)) / 1e9;
+          cell.weight_bytes = weight_bytes;
+          // The fastest a step can be: read the weights once and the whole cache once.
+          const double min_step_s = (weight_bytes + read_bytes) / (out["read_bandwidth_gbs"].get<double>() * 1e9);
+          cell.decode_roofline = (static_cast<double>(opt.decode_steps) / secs) * min_step_s;
           out["cells"].push_back(cell.to_json());
           if (progress) progress(++done, total, cell);
         }
@@ -218,8 +231,8 @@ std::string bench_markdown(const nlohmann::json& r) {
     << std::setprecision(0) << r["matmul_gflops"]["f32"].get<double>() << " GFLOP/s f32, "
     << r["matmul_gflops"]["bf16"].get<double>() << " GFLOP/s bf16; " << r["shape"].get<std::string>() << ", "
     << r["dtype"].get<std::string>() << " on " << r["device"].get<std::string>() << ".\n\n";
-  o << "| model | cache | context | batch | KV bytes/token | prefill tok/s | decode tok/s | attn ms/step | attn GB/s | attn % of read BW |\n";
-  o << "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+  o << "| model | cache | context | batch | KV bytes/token | prefill tok/s | decode tok/s | attn ms/step | attn GB/s | attn % of read BW | step % of roofline |\n";
+  o << "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
   const double bw = r["read_bandwidth_gbs"].get<double>();
   for (const auto& c : r["cells"]) {
     o << "| " << c["model"].get<std::string>() << " | " << c["cache_type"].get<std::string>() << " | "
@@ -229,7 +242,8 @@ std::string bench_markdown(const nlohmann::json& r) {
     else o << std::setprecision(0) << c["prefill_tokens_per_s"].get<double>() << " | ";
     o << std::setprecision(1) << c["decode_tokens_per_s"].get<double>() << " | " << std::setprecision(2)
       << c["attn_step_ms"].get<double>() << " | " << std::setprecision(1) << c["attn_gbs"].get<double>() << " | "
-      << std::setprecision(0) << 100.0 * c["attn_gbs"].get<double>() / bw << "% |\n";
+      << std::setprecision(0) << 100.0 * c["attn_gbs"].get<double>() / bw << "% | "
+      << 100.0 * c["decode_roofline"].get<double>() << "% |\n";
   }
   return o.str();
 }

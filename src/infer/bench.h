@@ -41,6 +41,8 @@ struct BenchCell {
   double decode_tokens_per_s = 0;     // batch × steps / time
   double attn_step_ms = 0;            // attention over the cache, all layers, per decode step
   double attn_gbs = 0;                // cache bytes read per step / attention time
+  double weight_bytes = 0;            // weights a decode step reads (all but the embedding table's other rows)
+  double decode_roofline = 0;         // decode_tokens_per_s / (batch · read bandwidth / (weight + cache bytes))
   nlohmann::json to_json() const;
 };
 

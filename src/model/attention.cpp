@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "kernels/attention.h"
+#include "kernels/quant_attention.h"
 #include "model/mla_attention.h"
 #include "model/rope.h"
 
@@ -41,6 +43,31 @@ torch::Tensor grouped_attention(const torch::Tensor& q, const torch::Tensor& k, 
   return out.view({B, Hq, T, Dv});
 }
 
+torch::Tensor attention_core(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                             const AttnContext& ctx, double scale) {
+  if (ctx.fused) return kernels::attention(q, k, v, ctx.start, ctx.slot_valid, ctx.window, scale);
+  return grouped_attention(q, k, v, ctx.mask, scale);
+}
+
+namespace {
+
+// The fused kernels' view of a quantized cache buffer (same layout, src/model/quant.h).
+kernels::QuantizedKV quantized_kv(const SlotBuffer& b) {
+  kernels::QuantizedKV kv;
+  auto q = b.quantized_view();
+  kv.data = q.data;
+  kv.scale = q.scale;
+  kv.zero = q.zero;
+  kv.residual = b.residual_view();
+  kv.bits = cache_type_bits(b.storage().type);
+  kv.group = b.storage().group;
+  kv.per_channel = b.storage().axis == QuantAxis::Channel;
+  kv.n_quant = b.quantized_tokens();
+  return kv;
+}
+
+}  // namespace
+
 GQAAttentionImpl::GQAAttentionImpl(const io::ModelConfig& c, const torch::TensorOptions& opt)
     : n_h_(c.num_heads), n_kv_(c.num_kv_heads), d_h_(c.head_dim) {
   q_proj = register_module("q_proj", Dense(c.hidden_size, n_h_ * d_h_, c.qkv_bias, opt));
@@ -67,15 +94,23 @@ torch::Tensor GQAAttentionImpl::forward(const torch::Tensor& x, const AttnContex
   torch::Tensor o;
   {
     AttnTimer timer(ctx.attn_seconds, x.device());
+    const double scale = 1.0 / std::sqrt(static_cast<double>(d_h_));
     if (ctx.cache) {
       auto& kb = ctx.cache->buffer(ctx.layer, 0);
       auto& vb = ctx.cache->buffer(ctx.layer, 1);
       kb.append(k);
       vb.append(v);
-      k = kb.read();  // [B, n_kv, S, d_h]
-      v = vb.read();
+      // Decoding over a quantized cache: dequantize in registers, never into memory.
+      const bool quantized = is_quantized(kb.storage().type) && is_quantized(vb.storage().type);
+      if (ctx.fused && quantized && T <= 4 && kb.quantized_tokens() > 0) {
+        o = kernels::quantized_decode_attention(q.contiguous(), quantized_kv(kb), quantized_kv(vb), ctx.start,
+                                                ctx.slot_valid, ctx.window, scale);
+      } else {
+        k = kb.read();  // [B, n_kv, S, d_h]
+        v = vb.read();
+      }
     }
-    o = grouped_attention(q.contiguous(), k, v, ctx.mask, 1.0 / std::sqrt(static_cast<double>(d_h_)));
+    if (!o.defined()) o = attention_core(q.contiguous(), k, v, ctx, scale);
   }
   return o_proj(o.transpose(1, 2).reshape({B, T, n_h_ * d_h_}));
 }

@@ -113,6 +113,12 @@ void SlotBuffer::quantize_and_append(const torch::Tensor& block) {
   quantized_ += n;
 }
 
+torch::Tensor SlotBuffer::residual_view() const {
+  if (!residual_.defined())
+    return torch::empty({batch_, spec_.heads, 0, spec_.width}, torch::TensorOptions().dtype(compute_).device(device_));
+  return residual_.narrow(2, 0, residual_n_);
+}
+
 QuantBlock SlotBuffer::quantized_view() const {
   if (quantized_ == 0) return {};
   const int64_t rows = meta_rows(quantized_);

@@ -59,7 +59,7 @@ class SlotBuffer {
   const torch::Tensor& full() const { return full_; }
   // Integer types: blocks [0, quantized_tokens()) and the residual [B, heads, residual, width].
   QuantBlock quantized_view() const;
-  torch::Tensor residual_view() const { return residual_.narrow(2, 0, residual_n_); }
+  torch::Tensor residual_view() const;  // [B, heads, residual_tokens(), width]; empty without a residual
 
  private:
   void quantize_and_append(const torch::Tensor& block);  // [B, heads, N, width]

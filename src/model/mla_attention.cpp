@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "kernels/attention.h"
 #include "model/rope.h"
 #include "util/error.h"
 
@@ -105,8 +106,7 @@ torch::Tensor MLAAttentionImpl::forward(const torch::Tensor& x, const AttnContex
       c = cb.read().squeeze(1);  // [B, S, L]
       k_r = kb.read();           // [B, n_kv, S, r]
     }
-    o = use_absorbed(ctx, T) ? attend_absorbed(q_r, q_c, c, k_r, ctx.mask)
-                             : attend_materialized(q_r, q_c, c, k_r, ctx.mask);
+    o = use_absorbed(ctx, T) ? attend_absorbed(q_r, q_c, c, k_r, ctx) : attend_materialized(q_r, q_c, c, k_r, ctx);
   }
   return o_proj(o.transpose(1, 2).reshape({B, T, n_h_ * d_h_}));
 }
@@ -121,7 +121,7 @@ bool MLAAttentionImpl::use_absorbed(const AttnContext& ctx, int64_t T) const {
 
 torch::Tensor MLAAttentionImpl::attend_materialized(const torch::Tensor& q_r, const torch::Tensor& q_c,
                                                     const torch::Tensor& c, const torch::Tensor& k_r,
-                                                    const torch::Tensor& mask) {
+                                                    const AttnContext& ctx) {
   const int64_t B = c.size(0), S = c.size(1), d_c = d_h_ - r_;
   auto kv = kv_proj->up(c);
   auto k_c = kv.first.reshape({B, S, n_kv_, d_c}).transpose(1, 2);  // [B, n_kv, S, d_c]
@@ -129,12 +129,12 @@ torch::Tensor MLAAttentionImpl::attend_materialized(const torch::Tensor& q_r, co
   auto qf = torch::cat({q_r, q_c}, -1);
   auto kf = torch::cat({k_r, k_c}, -1);
   // The scale stays 1/sqrt(d_h): the score is the same dot product as before conversion, reordered.
-  return grouped_attention(qf, kf, v, mask, 1.0 / std::sqrt(static_cast<double>(d_h_)));
+  return attention_core(qf, kf, v, ctx, 1.0 / std::sqrt(static_cast<double>(d_h_)));
 }
 
 torch::Tensor MLAAttentionImpl::attend_absorbed(const torch::Tensor& q_r, const torch::Tensor& q_c,
                                                 const torch::Tensor& c, const torch::Tensor& k_r,
-                                                const torch::Tensor& mask) {
+                                                const AttnContext& ctx) {
   const int64_t B = c.size(0), S = c.size(1), T = q_c.size(2), d_c = d_h_ - r_, g = n_h_ / n_kv_;
   auto c_k = kv_proj->key_part(c);    // [B, S, Lk]
   auto c_v = kv_proj->value_part(c);  // [B, S, Lv]
@@ -143,14 +143,28 @@ torch::Tensor MLAAttentionImpl::attend_absorbed(const torch::Tensor& q_r, const 
   auto w_uv = kv_proj->up_v->weight.view({n_kv_, d_h_, Lv});  // per KV head: v = W_uv c
   // Query heads of a group become rows of their KV head, as in grouped_attention.
   auto q_nope_absorbed = torch::matmul(q_c.reshape({B, n_kv_, g * T, d_c}), w_uk);         // [B, n_kv, g·T, Lk]
-  auto scores_nope = torch::matmul(q_nope_absorbed.reshape({B, n_h_ * T, Lk}), c_k.transpose(1, 2))
-                         .view({B, n_kv_, g * T, S});                                         // [B, n_kv, g·T, S]
-  auto scores_rope = torch::matmul(q_r.reshape({B, n_kv_, g * T, r_}), k_r.transpose(2, 3));  // [B, n_kv, g·T, S]
-  auto scores = (scores_nope + scores_rope) * (1.0 / std::sqrt(static_cast<double>(d_h_)));
-  if (mask.defined())
-    scores = (scores.view({B, n_kv_, g, T, S}) + mask.view({mask.size(0), 1, 1, T, S})).view({B, n_kv_, g * T, S});
-  auto probs = torch::softmax(scores, -1, torch::kFloat32).to(c.scalar_type());
-  auto o_latent = torch::matmul(probs.view({B, n_h_ * T, S}), c_v).view({B, n_kv_, g * T, Lv});  // [B, n_kv, g·T, Lv]
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d_h_));
+  torch::Tensor o_latent;  // [B, n_kv, g·T, Lv]
+  if (ctx.fused) {
+    // The kernel scores and sums one latent: for a split latent, score against [c_k | c_v] with zeros over c_v
+    // and keep the c_v part of the output.
+    auto q_lat = q_nope_absorbed.reshape({B, n_h_, T, Lk});
+    const bool split = kv_proj->split();
+    if (split) q_lat = torch::cat({q_lat, torch::zeros({B, n_h_, T, c.size(-1) - Lk}, q_lat.options())}, -1);
+    auto out = kernels::mla_decode_attention(q_lat, q_r, c, k_r, ctx.start, ctx.slot_valid, ctx.window, scale);
+    if (split) out = out.narrow(-1, c.size(-1) - Lv, Lv);
+    o_latent = out.reshape({B, n_kv_, g * T, Lv});
+  } else {
+    auto scores_nope = torch::matmul(q_nope_absorbed.reshape({B, n_h_ * T, Lk}), c_k.transpose(1, 2))
+                           .view({B, n_kv_, g * T, S});                                         // [B, n_kv, g·T, S]
+    auto scores_rope = torch::matmul(q_r.reshape({B, n_kv_, g * T, r_}), k_r.transpose(2, 3));  // [B, n_kv, g·T, S]
+    auto scores = (scores_nope + scores_rope) * scale;
+    const auto& mask = ctx.mask;
+    if (mask.defined())
+      scores = (scores.view({B, n_kv_, g, T, S}) + mask.view({mask.size(0), 1, 1, T, S})).view({B, n_kv_, g * T, S});
+    auto probs = torch::softmax(scores, -1, torch::kFloat32).to(c.scalar_type());
+    o_latent = torch::matmul(probs.view({B, n_h_ * T, S}), c_v).view({B, n_kv_, g * T, Lv});
+  }
   auto o = torch::matmul(o_latent, w_uv.transpose(1, 2));                                       // [B, n_kv, g·T, d_h]
   if (kv_proj->up_v->bias.defined()) o = o + kv_proj->up_v->bias.view({1, n_kv_, 1, d_h_});
   return o.view({B, n_h_, T, d_h_});

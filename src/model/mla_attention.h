@@ -25,6 +25,7 @@ class LowRankKVImpl : public torch::nn::Module {
   std::pair<torch::Tensor, torch::Tensor> up(const torch::Tensor& c);       // k_nope [.., n_kv*d_c], v [.., n_kv*d_h]
   int64_t latent_dim() const { return latent_dim_; }
   bool absorbable() const { return method_ != "none"; }  // "none" caches full-rank K/V: nothing to absorb
+  bool split() const { return method_ == "split"; }      // c = [c_k | c_v]
   // The parts of c that up_k and up_v read: [.., Lk] and [.., Lv] (the same tensor for a joint latent).
   torch::Tensor key_part(const torch::Tensor& c) const;
   torch::Tensor value_part(const torch::Tensor& c) const;
@@ -65,9 +66,9 @@ class MLAAttentionImpl : public AttentionImpl {
   bool use_absorbed(const AttnContext& ctx, int64_t T) const;
   // q_r [B, n_h, T, r] (rotated), q_c [B, n_h, T, d_c]; c [B, S, L], k_r [B, n_kv, S, r] -> [B, n_h, T, d_h].
   torch::Tensor attend_materialized(const torch::Tensor& q_r, const torch::Tensor& q_c, const torch::Tensor& c,
-                                    const torch::Tensor& k_r, const torch::Tensor& mask);
+                                    const torch::Tensor& k_r, const AttnContext& ctx);
   torch::Tensor attend_absorbed(const torch::Tensor& q_r, const torch::Tensor& q_c, const torch::Tensor& c,
-                                const torch::Tensor& k_r, const torch::Tensor& mask);
+                                const torch::Tensor& k_r, const AttnContext& ctx);
 };
 
 }  // namespace mha2mla::model

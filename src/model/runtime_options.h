@@ -35,6 +35,9 @@ struct RuntimeOptions {
   torch::ScalarType dtype = torch::kFloat32;  // weights and compute
   CacheOptions cache;
   AttnMode attn = AttnMode::Auto;
+  // Attention through the libtorch reference (explicit mask, T×S scores) instead of the fused kernels
+  // (src/kernels): the baseline that benchmarks compare against. Training always uses the reference.
+  bool reference_attention = false;
 };
 
 // Names as the flags spell them; parse_* fail with a clear message naming the accepted values.

@@ -104,6 +104,8 @@ torch::Tensor TransformerImpl::hidden(const torch::Tensor& ids, KVCache* cache, 
   ctx.on_attn_input = &attn_input_hook;
   ctx.attn = runtime_.attn;
   ctx.attn_seconds = attn_seconds;
+  // The fused kernels have no backward: autograd (training) takes the reference.
+  ctx.fused = !runtime_.reference_attention && !torch::GradMode::is_enabled();
   // Positions are counted on the host, where the validity flags arrive, then copied to the device.
   torch::Tensor positions, slots_valid;
   bool all_valid = true;
@@ -131,7 +133,8 @@ torch::Tensor TransformerImpl::hidden(const torch::Tensor& ids, KVCache* cache, 
         "sequence position " + std::to_string(last_pos) + " exceeds max_position_embeddings (" +
             std::to_string(cfg_.max_position_embeddings) + ")");
   // A single new token with all slots valid sees everything: no mask needed.
-  bool need_mask = T > 1 || !all_valid || (cfg_.sliding_window > 0 && ctx.start + T > cfg_.sliding_window);
+  bool need_mask = !ctx.fused &&
+                   (T > 1 || !all_valid || (cfg_.sliding_window > 0 && ctx.start + T > cfg_.sliding_window));
   if (!all_valid) ctx.slot_valid = slots_valid.to(device_);
   ctx.window = cfg_.sliding_window;
   if (need_mask) ctx.mask = build_mask(ctx.slot_valid, ctx.start, T, cfg_.sliding_window, dtype_, device_);
@@ -179,6 +182,7 @@ Transformer load_model(const std::string& dir, const RuntimeOptions& rt) {
   load_weights(*m, ckpt);
   m->set_cache_options(rt.cache);
   m->set_attn_mode(rt.attn);
+  m->set_reference_attention(rt.reference_attention);
   // Reject a cache layout the model cannot hold before any work starts.
   for (const auto& layer : m->cache_specs())
     for (const auto& spec : layer) resolve_storage(spec, rt.cache, rt.dtype);

@@ -56,6 +56,7 @@ class TransformerImpl : public torch::nn::Module {
   const RuntimeOptions& runtime() const { return runtime_; }
   void set_cache_options(const CacheOptions& c) { runtime_.cache = c; }
   void set_attn_mode(AttnMode a) { runtime_.attn = a; }
+  void set_reference_attention(bool r) { runtime_.reference_attention = r; }
   const io::ModelConfig& config() const { return cfg_; }
   torch::ScalarType dtype() const { return dtype_; }
   torch::Device device() const { return device_; }
