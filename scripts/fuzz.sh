@@ -7,7 +7,7 @@
 # test_fuzz replays it on every run. Prints the number of executions at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TARGETS="safetensors_header safetensors_index config_json tokenizer_json tokenizer_encode token_shard ds_metadata calibration"
+TARGETS="config_json tokenizer_json tokenizer_encode safetensors_header safetensors_index token_shard ds_metadata calibration"
 if [ "${1:-}" = --list ]; then echo "$TARGETS" | tr ' ' '\n'; exit 0; fi
 if [ $# -lt 2 ]; then sed -n '2,8p' "$0"; exit 2; fi
 T=$1; SECS=$2; shift 2
