@@ -4,7 +4,8 @@
 #   scripts/fuzz.sh --list
 # The corpus starts from tests/fuzz/corpus/TARGET (committed seeds) and grows in build-fuzz/corpus/TARGET.
 # A crash is saved under build-fuzz/crashes/TARGET/; copy it into tests/fuzz/corpus/TARGET once fixed, so
-# test_fuzz replays it on every run. Prints the number of executions at the end.
+# test_fuzz replays it on every run. Prints the number of executions at the end. The per-input timeout is
+# generous (120 s) because a loaded shared machine can stall a process for tens of seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGETS="config_json tokenizer_json tokenizer_encode safetensors_header safetensors_index token_shard ds_metadata calibration"
@@ -26,7 +27,7 @@ export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:detect_odr_violation=0}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 LOG="$B/fuzz-$T.log"
 set +e
-"$B/fuzz_$T" "$B/corpus/$T" "tests/fuzz/corpus/$T" -max_total_time="$SECS" -rss_limit_mb=2048 -timeout=10 \
+"$B/fuzz_$T" "$B/corpus/$T" "tests/fuzz/corpus/$T" -max_total_time="$SECS" -rss_limit_mb=2048 -timeout=120 \
   -max_len=65536 -print_final_stats=1 -artifact_prefix="$B/crashes/$T/" "$@" 2>&1 | tee "$LOG" | grep -v '^#[0-9]*	\(NEW\|REDUCE\|pulse\)'
 rc=${PIPESTATUS[0]}
 set -e

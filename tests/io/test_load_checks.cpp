@@ -59,7 +59,7 @@ TEST_F(LoadChecks, DeeplyNestedSafetensorsHeader) {
   fs::create_directories(p("m"));
   testutil::write_file(p("m/config.json"), testutil::tiny_config("llama-mha").dump());
   fs::copy_file(f, p("m/model.safetensors"));
-  auto r = testutil::run_cli("inspect " + p("m"));
+  auto r = testutil::run_cli("inspect --model " + p("m"));
   testutil::expect_one_line_error(r, "nested deeper");
   EXPECT_LT(r.code, 128) << "killed by a signal";
 }
@@ -77,7 +77,8 @@ TEST_F(LoadChecks, ShardPathsStayInsideTheModelFolder) {
   io::save_safetensors(p("outside.safetensors"), {{"a", torch::ones({2})}});
   io::save_safetensors(p("m/inside.safetensors"), {{"b", torch::ones({2})}});
   const std::string idx = p("m/model.safetensors.index.json");
-  for (const std::string bad : {"../outside.safetensors", p("outside.safetensors"), "sub/../../outside.safetensors", ""}) {
+  for (const std::string& bad :
+       std::vector<std::string>{"../outside.safetensors", p("outside.safetensors"), "sub/../../outside.safetensors", ""}) {
     SCOPED_TRACE(bad);
     write_text_atomic(idx, json{{"weight_map", {{"a", bad}}}}.dump());
     testutil::expect_error([&] { io::Checkpoint::open(p("m")); }, "not a file name inside the model folder");
@@ -133,7 +134,7 @@ TEST_F(LoadChecks, UniformStartPointIsRangeChecked) {
     auto c = io::ModelConfig::from_json(mla_config(s), "config.json");
     EXPECT_EQ(c.mla.freqs[0][0], (std::vector<int64_t>{s, s + 4}));
   }
-  for (int64_t s : {4, 7, 1000, -1, int64_t(1) << 62}) {
+  for (int64_t s : std::vector<int64_t>{4, 7, 1000, -1, int64_t(1) << 62}) {
     SCOPED_TRACE(s);
     testutil::expect_error([&] { io::ModelConfig::from_json(mla_config(s), "m/config.json"); },
                            "m/config.json: mha2mla.uniform_start_point");
