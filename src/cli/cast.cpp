@@ -9,6 +9,7 @@
 #include "model/transformer.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
+#include "util/publish_dir.h"
 
 namespace mha2mla::cli {
 
@@ -25,23 +26,15 @@ int cmd_cast(const Args& a) {
   auto dtype = model::parse_compute_dtype(dtype_name);
   check(!fs::exists(out) || (fs::is_directory(out) && fs::is_empty(out)), out + " already exists and is not empty");
   auto m = model::load_model(dir, torch::kFloat32);  // validates the folder
-  const std::string tmp = out + ".tmp-cast";
-  fs::remove_all(tmp);
-  try {
+  publish_dir(out, [&](const std::string& tmp) {
     io::NamedTensors w;
     for (auto& [n, t] : model::named_weights(*m)) w.emplace_back(n, t.to(dtype));
-    fs::create_directories(tmp);
     io::save_checkpoint(tmp, w);
     auto cfg = m->config().to_json();
-    cfg["torch_dtype"] = model::torch_dtype_name(dtype);
+    cfg["torch_dtype"] = io::torch_dtype_name(dtype);
     write_text_atomic((fs::path(tmp) / "config.json").string(), cfg.dump(2) + "\n");
     io::copy_tokenizer_files(dir, tmp);
-    if (fs::exists(out)) fs::remove(out);
-    fs::rename(tmp, out);
-  } catch (...) {
-    fs::remove_all(tmp);
-    throw;
-  }
+  }, /*replace=*/false);
   std::printf("wrote %s (%s)\n", out.c_str(), dtype_name.c_str());
   return 0;
 }

@@ -8,6 +8,8 @@
 #include "model/transformer.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
+#include "util/json_read.h"
+#include "util/publish_dir.h"
 
 namespace mha2mla::cli {
 
@@ -30,12 +32,7 @@ int cmd_init(const Args& a) {
              "f32")
       .toggle("json", "print {out, parameters} as JSON", json);
   if (!t.parse(a)) return 0;
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(read_text_file(cfg_path));
-  } catch (const nlohmann::json::exception& e) {
-    fail(cfg_path + ": malformed JSON (" + e.what() + ")");
-  }
+  const nlohmann::json j = read_json_file(cfg_path);
   auto cfg = io::ModelConfig::from_json(j, cfg_path);
   if (!a.flag("std")) std_dev = j.value("initializer_range", 0.02);
   check(std_dev > 0, "--std must be positive");
@@ -45,22 +42,14 @@ int cmd_init(const Args& a) {
     check(fs::is_regular_file(tok_src), "tokenizer not found: " + tok_arg);
   }
   check(!fs::exists(out) || (fs::is_directory(out) && fs::is_empty(out)), out + " already exists and is not empty");
-  // Build in a temporary folder and rename, so a failure leaves nothing half-written.
-  const std::string tmp = out + ".tmp-init";
-  fs::remove_all(tmp);
   int64_t params = 0;
-  try {
+  publish_dir(out, [&](const std::string& tmp) {
     model::Transformer m(cfg, dtype);
     for (const auto& p : m->parameters()) params += p.numel();
     model::init_weights(*m, static_cast<uint64_t>(seed), std_dev);
     model::save_model(*m, tmp);
     if (!tok_src.empty()) fs::copy_file(tok_src, fs::path(tmp) / "tokenizer.json");
-    if (fs::exists(out)) fs::remove(out);
-    fs::rename(tmp, out);
-  } catch (...) {
-    fs::remove_all(tmp);
-    throw;
-  }
+  }, /*replace=*/false);
   if (json) {
     std::cout << nlohmann::json{{"out", out}, {"parameters", params}}.dump() << "\n";
   } else {

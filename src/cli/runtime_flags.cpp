@@ -2,6 +2,7 @@
 
 #include <sstream>
 
+#include "io/safetensors.h"
 #include "util/error.h"
 
 namespace mha2mla::cli {
@@ -55,7 +56,7 @@ void add_runtime_options(OptionTable& t, model::RuntimeOptions& rt, unsigned par
 
 nlohmann::json runtime_json(const model::RuntimeOptions& rt) {
   nlohmann::json j{{"device", rt.device.str()},
-                   {"dtype", model::torch_dtype_name(rt.dtype)},
+                   {"dtype", io::torch_dtype_name(rt.dtype)},
                    {"attn", model::attn_mode_name(rt.attn)},
                    {"attn_kernel", rt.reference_attention ? "reference" : "fused"}};
   j["cache_type"] = rt.cache.type ? model::cache_type_name(*rt.cache.type) : "compute dtype";

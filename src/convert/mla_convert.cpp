@@ -10,6 +10,7 @@
 #include "model/transformer.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
+#include "util/publish_dir.h"
 
 namespace mha2mla::convert {
 namespace fs = std::filesystem;
@@ -188,11 +189,8 @@ nlohmann::json convert_model(const std::string& model_dir, const std::string& ou
   auto sel = select_frequencies(opt.rope, opt.rope_dims, s.d_h, cfg.num_layers, s.n_kv, opt.uniform_start, scores);
 
   auto ckpt = io::Checkpoint::open(model_dir);
-  const std::string tmp = out_dir + ".tmp-convert";
-  fs::remove_all(tmp);
   nlohmann::json layers = nlohmann::json::array();
-  try {
-    fs::create_directories(tmp);
+  publish_dir(out_dir, [&](const std::string& tmp) {
     torch::NoGradGuard ng;
     auto out_type = [&](const torch::Tensor& src) {
       return opt.out_dtype.empty() ? src.scalar_type() : model::parse_compute_dtype(opt.out_dtype);
@@ -202,7 +200,7 @@ nlohmann::json convert_model(const std::string& model_dir, const std::string& ou
     auto get = [&](const std::string& name) -> torch::Tensor {
       if (!ckpt.has(name)) return {};
       consumed.insert(name);
-      return ckpt.get(name).to(torch::kFloat32);
+      return ckpt.get_float(name).to(torch::kFloat32);
     };
     auto need = [&](const std::string& name) {
       auto t = get(name);
@@ -251,17 +249,12 @@ nlohmann::json convert_model(const std::string& model_dir, const std::string& ou
     ncfg.mla.low_rank = opt.svd == "none" ? 0 : opt.dkv;
     ncfg.mla.freqs = sel;
     auto cj = ncfg.to_json();
-    if (!opt.out_dtype.empty()) cj["torch_dtype"] = model::torch_dtype_name(model::parse_compute_dtype(opt.out_dtype));
+    if (!opt.out_dtype.empty()) cj["torch_dtype"] = io::torch_dtype_name(model::parse_compute_dtype(opt.out_dtype));
     cj["mha2mla"]["source_model"] = model_dir;
     if (opt.rope == RopeStrategy::TwoNorm) cj["mha2mla"]["two_norm_score"] = opt.score_sum ? "sum" : "product";
     write_text_atomic((fs::path(tmp) / "config.json").string(), cj.dump(2) + "\n");
     io::copy_tokenizer_files(model_dir, tmp);
-    if (fs::exists(out_dir)) fs::remove(out_dir);
-    fs::rename(tmp, out_dir);
-  } catch (...) {
-    fs::remove_all(tmp);
-    throw;
-  }
+  }, /*replace=*/false);
 
   auto [before, after] = kv_values_per_token(s, opt);
   nlohmann::json report{{"model", model_dir},

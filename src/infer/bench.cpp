@@ -140,7 +140,7 @@ nlohmann::json run_bench(const BenchOptions& opt, const std::function<void(int64
                       {{"f32", measure_matmul_gflops(torch::kFloat32, rt.device)},
                        {"bf16", measure_matmul_gflops(torch::kBFloat16, rt.device)}}},
                      {"shape", opt.model_dir.empty() ? opt.shape : opt.model_dir},
-                     {"dtype", model::torch_dtype_name(rt.dtype)},
+                     {"dtype", io::torch_dtype_name(rt.dtype)},
                      {"device", rt.device.str()},
                      {"cells", nlohmann::json::array()}};
   int64_t done = 0;

@@ -1,14 +1,18 @@
 #include "io/config.h"
 
 #include <filesystem>
-#include <fstream>
 
 #include "util/error.h"
+#include "util/json_read.h"
 
 namespace mha2mla::io {
 namespace {
 
 using nlohmann::json;
+
+constexpr int64_t kMaxVocab = (int64_t(1) << 31) - 1;  // token ids are int32
+constexpr int64_t kMaxDim = int64_t(1) << 20;
+constexpr int64_t kMaxFreqEntries = int64_t(1) << 22;
 
 struct Reader {
   const json& j;
@@ -92,7 +96,12 @@ std::vector<int64_t> fixed_freqs(const std::string& v, int64_t r, int64_t dh, in
   } else if (v == "low") {
     for (int64_t i = half - k; i < half; ++i) f.push_back(i);
   } else if (v == "uniform") {
+    // Frequencies start, start + step, ...: the last must still be one of the head's dh/2 pairs.
     const int64_t step = dh / r;
+    check(start >= 0 && start < half && start + (k - 1) * step < half,
+          src + ": mha2mla.uniform_start_point " + std::to_string(start) + " is out of range: with rope_dim_for_mla " +
+              std::to_string(r) + " and head_dim " + std::to_string(dh) + " it must lie in [0, " +
+              std::to_string(half - (k - 1) * step) + ")");
     for (int64_t i = 0; i < k; ++i) f.push_back(start + i * step);
   } else {
     fail(src + ": mha2mla.rope_freq_indices is missing, and partial_rope_version \"" + v +
@@ -112,6 +121,8 @@ MlaConfig parse_mla(const json& j, const ModelConfig& c, const std::string& src)
   m.svd_init_method = rd.str_or("svd_init_method", "joint");
   m.low_rank = rd.i64_or("low_rank", 0);
   const std::string where = src + ": mha2mla";
+  check(m.uniform_start_point >= 0, where + ".uniform_start_point must not be negative");
+  check(m.low_rank >= 0 && m.low_rank <= c.head_dim * 2, where + ".low_rank must lie in [0, 2 * head_dim]");
   check(m.rope_dim >= 2 && m.rope_dim % 2 == 0 && m.rope_dim <= c.head_dim,
         where + ".rope_dim_for_mla must be even and in [2, head_dim]");
   const auto& sm = m.svd_init_method;
@@ -142,6 +153,9 @@ MlaConfig parse_mla(const json& j, const ModelConfig& c, const std::string& src)
       m.freqs.push_back(std::move(heads));
     }
   } else {
+    check(c.num_layers * c.num_kv_heads * (m.rope_dim / 2) <= kMaxFreqEntries,
+          where + ": num_hidden_layers x num_key_value_heads x rope_dim_for_mla/2 exceeds " +
+              std::to_string(kMaxFreqEntries) + " kept-frequency entries");
     auto f = fixed_freqs(m.partial_rope_version, m.rope_dim, c.head_dim, m.uniform_start_point, src);
     m.freqs.assign(c.num_layers, std::vector<std::vector<int64_t>>(c.num_kv_heads, f));
   }
@@ -169,6 +183,15 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& src) {
   check(c.vocab_size > 0 && c.hidden_size > 0 && c.intermediate_size > 0 && c.num_layers > 0 && c.num_heads > 0 &&
             c.num_kv_heads > 0,
         src + ": sizes must be positive");
+  // Far above any real model, low enough that sizes derived from them cannot overflow or exhaust memory.
+  check(c.vocab_size <= kMaxVocab, src + ": vocab_size " + std::to_string(c.vocab_size) + " exceeds " +
+                                       std::to_string(kMaxVocab));
+  for (auto [name, v] : {std::pair<const char*, int64_t>{"hidden_size", c.hidden_size},
+                         {"intermediate_size", c.intermediate_size},
+                         {"num_hidden_layers", c.num_layers},
+                         {"num_attention_heads", c.num_heads},
+                         {"num_key_value_heads", c.num_kv_heads}})
+    check(v <= kMaxDim, src + ": " + name + " " + std::to_string(v) + " exceeds " + std::to_string(kMaxDim));
   check(c.num_heads % c.num_kv_heads == 0,
         src + ": num_attention_heads (" + std::to_string(c.num_heads) + ") is not a multiple of num_key_value_heads (" +
             std::to_string(c.num_kv_heads) + ")");
@@ -178,7 +201,7 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& src) {
     check(c.hidden_size % c.num_heads == 0, src + ": hidden_size is not a multiple of num_attention_heads");
     c.head_dim = c.hidden_size / c.num_heads;
   }
-  check(c.head_dim > 0 && c.head_dim % 2 == 0, src + ": head_dim must be positive and even");
+  check(c.head_dim > 0 && c.head_dim % 2 == 0 && c.head_dim <= kMaxDim, src + ": head_dim must be positive, even and at most " + std::to_string(kMaxDim));
 
   c.rms_norm_eps = rd.num_or("rms_norm_eps", 1e-6);
   c.rope_theta = rd.num_or("rope_theta", 10000.0);
@@ -186,6 +209,7 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& src) {
   c.rope_scaling = parse_rope_scaling(j, src);
   c.tie_word_embeddings = rd.bool_or("tie_word_embeddings", false);
   c.max_position_embeddings = rd.i64_or("max_position_embeddings", 2048);
+  check(c.max_position_embeddings > 0, src + ": max_position_embeddings must be positive");
   c.bos_token_ids = rd.ids("bos_token_id");
   c.eos_token_ids = rd.ids("eos_token_id");
   c.torch_dtype = dtype_name_of(j, src);
@@ -217,15 +241,7 @@ ModelConfig ModelConfig::load(const std::string& dir) {
   namespace fs = std::filesystem;
   fs::path p = fs::path(dir) / "config.json";
   check(fs::is_directory(dir), "model folder not found: " + dir);
-  std::ifstream f(p);
-  check(f.good(), "cannot read " + p.string());
-  json j;
-  try {
-    j = json::parse(f);
-  } catch (const json::exception& e) {
-    fail(p.string() + ": malformed JSON (" + e.what() + ")");
-  }
-  return from_json(j, p.string());
+  return from_json(read_json_file(p.string()), p.string());
 }
 
 json ModelConfig::to_json() const {

@@ -17,6 +17,7 @@
 
 #include "util/atomic_file.h"
 #include "util/error.h"
+#include "util/json_read.h"
 
 namespace mha2mla::io {
 
@@ -62,6 +63,18 @@ std::string join_path(const std::string& dir, const std::string& name) { return 
 size_t dtype_size(DType t) { return entry(t).size; }
 std::string dtype_name(DType t) { return entry(t).name; }
 torch::ScalarType to_torch(DType t) { return entry(t).scalar; }
+
+bool is_float(DType t) { return t == DType::F64 || t == DType::F32 || t == DType::F16 || t == DType::BF16; }
+
+std::string torch_dtype_name(torch::ScalarType t) {
+  switch (t) {
+    case torch::kFloat32: return "float32";
+    case torch::kBFloat16: return "bfloat16";
+    case torch::kFloat16: return "float16";
+    case torch::kFloat64: return "float64";
+    default: fail(std::string("no config.json torch_dtype for ") + c10::toString(t));
+  }
+}
 
 DType parse_dtype(const std::string& name) {
   for (const auto& e : kDTypes)
@@ -127,12 +140,7 @@ json parse_header(const std::string& path, const char* begin, const char* end) {
     }
     return true;
   };
-  json h;
-  try {
-    h = json::parse(begin, end, cb);
-  } catch (const json::exception& e) {
-    fail("safetensors file " + path + ": malformed JSON header: " + e.what());
-  }
+  json h = parse_json(std::string_view(begin, static_cast<size_t>(end - begin)), "safetensors file " + path + " header", cb);
   if (!dup.empty()) fail("safetensors file " + path + ": tensor \"" + dup + "\" appears twice in the header");
   if (!h.is_object()) fail("safetensors file " + path + ": header is not a JSON object");
   return h;
@@ -197,7 +205,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
     for (const auto& d : *sh) {
       uint64_t dim = 0;
       if (!get_u64(d, dim) || dim > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
-        fail(tw + ": shape " + sh->dump() + " must hold non-negative integers");
+        fail(tw + ": shape " + json_brief(*sh) + " must hold non-negative integers");
       info.shape.push_back(static_cast<int64_t>(dim));
       empty |= dim == 0;
       uint64_t prod = 0;
@@ -212,17 +220,17 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
     if (off == v.end() || !off->is_array() || off->size() != 2 || !get_u64((*off)[0], begin) ||
         !get_u64((*off)[1], end))
       fail(tw + ": \"data_offsets\" must be [begin, end] with non-negative integers");
-    if (begin > end) fail(tw + ": data_offsets " + off->dump() + " has begin > end");
+    if (begin > end) fail(tw + ": data_offsets " + json_brief(*off) + " has begin > end");
     if (end > data_size)
-      fail(tw + ": data_offsets " + off->dump() + " lie outside the data section of " + std::to_string(data_size) +
+      fail(tw + ": data_offsets " + json_brief(*off) + " lie outside the data section of " + std::to_string(data_size) +
            " bytes (truncated file?)");
     uint64_t nbytes = 0;
     // A zero dimension makes the tensor empty whatever the other dimensions are, so overflow only matters otherwise.
     if (!empty && (overflow || __builtin_mul_overflow(numel, static_cast<uint64_t>(dtype_size(info.dtype)), &nbytes)))
-      fail(tw + ": shape " + sh->dump() + " is too large");
+      fail(tw + ": shape " + json_brief(*sh) + " is too large");
     if (nbytes != end - begin)
-      fail(tw + ": shape " + sh->dump() + " x " + dtype_name(info.dtype) + " needs " + std::to_string(nbytes) +
-           " bytes but data_offsets " + off->dump() + " span " + std::to_string(end - begin));
+      fail(tw + ": shape " + json_brief(*sh) + " x " + dtype_name(info.dtype) + " needs " + std::to_string(nbytes) +
+           " bytes but data_offsets " + json_brief(*off) + " span " + std::to_string(end - begin));
     info.offset = begin;
     info.nbytes = nbytes;
     tensors_.push_back(std::move(info));
@@ -271,6 +279,16 @@ bool is_regular(const std::string& p) {
   return fs::is_regular_file(p, ec);
 }
 
+// A shard name is a relative path that never climbs out of the index's folder: no root, no "..".
+bool shard_inside_folder(const std::string& shard) {
+  if (shard.empty() || shard.find('\0') != std::string::npos) return false;
+  const fs::path p(shard);
+  if (p.is_absolute() || p.has_root_name() || p.has_root_directory()) return false;
+  for (const auto& part : p)
+    if (part == "..") return false;
+  return true;
+}
+
 }  // namespace
 
 Checkpoint Checkpoint::open(const std::string& dir_or_file) {
@@ -315,12 +333,7 @@ Checkpoint Checkpoint::open(const std::string& dir_or_file) {
     return ck;
   }
 
-  json index;
-  try {
-    index = json::parse(read_text_file(index_path));
-  } catch (const json::exception& e) {
-    fail("malformed index " + index_path + ": " + e.what());
-  }
+  json index = read_json_file(index_path);
   if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object())
     fail("index " + index_path + " has no \"weight_map\" object");
   const json& wm = index["weight_map"];
@@ -329,6 +342,9 @@ Checkpoint Checkpoint::open(const std::string& dir_or_file) {
     if (!it->is_string()) fail("index " + index_path + ": shard for tensor " + it.key() + " is not a string");
     const std::string shard = it->get<std::string>();
     if (shard_idx.count(shard)) continue;
+    if (!shard_inside_folder(shard))
+      fail("index " + index_path + ": shard \"" + shard + "\" for tensor " + it.key() +
+           " is not a file name inside the model folder");
     const std::string sp = join_path(dir, shard);
     if (!is_regular(sp)) fail("shard " + sp + " listed in " + index_path + " (for tensor " + it.key() + ") is missing");
     shard_idx[shard] = add_file(sp);
@@ -361,6 +377,14 @@ torch::Tensor Checkpoint::get(const std::string& name) const {
   auto it = where_.find(name);
   if (it == where_.end()) fail("missing tensor " + name + " in " + path_);
   return files_[it->second]->tensor(name);
+}
+
+torch::Tensor Checkpoint::get_float(const std::string& name) const {
+  const TensorInfo& ti = info(name);
+  if (!is_float(ti.dtype))
+    fail("tensor " + name + " in " + files_[where_.at(name)]->path() + " has dtype " + dtype_name(ti.dtype) +
+         ", but a float weight belongs there (only float-to-float casts are allowed)");
+  return get(name);
 }
 
 // ---------------------------------------------------------------------------------------------- writing

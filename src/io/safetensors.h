@@ -18,6 +18,9 @@ std::string dtype_name(DType t);            // "F32", "BF16", ...
 DType parse_dtype(const std::string& name);  // throws Error on an unknown name
 torch::ScalarType to_torch(DType t);
 DType from_torch(torch::ScalarType t);       // throws Error if unsupported
+bool is_float(DType t);                      // F64, F32, F16, BF16
+// config.json's "torch_dtype" for a weight dtype: "float32", "bfloat16", "float16", "float64"; throws otherwise.
+std::string torch_dtype_name(torch::ScalarType t);
 
 struct TensorInfo {
   std::string name;
@@ -55,6 +58,8 @@ class Checkpoint {
   std::vector<std::string> names() const;  // sorted
   const TensorInfo& info(const std::string& name) const;  // throws Error "missing tensor NAME in PATH"
   torch::Tensor get(const std::string& name) const;       // zero-copy view, see SafetensorsFile::tensor
+  // get() for a weight: throws Error naming tensor, file and dtype unless it is F64/F32/F16/BF16.
+  torch::Tensor get_float(const std::string& name) const;
   const std::string& path() const { return path_; }
 
  private:

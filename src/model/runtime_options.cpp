@@ -87,11 +87,4 @@ torch::ScalarType parse_compute_dtype(const std::string& s) {
   fail("unknown dtype \"" + s + "\" (use f32, bf16 or f16)");
 }
 
-std::string torch_dtype_name(torch::ScalarType t) {
-  if (t == torch::kBFloat16) return "bfloat16";
-  if (t == torch::kFloat16) return "float16";
-  if (t == torch::kFloat32) return "float32";
-  fail(std::string("no HF name for dtype ") + c10::toString(t));
-}
-
 }  // namespace mha2mla::model

@@ -52,7 +52,5 @@ std::string attn_mode_name(AttnMode a);
 torch::Device parse_device(const std::string& s);  // cpu | cuda | cuda:N, checked against what is present
 // "f32" | "bf16" | "f16" (and long forms) -> scalar type.
 torch::ScalarType parse_compute_dtype(const std::string& s);
-// The HF config spelling: "float32" | "bfloat16" | "float16".
-std::string torch_dtype_name(torch::ScalarType t);
 
 }  // namespace mha2mla::model

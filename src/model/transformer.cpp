@@ -160,7 +160,7 @@ void load_weights(TransformerImpl& m, const io::Checkpoint& ckpt) {
     const std::string& name = kv.key();
     expected.insert(name);
     if (!ckpt.has(name)) fail("missing tensor " + name + " in " + ckpt.path());
-    auto src = ckpt.get(name);
+    auto src = ckpt.get_float(name);  // an integer or bool tensor is a different file, not something to cast
     auto& dst = kv.value();
     if (src.sizes() != dst.sizes())
       fail("tensor " + name + " in " + ckpt.path() + " has shape " + shape_str(src.sizes()) +
@@ -220,7 +220,7 @@ void init_weights(TransformerImpl& m, uint64_t seed, double std) {
 void save_model(TransformerImpl& m, const std::string& dir, uint64_t max_shard_bytes) {
   std::filesystem::create_directories(dir);
   auto cfg = m.config().to_json();
-  cfg["torch_dtype"] = torch_dtype_name(m.dtype());
+  cfg["torch_dtype"] = io::torch_dtype_name(m.dtype());
   io::save_checkpoint(dir, named_weights(m), max_shard_bytes);
   write_text_atomic((std::filesystem::path(dir) / "config.json").string(), cfg.dump(2) + "\n");
 }

@@ -8,6 +8,7 @@
 
 #include "tokenizer/unicode.h"
 #include "util/error.h"
+#include "util/json_read.h"
 
 namespace mha2mla::tok {
 
@@ -16,6 +17,14 @@ bool jbool(const json& j, const char* key, bool def) {
   if (it == j.end() || it->is_null()) return def;
   if (!it->is_boolean()) fail(std::string("tokenizer.json: \"") + key + "\" must be a boolean");
   return it->get<bool>();
+}
+
+int32_t token_id(const json& j, const std::string& what) {
+  if (!j.is_number_integer()) fail("tokenizer.json: " + what + " is not an integer");
+  if (j.is_number_unsigned() ? j.get<uint64_t>() >= uint64_t(kMaxTokenId)
+                             : (j.get<int64_t>() < 0 || j.get<int64_t>() >= kMaxTokenId))
+    fail("tokenizer.json: " + what + " is " + j.dump() + ", outside [0, " + std::to_string(kMaxTokenId) + ")");
+  return static_cast<int32_t>(j.get<int64_t>());
 }
 
 std::optional<std::string> jstr(const json& j, const char* key) {
@@ -518,7 +527,7 @@ BpeModel::BpeModel(const json& m, const StrIdMap& token_ids) : ids_(token_ids) {
       a = e[0].get_ref<const std::string&>();
       b = e[1].get_ref<const std::string&>();
     } else {
-      fail("tokenizer.json: malformed merge entry " + e.dump());
+      fail("tokenizer.json: malformed merge entry " + json_brief(e));
     }
     merged.assign(a);
     merged.append(b);
@@ -712,21 +721,21 @@ std::unique_ptr<PostProcessor> make_post_processor(const json& j, const StrIdMap
         std::string name = item["SpecialToken"].at("id").get<std::string>();
         std::vector<int32_t> ids;
         if (specials.is_object() && specials.contains(name) && specials[name].contains("ids")) {
-          for (const auto& id : specials[name]["ids"]) ids.push_back(id.get<int32_t>());
+          for (const auto& id : specials[name]["ids"]) ids.push_back(token_id(id, "post_processor special token id"));
         } else {
           ids.push_back(resolve_token(name, token_ids));
         }
         p->single.push_back({false, std::move(ids)});
       } else {
-        fail("tokenizer.json: malformed TemplateProcessing item " + item.dump());
+        fail("tokenizer.json: malformed TemplateProcessing item " + json_brief(item));
       }
     }
     return p;
   }
   if (type == "BertProcessing" || type == "RobertaProcessing") {
     auto p = std::make_unique<PostWrap>();
-    p->cls = j.at("cls").at(1).get<int32_t>();
-    p->sep = j.at("sep").at(1).get<int32_t>();
+    p->cls = token_id(j.at("cls").at(1), "post_processor cls id");
+    p->sep = token_id(j.at("sep").at(1), "post_processor sep id");
     return p;
   }
   if (type == "ByteLevel") return std::make_unique<PostNoop>();

@@ -27,6 +27,12 @@ using StrIdMap = FlatStrMap<int32_t>;
 bool jbool(const json& j, const char* key, bool def);
 std::optional<std::string> jstr(const json& j, const char* key);
 
+// Token ids in a tokenizer.json lie in [0, kMaxTokenId): far above any real vocabulary (~260k), low enough
+// that tables sized by the largest id stay small.
+constexpr int64_t kMaxTokenId = int64_t(1) << 22;
+// j as a token id; throws Error "tokenizer.json: WHAT ..." if it is not an integer in [0, kMaxTokenId).
+int32_t token_id(const json& j, const std::string& what);
+
 // A "pattern" object: {"String": "..."} or {"Regex": "..."}.
 std::unique_ptr<Regex> make_pattern(const json& pattern);
 

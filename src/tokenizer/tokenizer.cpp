@@ -8,6 +8,7 @@
 #include "tokenizer/unicode.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
+#include "util/json_read.h"
 
 namespace mha2mla::tok {
 
@@ -134,24 +135,23 @@ TokenizerImpl::TokenizerImpl(const json& j) {
   const json& vocab = model.at("vocab");
   if (!vocab.is_object()) fail("tokenizer.json: model.vocab must be an object");
 
-  // Ids first, so vocab_ is sized once.
+  // Ids first, so vocab_ is sized once. Ids are bounded before anything is sized from them.
   int32_t max_id = -1;
-  for (auto it = vocab.begin(); it != vocab.end(); ++it) {
-    if (!it.value().is_number_integer()) fail("tokenizer.json: vocab id of \"" + it.key() + "\" is not an integer");
-    max_id = std::max(max_id, it.value().get<int32_t>());
-  }
+  for (auto it = vocab.begin(); it != vocab.end(); ++it)
+    max_id = std::max(max_id, token_id(it.value(), "model.vocab id of \"" + it.key() + "\""));
   const json empty = json::array();
   const json& added = j.contains("added_tokens") && j["added_tokens"].is_array() ? j["added_tokens"] : empty;
   for (const auto& a : added) {
+    if (!a.is_object() || !a.contains("content") || !a["content"].is_string() || !a.contains("id"))
+      fail("tokenizer.json: each added_tokens entry needs a string \"content\" and an \"id\"");
     AddedToken t;
     t.content = a.at("content").get<std::string>();
-    t.id = a.at("id").get<int32_t>();
+    t.id = token_id(a.at("id"), "added_tokens id of \"" + t.content + "\"");
     t.special = jbool(a, "special", false);
     t.lstrip = jbool(a, "lstrip", false);
     t.rstrip = jbool(a, "rstrip", false);
     t.single_word = jbool(a, "single_word", false);
     t.normalized = jbool(a, "normalized", !t.special);
-    if (t.id < 0) fail("tokenizer.json: negative added token id");
     max_id = std::max(max_id, t.id);
     added_.push_back(std::move(t));
   }
@@ -160,8 +160,7 @@ TokenizerImpl::TokenizerImpl(const json& j) {
   has_token_.assign(size_t(vocab_size_), 0);
   is_special_.assign(size_t(vocab_size_), 0);
   for (auto it = vocab.begin(); it != vocab.end(); ++it) {
-    int32_t id = it.value().get<int32_t>();
-    if (id < 0) fail("tokenizer.json: negative vocab id");
+    int32_t id = it.value().get<int32_t>();  // range-checked above
     vocab_[size_t(id)] = it.key();
     has_token_[size_t(id)] = 1;
   }
@@ -308,19 +307,17 @@ Tokenizer Tokenizer::load(const std::string& path) {
     file = path + (path.empty() || path.back() == '/' ? "" : "/") + "tokenizer.json";
     if (::stat(file.c_str(), &st) != 0) fail("no tokenizer.json in folder: " + path);
   }
-  std::string text = read_text_file(file);
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::exception& e) {
-    fail("invalid tokenizer.json (" + file + "): " + e.what());
-  }
+  return from_json_text(read_text_file(file), file);
+}
+
+Tokenizer Tokenizer::from_json_text(std::string_view text, const std::string& source) {
+  const json j = parse_json(text, "invalid tokenizer.json (" + source + ")");
   try {
     return Tokenizer(std::make_unique<TokenizerImpl>(j));
   } catch (const json::exception& e) {
-    fail("invalid tokenizer.json (" + file + "): " + e.what());
+    fail("invalid tokenizer.json (" + source + "): " + e.what());
   } catch (const Error& e) {
-    fail(std::string(e.what()) + " [" + file + "]");
+    fail(std::string(e.what()) + " [" + source + "]");
   }
 }
 

@@ -16,6 +16,8 @@ class Tokenizer {
  public:
   // PATH is a tokenizer.json or a folder holding one. Throws mha2mla::Error.
   static Tokenizer load(const std::string& path);
+  // The text of a tokenizer.json; errors name `source`.
+  static Tokenizer from_json_text(std::string_view text, const std::string& source);
 
   // Throws mha2mla::Error on invalid UTF-8. add_special_tokens mirrors HF's flag (post-processor template).
   std::vector<int32_t> encode(std::string_view text, bool add_special_tokens) const;

@@ -6,7 +6,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <cstdlib>
+#include <string>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #ifdef MHA2MLA_WITH_NCCL
@@ -65,7 +68,10 @@ Dist Dist::from_env(const torch::Device& device) {
   so.port = static_cast<uint16_t>(port);
   so.isServer = d.rank_ == 0;
   so.numWorkers = d.world_;
-  so.timeout = std::chrono::seconds(300);
+  // A rank that dies mid-collective makes the others fail after this long instead of waiting forever.
+  const int timeout_s = env_int("MHA2MLA_DIST_TIMEOUT", 300);
+  check(timeout_s > 0, "MHA2MLA_DIST_TIMEOUT must be a positive number of seconds");
+  so.timeout = std::chrono::seconds(timeout_s);
   auto store = c10::make_intrusive<c10d::TCPStore>(addr, so);
 #ifdef MHA2MLA_WITH_NCCL
   if (device.is_cuda()) {
@@ -77,7 +83,7 @@ Dist Dist::from_env(const torch::Device& device) {
   (void)device;
   auto opts = c10d::ProcessGroupGloo::Options::create();
   opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(addr));
-  opts->timeout = std::chrono::seconds(300);
+  opts->timeout = std::chrono::seconds(timeout_s);
   d.pg_ = std::make_shared<Group>(Group{c10::make_intrusive<c10d::ProcessGroupGloo>(store, d.rank_, d.world_, opts)});
   return d;
 }
@@ -89,7 +95,12 @@ void Dist::allreduce_mean(const std::vector<torch::Tensor>& ts) {
   auto buf = torch::cat(flat);
   std::vector<torch::Tensor> v{buf};
   pg_->pg->allreduce(v)->wait();
-  buf.div_(world_);
+  // MHA2MLA_MUTATE=allreduce-sum plants the classic world-size bug, so a test can show that it fails.
+  static const bool mutate_sum = [] {
+    const char* m = std::getenv("MHA2MLA_MUTATE");
+    return m && std::string(m) == "allreduce-sum";
+  }();
+  if (!mutate_sum) buf.div_(world_);
   int64_t off = 0;
   for (const auto& t : ts) {
     auto n = t.numel();
@@ -148,6 +159,11 @@ int launch_local(int nproc, const std::vector<std::string>& args) {
     int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
     if (code != 0 && result == 0) {
       result = code;
+      const int rank = static_cast<int>(std::find(pids.begin(), pids.end(), done) - pids.begin());
+      const std::string how = WIFSIGNALED(status) ? "was killed by signal " + std::to_string(WTERMSIG(status))
+                                                  : "exited with status " + std::to_string(code);
+      std::fprintf(stderr, "mha2mla train: error: rank %d of %d %s; stopping the other processes\n", rank, nproc,
+                   how.c_str());
       for (pid_t p : pids)
         if (p != done) kill(p, SIGTERM);  // one rank failed: the others would wait forever
     }

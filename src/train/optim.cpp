@@ -48,7 +48,11 @@ void AdamW::load_state(const io::SafetensorsFile& f, int64_t steps) {
   for (size_t i = 0; i < params_.size(); ++i) {
     for (auto [prefix, dst] : {std::pair<const char*, torch::Tensor*>{"exp_avg.", &m_[i]}, {"exp_avg_sq.", &v_[i]}}) {
       const std::string name = prefix + params_[i].first;
-      check(f.find(name) != nullptr, f.path() + ": optimizer state has no " + name + " (another model?)");
+      const io::TensorInfo* ti = f.find(name);
+      check(ti != nullptr, f.path() + ": optimizer state has no " + name + " (another model?)");
+      // Exact resume needs the fp32 moments as saved; anything else is another file.
+      check(ti->dtype == io::DType::F32,
+            f.path() + ": optimizer state " + name + " has dtype " + io::dtype_name(ti->dtype) + ", expected F32");
       auto t = f.tensor(name);
       check(t.sizes() == dst->sizes(), f.path() + ": optimizer state " + name + " has the wrong shape");
       dst->copy_(t);

@@ -5,6 +5,7 @@
 #include <filesystem>
 
 #include "util/error.h"
+#include "util/publish_dir.h"
 
 namespace mha2mla::train {
 namespace fs = std::filesystem;
@@ -55,13 +56,10 @@ TrainResult train_folder(const std::string& model_dir, const std::vector<DataSou
   auto res = run_training(*m, opt, [&](int64_t step, int64_t mi) { return sampler.batch_at(step * accum + mi); }, val,
                           dist);
   if (dist.is_main() && (opt.stop_after == 0 || opt.stop_after >= opt.steps)) {
-    const fs::path final_dir = fs::path(opt.out) / "model";
-    const fs::path tmp = fs::path(opt.out) / "model.tmp";
-    fs::remove_all(tmp);
-    model::save_model(*m, tmp.string());
-    io::copy_tokenizer_files(model_dir, tmp.string());
-    fs::remove_all(final_dir);
-    fs::rename(tmp, final_dir);
+    publish_dir((fs::path(opt.out) / "model").string(), [&](const std::string& tmp) {
+      model::save_model(*m, tmp);
+      io::copy_tokenizer_files(model_dir, tmp);
+    });
   }
   dist.barrier();
   return res;

@@ -14,6 +14,9 @@
 #include "io/model_files.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
+#include "util/fault.h"
+#include "util/publish_dir.h"
+#include "util/json_read.h"
 #include "util/progress.h"
 
 namespace mha2mla::train {
@@ -240,12 +243,7 @@ TrainResult run_training(model::TransformerImpl& m, const TrainOptions& o, const
     std::string name;
     check(lf && std::getline(lf, name) && !name.empty(), "--resume: no checkpoint in " + ckdir.string());
     const fs::path cp = ckdir / name;
-    json st;
-    try {
-      st = json::parse(read_text_file((cp / "state.json").string()));
-    } catch (const json::exception& e) {
-      fail((cp / "state.json").string() + ": malformed (" + e.what() + ")");
-    }
+    json st = read_json_file((cp / "state.json").string());
     if (st.value("signature", json()) != sig) {
       std::string diff;
       for (auto it = sig.begin(); it != sig.end(); ++it)
@@ -277,37 +275,41 @@ TrainResult run_training(model::TransformerImpl& m, const TrainOptions& o, const
   }
   dist.barrier();
 
+  // Every rank writes its optimizer shard into the folder rank 0 prepares; rank 0 publishes it, then
+  // points `latest` at it. A kill at any point leaves `latest` naming a complete checkpoint.
   auto save = [&](int64_t step) {
     const std::string name = step_name(step);
-    const fs::path tmp = ckdir / (name + ".tmp"), dst = ckdir / name;
-    if (dist.is_main()) {
-      fs::remove_all(tmp);
-      fs::create_directories(tmp);
-    }
+    const std::string dst = (ckdir / name).string(), tmp = PublishDir::temp_path(dst);
+    std::unique_ptr<PublishDir> pub;
+    if (dist.is_main()) pub = std::make_unique<PublishDir>(dst);
     dist.barrier();
-    io::save_safetensors((tmp / ("optimizer-rank" + std::to_string(dist.rank()) + ".safetensors")).string(),
+    io::save_safetensors((fs::path(tmp) / ("optimizer-rank" + std::to_string(dist.rank()) + ".safetensors")).string(),
                          adam.state());
+    fault_point("checkpoint:optimizer_written");
     if (dist.is_main()) {
-      model::save_model(m, tmp.string());
-      if (const char* f = std::getenv("MHA2MLA_FAULT_SAVE_STEP"))  // fault injection for the crash test
-        if (std::atoll(f) == step) _exit(99);
+      model::save_model(m, tmp);
+      fault_point("checkpoint:model_written");
       json st{{"step", step}, {"tokens", tokens}, {"adam_steps", adam.steps()}, {"signature", sig}};
-      write_text_atomic((tmp / "state.json").string(), st.dump(2) + "\n");
-      if (!o.source_dir.empty()) io::copy_tokenizer_files(o.source_dir, tmp.string());
+      write_text_atomic((fs::path(tmp) / "state.json").string(), st.dump(2) + "\n");
+      if (!o.source_dir.empty()) io::copy_tokenizer_files(o.source_dir, tmp);
     }
     dist.barrier();
     if (dist.is_main()) {
-      fs::remove_all(dst);
-      fs::rename(tmp, dst);
+      pub->commit();
+      fault_point("checkpoint:published");
       write_text_atomic((ckdir / "latest").string(), name + "\n");
+      fault_point("checkpoint:latest_written");
       // Keep the two newest checkpoints: the newest, and one in case the newest is damaged later.
       std::vector<std::string> all;
-      for (const auto& e : fs::directory_iterator(ckdir))
-        if (e.is_directory() && e.path().filename().string().rfind("step-", 0) == 0 &&
-            e.path().extension() != ".tmp")
-          all.push_back(e.path().filename().string());
+      for (const auto& e : fs::directory_iterator(ckdir)) {
+        const std::string fn = e.path().filename().string();
+        if (e.is_directory() && fn.rfind("step-", 0) == 0 && !is_publish_temp(fn)) all.push_back(fn);
+      }
       std::sort(all.begin(), all.end());
-      for (size_t i = 0; i + 2 < all.size(); ++i) fs::remove_all(ckdir / all[i]);
+      for (size_t i = 0; i + 2 < all.size(); ++i) {
+        fs::remove_all(ckdir / all[i]);
+        fault_point("checkpoint:pruned");
+      }
     }
     dist.barrier();
   };
@@ -322,6 +324,7 @@ TrainResult run_training(model::TransformerImpl& m, const TrainOptions& o, const
   TrainResult res;
   double window_tokens = 0, window_secs = 0;
   for (int64_t step = start; step < end; ++step) {
+    fault_point("train:step");
     auto t0 = std::chrono::steady_clock::now();
     const double lr = o.schedule.at(step);
     double loss_sum = 0;

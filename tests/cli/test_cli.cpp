@@ -158,7 +158,7 @@ TEST_F(Cli, TokenizeMatchesLibraryPerLine) {
 }
 
 TEST_F(Cli, PplMatchesPyTorchSlidingWindow) {
-  if (!testutil::python_has_torch()) GTEST_SKIP() << "Debian python3 with torch not found";
+  MHA2MLA_REQUIRE_ORACLE(testutil::python_has_torch(), "Debian python3 with torch not found");
   std::string text;
   for (int i = 0; i < 12; ++i) text += "In the beginning there was a thin thread of thought, " + std::to_string(i) + ".\n";
   std::ofstream(dir_ + "/text.txt") << text;

@@ -51,7 +51,7 @@ class CalibArch : public ::testing::TestWithParam<std::string> {};
 
 // qwen2 has q/k biases; qwen3 has q/k norms (the statistic is taken before them) and head_dim != d/n_h.
 TEST_P(CalibArch, MatchesPyTorchReference) {
-  if (!testutil::python_has_torch()) GTEST_SKIP() << "Debian python3 with torch (python3-torch) not found";
+  MHA2MLA_REQUIRE_ORACLE(testutil::python_has_torch(), "Debian python3 with torch (python3-torch) not found");
   const std::string kind = GetParam();
   auto dir = testutil::temp_dir("calib-ref-" + kind);
   auto m = make_random_model(tiny_config(kind), 17);
@@ -230,7 +230,7 @@ TEST(CalibFile, DamagedOrForeignFilesAreErrors) {
 
 // The subcommand, run as users do.
 TEST(CalibrateCli, JsonSummaryAndErrors) {
-  if (!fs::exists(MHA2MLA_CLI)) GTEST_SKIP() << "build the mha2mla target first: " << MHA2MLA_CLI;
+  ASSERT_TRUE(fs::exists(MHA2MLA_CLI)) << "build the mha2mla target first: " << MHA2MLA_CLI;
   auto dir = testutil::temp_dir("calib-cli");
   auto cfg = tiny_config("llama-gqa");
   cfg["vocab_size"] = 262;  // the byte-level tokenizer's ids

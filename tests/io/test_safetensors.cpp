@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "testing/files.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
 
@@ -219,7 +220,7 @@ TEST_F(Safetensors, ReadsMisalignedOffsets) {
 }
 
 TEST_F(Safetensors, CrossCheckWithIndependentPythonImplementation) {
-  if (!have_python_torch()) GTEST_SKIP() << "/usr/bin/python3 with torch is not available; skipping the cross-check";
+  MHA2MLA_REQUIRE_ORACLE(have_python_torch(), "/usr/bin/python3 with torch is not available for the cross-check");
   std::string out;
   // Python -> C++: a file written by hand from the spec (unpadded header, odd offsets, specials).
   ASSERT_EQ(python("write " + p("py.safetensors") + " " + p("py.json"), out), 0) << out;

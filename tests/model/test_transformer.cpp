@@ -26,7 +26,7 @@ torch::Tensor random_ids(int64_t b, int64_t t, int64_t vocab, uint64_t seed) {
 class Arch : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(Arch, LogitsMatchPyTorchReference) {
-  if (!testutil::python_has_torch()) GTEST_SKIP() << "Debian python3 with torch (python3-torch) not found";
+  MHA2MLA_REQUIRE_ORACLE(testutil::python_has_torch(), "Debian python3 with torch (python3-torch) not found");
   const std::string kind = GetParam();
   auto dir = testutil::temp_dir("ref-" + kind);
   auto m = make_random_model(tiny_config(kind), 7);

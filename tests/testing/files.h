@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -13,6 +14,15 @@
 #include <string>
 
 #include "util/error.h"
+
+// Skips the test when an independent oracle (python3-torch, node + npm packages) is missing; under CI, fails.
+#define MHA2MLA_REQUIRE_ORACLE(available, why)                                                        \
+  do {                                                                                                \
+    if (!(available)) {                                                                               \
+      if (::mha2mla::testutil::under_ci()) FAIL() << (why) << " (CI=true: scripts/setup.sh must install it)"; \
+      GTEST_SKIP() << (why);                                                                          \
+    }                                                                                                 \
+  } while (0)
 
 namespace mha2mla::testutil {
 
@@ -22,6 +32,12 @@ inline std::string temp_dir(const std::string& tag) {
   std::filesystem::remove_all(base);
   std::filesystem::create_directories(base);
   return base.string();
+}
+
+// Under CI (CI=true or 1) every oracle is installed by scripts/setup.sh, so a test that would skip fails.
+inline bool under_ci() {
+  const char* c = std::getenv("CI");
+  return c && (std::string(c) == "true" || std::string(c) == "1");
 }
 
 inline void write_file(const std::string& path, const std::string& text) {

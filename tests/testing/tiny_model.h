@@ -78,6 +78,12 @@ inline bool python_has_torch() {
   return cached == 1;
 }
 
-inline int run(const std::string& cmd) { return WEXITSTATUS(std::system(cmd.c_str())); }
+// Exit status of a shell command; a command killed by signal S counts as 128 + S (as the shell reports it).
+inline int run(const std::string& cmd) {
+  const int st = std::system(cmd.c_str());
+  if (st == -1) return 127;
+  if (WIFSIGNALED(st)) return 128 + WTERMSIG(st);
+  return WEXITSTATUS(st);
+}
 
 }  // namespace mha2mla::testutil

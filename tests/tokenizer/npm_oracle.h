@@ -26,10 +26,11 @@ inline bool exists(const std::string& p) {
 
 inline std::string npm_prefix() {
   if (const char* e = std::getenv("MHA2MLA_NPM_CACHE"); e && *e) return e;
-#ifdef MHA2MLA_BINARY_DIR
-  return std::string(MHA2MLA_BINARY_DIR) + "/npm-cache";
+  // Where scripts/setup.sh installs them (shared by every build folder).
+#ifdef MHA2MLA_SOURCE_DIR
+  return std::string(MHA2MLA_SOURCE_DIR) + "/.cache/npm-oracle";
 #else
-  return "npm-cache";
+  return ".cache/npm-oracle";
 #endif
 }
 

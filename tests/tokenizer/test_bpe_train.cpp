@@ -350,7 +350,7 @@ TEST(BpeTrainSpeed, FourMegabytesQuickly) {
 TEST(BpeTrainConformance, TokenizersJsAgrees) {
   const std::string prefix = mha2mla::oracle::npm_prefix();
   auto setup = mha2mla::oracle::ensure_packages(prefix);
-  if (setup.skip) GTEST_SKIP() << setup.message;
+  MHA2MLA_REQUIRE_ORACLE(!setup.skip, setup.message);
   ASSERT_TRUE(setup.ok) << setup.message;
 
   auto all = mha2mla::corpus::build(std::string(MHA2MLA_SOURCE_DIR) + "/tests/tokenizer/data/seed.txt");

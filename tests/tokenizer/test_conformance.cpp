@@ -7,6 +7,7 @@
 
 #include "corpus.h"
 #include "npm_oracle.h"
+#include "testing/files.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
 
@@ -44,7 +45,7 @@ class Conformance : public ::testing::Test {
   }
 
   void SetUp() override {
-    if (setup_.skip) GTEST_SKIP() << setup_.message;
+    MHA2MLA_REQUIRE_ORACLE(!setup_.skip, setup_.message);
     ASSERT_TRUE(setup_.ok) << setup_.message;
   }
 

@@ -218,6 +218,48 @@ TEST(TokenizerUnit, MissingOrCorruptFile) {
   EXPECT_NE(error_of([&] { Tokenizer::load(d.path()); }).find("not an integer"), std::string::npos);
 }
 
+// Ids are bounded before anything is sized from them: no silent int32 truncation, no overflow of
+// max_id + 1, no multi-GB tables from one large id.
+TEST(TokenizerUnit, TokenIdsAreBounded) {
+  for (const json& bad : {json(int64_t(1) << 40), json(2147483647), json(1500000000), json(-1), json(4194304),
+                          json(uint64_t(18446744073709551615ull)), json(1.5)}) {
+    SCOPED_TRACE(bad.dump());
+    json j = byte_level_json();
+    j["model"]["vocab"]["h"] = bad;
+    const std::string e = error_of([&] { Tokenizer::from_json_text(j.dump(), "t.json"); });
+    EXPECT_NE(e.find("vocab id of \"h\""), std::string::npos) << e;
+    EXPECT_NE(e.find("t.json"), std::string::npos) << e;
+    j = byte_level_json();
+    j["added_tokens"] = {{{"id", bad}, {"content", "<x>"}, {"special", true}}};
+    const std::string e2 = error_of([&] { Tokenizer::from_json_text(j.dump(), "t.json"); });
+    EXPECT_NE(e2.find("added_tokens id of \"<x>\""), std::string::npos) << e2;
+  }
+  json j = byte_level_json();
+  j["added_tokens"] = {{{"id", 4194303}, {"content", "<last>"}, {"special", true}}};
+  EXPECT_EQ(Tokenizer::from_json_text(j.dump(), "t.json").vocab_size(), 4194304);
+  j["added_tokens"] = {{{"content", "<x>"}}};
+  EXPECT_NE(error_of([&] { Tokenizer::from_json_text(j.dump(), "t.json"); }).find("added_tokens entry"), std::string::npos);
+}
+
+// Nesting is bounded before parsing, so recursive builders (Sequence) and error messages cannot overflow the stack.
+TEST(TokenizerUnit, DeepNestingIsRefused) {
+  json j = byte_level_json();
+  std::string deep = j.dump();
+  const std::string seq = R"({"type": "Sequence", "normalizers": [)";
+  std::string norm;
+  for (int i = 0; i < 100000; ++i) norm += seq;
+  for (int i = 0; i < 100000; ++i) norm += "]}";
+  deep.insert(deep.size() - 1, ", \"normalizer\": " + norm);
+  const std::string e = error_of([&] { Tokenizer::from_json_text(deep, "deep.json"); });
+  EXPECT_NE(e.find("deep.json"), std::string::npos) << e;
+  EXPECT_NE(e.find("nested deeper"), std::string::npos) << e;
+  // A few levels are fine.
+  json n = nullptr;
+  for (int i = 0; i < 10; ++i) n = {{"type", "Sequence"}, {"normalizers", json::array({n.is_null() ? json{{"type", "NFC"}} : n})}};
+  j["normalizer"] = n;
+  EXPECT_NO_THROW(Tokenizer::from_json_text(j.dump(), "ok.json"));
+}
+
 TEST(TokenizerUnit, SplitBehaviors) {
   // A Split pre-tokenizer on digits with each behavior, followed by ByteLevel without regex.
   auto make = [](const std::string& behavior, bool invert) {

@@ -52,7 +52,7 @@ std::vector<double> losses(const std::string& log) {
 }
 
 TEST(Trainer, StepsMatchTorchAdamW) {
-  if (!testutil::python_has_torch()) GTEST_SKIP() << "Debian python3 with torch not found";
+  MHA2MLA_REQUIRE_ORACLE(testutil::python_has_torch(), "Debian python3 with torch not found");
   auto dir = testutil::temp_dir("train-ref");
   auto m = testutil::make_random_model(testutil::tiny_config("llama-gqa"), 3);
   model::save_model(*m, dir + "/init");
