@@ -54,5 +54,6 @@ int cmd_cast(const Args& a);
 int cmd_calibrate(const Args& a);
 int cmd_tokenizer_train(const Args& a);
 int cmd_data(const Args& a);
+int cmd_eval(const Args& a);
 
 }  // namespace mha2mla::cli
