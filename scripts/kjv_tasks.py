@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Evaluation tasks from the KJV books held out of pretraining (see scripts/kjv.sh), written as JSON Lines.
 
-    scripts/kjv_tasks.py [--out tasks/kjv] [--seed 2026] [--mc 400] [--retrieval 512:60,1024:30,2048:15,4096:8]
+    scripts/kjv_tasks.py [--out tasks/kjv] [--seed 2026] [--mc 400] [--retrieval 512:40,1024:20,2048:10,4096:6]
 
 Needs data/kjv/val.txt (scripts/kjv.sh) and a built mha2mla (for token counts with models/kjv-mha's tokenizer;
 MHA2MLA=path overrides build/mha2mla). Standard library only; the same seed gives the same files.
@@ -65,12 +65,17 @@ def split_verse(words):
 def make_mc(verses, n, rng):
     cands = [v for v in verses if len(v.split()) >= 8]
     halves = [split_verse(v.split()) for v in cands]
-    picked = rng.sample(range(len(cands)), n)
+    order = list(range(len(cands)))
+    rng.shuffle(order)
     rows = []
-    for i in picked:
+    for i in order:
+        if len(rows) == n:
+            break
         query, gold = halves[i]
         lo, hi = 0.75 * len(gold), 1.25 * len(gold)
         pool = [j for j in range(len(cands)) if j != i and lo <= len(halves[j][1]) <= hi and halves[j][1] != gold]
+        if len(pool) < 3:  # an unusually long verse: no fair distractors
+            continue
         distractors = [halves[j][1] for j in rng.sample(pool, 3)]
         choices = [gold] + distractors
         rng.shuffle(choices)
@@ -93,17 +98,24 @@ def passages(chapters, counts, target):
 
 
 def make_retrieval(pool, counts, budget, n_rows, rng, tagged, verse_count):
-    # Passages of about 100 tokens; N of them fill the budget less room for the instruction and question.
-    per = sum(sum(counts[v] for v in p) for p in pool) / len(pool)
-    tag_cost = 5 if tagged else 0
-    n = max(2, int((budget - 90) // (per + 6 + tag_cost * 3)))
+    # Token cost estimates: a passage's verses plus its label and separators; in the tagged form every verse also
+    # carries " (Paragraph k)". Rows over the budget (less a margin for the instruction, the question and the
+    # separators' merges) are drawn again, so prompts fit without truncation.
+    def cost(p):
+        return sum(counts[v] + (6 if tagged else 1) for v in p) + 6
+
+    per = sum(cost(p) for p in pool) / len(pool)
+    n = max(2, int((budget - 120) // per))
     rows = []
-    for r in range(n_rows):
+    while len(rows) < n_rows:
         chosen = rng.sample(pool, n)
         k = rng.randrange(n)
         # A verse that occurs once in all of the held-out text, so the answer is unambiguous.
         unique = [v for v in chosen[k] if verse_count[v] == 1]
         verse = rng.choice(unique)
+        if sum(cost(p) for p in chosen) + counts[verse] + 60 > budget - 4:
+            continue
+        r = len(rows)
         if tagged:
             ctx = "".join("".join("%s (Paragraph %d)\n" % (v, i + 1) for v in p) + "\n" for i, p in enumerate(chosen))
             inp = verse + " (Paragraph"
@@ -133,9 +145,9 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "tasks/kjv"))
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--mc", type=int, default=400, help="multiple-choice rows")
-    ap.add_argument("--retrieval", default="512:60,1024:30,2048:15,4096:8",
+    ap.add_argument("--retrieval", default="512:40,1024:20,2048:10,4096:6",
                     help="TOKENS:ROWS,... context budgets and row counts")
-    ap.add_argument("--tagged", default="512:60", help="TOKENS:ROWS,... for the tagged (easier) form")
+    ap.add_argument("--tagged", default="512:40", help="TOKENS:ROWS,... for the tagged (easier) form")
     ap.add_argument("--passage-tokens", type=int, default=100)
     a = ap.parse_args()
     binary = os.environ.get("MHA2MLA", os.path.join(ROOT, "build/mha2mla"))
@@ -150,8 +162,10 @@ def main():
     os.makedirs(a.out, exist_ok=True)
     rng = random.Random(a.seed)
     write_jsonl(os.path.join(a.out, "kjv_mc.jsonl"), make_mc(verses, a.mc, rng))
-    pool = [p for p in passages(chapters, counts, a.passage_tokens) if any(verse_count[v] == 1 for v in p)]
     for spec, tagged in ((a.retrieval, False), (a.tagged, True)):
+        # The tagged form spends about 6 tokens per verse on tags: shorter passages keep N comparable.
+        target = a.passage_tokens // 2 if tagged else a.passage_tokens
+        pool = [p for p in passages(chapters, counts, target) if any(verse_count[v] == 1 for v in p)]
         for item in filter(None, spec.split(",")):
             budget, n_rows = (int(x) for x in item.split(":"))
             rows = make_retrieval(pool, counts, budget, n_rows, random.Random(a.seed * 7919 + budget + tagged), tagged,

@@ -91,7 +91,9 @@ int run_mc(EvalArgs& a) {
   auto tok = tok::Tokenizer::load(a.dir);
   auto m = model::load_model(a.dir, a.rt);
   const auto& eos = m->config().eos_token_ids;
-  const int64_t prefix = eos.empty() ? m->config().bos_token_id : eos[0];
+  const auto& bos = m->config().bos_token_ids;
+  check(!eos.empty() || !bos.empty(), a.dir + "/config.json: neither eos_token_id nor bos_token_id is set");
+  const int64_t prefix = eos.empty() ? bos[0] : eos[0];  // stands in for an empty context, as in the harness
   std::vector<eval::ContinuationRequest> reqs;  // this process's share
   std::vector<size_t> first(samples.size()), first_own(samples.size());
   size_t total = 0;

@@ -5,6 +5,7 @@
 #include "eval/longbench.h"
 #include "eval/longbench_metrics.h"
 #include "eval/string_similarity.h"
+#include "util/error.h"
 
 using namespace mha2mla::eval;
 
