@@ -39,7 +39,7 @@ std::string Cli::dir_;
 
 TEST_F(Cli, HelpOnEverySubcommand) {
   for (const char* c : {"inspect", "tokenize", "ppl", "generate", "convert", "calibrate", "train", "finetune", "data",
-                        "tokenizer-train", "init", "cast", "bench"}) {
+                        "tokenizer-train", "init", "cast", "bench", "eval"}) {
     auto r = run_cli(std::string(c) + " --help");
     EXPECT_EQ(r.code, 0) << c;
     EXPECT_NE(r.out.find("usage: mha2mla " + std::string(c)), std::string::npos) << r.out;
