@@ -30,7 +30,7 @@ std::string safetensors_bytes(const std::string& header) {
 }
 
 TEST(JsonDepth, BoundedBeforeParsing) {
-  EXPECT_EQ(json_depth("{\"a\": [1, {\"b\": []}]}"), 3);
+  EXPECT_EQ(json_depth("{\"a\": [1, {\"b\": []}]}"), 4);  // object, array, object, array
   EXPECT_EQ(json_depth("\"[[[[\" "), 0);  // brackets in strings do not count
   EXPECT_EQ(json_depth(R"(["\"[[[", 1])"), 1);
   EXPECT_EQ(json_depth(nested(kMaxJsonDepth)), kMaxJsonDepth);

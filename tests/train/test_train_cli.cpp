@@ -143,7 +143,8 @@ double log_diff(const std::string& a, const std::string& b, const char* field) {
 // Elements of optimizer state (exp_avg and exp_avg_sq) in one rank's file.
 int64_t state_elements(const std::string& file) {
   int64_t n = 0;
-  for (const auto& t : io::SafetensorsFile(file).tensors()) {
+  const io::SafetensorsFile f(file);  // kept alive: tensors() refers into it
+  for (const auto& t : f.tensors()) {
     int64_t k = 1;
     for (auto d : t.shape) k *= d;
     n += k;
