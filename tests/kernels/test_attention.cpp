@@ -6,19 +6,14 @@
 #include <string>
 #include <vector>
 
+#include "kernels/variants.h"
 #include "kernels/attention.h"
 
 using namespace mha2mla;
 using kernels::Variant;
+using testutil::cpu_variants;
 
 namespace {
-
-std::vector<Variant> cpu_variants() {
-  std::vector<Variant> v{Variant::Generic};
-  if (kernels::cpu_has_avx512()) v.push_back(Variant::Avx512);
-  if (kernels::cpu_has_avx512_bf16()) v.push_back(Variant::Avx512Bf16);
-  return v;
-}
 
 // Per dtype: |got - want| <= atol + rtol * |want|. bf16 outputs are rounded to 8 bits of mantissa and the
 // bf16 kernels also round the probabilities to bf16 before P·V.

@@ -4,19 +4,14 @@
 #include <string>
 #include <vector>
 
+#include "kernels/variants.h"
 #include "kernels/gemv.h"
 
 using namespace mha2mla;
 using kernels::Variant;
+using testutil::cpu_variants;
 
 namespace {
-
-std::vector<Variant> cpu_variants() {
-  std::vector<Variant> v{Variant::Generic};
-  if (kernels::cpu_has_avx512()) v.push_back(Variant::Avx512);
-  if (kernels::cpu_has_avx512_bf16()) v.push_back(Variant::Avx512Bf16);
-  return v;
-}
 
 // The kernel accumulates in f32 like torch's CPU linear, in a different order; outputs are rounded to
 // the storage type, so bf16/f16 may differ by one unit in the last place of the output.

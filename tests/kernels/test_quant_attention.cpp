@@ -7,21 +7,16 @@
 #include <string>
 #include <vector>
 
+#include "kernels/variants.h"
 #include "kernels/attention.h"
 #include "kernels/quant_attention.h"
 
 using namespace mha2mla;
 using kernels::QuantizedKV;
 using kernels::Variant;
+using testutil::cpu_variants;
 
 namespace {
-
-std::vector<Variant> cpu_variants() {
-  std::vector<Variant> v{Variant::Generic};
-  if (kernels::cpu_has_avx512()) v.push_back(Variant::Avx512);
-  if (kernels::cpu_has_avx512_bf16()) v.push_back(Variant::Avx512Bf16);
-  return v;
-}
 
 // Asymmetric min/max quantization of slots [0, n_quant) of x [B, H, S, D] (f32), the rest kept as residual.
 QuantizedKV quantize(const torch::Tensor& x, int bits, int64_t group, bool per_channel, int64_t n_quant,
