@@ -2,7 +2,8 @@
 # The whole pipeline at Llama-2-7B size: synthesise a 7B-shaped fp16 checkpoint (2 shards, random weights with a
 # decaying spectrum), then calibrate (bf16, 2 windows of 512) -> convert (2-norm, r = 16, d_kv = 16, joint SVD,
 # with the calibration file) -> ppl (bf16, ~1K tokens) -> generate (16 tokens, bf16), reporting each step's wall
-# time and peak resident memory against its target (1.25 x the bf16 size of the weights it holds + 1 GiB).
+# time, CPU time (user + sys: comparable on a shared machine) and peak resident memory against its target
+# (1.25 x the bf16 size of the weights it holds + 1 GiB).
 #
 #   bench/real_size.sh [--layers N] [--device cpu|cuda] [--work DIR] [--keep]
 #
@@ -51,12 +52,14 @@ results=()
 step() {
   local name=$1 target_bytes=$2
   shift 2
-  local t0 t1 json maxrss=""
+  local t0 t1 json maxrss="" cpu=0 kib user sys
   echo "== $name: $*" >&2
   t0=$(date +%s.%N)
   if [ -x /usr/bin/time ]; then
-    json=$(/usr/bin/time -f '%M' -o "$work/$name.time" "$@")
-    maxrss=$(($(tail -1 "$work/$name.time") * 1024))
+    json=$(/usr/bin/time -f '%M %U %S' -o "$work/$name.time" "$@")
+    read -r kib user sys <<<"$(tail -1 "$work/$name.time")"
+    maxrss=$((kib * 1024))
+    cpu=$(echo "$user + $sys" | bc)
   else
     json=$("$@")
   fi
@@ -66,7 +69,7 @@ step() {
   peak=$(echo "$json" | sed -n 's/.*"peak_rss_bytes":\([0-9]*\).*/\1/p' | tail -1)
   local secs
   secs=$(echo "$t1 - $t0" | bc)
-  results+=("$name $secs $peak $target_bytes ${maxrss:-0}")
+  results+=("$name $secs $peak $target_bytes ${maxrss:-0} $cpu")
 }
 
 gib() { echo "scale=2; $1 / 1073741824" | bc; }
@@ -98,13 +101,13 @@ tokens=$(sed -n 's/.*"tokens":\([0-9]*\).*/\1/p' "$work/ppl.json")
 {
   echo "layers $layers, device $device, $(nproc) cores; source $(gib $src_bytes) GiB of weights in bf16 terms, converted $(gib $mla_bytes) GiB; ppl on $tokens tokens"
   echo
-  echo "| step | wall (s) | peak RSS (GiB) | target (GiB) | within | /usr/bin/time max RSS (GiB) |"
-  echo "|---|---|---|---|---|---|"
+  echo "| step | wall (s) | CPU (s) | peak RSS (GiB) | target (GiB) | within | /usr/bin/time max RSS (GiB) |"
+  echo "|---|---|---|---|---|---|---|"
   for r in "${results[@]}"; do
     set -- $r
     ok=no
     [ "$3" -le "$4" ] && ok=yes
-    printf '| %s | %.1f | %s | %s | %s | %s |\n' "$1" "$2" "$(gib "$3")" "$(gib "$4")" "$ok" "$(gib "$5")"
+    printf '| %s | %.1f | %.1f | %s | %s | %s | %s |\n' "$1" "$2" "$6" "$(gib "$3")" "$(gib "$4")" "$ok" "$(gib "$5")"
   done
 } | tee "$work/results.md"
 {
@@ -112,7 +115,7 @@ tokens=$(sed -n 's/.*"tokens":\([0-9]*\).*/\1/p' "$work/ppl.json")
   sep=""
   for r in "${results[@]}"; do
     set -- $r
-    printf '%s{"step":"%s","seconds":%s,"peak_rss_bytes":%s,"target_bytes":%s,"time_max_rss_bytes":%s}' "$sep" "$1" "$2" "$3" "$4" "$5"
+    printf '%s{"step":"%s","seconds":%s,"cpu_seconds":%s,"peak_rss_bytes":%s,"target_bytes":%s,"time_max_rss_bytes":%s}' "$sep" "$1" "$2" "$6" "$3" "$4" "$5"
     sep=","
   done
   printf ']}\n'

@@ -22,12 +22,12 @@ namespace fs = std::filesystem;
 namespace {
 
 struct Shape {
-  int64_t layers = 32, hidden = 4096, heads = 32, kv_heads = 32, inter = 11008, vocab = 32000, max_pos = 4096;
+  int64_t layers = 32, hidden = 4096, heads = 32, kv_heads = 0 /* = heads */, inter = 11008, vocab = 32000, max_pos = 4096;
 };
 
 void usage() {
   std::printf(
-      "usage: synth_checkpoint --out DIR --tokenizer FILE [--layers N] [--hidden D] [--heads H] [--kv-heads K]\n"
+      "usage: synth_checkpoint --out DIR --tokenizer FILE [--layers N] [--hidden D] [--heads H] [--kv-heads K (= H)]\n"
       "                        [--intermediate I] [--vocab V] [--shards S] [--dtype f16|bf16|f32] [--seed N]\n"
       "Defaults are Llama-2-7B's: 32 layers, hidden 4096, 32/32 heads, intermediate 11008, vocab 32000, 2 fp16\n"
       "shards. The tokenizer's vocabulary is padded with unreachable tokens up to the model's.\n");
@@ -93,6 +93,7 @@ int main(int argc, char** argv) {
       else fail("unknown option " + a);
     }
     check(!out.empty() && !tokenizer.empty(), "--out and --tokenizer are required (see --help)");
+    if (sh.kv_heads == 0) sh.kv_heads = sh.heads;
     check(sh.hidden % sh.heads == 0 && sh.heads % sh.kv_heads == 0, "hidden must divide into heads, heads into kv-heads");
     check(!fs::exists(out) || fs::is_empty(out), out + " already exists and is not empty");
     const auto dtype = model::parse_compute_dtype(dtype_name);
@@ -114,14 +115,19 @@ int main(int argc, char** argv) {
     }
     plan.push_back({"model.norm.weight", {d}});
     plan.push_back({"lm_head.weight", {sh.vocab, d}});
-    uint64_t total = 0;
-    for (const auto& [n, s] : plan) total += static_cast<uint64_t>(s[0]) * (s.size() > 1 ? s[1] : 1) * c10::elementSize(dtype);
+    uint64_t total = 0, largest = 0;
+    for (const auto& [n, s] : plan) {
+      const uint64_t nb = static_cast<uint64_t>(s[0]) * (s.size() > 1 ? s[1] : 1) * c10::elementSize(dtype);
+      total += nb;
+      largest = std::max(largest, nb);
+    }
 
     const std::string tmp = out + ".tmp-synth";
     fs::remove_all(tmp);
     fs::create_directories(tmp);
     {
-      io::CheckpointWriter w(tmp, shards > 1 ? (total + shards - 1) / shards : 0);
+      // Room for one more tensor per shard, so greedy packing gives exactly `shards` files.
+      io::CheckpointWriter w(tmp, shards > 1 ? (total + shards - 1) / shards + largest : 0);
       auto gen = at::detail::createCPUGenerator(static_cast<uint64_t>(seed));
       torch::NoGradGuard ng;
       int64_t done = 0;
