@@ -1,4 +1,5 @@
 // mha2mla calibrate: q/k frequency norms and attention-input covariances of a model over a text.
+#include <chrono>
 #include <cstdio>
 #include <iostream>
 
@@ -11,7 +12,9 @@
 #include "tokenizer/tokenizer.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
+#include "util/memory.h"
 #include "util/progress.h"
+#include "util/text.h"
 
 namespace mha2mla::cli {
 
@@ -58,8 +61,9 @@ int cmd_calibrate(const Args& a) {
                 [&](auto& v) { out = v; })
       .integer("samples", "N", "most windows to use", samples, 1)
       .integer("ctx", "T", "window length in tokens", ctx, 1, "min(max_position_embeddings, 512)");
-  add_runtime_options(t, rt, kDevice);
-  t.toggle("json", "print {out, tokens, heldout_tokens, samples, ctx, layers} as JSON", json);
+  add_runtime_options(t, rt, kDevice | kDtype);
+  t.toggle("json", "print {out, tokens, heldout_tokens, samples, ctx, layers, seconds, peak_rss_bytes, runtime} as\n"
+                   "JSON; the statistics are accumulated in fp64 whatever --dtype computes in", json);
   if (!t.parse(a)) return 0;
   // Look at the raw config first: a converted model's weights would not even load as a standard one.
   nlohmann::json raw;
@@ -77,17 +81,21 @@ int cmd_calibrate(const Args& a) {
   check(static_cast<int64_t>(ids.size()) >= ctx, "calibration text has " + std::to_string(ids.size()) +
                                                      " tokens, need at least " + std::to_string(ctx));
 
+  const auto t0 = std::chrono::steady_clock::now();
   auto m = model::load_model(dir, rt);
   check(!m->config().raw.contains("mha2mla"), "model is already converted to MLA");
   Progress bar("calibrate", std::min<int64_t>(samples, static_cast<int64_t>(ids.size()) / ctx));
   auto s = convert::calibrate(*m, ids, samples, ctx, [&](int64_t d, int64_t) { bar.update(d); });
   bar.finish();
+  s.fingerprint = convert::model_fingerprint(dir);
   convert::save_calib(out, s);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
   const int64_t L = m->config().num_layers;
   if (json) {
     nlohmann::json j{{"out", out},          {"tokens", s.tokens}, {"heldout_tokens", s.heldout_tokens},
-                     {"samples", s.samples}, {"ctx", s.ctx},       {"layers", L}};
+                     {"samples", s.samples}, {"ctx", s.ctx},       {"layers", L},
+                     {"seconds", secs},      {"peak_rss_bytes", peak_rss_bytes()}, {"runtime", runtime_json(rt)}};
     std::cout << j.dump() << "\n";
   } else {
     std::printf("calibrated on %lld tokens (%lld windows of %lld, %lld tokens held out) -> %s\n",
@@ -96,6 +104,7 @@ int cmd_calibrate(const Args& a) {
     auto ranks = convert::ranks_from_scores(convert::two_norm_scores(s, m->config().num_kv_heads));
     print_best(ranks, 0);
     if (L > 1) print_best(ranks, L - 1);
+    std::printf("%.1fs, peak memory %s\n", secs, format_bytes(peak_rss_bytes()).c_str());
   }
   return 0;
 }

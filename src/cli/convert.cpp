@@ -1,4 +1,5 @@
 // mha2mla convert: MHA/GQA checkpoint -> MLA checkpoint (partial RoPE + low-rank latent).
+#include <chrono>
 #include <cstdio>
 #include <iostream>
 
@@ -7,7 +8,9 @@
 #include "model/runtime_options.h"
 #include "convert/mla_convert.h"
 #include "util/error.h"
+#include "util/memory.h"
 #include "util/progress.h"
+#include "util/text.h"
 
 namespace mha2mla::cli {
 
@@ -48,13 +51,22 @@ int cmd_convert(const Args& a) {
              [&](auto& v) { opt.score_sum = parse_choice("score", v, {"product", "sum"}) == "sum"; }, "product")
       .value("svd-algo", "A", "auto (randomized for large matrices), exact, randomized",
              [&](auto& v) { opt.algo = convert::parse_svd_algo(v); }, "auto")
+      .value("max-shard-bytes", "N", "largest output file, in bytes of data; larger outputs are sharded as HF does\n"
+             "(model-0000k-of-0000n.safetensors + index); 0 = one file",
+             [&](auto& v) {
+               const int64_t n = parse_int("max-shard-bytes", v);
+               check(n >= 0, "--max-shard-bytes must be 0 or more");
+               opt.max_shard_bytes = static_cast<uint64_t>(n);
+             }, "5000000000")
       .toggle("json", "the report as one JSON object", json)
       .note("Report keys (--json): kv_values_per_token_per_layer_before/_after, kv_cache_ratio, kv_cache_reduction,\n"
             "latent_dim, layers[{layer, k_rel_err, v_rel_err, k_rel_err_heldout, v_rel_err_heldout,\n"
             "k_rel_err_heldout_plain_svd, v_rel_err_heldout_plain_svd}], mean_k_rel_err, mean_v_rel_err,\n"
-            "kept_frequencies{slots, same_for_all_heads, frequencies, count_per_frequency, most_kept}.");
+            "kept_frequencies{slots, same_for_all_heads, frequencies, count_per_frequency, most_kept}, seconds,\n"
+            "peak_rss_bytes.");
   if (!t.parse(a)) return 0;
   if (opt.svd != "none") check(has_dkv, "convert: missing --dkv");
+  const auto t0 = std::chrono::steady_clock::now();
   Progress bar("convert", 1);
   std::unique_ptr<Progress> layers_bar;
   auto report = convert::convert_model(model, out, opt, calib, [&](int64_t d, int64_t n) {
@@ -63,6 +75,8 @@ int cmd_convert(const Args& a) {
   });
   if (layers_bar) layers_bar->finish();
   bar.finish();
+  report["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  report["peak_rss_bytes"] = peak_rss_bytes();
   if (json) {
     std::cout << report.dump() << "\n";
     return 0;
@@ -96,6 +110,7 @@ int cmd_convert(const Args& a) {
   } else {
     std::printf("kept frequencies vary per layer/head; most kept [index, count]: %s\n", kf["most_kept"].dump().c_str());
   }
+  std::printf("%.1fs, peak memory %s\n", report["seconds"].get<double>(), format_bytes(peak_rss_bytes()).c_str());
   return 0;
 }
 

@@ -8,6 +8,8 @@
 #include "cli/options.h"
 #include "train/recipe.h"
 #include "util/error.h"
+#include "util/memory.h"
+#include "util/text.h"
 
 namespace mha2mla::cli {
 
@@ -78,6 +80,7 @@ int cmd_finetune(const Args& a) {
                       }()}};
   if (l_base >= 0)
     rep["original_finetuned"] = {{"val_loss", l_base}, {"val_ppl", std::exp(l_base)}, {"model", out + "/baseline/model"}};
+  rep["peak_rss_bytes"] = peak_rss_bytes();
   if (json) {
     std::cout << rep.dump() << "\n";
     return 0;
@@ -88,6 +91,7 @@ int cmd_finetune(const Args& a) {
   if (l_base >= 0) std::printf("  original, fine-tuned         %10.3f\n", std::exp(l_base));
   std::printf("  converted, before training   %10.3f\n", std::exp(l_mla0));
   std::printf("  converted, after training    %10.3f\n", std::exp(l_mla1));
+  std::printf("peak memory %s\n", format_bytes(peak_rss_bytes()).c_str());
   return 0;
 }
 

@@ -10,6 +10,7 @@
 #include "model/transformer.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
+#include "util/memory.h"
 #include "util/text.h"
 
 namespace mha2mla::cli {
@@ -87,15 +88,17 @@ int cmd_generate(const Args& a) {
                      {"prefill_s", prefill_s},
                      {"decode_s", decode_s},
                      {"decode_tokens_per_s", decode_tps},
-                     {"runtime", runtime_json(rt)}};
+                     {"runtime", runtime_json(rt)},
+                     {"peak_rss_bytes", peak_rss_bytes()}};
     o.update(stats.to_json());
     std::cout << o.dump() << "\n";
   } else {
     if (printed < text.size()) std::fwrite(text.data() + printed, 1, text.size() - printed, stdout);
     std::printf("\n");
-    std::fprintf(stderr, "[%zu prompt tokens, prefill %.3fs; %lld new tokens, %.1f tokens/s; cache %s for %lld tokens]\n",
+    std::fprintf(stderr, "[%zu prompt tokens, prefill %.3fs; %lld new tokens, %.1f tokens/s; cache %s for %lld tokens; peak memory %s]\n",
                  prompt_ids.size(), prefill_s, static_cast<long long>(n_new), decode_tps,
-                 format_bytes(stats.bytes).c_str(), static_cast<long long>(stats.tokens));
+                 format_bytes(stats.bytes).c_str(), static_cast<long long>(stats.tokens),
+                 format_bytes(peak_rss_bytes()).c_str());
   }
   return 0;
 }

@@ -9,6 +9,7 @@
 #include "model/transformer.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
+#include "util/memory.h"
 #include "util/progress.h"
 #include "util/text.h"
 
@@ -54,7 +55,7 @@ int cmd_ppl(const Args& a) {
     nlohmann::json out{{"ppl", r.ppl},         {"nll", r.nll},         {"tokens", r.tokens},
                        {"windows", r.windows}, {"ctx", po.ctx},        {"stride", po.stride},
                        {"chunk", po.chunk},    {"seconds", r.seconds}, {"tokens_per_s", r.tokens / std::max(r.seconds, 1e-9)},
-                       {"runtime", runtime_json(rt)}};
+                       {"runtime", runtime_json(rt)}, {"peak_rss_bytes", peak_rss_bytes()}};
     if (po.chunk > 0) out.update(r.cache.to_json());
     std::cout << out.dump() << "\n";
   } else {
@@ -63,7 +64,7 @@ int cmd_ppl(const Args& a) {
                 static_cast<long long>(po.stride), r.seconds);
     if (po.chunk > 0)
       std::printf("  cache %s, %.1f bytes/token", format_bytes(r.cache.bytes).c_str(), r.cache.bytes_per_token());
-    std::printf("\n");
+    std::printf("  peak memory %s\n", format_bytes(peak_rss_bytes()).c_str());
   }
   return 0;
 }

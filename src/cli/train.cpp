@@ -8,6 +8,8 @@
 #include "model/runtime_options.h"
 #include "train/recipe.h"
 #include "util/error.h"
+#include "util/memory.h"
+#include "util/text.h"
 
 namespace mha2mla::cli {
 
@@ -111,14 +113,15 @@ int cmd_train(const Args& a) {
   if (!dist.is_main()) return 0;
   nlohmann::json j{{"steps", res.steps},     {"tokens", res.tokens},           {"loss", res.last_loss},
                    {"val_loss", res.val_loss}, {"val_ppl", std::exp(res.val_loss)}, {"tokens_per_s", res.tokens_per_s},
-                   {"seconds", res.seconds},  {"out", out}};
+                   {"seconds", res.seconds},  {"out", out}, {"peak_rss_bytes", peak_rss_bytes()}};
   if (json) {
     std::cout << j.dump() << "\n";
   } else {
     std::printf("trained %lld steps (%lld tokens, %.0f tokens/s): loss %.4f, validation loss %.4f (ppl %.2f)\n",
                 static_cast<long long>(res.steps), static_cast<long long>(res.tokens), res.tokens_per_s, res.last_loss,
                 res.val_loss, std::exp(res.val_loss));
-    std::printf("model: %s/model  log: %s/train_log.jsonl  plot: %s/loss.svg\n", out.c_str(), out.c_str(), out.c_str());
+    std::printf("model: %s/model  log: %s/train_log.jsonl  plot: %s/loss.svg  peak memory %s\n", out.c_str(), out.c_str(),
+                out.c_str(), format_bytes(peak_rss_bytes()).c_str());
   }
   return 0;
 }

@@ -2,6 +2,7 @@
 
 #include <cinttypes>
 #include <cstdio>
+#include <cstring>
 #include <map>
 #include <memory>
 
@@ -14,7 +15,8 @@ namespace mha2mla::convert {
 namespace {
 
 constexpr const char* kFormat = "mha2mla-calib";
-constexpr const char* kVersion = "1";
+// 2: the fingerprint describes the checkpoint (names, dtypes, shapes, a hash of some bytes).
+constexpr const char* kVersion = "2";
 
 std::string shape_str(at::IntArrayRef s) {
   std::string out = "[";
@@ -22,21 +24,27 @@ std::string shape_str(at::IntArrayRef s) {
   return out + "]";
 }
 
-// Σ c_i·w_i over the flattened tensor in fp64 with coefficients from a fixed hash of i, so that any
-// change of value or position moves the sum; the order is fixed, so equal weights give equal bits.
-double checksum(const torch::Tensor& w, uint64_t salt) {
-  auto t = w.detach().to(torch::kCPU, torch::kFloat64).contiguous();
-  const double* p = t.data_ptr<double>();
-  double s = 0;
-  for (int64_t i = 0; i < t.numel(); ++i) {
-    uint64_t h = (static_cast<uint64_t>(i) + salt) * 0x9E3779B97F4A7C15ULL;
-    h ^= h >> 29;
-    h *= 0xBF58476D1CE4E5B9ULL;
-    h ^= h >> 32;
-    double c = static_cast<double>(h >> 11) * (1.0 / 9007199254740992.0) + 0.5;  // [0.5, 1.5)
-    s += c * p[i];
+// 64-bit hash of bytes, eight at a time (a multiply-xorshift mix); the same bytes always give the same value.
+uint64_t hash_bytes(const uint8_t* p, uint64_t n, uint64_t h) {
+  auto mix = [](uint64_t x) {
+    x ^= x >> 29;
+    x *= 0xBF58476D1CE4E5B9ULL;
+    x ^= x >> 32;
+    return x;
+  };
+  uint64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t w;
+    std::memcpy(&w, p + i, 8);
+    h = mix(h ^ (w * 0x9E3779B97F4A7C15ULL)) + i;
   }
-  return s;
+  uint64_t tail = 0;
+  for (uint64_t k = 0; i + k < n; ++k) tail |= static_cast<uint64_t>(p[i + k]) << (8 * k);
+  return mix(h ^ (tail * 0x9E3779B97F4A7C15ULL) ^ n);
+}
+
+uint64_t hash_string(const std::string& s, uint64_t h) {
+  return hash_bytes(reinterpret_cast<const uint8_t*>(s.data()), s.size(), h);
 }
 
 std::shared_ptr<model::GQAAttentionImpl> gqa_layer(model::TransformerImpl& m, int64_t l) {
@@ -74,18 +82,84 @@ int64_t parse_count(const std::map<std::string, std::string>& meta, const std::s
 
 }  // namespace
 
-std::string model_fingerprint(model::TransformerImpl& m) {
-  const auto& c = m.config();
-  torch::NoGradGuard ng;
-  auto a = gqa_layer(m, 0);
-  const auto& emb = m.model->embed_tokens->weight;
-  double sum = checksum(a->q_proj->weight, 1) + checksum(a->k_proj->weight, 2) +
-               checksum(emb.narrow(0, 0, std::min<int64_t>(emb.size(0), 16)), 3);
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.9e", sum);
-  return c.model_type + " layers=" + std::to_string(c.num_layers) + " hidden=" + std::to_string(c.hidden_size) +
-         " heads=" + std::to_string(c.num_heads) + " kv_heads=" + std::to_string(c.num_kv_heads) +
-         " head_dim=" + std::to_string(c.head_dim) + " vocab=" + std::to_string(c.vocab_size) + " checksum=" + buf;
+Covariances::Covariances(int64_t layers, int64_t dim) : layers_(static_cast<size_t>(layers)), dim_(dim) {}
+
+void Covariances::add(size_t l, const torch::Tensor& x) {
+  auto& e = layers_.at(l);
+  check(!e.mean.defined(), "cannot add inputs to a finished covariance");
+  check(x.dim() == 2 && x.size(1) == dim_, "covariance inputs must be [n, " + std::to_string(dim_) + "]");
+  e.rows.push_back(x.detach().clone());
+  e.count += x.size(0);
+  e.pending_bytes += x.numel() * x.element_size();
+  if (e.pending_bytes <= dim_ * dim_ * 8) return;
+  // The rows now outweigh the matrix: fold them into the fp64 sum.
+  auto xd = torch::cat(e.rows).to(torch::kFloat64);
+  if (!e.sum.defined()) e.sum = torch::zeros({dim_, dim_}, xd.options());
+  e.sum.addmm_(xd.t(), xd);
+  e.rows.clear();
+  e.pending_bytes = 0;
+}
+
+torch::Tensor Covariances::operator[](size_t l) const {
+  const auto& e = layers_[l];
+  if (e.mean.defined()) return e.mean;
+  auto out = e.sum.defined() ? e.sum.to(torch::kCPU).clone() : torch::zeros({dim_, dim_}, torch::kFloat64);
+  if (!e.rows.empty()) {
+    auto xd = torch::cat(e.rows).to(torch::kFloat64);
+    out.addmm_(xd.t().cpu(), xd.cpu());
+  }
+  if (e.count > 0) out /= static_cast<double>(e.count);
+  return out;
+}
+
+torch::Tensor Covariances::at(size_t l) const {
+  check(l < layers_.size(), "no covariance for layer " + std::to_string(l) + " (" + std::to_string(layers_.size()) +
+                                " layers)");
+  return (*this)[l];
+}
+
+void Covariances::push_back(torch::Tensor mean, std::function<void()> release) {
+  Layer e;
+  dim_ = mean.size(0);
+  e.mean = std::move(mean);
+  e.on_release = std::move(release);
+  layers_.push_back(std::move(e));
+}
+
+void Covariances::release(size_t l) {
+  auto& e = layers_.at(l);
+  if (e.on_release) e.on_release();
+}
+
+std::string model_fingerprint(const std::string& model_dir) {
+  auto ck = io::Checkpoint::open(model_dir);
+  const auto names = ck.names();  // sorted, so the layout hash does not depend on the shard order
+  uint64_t layout = 0x6D6861326D6C61ULL, bytes = 0;
+  for (const auto& n : names) {
+    const auto& info = ck.info(n);
+    layout = hash_string(n + ":" + io::dtype_name(info.dtype) + ":" + shape_str(info.shape), layout);
+    bytes += info.nbytes;
+  }
+  // Whole tensors for layer 0's q/k (tens of MB at 7B), only the first rows of the embedding.
+  uint64_t content = 0x77656967687473ULL;
+  int hashed = 0;
+  for (const std::string n : {"model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight",
+                              "model.embed_tokens.weight"}) {
+    if (!ck.has(n)) continue;
+    auto t = ck.get(n);
+    const auto& info = ck.info(n);
+    uint64_t nb = info.nbytes;
+    if (n == "model.embed_tokens.weight" && info.shape.size() == 2 && info.shape[0] > 16) nb = nb / info.shape[0] * 16;
+    content = hash_bytes(static_cast<const uint8_t*>(t.data_ptr()), nb, content);
+    t = torch::Tensor();
+    ck.release(n);
+    ++hashed;
+  }
+  check(hashed > 0, "checkpoint " + model_dir + " has none of the tensors that identify a Llama-family model");
+  char buf[96];
+  std::snprintf(buf, sizeof buf, "tensors=%zu bytes=%" PRIu64 " layout=%016" PRIx64 " weights=%016" PRIx64, names.size(),
+                bytes, layout, content);
+  return buf;
 }
 
 CalibStats calibrate(model::TransformerImpl& m, const std::vector<int64_t>& ids, int64_t samples, int64_t ctx,
@@ -99,15 +173,8 @@ CalibStats calibrate(model::TransformerImpl& m, const std::vector<int64_t>& ids,
   check(d_h % 2 == 0, "head_dim " + std::to_string(d_h) + " must be even for RoPE");
 
   torch::NoGradGuard ng;
-  struct Proj {
-    torch::Tensor wq, bq, wk, bk;
-  };
-  std::vector<Proj> proj;
-  for (int64_t l = 0; l < L; ++l) {
-    auto a = gqa_layer(m, l);
-    auto f32 = [](const torch::Tensor& t) { return t.defined() ? t.to(torch::kFloat32) : t; };
-    proj.push_back({f32(a->q_proj->weight), f32(a->q_proj->bias), f32(a->k_proj->weight), f32(a->k_proj->bias)});
-  }
+  std::vector<std::shared_ptr<model::GQAAttentionImpl>> attn;
+  for (int64_t l = 0; l < L; ++l) attn.push_back(gqa_layer(m, l));
 
   const int64_t windows = std::min(samples, n / ctx);
   // About a tenth held out (rounded half up), at least one once there are two windows to split.
@@ -116,25 +183,24 @@ CalibStats calibrate(model::TransformerImpl& m, const std::vector<int64_t>& ids,
 
   auto f64 = torch::TensorOptions().dtype(torch::kFloat64).device(m.device());
   auto q_sum = torch::zeros({L, n_h, d_h / 2}, f64), k_sum = torch::zeros({L, n_kv, d_h / 2}, f64);
-  std::vector<torch::Tensor> cov(L), cov_ho(L);
-  for (int64_t l = 0; l < L; ++l) {
-    cov[l] = torch::zeros({d, d}, f64);
-    cov_ho[l] = torch::zeros({d, d}, f64);
-  }
+  Covariances cov(L, d), cov_ho(L, d);
 
   bool in_heldout = false;
   HookGuard guard(m);
   m.attn_input_hook = [&](int64_t l, const torch::Tensor& x) {
-    auto xf = x.reshape({-1, d}).to(torch::kFloat32);
-    auto xd = xf.to(torch::kFloat64);
+    auto rows = x.reshape({-1, d});
     if (in_heldout) {
-      cov_ho[l].addmm_(xd.t(), xd);
+      cov_ho.add(l, rows);
       return;
     }
-    cov[l].addmm_(xd.t(), xd);
-    const auto& p = proj[l];
-    q_sum[l] += pair_norm_sum(torch::linear(xf, p.wq, p.bq), n_h, d_h);
-    k_sum[l] += pair_norm_sum(torch::linear(xf, p.wk, p.bk), n_kv, d_h);
+    cov.add(l, rows);
+    // The projections in fp32 whatever the model computes in; the weights are cast per call, so a bf16 model
+    // does not carry fp32 copies of every layer's q/k.
+    auto xf = rows.to(torch::kFloat32);
+    const auto& a = *attn[l];
+    auto f32 = [](const torch::Tensor& t) { return t.defined() ? t.to(torch::kFloat32) : t; };
+    q_sum[l] += pair_norm_sum(torch::linear(xf, f32(a.q_proj->weight), f32(a.q_proj->bias)), n_h, d_h);
+    k_sum[l] += pair_norm_sum(torch::linear(xf, f32(a.k_proj->weight), f32(a.k_proj->bias)), n_kv, d_h);
   };
   auto all = torch::tensor(ids, torch::kInt64);
   for (int64_t w = 0; w < windows; ++w) {
@@ -150,12 +216,8 @@ CalibStats calibrate(model::TransformerImpl& m, const std::vector<int64_t>& ids,
   s.ctx = ctx;
   s.q_norm = (q_sum / static_cast<double>(s.tokens)).to(torch::kCPU, torch::kFloat32);
   s.k_norm = (k_sum / static_cast<double>(s.tokens)).to(torch::kCPU, torch::kFloat32);
-  for (int64_t l = 0; l < L; ++l) {
-    s.cov.push_back((cov[l] / static_cast<double>(s.tokens)).to(torch::kCPU));
-    s.cov_heldout.push_back(heldout ? (cov_ho[l] / static_cast<double>(s.heldout_tokens)).to(torch::kCPU)
-                                    : cov_ho[l].to(torch::kCPU));
-  }
-  s.fingerprint = model_fingerprint(m);
+  s.cov = std::move(cov);
+  s.cov_heldout = std::move(cov_ho);
   return s;
 }
 
@@ -178,14 +240,15 @@ void save_calib(const std::string& path, const CalibStats& s) {
   const int64_t L = s.q_norm.size(0), n_kv = s.k_norm.size(1);
   check(static_cast<int64_t>(s.cov.size()) == L && static_cast<int64_t>(s.cov_heldout.size()) == L,
         "calibration statistics need one covariance per layer");
+  check(!s.fingerprint.empty(), "calibration statistics for " + path + " lack the model fingerprint");
   auto scores = two_norm_scores(s, n_kv, /*product=*/true);
-  io::NamedTensors t{{"q_norm", s.q_norm.to(torch::kCPU, torch::kFloat32)},
-                     {"k_norm", s.k_norm.to(torch::kCPU, torch::kFloat32)},
-                     {"scores", scores},
-                     {"ranks", ranks_from_scores(scores)}};
-  for (int64_t l = 0; l < L; ++l) t.push_back({"cov." + std::to_string(l), s.cov[l].to(torch::kCPU, torch::kFloat64)});
-  for (int64_t l = 0; l < L; ++l)
-    t.push_back({"cov_heldout." + std::to_string(l), s.cov_heldout[l].to(torch::kCPU, torch::kFloat64)});
+  io::NamedTensors small{{"q_norm", s.q_norm.to(torch::kCPU, torch::kFloat32)},
+                         {"k_norm", s.k_norm.to(torch::kCPU, torch::kFloat32)},
+                         {"scores", scores},
+                         {"ranks", ranks_from_scores(scores)}};
+  // The covariances first: their fp64 data then start 8-byte aligned, so loading can map them without a copy.
+  // Each is computed when written, so at most one [d, d] matrix is in memory.
+  const int64_t d = s.cov.dim();
   std::map<std::string, std::string> meta{{"format", kFormat},
                                           {"version", kVersion},
                                           {"fingerprint", s.fingerprint},
@@ -194,11 +257,21 @@ void save_calib(const std::string& path, const CalibStats& s) {
                                           {"samples", std::to_string(s.samples)},
                                           {"ctx", std::to_string(s.ctx)},
                                           {"layers", std::to_string(L)}};
-  io::save_safetensors(path, t, meta);
+  std::vector<io::TensorSpec> specs;
+  for (int64_t l = 0; l < L; ++l) specs.push_back({"cov." + std::to_string(l), io::DType::F64, {d, d}});
+  for (int64_t l = 0; l < L; ++l) specs.push_back({"cov_heldout." + std::to_string(l), io::DType::F64, {d, d}});
+  for (const auto& [name, t] : small) specs.push_back({name, io::from_torch(t.scalar_type()), t.sizes().vec()});
+  io::save_safetensors_streamed(path, specs, [&](size_t i) -> torch::Tensor {
+    const int64_t k = static_cast<int64_t>(i);
+    if (k < L) return s.cov[k];
+    if (k < 2 * L) return s.cov_heldout[k - L];
+    return small[k - 2 * L].second;
+  }, meta);
 }
 
 CalibStats load_calib(const std::string& path) {
-  io::SafetensorsFile f(path);
+  auto file = std::make_shared<io::SafetensorsFile>(path);
+  const io::SafetensorsFile& f = *file;
   const auto& meta = f.metadata();
   auto fmt = meta.find("format");
   check(fmt != meta.end() && fmt->second == kFormat, path + " is not a mha2mla calibration file");
@@ -241,17 +314,27 @@ CalibStats load_calib(const std::string& path) {
   const auto* c0 = f.find("cov.0");
   check(c0 && c0->shape.size() == 2, "calibration file " + path + " lacks tensor cov.0 [hidden, hidden]");
   const int64_t d = c0->shape[0];
+  // The covariances stay in the file (mapped; 128 MiB each at 7B width) until a layer needs them.
+  auto view = [&](const std::string& name) {
+    const auto* info = file->find(name);
+    check(info != nullptr, "calibration file " + path + " lacks tensor " + name);
+    check(info->dtype == io::DType::F64 && info->shape == std::vector<int64_t>{d, d},
+          "calibration file " + path + ": tensor " + name + " has shape " + shape_str(info->shape) + " " +
+              io::dtype_name(info->dtype) + ", expected " + shape_str({d, d}) + " F64");
+    return file->tensor(name);
+  };
   for (int64_t l = 0; l < L; ++l) {
-    s.cov.push_back(get("cov." + std::to_string(l), {d, d}, torch::kFloat64));
-    s.cov_heldout.push_back(get("cov_heldout." + std::to_string(l), {d, d}, torch::kFloat64));
+    const std::string c = "cov." + std::to_string(l), h = "cov_heldout." + std::to_string(l);
+    s.cov.push_back(view(c), [file, c] { file->release(c); });
+    s.cov_heldout.push_back(view(h), [file, h] { file->release(h); });
   }
   check(f.find("cov." + std::to_string(L)) == nullptr,
         "calibration file " + path + " has more covariances than the " + std::to_string(L) + " layers of q_norm");
   return s;
 }
 
-void check_calib_matches(const CalibStats& s, model::TransformerImpl& m, const std::string& path) {
-  auto mine = model_fingerprint(m);
+void check_calib_matches(const CalibStats& s, const std::string& model_dir, const std::string& path) {
+  auto mine = model_fingerprint(model_dir);
   check(s.fingerprint == mine, "calibration file " + path + " was made for another model (file: " + s.fingerprint +
                                    "; model: " + mine + ")");
 }

@@ -7,7 +7,7 @@
 #include "io/config.h"
 #include "io/model_files.h"
 #include "io/safetensors.h"
-#include "model/transformer.h"
+#include "model/runtime_options.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
 #include "util/publish_dir.h"
@@ -181,36 +181,68 @@ nlohmann::json convert_model(const std::string& model_dir, const std::string& ou
   bool have_calib = !calib_path.empty();
   if (have_calib) {
     calib = load_calib(calib_path);
-    auto m = model::load_model(model_dir, torch::kFloat32);
-    check_calib_matches(calib, *m, calib_path);
+    // The fingerprint is read from the checkpoint: the source model is never loaded.
+    check_calib_matches(calib, model_dir, calib_path);
   }
   torch::Tensor scores;
   if (opt.rope == RopeStrategy::TwoNorm) scores = two_norm_scores(calib, s.n_kv, !opt.score_sum);
   auto sel = select_frequencies(opt.rope, opt.rope_dims, s.d_h, cfg.num_layers, s.n_kv, opt.uniform_start, scores);
 
   auto ckpt = io::Checkpoint::open(model_dir);
+  // Source tensors by layer, so each layer is read, converted, written and released before the next is read.
+  std::vector<std::vector<std::string>> by_layer(cfg.num_layers);
+  std::vector<std::string> head, tail;  // before the layers (embeddings) and after them (final norm, lm_head)
+  for (const auto& name : ckpt.names()) {
+    if (name.size() > 9 && name.compare(name.size() - 9, 9, ".inv_freq") == 0) continue;  // HF rotary buffers
+    const std::string lp = "model.layers.";
+    if (name.compare(0, lp.size(), lp) == 0) {
+      size_t end = name.find('.', lp.size());
+      int64_t l = -1;
+      try {
+        l = std::stoll(name.substr(lp.size(), end - lp.size()));
+      } catch (...) {
+      }
+      check(l >= 0 && l < cfg.num_layers && end != std::string::npos,
+            "tensor " + name + " in " + model_dir + " belongs to no layer of the config's " +
+                std::to_string(cfg.num_layers));
+      by_layer[l].push_back(name);
+    } else {
+      (name.find("embed") != std::string::npos ? head : tail).push_back(name);
+    }
+  }
   nlohmann::json layers = nlohmann::json::array();
   publish_dir(out_dir, [&](const std::string& tmp) {
     torch::NoGradGuard ng;
     auto out_type = [&](const torch::Tensor& src) {
       return opt.out_dtype.empty() ? src.scalar_type() : model::parse_compute_dtype(opt.out_dtype);
     };
-    io::NamedTensors out;
-    std::set<std::string> consumed;
+    io::CheckpointWriter writer(tmp, opt.max_shard_bytes);
+    // Copied as they are (in the output dtype), then their pages given back.
+    auto pass = [&](const std::string& name) {
+      auto t = ckpt.get_float(name);
+      writer.add(name, t.to(out_type(t)));
+      t = torch::Tensor();
+      ckpt.release(name);
+    };
     auto get = [&](const std::string& name) -> torch::Tensor {
       if (!ckpt.has(name)) return {};
-      consumed.insert(name);
-      return ckpt.get_float(name).to(torch::kFloat32);
+      auto t = ckpt.get_float(name).to(torch::kFloat32, /*non_blocking=*/false, /*copy=*/true);
+      ckpt.release(name);
+      return t;
     };
     auto need = [&](const std::string& name) {
       auto t = get(name);
       check(t.defined(), "missing tensor " + name + " in " + model_dir);
       return t;
     };
-    torch::ScalarType attn_dtype = ckpt.get("model.layers.0.self_attn.q_proj.weight").scalar_type();
+    torch::ScalarType attn_dtype = io::to_torch(ckpt.info("model.layers.0.self_attn.q_proj.weight").dtype);
     if (!opt.out_dtype.empty()) attn_dtype = model::parse_compute_dtype(opt.out_dtype);
+    for (const auto& name : head) pass(name);
     for (int64_t l = 0; l < cfg.num_layers; ++l) {
       const std::string p = "model.layers." + std::to_string(l) + ".self_attn.";
+      std::set<std::string> consumed;
+      for (const char* k : {"q_proj.weight", "q_proj.bias", "k_proj.weight", "k_proj.bias", "v_proj.weight", "v_proj.bias"})
+        consumed.insert(p + k);
       AttnWeights w{need(p + "q_proj.weight"), get(p + "q_proj.bias"), need(p + "k_proj.weight"),
                     get(p + "k_proj.bias"),    need(p + "v_proj.weight"), get(p + "v_proj.bias")};
       torch::Tensor cov, cov_h;
@@ -219,7 +251,15 @@ nlohmann::json convert_model(const std::string& model_dir, const std::string& ou
         if (calib.heldout_tokens > 0) cov_h = calib.cov_heldout.at(l);
       }
       auto ml = convert_layer(w, s, sel[l], opt, cov, cov_h);
-      for (auto& [k, t] : ml.tensors) out.emplace_back(p + k, t.to(attn_dtype).contiguous());
+      w = AttnWeights{};
+      cov = cov_h = torch::Tensor();
+      if (have_calib) {
+        calib.cov.release(l);
+        calib.cov_heldout.release(l);
+      }
+      for (auto& [k, t] : ml.tensors) writer.add(p + k, t.to(attn_dtype));
+      for (const auto& name : by_layer[l])
+        if (!consumed.count(name)) pass(name);
       nlohmann::json lj{{"layer", l}, {"k_rel_err", ml.k_err}, {"v_rel_err", ml.v_err}};
       if (ml.k_err_heldout >= 0) {
         lj["k_rel_err_heldout"] = ml.k_err_heldout;
@@ -232,13 +272,8 @@ nlohmann::json convert_model(const std::string& model_dir, const std::string& ou
       layers.push_back(lj);
       if (progress) progress(l + 1, cfg.num_layers);
     }
-    for (const auto& name : ckpt.names()) {
-      if (consumed.count(name)) continue;
-      if (name.size() > 9 && name.compare(name.size() - 9, 9, ".inv_freq") == 0) continue;
-      auto t = ckpt.get(name);
-      out.emplace_back(name, t.to(out_type(t)).contiguous());
-    }
-    io::save_checkpoint(tmp, out, /*max_shard_bytes=*/uint64_t(4) << 30);
+    for (const auto& name : tail) pass(name);
+    writer.finish();
 
     io::ModelConfig ncfg = cfg;
     ncfg.is_mla = true;

@@ -23,6 +23,8 @@ struct ConvertOptions {
   int64_t dkv = 0;            // latent rank per KV head
   SvdAlgo algo = SvdAlgo::Auto;
   std::string out_dtype;      // "" = the source checkpoint's dtype per tensor; else f32 | bf16
+  // Output files hold at most this much data each (HF's default for save_pretrained); 0 = one file.
+  uint64_t max_shard_bytes = 5'000'000'000ull;
 };
 
 // One layer's attention weights in HF layout, fp32. Biases are undefined when absent.
@@ -53,7 +55,8 @@ std::pair<int64_t, int64_t> kv_values_per_token(const LayerShape& s, const Conve
 void validate_options(const LayerShape& s, const ConvertOptions& opt);
 
 // Converts model_dir into out_dir (written under a temporary name, then renamed; nothing is left on
-// failure). Returns the report as JSON (documented in the README).
+// failure). Streamed: each layer is read, converted, written and its source pages released before the next, so
+// memory holds a layer or so, never the model. Returns the report as JSON (documented in the README).
 nlohmann::json convert_model(const std::string& model_dir, const std::string& out_dir, const ConvertOptions& opt,
                              const std::string& calib_path,
                              const std::function<void(int64_t done, int64_t total)>& progress = {});

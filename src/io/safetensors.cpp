@@ -270,6 +270,22 @@ torch::Tensor SafetensorsFile::tensor(const std::string& name) const {
       ptr, info->shape, [keep](void*) mutable { keep.reset(); }, opts);
 }
 
+void SafetensorsFile::release(const std::string& name) const {
+  const TensorInfo* info = find(name);
+  if (!info || info->nbytes == 0) return;
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t b = reinterpret_cast<uintptr_t>(map_->data + map_->data_start + info->offset);
+  const uintptr_t e = b + info->nbytes;
+  // Whole pages only: a page shared with a neighbouring tensor stays, as that tensor may still be in use.
+  const uintptr_t pb = (b + page - 1) / page * page, pe = e / page * page;
+  if (pe > pb) ::madvise(reinterpret_cast<void*>(pb), pe - pb, MADV_DONTNEED);
+}
+
+bool SafetensorsFile::contains(const void* p) const {
+  auto u = reinterpret_cast<const uint8_t*>(p);
+  return u >= map_->data && u < map_->data + map_->size;
+}
+
 // ---------------------------------------------------------------------------------------------- checkpoint
 
 namespace {
@@ -387,6 +403,17 @@ torch::Tensor Checkpoint::get_float(const std::string& name) const {
   return get(name);
 }
 
+void Checkpoint::release(const std::string& name) const {
+  auto it = where_.find(name);
+  if (it != where_.end()) files_[it->second]->release(name);
+}
+
+bool Checkpoint::contains(const void* p) const {
+  for (const auto& f : files_)
+    if (f->contains(p)) return true;
+  return false;
+}
+
 // ---------------------------------------------------------------------------------------------- writing
 
 namespace {
@@ -408,16 +435,21 @@ void check_writable(const std::string& path, const NamedTensors& tensors) {
   }
 }
 
-void write_safetensors_unchecked(const std::string& path, const NamedTensors& tensors,
-                                 const std::map<std::string, std::string>& metadata) {
+uint64_t spec_bytes(const TensorSpec& s) {
+  uint64_t n = dtype_size(s.dtype);
+  for (auto d : s.shape) n *= static_cast<uint64_t>(d);
+  return n;
+}
+
+void write_streamed(const std::string& path, const std::vector<TensorSpec>& specs,
+                    const std::function<torch::Tensor(size_t)>& produce,
+                    const std::map<std::string, std::string>& metadata) {
   json header = json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   uint64_t offset = 0;
-  for (const auto& [name, t] : tensors) {
-    const uint64_t nb = tensor_bytes(t);
-    header[name] = {{"dtype", dtype_name(from_torch(t.scalar_type()))},
-                    {"shape", t.sizes().vec()},
-                    {"data_offsets", {offset, offset + nb}}};
+  for (const auto& s : specs) {
+    const uint64_t nb = spec_bytes(s);
+    header[s.name] = {{"dtype", dtype_name(s.dtype)}, {"shape", s.shape}, {"data_offsets", {offset, offset + nb}}};
     offset += nb;
   }
   std::string hs = header.dump();
@@ -431,12 +463,22 @@ void write_safetensors_unchecked(const std::string& path, const NamedTensors& te
     os.write(reinterpret_cast<const char*>(len), 8);
     os.write(hs.data(), static_cast<std::streamsize>(hs.size()));
     // One tensor at a time on the CPU, so saving a GPU model does not need a second full copy in host memory.
-    for (const auto& [name, t] : tensors) {
-      torch::Tensor c = t.detach().to(torch::kCPU).contiguous();
+    for (size_t i = 0; i < specs.size(); ++i) {
+      const auto& s = specs[i];
+      torch::Tensor c = produce(i).detach().to(torch::kCPU).contiguous();
+      if (from_torch(c.scalar_type()) != s.dtype || c.sizes().vec() != s.shape)
+        fail("cannot save " + path + ": tensor " + s.name + " does not match its declared dtype and shape");
       if (c.numel() > 0) os.write(static_cast<const char*>(c.data_ptr()), static_cast<std::streamsize>(tensor_bytes(c)));
-      if (!os) fail("write failed for " + path + " at tensor " + name);
+      if (!os) fail("write failed for " + path + " at tensor " + s.name);
     }
   });
+}
+
+void write_safetensors_unchecked(const std::string& path, const NamedTensors& tensors,
+                                 const std::map<std::string, std::string>& metadata) {
+  std::vector<TensorSpec> specs;
+  for (const auto& [name, t] : tensors) specs.push_back({name, from_torch(t.scalar_type()), t.sizes().vec()});
+  write_streamed(path, specs, [&](size_t i) { return tensors[i].second; }, metadata);
 }
 
 }  // namespace
@@ -445,6 +487,17 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors,
                       const std::map<std::string, std::string>& metadata) {
   check_writable(path, tensors);
   write_safetensors_unchecked(path, tensors, metadata);
+}
+
+void save_safetensors_streamed(const std::string& path, const std::vector<TensorSpec>& specs,
+                               const std::function<torch::Tensor(size_t)>& produce,
+                               const std::map<std::string, std::string>& metadata) {
+  std::set<std::string> names;
+  for (const auto& s : specs) {
+    if (s.name == "__metadata__") fail("cannot save " + path + ": \"__metadata__\" is reserved, not a tensor name");
+    if (!names.insert(s.name).second) fail("cannot save " + path + ": tensor " + s.name + " given twice");
+  }
+  write_streamed(path, specs, produce, metadata);
 }
 
 void save_checkpoint(const std::string& dir, const NamedTensors& tensors, uint64_t max_shard_bytes) {
@@ -503,6 +556,151 @@ void save_checkpoint(const std::string& dir, const NamedTensors& tensors, uint64
   json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
   write_text_atomic(index_path, index.dump(2) + "\n");
   remove_stale(keep);
+}
+
+// ---------------------------------------------------------------------------------------------- streaming
+
+namespace {
+
+// Room left before the data of a streamed shard for its header, which is known only when the shard closes.
+// ~150 bytes per tensor: enough for about 400 tensors; a larger header moves the data once (see close_shard).
+constexpr uint64_t kHeaderReserve = 64 * 1024;
+
+void pwrite_all(int fd, const void* buf, uint64_t n, uint64_t off, const std::string& path) {
+  auto p = static_cast<const char*>(buf);
+  while (n > 0) {
+    ssize_t w = ::pwrite(fd, p, std::min<uint64_t>(n, 1ull << 30), static_cast<off_t>(off));
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) fail("write failed for " + path + ": " + std::strerror(errno));
+    p += w;
+    off += static_cast<uint64_t>(w);
+    n -= static_cast<uint64_t>(w);
+  }
+}
+
+std::string shard_tmp_name(const std::string& dir, size_t k) {
+  return join_path(dir, ".model-shard-" + std::to_string(k + 1) + ".safetensors.tmp." + std::to_string(::getpid()));
+}
+
+}  // namespace
+
+CheckpointWriter::CheckpointWriter(std::string dir, uint64_t max_shard_bytes)
+    : dir_(std::move(dir)), max_shard_bytes_(max_shard_bytes) {
+  std::error_code ec;
+  fs::create_directories(dir_, ec);
+  if (ec || !fs::is_directory(dir_)) fail("cannot create checkpoint directory " + dir_ + ": " + ec.message());
+}
+
+CheckpointWriter::~CheckpointWriter() {
+  if (finished_) return;
+  std::error_code ec;
+  if (fd_ >= 0) {
+    ::close(fd_);
+    fs::remove(shard_tmp_name(dir_, done_.size()), ec);
+  }
+  for (const auto& p : done_) fs::remove(p, ec);
+}
+
+void CheckpointWriter::add(const std::string& name, const torch::Tensor& t) {
+  check(!finished_, "cannot add tensor " + name + " to " + dir_ + ": the checkpoint is finished");
+  check_writable(dir_, {{name, t}});
+  if (!names_.insert(name).second) fail("cannot save " + dir_ + ": tensor " + name + " given twice");
+  const uint64_t nb = tensor_bytes(t);
+  if (fd_ >= 0 && max_shard_bytes_ > 0 && data_bytes_ > 0 && data_bytes_ + nb > max_shard_bytes_) close_shard();
+  const std::string path = shard_tmp_name(dir_, done_.size());
+  if (fd_ < 0) {
+    fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd_ < 0) fail("cannot create " + path + ": " + std::strerror(errno));
+    data_bytes_ = 0;
+    entries_.clear();
+  }
+  torch::Tensor c = t.detach().to(torch::kCPU).contiguous();
+  if (nb > 0) pwrite_all(fd_, c.data_ptr(), nb, kHeaderReserve + data_bytes_, path);
+  entries_.push_back({name, from_torch(c.scalar_type()), c.sizes().vec(), data_bytes_, data_bytes_ + nb});
+  data_bytes_ += nb;
+  total_ += nb;
+}
+
+void CheckpointWriter::close_shard() {
+  const std::string path = shard_tmp_name(dir_, done_.size());
+  json header = json::object();
+  header["__metadata__"] = {{"format", "pt"}};  // transformers refuses safetensors without a known format
+  std::vector<std::string> names;
+  for (const auto& e : entries_) {
+    header[e.name] = {{"dtype", dtype_name(e.dtype)}, {"shape", e.shape}, {"data_offsets", {e.begin, e.end}}};
+    names.push_back(e.name);
+  }
+  std::string hs = header.dump();
+  if (8 + hs.size() <= kHeaderReserve) {
+    // Trailing spaces are the format's own padding; the data then start exactly at the reserve.
+    hs.append(kHeaderReserve - 8 - hs.size(), ' ');
+  } else {
+    // Too many tensors for the reserve: move the data behind a header of the right size (rare, costs one copy).
+    hs.append((8 - (8 + hs.size()) % 8) % 8, ' ');
+    const uint64_t start = 8 + hs.size();
+    std::vector<char> buf(64 << 20);
+    // Backwards, so the growing gap never overwrites data not yet moved.
+    uint64_t left = data_bytes_;
+    while (left > 0) {
+      const uint64_t n = std::min<uint64_t>(left, buf.size());
+      left -= n;
+      uint64_t got = 0;
+      while (got < n) {
+        ssize_t r = ::pread(fd_, buf.data() + got, n - got, static_cast<off_t>(kHeaderReserve + left + got));
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) fail("read failed for " + path + ": " + std::strerror(errno));
+        got += static_cast<uint64_t>(r);
+      }
+      pwrite_all(fd_, buf.data(), n, start + left, path);
+    }
+    if (::ftruncate(fd_, static_cast<off_t>(start + data_bytes_)) != 0)
+      fail("cannot truncate " + path + ": " + std::strerror(errno));
+  }
+  uint8_t len[8];
+  const uint64_t n = hs.size();
+  for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(n >> (8 * i));
+  pwrite_all(fd_, len, 8, 0, path);
+  pwrite_all(fd_, hs.data(), hs.size(), 8, path);
+  if (::fsync(fd_) != 0) fail("cannot sync " + path + ": " + std::strerror(errno));
+  ::close(fd_);
+  fd_ = -1;
+  done_.push_back(path);
+  done_names_.push_back(std::move(names));
+  entries_.clear();
+  data_bytes_ = 0;
+}
+
+void CheckpointWriter::finish() {
+  check(!finished_, "checkpoint " + dir_ + " is already finished");
+  if (fd_ >= 0 || done_.empty()) {
+    if (fd_ < 0) {  // no tensor at all: still a valid, empty file
+      const std::string path = shard_tmp_name(dir_, 0);
+      fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+      if (fd_ < 0) fail("cannot create " + path + ": " + std::strerror(errno));
+    }
+    close_shard();
+  }
+  const size_t n = done_.size();
+  auto rename_to = [&](const std::string& from, const std::string& to) {
+    std::error_code ec;
+    fs::rename(from, join_path(dir_, to), ec);
+    if (ec) fail("cannot rename " + from + " to " + to + ": " + ec.message());
+  };
+  if (n == 1) {
+    rename_to(done_[0], "model.safetensors");
+  } else {
+    json weight_map = json::object();
+    for (size_t i = 0; i < n; ++i) {
+      char fn[64];
+      std::snprintf(fn, sizeof fn, "model-%05zu-of-%05zu.safetensors", i + 1, n);
+      rename_to(done_[i], fn);
+      for (const auto& name : done_names_[i]) weight_map[name] = fn;
+    }
+    // The index goes last so it never names a shard that is not yet complete.
+    json index = {{"metadata", {{"total_size", total_}}}, {"weight_map", weight_map}};
+    write_text_atomic(join_path(dir_, "model.safetensors.index.json"), index.dump(2) + "\n");
+  }
+  finished_ = true;
 }
 
 }  // namespace mha2mla::io

@@ -165,7 +165,14 @@ void load_weights(TransformerImpl& m, const io::Checkpoint& ckpt) {
     if (src.sizes() != dst.sizes())
       fail("tensor " + name + " in " + ckpt.path() + " has shape " + shape_str(src.sizes()) +
            " but the config implies " + shape_str(dst.sizes()));
-    dst.copy_(src);
+    if (dst.device().is_cpu() && src.scalar_type() == dst.scalar_type() && ckpt.contains(src.data_ptr())) {
+      // Stored as computed: the parameter is the mapped file itself, so the weights are never held twice. The
+      // mapping is private (copy-on-write), so writes such as training steps get their own pages, never the file's.
+      dst.set_data(src);
+    } else {
+      dst.copy_(src);
+      ckpt.release(name);  // converted one tensor at a time: each source page is given back once read
+    }
   }
   for (const auto& name : ckpt.names()) {
     if (expected.count(name)) continue;

@@ -78,7 +78,9 @@ class TransformerImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Transformer);
 
-// Copies every parameter from the checkpoint, checking names and shapes against the config.
+// Loads every parameter from the checkpoint, checking names and shapes against the config. On the CPU, a tensor
+// stored in the compute dtype becomes a zero-copy (copy-on-write) view of the mapped file, which the parameter
+// keeps alive; other tensors are converted one at a time and their source pages released.
 void load_weights(TransformerImpl& m, const io::Checkpoint& ckpt);
 
 // Reads DIR/config.json and the weights onto rt.device in rt.dtype (compute and storage precision).

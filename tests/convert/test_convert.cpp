@@ -301,6 +301,7 @@ TEST(Convert, CalibrationDrivenMethods) {
   auto t = at::randint(0, 97, {640}, gen, torch::kInt64);
   for (int64_t i = 0; i < t.size(0); ++i) ids.push_back(t[i].item<int64_t>());
   auto stats = convert::calibrate(*m, ids, 10, 64);
+  stats.fingerprint = convert::model_fingerprint(a);
   convert::save_calib(base + "/a.calib", stats);
 
   // 2-norm + activation-aware on the model it was made for: held-out errors are reported, and whitening
