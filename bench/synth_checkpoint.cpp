@@ -15,6 +15,7 @@
 #include "model/runtime_options.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
+#include "util/publish_dir.h"
 
 using namespace mha2mla;
 namespace fs = std::filesystem;
@@ -122,9 +123,8 @@ int main(int argc, char** argv) {
       largest = std::max(largest, nb);
     }
 
-    const std::string tmp = out + ".tmp-synth";
-    fs::remove_all(tmp);
-    fs::create_directories(tmp);
+    PublishDir pub(out);
+    const std::string& tmp = pub.tmp();
     {
       // Room for one more tensor per shard, so greedy packing gives exactly `shards` files.
       io::CheckpointWriter w(tmp, shards > 1 ? (total + shards - 1) / shards + largest : 0);
@@ -161,11 +161,10 @@ int main(int argc, char** argv) {
                        {"vocab_size", sh.vocab},
                        {"bos_token_id", 0},
                        {"eos_token_id", 0},
-                       {"torch_dtype", model::torch_dtype_name(dtype)}};
+                       {"torch_dtype", io::torch_dtype_name(dtype)}};
     write_text_atomic((fs::path(tmp) / "config.json").string(), cfg.dump(2) + "\n");
     write_text_atomic((fs::path(tmp) / "tokenizer.json").string(), padded_tokenizer(tokenizer, sh.vocab).dump() + "\n");
-    if (fs::exists(out)) fs::remove(out);
-    fs::rename(tmp, out);
+    pub.commit();
     std::printf("wrote %s: %lld layers, hidden %lld, %.2f GiB of %s weights\n", out.c_str(),
                 static_cast<long long>(sh.layers), static_cast<long long>(d), total / double(1ull << 30),
                 dtype_name.c_str());
