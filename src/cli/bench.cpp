@@ -10,6 +10,7 @@
 #include "infer/bench.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
+#include "util/memory.h"
 #include "util/progress.h"
 
 namespace mha2mla::cli {
@@ -78,7 +79,8 @@ int cmd_bench(const Args& a) {
       .text("out", "PREFIX", "also write PREFIX.json, PREFIX.md and PREFIX.svg", out_prefix, "none")
       .toggle("json", "print the result as one JSON object {read_bandwidth_gbs, matmul_gflops: {f32, bf16},\n"
                       "shape, dtype, device, cells: [{model, cache_type, context, batch, kv_bytes_per_token,\n"
-                      "prefill_tokens_per_s, decode_tokens_per_s, attn_step_ms, attn_gbs}]}",
+                      "prefill_tokens_per_s, prefill_matmul_fraction, decode_tokens_per_s, attn_step_ms, attn_gbs,\n"
+                      "weight_bytes, decode_roofline}], peak_rss_bytes}",
               json);
   if (!t.parse(a)) return 0;
   if (!out_prefix.empty()) {
@@ -92,6 +94,7 @@ int cmd_bench(const Args& a) {
     bar.update(done, c.model + " " + c.cache_type + " " + std::to_string(c.context));
   });
   bar.finish();
+  r["peak_rss_bytes"] = peak_rss_bytes();
   const std::string md = infer::bench_markdown(r);
   if (!out_prefix.empty()) {
     write_text_atomic(out_prefix + ".json", r.dump(2) + "\n");

@@ -19,7 +19,9 @@
 #include "train/distributed.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
+#include "util/memory.h"
 #include "util/progress.h"
+#include "util/text.h"
 
 namespace mha2mla::cli {
 
@@ -75,12 +77,14 @@ void write_lines(const std::string& path, const std::vector<json>& lines) {
 void report(const EvalArgs& a, json out, const std::vector<std::pair<std::string, double>>& text_lines) {
   if (!a.dist.is_main()) return;
   if (a.dist.world() > 1) out["processes"] = a.dist.world();
+  out["peak_rss_bytes"] = peak_rss_bytes();  // this process's (rank 0's)
   if (a.json) {
     std::cout << out.dump() << "\n";
     return;
   }
   std::printf("%s: %lld samples\n", a.task.c_str(), static_cast<long long>(out["samples"].get<int64_t>()));
   for (const auto& [name, v] : text_lines) std::printf("  %-28s %.4f\n", name.c_str(), v);
+  std::printf("peak memory %s\n", format_bytes(peak_rss_bytes()).c_str());
 }
 
 int run_mc(EvalArgs& a) {

@@ -109,14 +109,42 @@ double relative_error(const torch::Tensor& m, const torch::Tensor& approx) {
   return (md - approx.to(type)).norm().item<double>() / den;
 }
 
+namespace {
+// fp64 where it is cheap (exactness tests); the sums below accumulate in fp64 either way.
+torch::ScalarType error_type(const torch::Tensor& m) { return m.numel() <= (1 << 20) ? torch::kFloat64 : torch::kFloat32; }
+
+double ratio(double num, double den) { return den <= 0.0 ? 0.0 : std::sqrt(std::max(num, 0.0) / den); }
+}  // namespace
+
 double relative_error_on(const torch::Tensor& m, const torch::Tensor& approx, const torch::Tensor& cov) {
-  auto md = m.to(torch::kFloat64);
-  auto c = cov.to(torch::kFloat64);
-  auto e = md - approx.to(torch::kFloat64);
-  double den = (torch::matmul(md, c) * md).sum().item<double>();
+  const auto type = error_type(m);
+  auto md = m.to(type);
+  auto c = cov.to(type);
+  auto e = md - approx.to(type);
+  const double den = (torch::matmul(md, c) * md).sum(torch::kFloat64).item<double>();
   if (den <= 0.0) return 0.0;
-  double num = (torch::matmul(e, c) * e).sum().item<double>();
-  return std::sqrt(std::max(num, 0.0) / den);
+  return ratio((torch::matmul(e, c) * e).sum(torch::kFloat64).item<double>(), den);
+}
+
+torch::Tensor times_cov(const torch::Tensor& m, const torch::Tensor& cov) {
+  const auto type = error_type(m);
+  return torch::matmul(m.to(type), cov.to(type));
+}
+
+std::pair<double, double> relative_errors_on(const torch::Tensor& m, const torch::Tensor& mc, const LowRank& f,
+                                             int64_t split, const torch::Tensor& cov) {
+  const auto type = mc.scalar_type();
+  auto md = m.to(type), up = f.up.to(type), down = f.down.to(type);
+  auto e = md - torch::matmul(up, down);                                      // [rows, n]
+  auto ec = mc - torch::matmul(up, torch::matmul(down, cov.to(type)));        // E·C
+  auto den = (mc * md).sum(1, false, torch::kFloat64);                         // per row
+  auto num = (ec * e).sum(1, false, torch::kFloat64);
+  const int64_t rows = m.size(0);
+  auto part = [&](int64_t a, int64_t b) {
+    if (b <= a) return 0.0;
+    return ratio(num.narrow(0, a, b - a).sum().item<double>(), den.narrow(0, a, b - a).sum().item<double>());
+  };
+  return {part(0, split), part(split, rows)};
 }
 
 }  // namespace mha2mla::convert

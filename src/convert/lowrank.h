@@ -29,4 +29,12 @@ double relative_error(const torch::Tensor& m, const torch::Tensor& approx);
 // The same, measured on inputs with covariance `cov`: sqrt(tr(E C Eᵀ) / tr(M C Mᵀ)).
 double relative_error_on(const torch::Tensor& m, const torch::Tensor& approx, const torch::Tensor& cov);
 
+// relative_error_on for the row blocks [0, split) and [split, rows) of M ≈ f.up · f.down, given mc = M·C: the
+// approximation's product is f.up · (f.down · C), so the [n, n] covariance multiplies a full-height matrix
+// only once however many factorisations are measured (a 7B layer: ~10× less work than forming each E·C).
+std::pair<double, double> relative_errors_on(const torch::Tensor& m, const torch::Tensor& mc, const LowRank& f,
+                                             int64_t split, const torch::Tensor& cov);
+// M·C in the dtype relative_errors_on computes in (fp64 for small matrices, fp32 for large ones).
+torch::Tensor times_cov(const torch::Tensor& m, const torch::Tensor& cov);
+
 }  // namespace mha2mla::convert

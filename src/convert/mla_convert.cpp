@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <map>
 #include <set>
+#include <tuple>
 
 #include "io/config.h"
 #include "io/model_files.h"
@@ -118,16 +119,17 @@ MlaLayer convert_layer(const AttnWeights& w, const LayerShape& s, const std::vec
     auto m_hat = torch::matmul(f.up, f.down);
     k_hat = m_hat.narrow(0, 0, nk);
     v_hat = m_hat.narrow(0, nk, m_hat.size(0) - nk);
-    if (opt.svd == "activation" && cov_heldout.defined()) {
-      auto plain = truncated_svd(m, L, opt.algo);
-      auto p_hat = torch::matmul(plain.up, plain.down);
-      out.k_err_heldout_svd = relative_error_on(wkc, p_hat.narrow(0, 0, nk), cov_heldout);
-      out.v_err_heldout_svd = relative_error_on(w.wv, p_hat.narrow(0, nk, p_hat.size(0) - nk), cov_heldout);
+    if (cov_heldout.defined()) {
+      auto mc = times_cov(m, cov_heldout);
+      std::tie(out.k_err_heldout, out.v_err_heldout) = relative_errors_on(m, mc, f, nk, cov_heldout);
+      if (opt.svd == "activation")
+        std::tie(out.k_err_heldout_svd, out.v_err_heldout_svd) =
+            relative_errors_on(m, mc, truncated_svd(m, L, opt.algo), nk, cov_heldout);
     }
   }
   out.k_err = relative_error(wkc, k_hat);
   out.v_err = relative_error(w.wv, v_hat);
-  if (cov_heldout.defined()) {
+  if (cov_heldout.defined() && out.k_err_heldout < 0) {
     out.k_err_heldout = relative_error_on(wkc, k_hat, cov_heldout);
     out.v_err_heldout = relative_error_on(w.wv, v_hat, cov_heldout);
   }

@@ -89,6 +89,8 @@ nlohmann::json BenchCell::to_json() const {
                    {"weight_bytes", weight_bytes},
                    {"decode_roofline", decode_roofline}};
   j["prefill_tokens_per_s"] = prefill_tokens_per_s >= 0 ? nlohmann::json(prefill_tokens_per_s) : nlohmann::json(nullptr);
+  j["prefill_matmul_fraction"] =
+      prefill_matmul_fraction >= 0 ? nlohmann::json(prefill_matmul_fraction) : nlohmann::json(nullptr);
   return j;
 }
 
@@ -163,10 +165,14 @@ nlohmann::json run_bench(const BenchOptions& opt, const std::function<void(int64
     m->eval();
     // A decode step reads every weight once, except the embedding table (one row per token) when it is not
     // also the output head.
-    double weight_bytes = 0;
-    for (const auto& kv : m->named_parameters(true))
-      if (kv.key() != "model.embed_tokens.weight" || cfg.tie_word_embeddings)
+    double weight_bytes = 0, dense_params = 0, head_params = 0;
+    for (const auto& kv : m->named_parameters(true)) {
+      const bool embed = kv.key() == "model.embed_tokens.weight", head = kv.key() == "lm_head.weight";
+      if (!embed || cfg.tie_word_embeddings)
         weight_bytes += static_cast<double>(kv.value().numel() * kv.value().element_size());
+      if (kv.value().dim() == 2 && !embed && !head) dense_params += static_cast<double>(kv.value().numel());
+    }
+    head_params = static_cast<double>(cfg.vocab_size * cfg.hidden_size);
     for (const auto& type : opt.cache_types) {
       model::CacheOptions co = rt.cache;
       co.type = model::parse_cache_type(type);
@@ -192,7 +198,16 @@ nlohmann::json run_bench(const BenchOptions& opt, const std::function<void(int64
               if (s + n == ctx) m->logits(h.select(1, n - 1));
             }
             sync(rt.device);
-            cell.prefill_tokens_per_s = static_cast<double>(batch * ctx) / seconds_since(t0);
+            const double secs = seconds_since(t0);
+            cell.prefill_tokens_per_s = static_cast<double>(batch * ctx) / secs;
+            // Useful FLOPs: 2 per weight and token (the embedding lookup is free, the head runs once), plus the
+            // causal attention's q·k and p·v, 2·T²/2 each per head and channel.
+            const double attn_flops = 2.0 * static_cast<double>(cfg.num_layers * cfg.num_heads * cfg.head_dim) *
+                                      static_cast<double>(ctx) * static_cast<double>(ctx);
+            const double flops = static_cast<double>(batch) * (2.0 * dense_params * static_cast<double>(ctx) +
+                                                               2.0 * head_params + attn_flops);
+            const double peak = out["matmul_gflops"][rt.dtype == torch::kFloat32 ? "f32" : "bf16"].get<double>();
+            cell.prefill_matmul_fraction = flops / secs / 1e9 / peak;
           }
           // Cache bytes the attention must read at each step: the context, at this storage type.
           const double read_bytes = static_cast<double>(cache->stats().bytes);
@@ -231,15 +246,17 @@ std::string bench_markdown(const nlohmann::json& r) {
     << std::setprecision(0) << r["matmul_gflops"]["f32"].get<double>() << " GFLOP/s f32, "
     << r["matmul_gflops"]["bf16"].get<double>() << " GFLOP/s bf16; " << r["shape"].get<std::string>() << ", "
     << r["dtype"].get<std::string>() << " on " << r["device"].get<std::string>() << ".\n\n";
-  o << "| model | cache | context | batch | KV bytes/token | prefill tok/s | decode tok/s | attn ms/step | attn GB/s | attn % of read BW | step % of roofline |\n";
-  o << "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+  o << "| model | cache | context | batch | KV bytes/token | prefill tok/s | prefill % of matmul | decode tok/s | attn ms/step | attn GB/s | attn % of read BW | step % of roofline |\n";
+  o << "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
   const double bw = r["read_bandwidth_gbs"].get<double>();
   for (const auto& c : r["cells"]) {
     o << "| " << c["model"].get<std::string>() << " | " << c["cache_type"].get<std::string>() << " | "
       << c["context"].get<int64_t>() << " | " << c["batch"].get<int64_t>() << " | " << std::setprecision(0)
       << c["kv_bytes_per_token"].get<double>() << " | ";
-    if (c["prefill_tokens_per_s"].is_null()) o << "– | ";
-    else o << std::setprecision(0) << c["prefill_tokens_per_s"].get<double>() << " | ";
+    if (c["prefill_tokens_per_s"].is_null()) o << "– | – | ";
+    else
+      o << std::setprecision(0) << c["prefill_tokens_per_s"].get<double>() << " | "
+        << 100.0 * c["prefill_matmul_fraction"].get<double>() << "% | ";
     o << std::setprecision(1) << c["decode_tokens_per_s"].get<double>() << " | " << std::setprecision(2)
       << c["attn_step_ms"].get<double>() << " | " << std::setprecision(1) << c["attn_gbs"].get<double>() << " | "
       << std::setprecision(0) << 100.0 * c["attn_gbs"].get<double>() / bw << "% | "

@@ -43,6 +43,7 @@ struct BenchCell {
   double attn_gbs = 0;                // cache bytes read per step / attention time
   double weight_bytes = 0;            // weights a decode step reads (all but the embedding table's other rows)
   double decode_roofline = 0;         // decode_tokens_per_s / (batch · read bandwidth / (weight + cache bytes))
+  double prefill_matmul_fraction = -1;  // prefill FLOP/s over the measured matmul FLOP/s of the dtype; -1: not measured
   nlohmann::json to_json() const;
 };
 

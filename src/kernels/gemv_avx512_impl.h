@@ -7,6 +7,14 @@
 namespace mha2mla::kernels {
 namespace {
 
+// Rows of W are short (a few KB), so the hardware prefetcher never ramps up on them: each block asks for
+// the same columns of the rows kPrefetchRows ahead while it computes, one prefetch per cache line read.
+constexpr int64_t kPrefetchRows = 16;
+
+inline void prefetch_rows(const char* w, int64_t rows, int64_t stride_bytes, int64_t byte) {
+  for (int64_t r = 0; r < rows; ++r) _mm_prefetch(w + (kPrefetchRows + r) * stride_bytes + byte, _MM_HINT_T0);
+}
+
 // acc[r][j] = sum_i W[o+r][i] x[j][i], RB output features, N rows of x; f32 math.
 template <int RB, int N>
 inline void block_f32(const GemvArgs& a, const char* x, int64_t o, float out[RB][N]) {
@@ -19,6 +27,7 @@ inline void block_f32(const GemvArgs& a, const char* x, int64_t o, float out[RB]
     const __mmask16 mk = tail_mask(a.in - i);
     __m512 xv[N];
     for (int j = 0; j < N; ++j) xv[j] = load16(x + (j * a.in + i) * es, a.dtype, mk);
+    if ((i * es) % 64 == 0) prefetch_rows(w, RB, a.w_stride * es, i * es);
     for (int r = 0; r < RB; ++r) {
       const __m512 wv = load16(w + (r * a.w_stride + i) * es, a.dtype, mk);
       for (int j = 0; j < N; ++j) acc[r][j] = _mm512_fmadd_ps(wv, xv[j], acc[r][j]);
@@ -40,6 +49,7 @@ inline void block_bf16(const GemvArgs& a, const char* x, int64_t o, float out[RB
     const __mmask32 mk = a.in - i >= 32 ? 0xffffffffu : static_cast<__mmask32>((1ull << (a.in - i)) - 1);
     __m512i xv[N];
     for (int j = 0; j < N; ++j) xv[j] = _mm512_maskz_loadu_epi16(mk, xp + j * a.in + i);
+    prefetch_rows(reinterpret_cast<const char*>(w), RB, a.w_stride * 2, i * 2);
     for (int r = 0; r < RB; ++r) {
       const __m512i wv = _mm512_maskz_loadu_epi16(mk, w + r * a.w_stride + i);
       for (int j = 0; j < N; ++j) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], (__m512bh)wv, (__m512bh)xv[j]);

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "convert/lowrank.h"
 #include "convert/mla_convert.h"
 #include "infer/generate.h"
 #include "io/safetensors.h"
@@ -208,6 +209,31 @@ TEST(SvdJoint, RandomizedIsWithinOnePercentOfExact) {
   EXPECT_LE(b.k_err, a.k_err * 1.01 + 1e-6);
   EXPECT_LE(b.v_err, a.v_err * 1.01 + 1e-6);
   EXPECT_GE(b.k_err, a.k_err * 0.999);
+}
+
+// The shared-product form of the held-out error equals the direct definition sqrt(tr(E C Eᵀ) / tr(M C Mᵀ)),
+// block by block, in fp64 (small) and within fp32 rounding for a matrix large enough to compute in fp32.
+TEST(HeldoutError, SharedProductEqualsDefinition) {
+  for (int64_t rows : {40, 1200}) {
+    const int64_t n = 1000, k = 12, split = rows / 3;
+    torch::manual_seed(rows);
+    auto m = torch::randn({rows, n}, torch::kFloat64);
+    auto x = torch::randn({300, n}, torch::kFloat64);
+    auto cov = torch::matmul(x.t(), x) / 300.0;
+    auto f = convert::truncated_svd(m, k, convert::SvdAlgo::Exact);
+    auto approx = torch::matmul(f.up, f.down);
+    auto mc = convert::times_cov(m, cov);
+    auto [ek, ev] = convert::relative_errors_on(m, mc, f, split, cov);
+    auto direct = [&](int64_t a, int64_t b) {
+      auto e = (m - approx).narrow(0, a, b - a), md = m.narrow(0, a, b - a);
+      return std::sqrt((torch::matmul(e, cov) * e).sum().item<double>() /
+                       (torch::matmul(md, cov) * md).sum().item<double>());
+    };
+    const double tol = rows * n <= (1 << 20) ? 1e-8 : 1e-4;
+    EXPECT_NEAR(ek, direct(0, split), tol * direct(0, split)) << rows;
+    EXPECT_NEAR(ev, direct(split, rows), tol * direct(split, rows)) << rows;
+    EXPECT_GT(ek, 0.1);  // a rank-12 approximation of a random matrix is far from exact
+  }
 }
 
 TEST(SvdSplit, FactorsEachMatrixSeparately) {
