@@ -29,6 +29,7 @@ struct QuantDesc {
   int64_t n_quant = 0;
   Operand residual;  // [B, H, S - n_quant, D]
 };
+// A buffer with one head shared by every query head (the MLA latent) has d_sh = s_sh = residual.sh = 0.
 
 // score(query row t of head h, key slot s) = (q1·k1 + q2·k2) * scale; out = softmax-weighted sum of v.
 // Key slot s is visible to query t iff s <= start+t, (window <= 0 or s > start+t-window) and
@@ -46,6 +47,7 @@ struct AttnArgs {
   void* out = nullptr;             // [B, Hq, T, Dv] contiguous
   const QuantDesc* kq = nullptr;   // when set, k1 / v are read from these (decode only)
   const QuantDesc* vq = nullptr;
+  const QuantDesc* k2q = nullptr;  // when set, k2 is read from it (decode only)
 };
 
 // Partial result of one split of the key axis, for `rows` = g*T query rows of one (batch, KV head):

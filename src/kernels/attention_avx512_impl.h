@@ -382,7 +382,7 @@ void decode_split(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, int64_t
   const bool f32 = a.dtype == DType::F32 && a.D1 % 16 == 0 && Dv % 16 == 0 && !a.kq && !a.vq;
   const bool v_is_k = a.v.p != nullptr && a.v.p == a.k1.p && a.v.sb == a.k1.sb && a.v.sh == a.k1.sh && a.v.sr == a.k1.sr && Dv == a.D1;
   Scratch sc(R * (D1r + D2r) * 4 + R * kDecBlock * 4 + R * Dvp * 4 + R * 8 * 4 + kDecBlock * (D1r + Dvp) * 4 +
-             kDecBlock * R * D2r * 4 + (D1r + Dvp) * 4 + 64 * 14);
+             kDecBlock * R * D2r * 4 + (D1r + Dvp + D2r) * 4 + 64 * 15);
   if (!sc.ok()) return;
   float* Q1 = sc.take<float>(R * D1r);  // [R][D1r] f32, scaled into the log2 domain
   float* Q2 = sc.take<float>(R * D2r);
@@ -397,6 +397,8 @@ void decode_split(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, int64_t
   float* K2f = sc.take<float>(kDecBlock * R * D2r);  // per row's KV head (rows of one head share it)
   int32_t* kgroup = sc.take<int32_t>(D1r);  // element -> per-token quantization group
   int32_t* vgroup = sc.take<int32_t>(Dvp);
+  int32_t* k2group = sc.take<int32_t>(D2r);
+  for (int64_t i = 0; i < D2r; ++i) k2group[i] = a.k2q && a.k2q->group > 0 ? static_cast<int32_t>(i / a.k2q->group) : 0;
   for (int64_t i = 0; i < D1r; ++i) kgroup[i] = a.kq && a.kq->group > 0 ? static_cast<int32_t>(i / a.kq->group) : 0;
   for (int64_t i = 0; i < Dvp; ++i) vgroup[i] = a.vq && a.vq->group > 0 ? static_cast<int32_t>(i / a.vq->group) : 0;
   const float c = a.scale * kLog2e;
@@ -440,8 +442,12 @@ void decode_split(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, int64_t
     // K2 rows for each distinct KV head among the rows (rows are head-major, so runs share one).
     for (int64_t r = 0; r < R && a.D2; ++r) {
       if (r > 0 && kvh[r] == kvh[r - 1]) continue;
-      for (int64_t j = 0; j < nb; ++j)
-        row_to_f32(K2f + (r * kDecBlock + j) * D2r, row_ptr(a.k2, a.dtype, b, kvh[r], j0 + j), a.dtype, a.D2);
+      for (int64_t j = 0; j < nb; ++j) {
+        if (a.k2q)
+          dequant_row(K2f + (r * kDecBlock + j) * D2r, *a.k2q, a.dtype, b, kvh[r], j0 + j, a.D2, k2group);
+        else
+          row_to_f32(K2f + (r * kDecBlock + j) * D2r, row_ptr(a.k2, a.dtype, b, kvh[r], j0 + j), a.dtype, a.D2);
+      }
     }
     int64_t k2base = 0;
     const float* k2row[kDecBlock];
@@ -479,7 +485,9 @@ void decode_split(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, int64_t
       }
     }
     for (int64_t j = 0; j < nb; ++j) {
-      if (a.vq) {
+      if (a.vq && a.vq == a.kq && Dv == a.D1) {
+        vrow[j] = krow[j];  // quantized MLA latent: dequantized once, as key and as value
+      } else if (a.vq) {
         dequant_row(Vf + j * Dvp, *a.vq, a.dtype, b, kv0, j0 + j, Dv, vgroup);
         vrow[j] = Vf + j * Dvp;
       } else if (v_is_k && !f32) {

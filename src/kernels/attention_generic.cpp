@@ -35,7 +35,9 @@ void row_partial(const AttnArgs& a, int64_t b, int64_t h, int64_t t, int64_t s0,
       const void* k1 = row_ptr(a.k1, a.dtype, b, kvh, s);
       for (int64_t d = 0; d < a.D1; ++d) dot += load_elem(q1, d, a.dtype) * load_elem(k1, d, a.dtype);
     }
-    if (q2) {
+    if (q2 && a.k2q) {
+      for (int64_t d = 0; d < a.D2; ++d) dot += load_elem(q2, d, a.dtype) * quant_elem(*a.k2q, a.dtype, b, kvh, s, d);
+    } else if (q2) {
       const void* k2 = row_ptr(a.k2, a.dtype, b, kvh, s);
       for (int64_t d = 0; d < a.D2; ++d) dot += load_elem(q2, d, a.dtype) * load_elem(k2, d, a.dtype);
     }

@@ -122,4 +122,61 @@ torch::Tensor quantized_decode_attention(const torch::Tensor& q_in, const Quanti
   return run_decode(a, kernels_for(variant), q.options());
 }
 
+torch::Tensor quantized_mla_decode_reference(const torch::Tensor& q_lat, const torch::Tensor& q_rope,
+                                             const QuantizedKV& c, const QuantizedKV& k_r, int64_t start,
+                                             const torch::Tensor& valid, int64_t window, double scale) {
+  auto cf = dequantize_reference(c).select(1, 0);  // [B, S, L]
+  return mla_decode_reference(q_lat.to(torch::kFloat32), q_rope.to(torch::kFloat32), cf, dequantize_reference(k_r),
+                              start, valid, window, scale)
+      .to(q_lat.scalar_type());
+}
+
+torch::Tensor quantized_mla_decode_attention(const torch::Tensor& q_lat_in, const torch::Tensor& q_rope_in,
+                                             const QuantizedKV& c, const QuantizedKV& k_r, int64_t start,
+                                             const torch::Tensor& valid_in, int64_t window, double scale,
+                                             Variant variant) {
+  if (!q_lat_in.defined() || q_lat_in.dim() != 4 || !q_rope_in.defined() || q_rope_in.dim() != 4)
+    fail("q_lat and q_rope must be [B, Hq, T, L] and [B, Hq, T, r]");
+  const int64_t B = q_lat_in.size(0), Hq = q_lat_in.size(1), T = q_lat_in.size(2);
+  const int64_t Hkv = k_r.residual.defined() && k_r.residual.dim() == 4 ? k_r.residual.size(1) : 0;
+  const int64_t L = check_quant("c", c, B, 1), r = check_quant("k_r", k_r, B, Hkv);
+  if (Hkv == 0 || Hq % Hkv != 0) fail("query heads must be a multiple of the rotary key heads");
+  if (q_lat_in.size(3) != L || q_rope_in.size(3) != r || q_rope_in.size(0) != B || q_rope_in.size(1) != Hq ||
+      q_rope_in.size(2) != T)
+    fail("q_lat / q_rope do not match the latent width " + std::to_string(L) + " and rotary width " + std::to_string(r));
+  const int64_t S = c.n_quant + c.residual.size(2);
+  if (k_r.n_quant + k_r.residual.size(2) != S) fail("c and k_r must hold the same number of slots");
+  if (c.residual.scalar_type() != q_lat_in.scalar_type() || k_r.residual.scalar_type() != q_lat_in.scalar_type() ||
+      q_rope_in.scalar_type() != q_lat_in.scalar_type())
+    fail("q_lat, q_rope and the residual buffers must share one dtype");
+  if (valid_in.defined() && (valid_in.scalar_type() != torch::kBool || valid_in.dim() != 2 || valid_in.size(0) != B ||
+                             valid_in.size(1) != S))
+    fail("valid must be bool [B, S] with S = " + std::to_string(S));
+  variant = resolve_variant(variant);
+  const bool cpu = q_lat_in.device().is_cpu() && c.data.device().is_cpu() && k_r.data.device().is_cpu();
+  if (variant == Variant::Reference || !cpu)
+    return quantized_mla_decode_reference(q_lat_in, q_rope_in, c, k_r, start, valid_in, window, scale);
+  if (q_lat_in.scalar_type() != torch::kFloat32 && q_lat_in.scalar_type() != torch::kBFloat16 &&
+      q_lat_in.scalar_type() != torch::kFloat16)
+    fail("q must be f32, bf16 or f16");
+  auto last_contig = [](const torch::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); };
+  auto q_lat = last_contig(q_lat_in), q_rope = last_contig(q_rope_in);
+  auto valid = valid_in.defined() ? valid_in.contiguous() : valid_in;
+  auto cd = last_contig(c.data), cs = last_contig(c.scale), cz = last_contig(c.zero), cr = last_contig(c.residual);
+  auto kd = last_contig(k_r.data), ks = last_contig(k_r.scale), kz = last_contig(k_r.zero), kr = last_contig(k_r.residual);
+  if (cs.strides() != cz.strides()) cz = cz.contiguous(), cs = cs.contiguous();
+  if (ks.strides() != kz.strides()) kz = kz.contiguous(), ks = ks.contiguous();
+  QuantDesc cq = desc_of(c, cd, cs, cz, cr);
+  cq.d_sh = cq.s_sh = cq.residual.sh = 0;  // one latent head shared by every query head
+  const QuantDesc kq = desc_of(k_r, kd, ks, kz, kr);
+  AttnArgs a;
+  a.dtype = q_lat.scalar_type() == torch::kFloat32 ? DType::F32 : q_lat.scalar_type() == torch::kBFloat16 ? DType::BF16 : DType::F16;
+  a.B = B, a.Hq = Hq, a.Hkv = Hkv, a.groups = 1, a.T = T, a.S = S;
+  a.D1 = L, a.D2 = r, a.Dv = L, a.start = start, a.window = window, a.scale = static_cast<float>(scale);
+  a.q1 = operand(q_lat), a.q2 = operand(q_rope);
+  a.kq = &cq, a.vq = &cq, a.k2q = &kq;
+  a.valid = valid.defined() ? valid.data_ptr<bool>() : nullptr;
+  return run_decode(a, kernels_for(variant), q_lat.options());
+}
+
 }  // namespace mha2mla::kernels

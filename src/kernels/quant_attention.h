@@ -35,6 +35,17 @@ torch::Tensor dequantize_reference(const QuantizedKV& kv);
 torch::Tensor quantized_decode_attention(const torch::Tensor& q, const QuantizedKV& k, const QuantizedKV& v,
                                          int64_t start, const torch::Tensor& valid, int64_t window, double scale,
                                          Variant variant = Variant::Auto);
+// Absorbed MLA decode (kernels/attention.h mla_decode_attention) over a quantized latent c (one head:
+// [B, 1, S, L]) and quantized rotary keys k_r ([B, Hkv, S, r]); each latent row is dequantized once and
+// serves as key and value. q_lat [B, Hq, T, L], q_rope [B, Hq, T, r] -> [B, Hq, T, L].
+torch::Tensor quantized_mla_decode_attention(const torch::Tensor& q_lat, const torch::Tensor& q_rope,
+                                             const QuantizedKV& c, const QuantizedKV& k_r, int64_t start,
+                                             const torch::Tensor& valid, int64_t window, double scale,
+                                             Variant variant = Variant::Auto);
+torch::Tensor quantized_mla_decode_reference(const torch::Tensor& q_lat, const torch::Tensor& q_rope,
+                                             const QuantizedKV& c, const QuantizedKV& k_r, int64_t start,
+                                             const torch::Tensor& valid, int64_t window, double scale);
+
 // attention_reference over the dequantized caches.
 torch::Tensor quantized_decode_reference(const torch::Tensor& q, const QuantizedKV& k, const QuantizedKV& v,
                                          int64_t start, const torch::Tensor& valid, int64_t window, double scale);

@@ -3,7 +3,6 @@
 #include <cmath>
 
 #include "kernels/attention.h"
-#include "kernels/quant_attention.h"
 #include "model/mla_attention.h"
 #include "model/rope.h"
 
@@ -49,9 +48,11 @@ torch::Tensor attention_core(const torch::Tensor& q, const torch::Tensor& k, con
   return grouped_attention(q, k, v, ctx.mask, scale);
 }
 
-namespace {
+bool reads_quantized_in_place(const AttnContext& ctx, int64_t T, const SlotBuffer& a, const SlotBuffer& b) {
+  return ctx.fused && T <= 4 && is_quantized(a.storage().type) && is_quantized(b.storage().type) &&
+         a.quantized_tokens() > 0 && b.quantized_tokens() > 0;
+}
 
-// The fused kernels' view of a quantized cache buffer (same layout, src/model/quant.h).
 kernels::QuantizedKV quantized_kv(const SlotBuffer& b) {
   kernels::QuantizedKV kv;
   auto q = b.quantized_view();
@@ -65,8 +66,6 @@ kernels::QuantizedKV quantized_kv(const SlotBuffer& b) {
   kv.n_quant = b.quantized_tokens();
   return kv;
 }
-
-}  // namespace
 
 GQAAttentionImpl::GQAAttentionImpl(const io::ModelConfig& c, const torch::TensorOptions& opt)
     : n_h_(c.num_heads), n_kv_(c.num_kv_heads), d_h_(c.head_dim) {
@@ -101,8 +100,7 @@ torch::Tensor GQAAttentionImpl::forward(const torch::Tensor& x, const AttnContex
       kb.append(k);
       vb.append(v);
       // Decoding over a quantized cache: dequantize in registers, never into memory.
-      const bool quantized = is_quantized(kb.storage().type) && is_quantized(vb.storage().type);
-      if (ctx.fused && quantized && T <= 4 && kb.quantized_tokens() > 0) {
+      if (reads_quantized_in_place(ctx, T, kb, vb)) {
         o = kernels::quantized_decode_attention(q.contiguous(), quantized_kv(kb), quantized_kv(vb), ctx.start,
                                                 ctx.slot_valid, ctx.window, scale);
       } else {

@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "io/config.h"
+#include "kernels/quant_attention.h"
 #include "model/kv_cache.h"
 #include "model/layers.h"
 
@@ -54,6 +55,11 @@ torch::Tensor grouped_attention(const torch::Tensor& q, const torch::Tensor& k, 
 // ctx.slot_valid and ctx.window, so no mask is built); otherwise grouped_attention with ctx.mask.
 torch::Tensor attention_core(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                              const AttnContext& ctx, double scale);
+
+// Decoding reads a quantized buffer in place: the kernels' view of its blocks and residual (same layout).
+kernels::QuantizedKV quantized_kv(const SlotBuffer& b);
+// Whether decoding T new tokens can read these buffers in place: both quantized, some blocks already.
+bool reads_quantized_in_place(const AttnContext& ctx, int64_t T, const SlotBuffer& a, const SlotBuffer& b);
 
 class AttentionImpl : public torch::nn::Module {
  public:

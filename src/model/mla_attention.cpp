@@ -103,10 +103,15 @@ torch::Tensor MLAAttentionImpl::forward(const torch::Tensor& x, const AttnContex
       auto& kb = ctx.cache->buffer(ctx.layer, 1);
       cb.append(c.unsqueeze(1));
       kb.append(k_r);
-      c = cb.read().squeeze(1);  // [B, S, L]
-      k_r = kb.read();           // [B, n_kv, S, r]
+      if (use_absorbed(ctx, T) && reads_quantized_in_place(ctx, T, cb, kb)) {
+        o = attend_absorbed(q_r, q_c, {}, {}, ctx, &cb, &kb);
+      } else {
+        c = cb.read().squeeze(1);  // [B, S, L]
+        k_r = kb.read();           // [B, n_kv, S, r]
+      }
     }
-    o = use_absorbed(ctx, T) ? attend_absorbed(q_r, q_c, c, k_r, ctx) : attend_materialized(q_r, q_c, c, k_r, ctx);
+    if (!o.defined())
+      o = use_absorbed(ctx, T) ? attend_absorbed(q_r, q_c, c, k_r, ctx) : attend_materialized(q_r, q_c, c, k_r, ctx);
   }
   return o_proj(o.transpose(1, 2).reshape({B, T, n_h_ * d_h_}));
 }
@@ -134,11 +139,9 @@ torch::Tensor MLAAttentionImpl::attend_materialized(const torch::Tensor& q_r, co
 
 torch::Tensor MLAAttentionImpl::attend_absorbed(const torch::Tensor& q_r, const torch::Tensor& q_c,
                                                 const torch::Tensor& c, const torch::Tensor& k_r,
-                                                const AttnContext& ctx) {
-  const int64_t B = c.size(0), S = c.size(1), T = q_c.size(2), d_c = d_h_ - r_, g = n_h_ / n_kv_;
-  auto c_k = kv_proj->key_part(c);    // [B, S, Lk]
-  auto c_v = kv_proj->value_part(c);  // [B, S, Lv]
-  const int64_t Lk = c_k.size(-1), Lv = c_v.size(-1);
+                                                const AttnContext& ctx, const SlotBuffer* cb, const SlotBuffer* kb) {
+  const int64_t B = q_c.size(0), T = q_c.size(2), d_c = d_h_ - r_, g = n_h_ / n_kv_, L = kv_proj->latent_dim();
+  const int64_t Lk = kv_proj->up_k->weight.size(1), Lv = kv_proj->up_v->weight.size(1);  // widths of c_k, c_v
   auto w_uk = kv_proj->up_k->weight.view({n_kv_, d_c, Lk});  // per KV head: k_nope = W_uk c
   auto w_uv = kv_proj->up_v->weight.view({n_kv_, d_h_, Lv});  // per KV head: v = W_uv c
   // Query heads of a group become rows of their KV head, as in grouped_attention.
@@ -150,11 +153,16 @@ torch::Tensor MLAAttentionImpl::attend_absorbed(const torch::Tensor& q_r, const 
     // and keep the c_v part of the output.
     auto q_lat = q_nope_absorbed.reshape({B, n_h_, T, Lk});
     const bool split = kv_proj->split();
-    if (split) q_lat = torch::cat({q_lat, torch::zeros({B, n_h_, T, c.size(-1) - Lk}, q_lat.options())}, -1);
-    auto out = kernels::mla_decode_attention(q_lat, q_r, c, k_r, ctx.start, ctx.slot_valid, ctx.window, scale);
-    if (split) out = out.narrow(-1, c.size(-1) - Lv, Lv);
+    if (split) q_lat = torch::cat({q_lat, torch::zeros({B, n_h_, T, L - Lk}, q_lat.options())}, -1);
+    auto out = cb ? kernels::quantized_mla_decode_attention(q_lat, q_r.contiguous(), quantized_kv(*cb), quantized_kv(*kb),
+                                                            ctx.start, ctx.slot_valid, ctx.window, scale)
+                  : kernels::mla_decode_attention(q_lat, q_r, c, k_r, ctx.start, ctx.slot_valid, ctx.window, scale);
+    if (split) out = out.narrow(-1, L - Lv, Lv);
     o_latent = out.reshape({B, n_kv_, g * T, Lv});
   } else {
+    const int64_t S = c.size(1);
+    auto c_k = kv_proj->key_part(c);    // [B, S, Lk]
+    auto c_v = kv_proj->value_part(c);  // [B, S, Lv]
     auto scores_nope = torch::matmul(q_nope_absorbed.reshape({B, n_h_ * T, Lk}), c_k.transpose(1, 2))
                            .view({B, n_kv_, g * T, S});                                         // [B, n_kv, g·T, S]
     auto scores_rope = torch::matmul(q_r.reshape({B, n_kv_, g * T, r_}), k_r.transpose(2, 3));  // [B, n_kv, g·T, S]

@@ -67,8 +67,11 @@ class MLAAttentionImpl : public AttentionImpl {
   // q_r [B, n_h, T, r] (rotated), q_c [B, n_h, T, d_c]; c [B, S, L], k_r [B, n_kv, S, r] -> [B, n_h, T, d_h].
   torch::Tensor attend_materialized(const torch::Tensor& q_r, const torch::Tensor& q_c, const torch::Tensor& c,
                                     const torch::Tensor& k_r, const AttnContext& ctx);
+  // With cb/kb (quantized cache buffers holding quantized blocks, fused decoding), c and k_r are not read:
+  // the kernel dequantizes the cache in registers.
   torch::Tensor attend_absorbed(const torch::Tensor& q_r, const torch::Tensor& q_c, const torch::Tensor& c,
-                                const torch::Tensor& k_r, const AttnContext& ctx);
+                                const torch::Tensor& k_r, const AttnContext& ctx, const SlotBuffer* cb = nullptr,
+                                const SlotBuffer* kb = nullptr);
 };
 
 }  // namespace mha2mla::model

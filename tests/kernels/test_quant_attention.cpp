@@ -152,3 +152,52 @@ TEST(KernelQuantAttention, BadLayoutIsOneClearError) {
         << e.what();
   }
 }
+
+// Absorbed MLA decoding over a quantized latent (per token) and quantized rotary keys (per channel, KIVI):
+// every variant against the reference, which dequantizes both and runs mla_decode_reference.
+TEST(KernelQuantAttention, MlaDecodeMatchesReference) {
+  struct M {
+    int64_t B, Hq, Hkv, T, S, n_quant, L, r, group, window;
+    bool pad;
+  };
+  const std::vector<M> cases = {
+      {1, 9, 3, 1, 300, 288, 128, 16, 64, 0, false},  // the SmolLM ladder's −87.5 % point
+      {2, 4, 2, 1, 77, 64, 40, 8, 16, 0, true},       // L not a multiple of 16, padded batch
+      {1, 8, 8, 2, 160, 128, 96, 4, 32, 40, false},    // MHA-shaped, T = 2, window
+  };
+  for (auto dt : {torch::kFloat32, torch::kBFloat16}) {
+    for (const auto& c : cases) {
+      for (int bits : {8, 4, 2}) {
+        torch::manual_seed(c.S + c.L + bits);
+        auto q_lat = torch::randn({c.B, c.Hq, c.T, c.L}).to(dt), q_rope = torch::randn({c.B, c.Hq, c.T, c.r}).to(dt);
+        auto cq = quantize(torch::randn({c.B, 1, c.S, c.L}), bits, c.group, false, c.n_quant, dt);
+        auto kq = quantize(torch::randn({c.B, c.Hkv, c.S, c.r}), bits, 16, true, c.n_quant / 16 * 16, dt);
+        // Blocks of the two buffers end at different slots here; the kernel reads each by its own n_quant.
+        torch::Tensor valid;
+        if (c.pad) {
+          valid = torch::ones({c.B, c.S}, torch::kBool);
+          valid[c.B - 1].narrow(0, 0, c.S - 7).fill_(false);
+        }
+        const double scale = 1.0 / std::sqrt(static_cast<double>(c.L));
+        const int64_t start = c.S - c.T;
+        auto want = kernels::quantized_mla_decode_reference(q_lat, q_rope, cq, kq, start, valid, c.window, scale);
+        for (auto var : cpu_variants()) {
+          auto got = kernels::quantized_mla_decode_attention(q_lat, q_rope, cq, kq, start, valid, c.window, scale, var);
+          const std::string what = kernels::variant_name(var) + " " + c10::toString(dt) + " bits " +
+                                   std::to_string(bits) + " S " + std::to_string(c.S) + " L " + std::to_string(c.L);
+          ASSERT_EQ(got.sizes(), want.sizes()) << what;
+          ASSERT_FALSE(got.isnan().any().item<bool>()) << what;
+          const double atol = dt == torch::kBFloat16 ? 2e-2 : 2e-5, rtol = dt == torch::kBFloat16 ? 2e-2 : 1e-4;
+          auto g = got.to(torch::kFloat64), w = want.to(torch::kFloat64);
+          EXPECT_LE(((g - w).abs() - (atol + rtol * w.abs())).max().item<double>(), 0.0)
+              << what << ": max |diff| " << (g - w).abs().max().item<double>();
+        }
+        // A quantized latent whose slots disagree with k_r's is one clear error.
+        auto short_k = kq;
+        short_k.residual = short_k.residual.narrow(2, 0, short_k.residual.size(2) - 1);
+        EXPECT_THROW(kernels::quantized_mla_decode_attention(q_lat, q_rope, cq, short_k, start, valid, c.window, scale),
+                     std::invalid_argument);
+      }
+    }
+  }
+}
