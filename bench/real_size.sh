@@ -10,7 +10,9 @@
 # --layers N: the same width with N layers (default 32, the full 7B: ~13.5 GB on disk for the source and ~12.5 GB
 # for the converted model, and ~14 GiB of memory for the bf16 steps). --device cuda runs calibrate, ppl and
 # generate on the GPU (convert always runs on the CPU). Needs build/mha2mla and build/synth_checkpoint
-# (scripts/build.sh) and Debian's bible-kjv for the text. Writes DIR/results.md and DIR/results.json.
+# (scripts/build.sh; MHA2MLA_BUILD=DIR for another build folder) and text: Debian's bible-kjv when installed,
+# else this repository's own Markdown (the weights are random, so any English text serves). Writes
+# DIR/results.md and DIR/results.json.
 set -euo pipefail
 
 layers=32
@@ -30,10 +32,10 @@ done
 case "$device" in cpu|cuda) ;; *) echo "real_size.sh: --device must be cpu or cuda" >&2; exit 1 ;; esac
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-bin=$root/build/mha2mla
-synth=$root/build/synth_checkpoint
+build=${MHA2MLA_BUILD:-$root/build}
+bin=$build/mha2mla
+synth=$build/synth_checkpoint
 for b in "$bin" "$synth"; do [ -x "$b" ] || { echo "real_size.sh: $b not built (scripts/build.sh)" >&2; exit 1; }; done
-command -v bible >/dev/null || { echo "real_size.sh: 'bible' not found (apt-get install bible-kjv)" >&2; exit 1; }
 
 echo "== machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2 " GiB total, " $7 " GiB available"}')"
 df -h "$(dirname "$work")" | tail -1 | awk '{print "== disk: " $4 " free on " $6}'
@@ -43,8 +45,13 @@ mkdir -p "$work"
 [ "$keep" = 1 ] || trap 'rm -rf "$work/src" "$work/mla"' EXIT
 
 # Calibration text (Genesis) and held-out text (Ruth, cut to about 1K tokens), verses without references.
-bible -f "Gen1:1-Gen12:20" | sed 's/^[^ ]* //' >"$work/calib.txt"
-bible -f "Ruth1:1-Ruth4:22" | sed 's/^[^ ]* //' | head -c 4600 >"$work/heldout.txt"
+if command -v bible >/dev/null; then
+  bible -f "Gen1:1-Gen12:20" | sed 's/^[^ ]* //' >"$work/calib.txt"
+  bible -f "Ruth1:1-Ruth4:22" | sed 's/^[^ ]* //' | head -c 4600 >"$work/heldout.txt"
+else
+  cat "$root"/README.md "$root"/docs/*.md 2>/dev/null | head -c 40000 >"$work/calib.txt"
+  tail -c 4600 "$root/README.md" >"$work/heldout.txt"
+fi
 
 # Runs one step: wall time by the clock, peak RSS from the command's own report (peak_rss_bytes) and, as a
 # cross-check, from /usr/bin/time when it is installed.

@@ -44,5 +44,9 @@ if [ -x build-cuda/mha2mla ] && build-cuda/mha2mla --help 2>/dev/null | grep -q 
   build-cuda/mha2mla bench --shape smollm-135m --device cuda --dtype bf16 --contexts 1024,4096,16384 --batch 1 \
     --no-prefill --json >"$out/bench.json" 2>>"$out/bench.log" || rc=1
 fi
+log "real-size pipeline on the GPU (8 layers of Llama-2-7B width: calibrate, ppl and generate on cuda)"
+MHA2MLA_BUILD=build-cuda bench/real_size.sh --layers 8 --device cuda --work "$out/real-size" \
+  >"$out/real-size.log" 2>&1 || rc=1
+tail -8 "$out/real-size.log"
 log "done, exit $rc"
 exit $rc
