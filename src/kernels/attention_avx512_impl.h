@@ -422,30 +422,8 @@ void decode_split(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, int64_t
   const bool* valid = a.valid ? a.valid + b * a.S : nullptr;
   const float* krow[kDecBlock];
   const float* vrow[kDecBlock];
-  // Rows a few blocks ahead are requested while this block computes: the loads below are latency-bound
-  // otherwise (one block's rows are only 2-4 KB, too short a stream for the hardware prefetcher to ramp up).
-  const int64_t es = a.dtype == DType::F32 ? 4 : 2;
-  auto prefetch_row = [](const void* p, int64_t bytes) {
-    for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch(static_cast<const char*>(p) + o, _MM_HINT_T0);
-  };
-  auto prefetch_block = [&](int64_t s0p) {
-    const int64_t s1p = imin(hi, s0p + kDecBlock);
-    for (int64_t s = s0p; s < s1p; ++s) {
-      if (a.kq && s < a.kq->n_quant)
-        prefetch_row(a.kq->data + b * a.kq->d_sb + kv0 * a.kq->d_sh + s * a.kq->d_sr, (a.D1 * a.kq->bits + 7) / 8);
-      else if (!a.kq)
-        prefetch_row(row_ptr(a.k1, a.dtype, b, kv0, s), a.D1 * es);
-      if (a.vq && a.vq != a.kq && s < a.vq->n_quant)
-        prefetch_row(a.vq->data + b * a.vq->d_sb + kv0 * a.vq->d_sh + s * a.vq->d_sr, (Dv * a.vq->bits + 7) / 8);
-      else if (!a.vq && !v_is_k)
-        prefetch_row(row_ptr(a.v, a.dtype, b, kv0, s), Dv * es);
-    }
-  };
-  constexpr int64_t kAhead = 2;  // blocks
-  for (int64_t k = 0; k < kAhead; ++k) prefetch_block(lo + k * kDecBlock);
   for (int64_t j0 = lo; j0 < hi; j0 += kDecBlock) {
     const int64_t nb = imin(kDecBlock, hi - j0);
-    prefetch_block(j0 + kAhead * kDecBlock);
     for (int64_t j = 0; j < nb; ++j) {
       if (a.kq) {
         dequant_row(Kf + j * D1r, *a.kq, a.dtype, b, kv0, j0 + j, a.D1, kgroup);
