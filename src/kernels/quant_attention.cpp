@@ -2,6 +2,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "kernels/attention.h"
 #include "kernels/attention_internal.h"
@@ -52,6 +53,21 @@ QuantDesc desc_of(const QuantizedKV& kv, const torch::Tensor& data, const torch:
   return d;
 }
 
+void check_valid(const torch::Tensor& valid, int64_t B, int64_t S) {
+  if (valid.defined() && (valid.scalar_type() != torch::kBool || valid.dim() != 2 || valid.size(0) != B ||
+                          valid.size(1) != S))
+    fail("valid must be bool [B, S] with S = " + std::to_string(S));
+}
+
+// A buffer's descriptor over tensors whose rows are contiguous; `keep` holds any copies made for that.
+QuantDesc buffer_desc(const QuantizedKV& kv, std::vector<torch::Tensor>& keep) {
+  auto last_contig = [](const torch::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); };
+  auto d = last_contig(kv.data), sc = last_contig(kv.scale), z = last_contig(kv.zero), r = last_contig(kv.residual);
+  if (sc.strides() != z.strides()) z = z.contiguous(), sc = sc.contiguous();  // one stride set for both
+  keep.insert(keep.end(), {d, sc, z, r});
+  return desc_of(kv, d, sc, z, r);
+}
+
 }  // namespace
 
 torch::Tensor dequantize_reference(const QuantizedKV& kv) {
@@ -95,21 +111,15 @@ torch::Tensor quantized_decode_attention(const torch::Tensor& q_in, const Quanti
   if (v.n_quant + v.residual.size(2) != S) fail("k and v must hold the same number of slots");
   if (k.residual.scalar_type() != q_in.scalar_type() || v.residual.scalar_type() != q_in.scalar_type())
     fail("residual buffers must have q's dtype");
-  if (valid_in.defined() && (valid_in.scalar_type() != torch::kBool || valid_in.dim() != 2 || valid_in.size(0) != B ||
-                             valid_in.size(1) != S))
-    fail("valid must be bool [B, S] with S = " + std::to_string(S));
+  check_valid(valid_in, B, S);
   variant = resolve_variant(variant);
   const bool cpu = q_in.device().is_cpu() && k.data.device().is_cpu() && v.data.device().is_cpu();
   if (variant == Variant::Reference || !cpu)
     return quantized_decode_reference(q_in, k, v, start, valid_in, window, scale);
   auto q = q_in.stride(-1) == 1 ? q_in : q_in.contiguous();
   auto valid = valid_in.defined() ? valid_in.contiguous() : valid_in;
-  auto last_contig = [](const torch::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); };
-  auto kd = last_contig(k.data), ks = last_contig(k.scale), kz = last_contig(k.zero), kr = last_contig(k.residual);
-  auto vd = last_contig(v.data), vs = last_contig(v.scale), vz = last_contig(v.zero), vr = last_contig(v.residual);
-  if (ks.strides() != kz.strides()) kz = kz.contiguous(), ks = ks.contiguous();
-  if (vs.strides() != vz.strides()) vz = vz.contiguous(), vs = vs.contiguous();
-  const QuantDesc kq = desc_of(k, kd, ks, kz, kr), vq = desc_of(v, vd, vs, vz, vr);
+  std::vector<torch::Tensor> keep;
+  const QuantDesc kq = buffer_desc(k, keep), vq = buffer_desc(v, keep);
   AttnArgs a;
   a.dtype = q.scalar_type() == torch::kFloat32 ? DType::F32 : q.scalar_type() == torch::kBFloat16 ? DType::BF16 : DType::F16;
   if (q.scalar_type() != torch::kFloat32 && q.scalar_type() != torch::kBFloat16 && q.scalar_type() != torch::kFloat16)
@@ -149,9 +159,7 @@ torch::Tensor quantized_mla_decode_attention(const torch::Tensor& q_lat_in, cons
   if (c.residual.scalar_type() != q_lat_in.scalar_type() || k_r.residual.scalar_type() != q_lat_in.scalar_type() ||
       q_rope_in.scalar_type() != q_lat_in.scalar_type())
     fail("q_lat, q_rope and the residual buffers must share one dtype");
-  if (valid_in.defined() && (valid_in.scalar_type() != torch::kBool || valid_in.dim() != 2 || valid_in.size(0) != B ||
-                             valid_in.size(1) != S))
-    fail("valid must be bool [B, S] with S = " + std::to_string(S));
+  check_valid(valid_in, B, S);
   variant = resolve_variant(variant);
   const bool cpu = q_lat_in.device().is_cpu() && c.data.device().is_cpu() && k_r.data.device().is_cpu();
   if (variant == Variant::Reference || !cpu)
@@ -162,13 +170,10 @@ torch::Tensor quantized_mla_decode_attention(const torch::Tensor& q_lat_in, cons
   auto last_contig = [](const torch::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); };
   auto q_lat = last_contig(q_lat_in), q_rope = last_contig(q_rope_in);
   auto valid = valid_in.defined() ? valid_in.contiguous() : valid_in;
-  auto cd = last_contig(c.data), cs = last_contig(c.scale), cz = last_contig(c.zero), cr = last_contig(c.residual);
-  auto kd = last_contig(k_r.data), ks = last_contig(k_r.scale), kz = last_contig(k_r.zero), kr = last_contig(k_r.residual);
-  if (cs.strides() != cz.strides()) cz = cz.contiguous(), cs = cs.contiguous();
-  if (ks.strides() != kz.strides()) kz = kz.contiguous(), ks = ks.contiguous();
-  QuantDesc cq = desc_of(c, cd, cs, cz, cr);
+  std::vector<torch::Tensor> keep;
+  QuantDesc cq = buffer_desc(c, keep);
   cq.d_sh = cq.s_sh = cq.residual.sh = 0;  // one latent head shared by every query head
-  const QuantDesc kq = desc_of(k_r, kd, ks, kz, kr);
+  const QuantDesc kq = buffer_desc(k_r, keep);
   AttnArgs a;
   a.dtype = q_lat.scalar_type() == torch::kFloat32 ? DType::F32 : q_lat.scalar_type() == torch::kBFloat16 ? DType::BF16 : DType::F16;
   a.B = B, a.Hq = Hq, a.Hkv = Hkv, a.groups = 1, a.T = T, a.S = S;

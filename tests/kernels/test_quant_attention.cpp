@@ -66,6 +66,16 @@ QuantizedKV quantize(const torch::Tensor& x, int bits, int64_t group, bool per_c
   return kv;
 }
 
+// Same dequantized values, f32 softmax: only summation order and output rounding differ.
+void expect_close(const torch::Tensor& got, const torch::Tensor& want, torch::ScalarType dt, const std::string& what) {
+  ASSERT_EQ(got.sizes(), want.sizes()) << what;
+  ASSERT_FALSE(got.isnan().any().item<bool>()) << what;
+  const double atol = dt == torch::kBFloat16 ? 2e-2 : 2e-5, rtol = dt == torch::kBFloat16 ? 2e-2 : 1e-4;
+  auto g = got.to(torch::kFloat64), w = want.to(torch::kFloat64);
+  EXPECT_LE(((g - w).abs() - (atol + rtol * w.abs())).max().item<double>(), 0.0)
+      << what << ": max |diff| " << (g - w).abs().max().item<double>();
+}
+
 struct QCase {
   int64_t B, Hq, Hkv, T, S, n_quant, D, group, window;
   bool pad;
@@ -124,13 +134,7 @@ TEST(KernelQuantAttention, DecodeMatchesReference) {
                                      std::to_string(bits) + (pc_keys ? " per-channel keys" : " per-token keys") +
                                      " S " + std::to_string(c.S) + " D " + std::to_string(c.D) + " group " +
                                      std::to_string(c.group);
-            ASSERT_EQ(got.sizes(), want.sizes()) << what;
-            ASSERT_FALSE(got.isnan().any().item<bool>()) << what;
-            // Same dequantized values, f32 softmax; only summation order and output rounding differ.
-            const double atol = dt == torch::kBFloat16 ? 2e-2 : 2e-5, rtol = dt == torch::kBFloat16 ? 2e-2 : 1e-4;
-            auto g = got.to(torch::kFloat64), w = want.to(torch::kFloat64);
-            EXPECT_LE(((g - w).abs() - (atol + rtol * w.abs())).max().item<double>(), 0.0)
-                << what << ": max |diff| " << (g - w).abs().max().item<double>();
+            expect_close(got, want, dt, what);
           }
         }
       }
@@ -185,12 +189,7 @@ TEST(KernelQuantAttention, MlaDecodeMatchesReference) {
           auto got = kernels::quantized_mla_decode_attention(q_lat, q_rope, cq, kq, start, valid, c.window, scale, var);
           const std::string what = kernels::variant_name(var) + " " + c10::toString(dt) + " bits " +
                                    std::to_string(bits) + " S " + std::to_string(c.S) + " L " + std::to_string(c.L);
-          ASSERT_EQ(got.sizes(), want.sizes()) << what;
-          ASSERT_FALSE(got.isnan().any().item<bool>()) << what;
-          const double atol = dt == torch::kBFloat16 ? 2e-2 : 2e-5, rtol = dt == torch::kBFloat16 ? 2e-2 : 1e-4;
-          auto g = got.to(torch::kFloat64), w = want.to(torch::kFloat64);
-          EXPECT_LE(((g - w).abs() - (atol + rtol * w.abs())).max().item<double>(), 0.0)
-              << what << ": max |diff| " << (g - w).abs().max().item<double>();
+          expect_close(got, want, dt, what);
         }
         // A quantized latent whose slots disagree with k_r's is one clear error.
         auto short_k = kq;
