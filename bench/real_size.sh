@@ -49,7 +49,7 @@ if command -v bible >/dev/null; then
   bible -f "Gen1:1-Gen12:20" | sed 's/^[^ ]* //' >"$work/calib.txt"
   bible -f "Ruth1:1-Ruth4:22" | sed 's/^[^ ]* //' | head -c 4600 >"$work/heldout.txt"
 else
-  cat "$root"/README.md "$root"/docs/*.md 2>/dev/null | head -c 40000 >"$work/calib.txt"
+  head -c 40000 "$root/README.md" >"$work/calib.txt"
   tail -c 4600 "$root/README.md" >"$work/heldout.txt"
 fi
 
