@@ -5,7 +5,7 @@
 # The corpus starts from tests/fuzz/corpus/TARGET (committed seeds) and grows in build-fuzz/corpus/TARGET.
 # A crash is saved under build-fuzz/crashes/TARGET/; copy it into tests/fuzz/corpus/TARGET once fixed, so
 # test_fuzz replays it on every run. Prints the number of executions at the end. The per-input timeout is
-# generous (120 s) because a loaded shared machine can stall a process for tens of seconds.
+# generous (30 min): libFuzzer counts wall time, and on a shared machine a process can be paused for minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGETS="config_json tokenizer_json tokenizer_encode safetensors_header safetensors_index token_shard ds_metadata calibration"
@@ -31,7 +31,7 @@ MAX_LEN=65536
 [ "$T" = tokenizer_json ] && MAX_LEN=4096
 set +e
 start=$SECONDS
-"$B/fuzz_$T" "$B/corpus/$T" "tests/fuzz/corpus/$T" -max_total_time="$SECS" -rss_limit_mb=2048 -timeout=120 \
+"$B/fuzz_$T" "$B/corpus/$T" "tests/fuzz/corpus/$T" -max_total_time="$SECS" -rss_limit_mb=2048 -timeout=1800 \
   -max_len="$MAX_LEN" -print_final_stats=1 -artifact_prefix="$B/crashes/$T/" "$@" 2>&1 | tee "$LOG" | grep -v '^#[0-9]*	\(NEW\|REDUCE\|pulse\)'
 rc=${PIPESTATUS[0]}
 set -e
