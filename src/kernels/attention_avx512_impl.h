@@ -376,13 +376,30 @@ inline void dot16(const float* q, const float* const* k, int64_t Dr, __m512* acc
   }
 }
 
+#ifdef __AVX512BF16__
+// dot16 on bf16 rows as stored: pairs multiply exactly and accumulate in f32 (vdpbf16ps), with no conversion.
+inline void dot16_bf16(const uint16_t* q, const uint16_t* const* k, int64_t D, __m512* acc) {
+  for (int64_t d = 0; d < D; d += 32) {
+    const __m512i qv = _mm512_loadu_si512(q + d);
+    for (int j = 0; j < 16; ++j)
+      acc[j] = _mm512_dpbf16_ps(acc[j], (__m512bh)_mm512_loadu_si512(k[j] + d), (__m512bh)qv);
+  }
+}
+#endif
+
 void decode_split(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, int64_t s1, const Partial& out) {
   const int64_t g = a.Hq / a.groups, R = g * a.T, hdiv = a.Hq / a.Hkv;
   const int64_t D1r = round_up(a.D1, 16), D2r = round_up(a.D2, 16), Dv = a.Dv, Dvp = round_up(Dv, 16);
   const bool f32 = a.dtype == DType::F32 && a.D1 % 16 == 0 && Dv % 16 == 0 && !a.kq && !a.vq;
   const bool v_is_k = a.v.p != nullptr && a.v.p == a.k1.p && a.v.sb == a.k1.sb && a.v.sh == a.k1.sh && a.v.sr == a.k1.sr && Dv == a.D1;
+#ifdef __AVX512BF16__
+  // bf16 keys are scored as stored; the scale is applied to the sums instead of to q.
+  const bool bf16dot = a.dtype == DType::BF16 && !a.kq && a.D1 % 32 == 0;
+#else
+  const bool bf16dot = false;
+#endif
   Scratch sc(R * (D1r + D2r) * 4 + R * kDecBlock * 4 + R * Dvp * 4 + R * 8 * 4 + kDecBlock * (D1r + Dvp) * 4 +
-             kDecBlock * R * D2r * 4 + (D1r + Dvp + D2r) * 4 + 64 * 15);
+             kDecBlock * R * D2r * 4 + (D1r + Dvp + D2r) * 4 + R * 8 + 64 * 16);
   if (!sc.ok()) return;
   float* Q1 = sc.take<float>(R * D1r);  // [R][D1r] f32, scaled into the log2 domain
   float* Q2 = sc.take<float>(R * D2r);
@@ -398,6 +415,7 @@ void decode_split(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, int64_t
   int32_t* kgroup = sc.take<int32_t>(D1r);  // element -> per-token quantization group
   int32_t* vgroup = sc.take<int32_t>(Dvp);
   int32_t* k2group = sc.take<int32_t>(D2r);
+  const uint16_t** Qb = sc.take<const uint16_t*>(R);  // bf16dot: q rows as stored
   for (int64_t i = 0; i < D2r; ++i) k2group[i] = a.k2q && a.k2q->group > 0 ? static_cast<int32_t>(i / a.k2q->group) : 0;
   for (int64_t i = 0; i < D1r; ++i) kgroup[i] = a.kq && a.kq->group > 0 ? static_cast<int32_t>(i / a.kq->group) : 0;
   for (int64_t i = 0; i < Dvp; ++i) vgroup[i] = a.vq && a.vq->group > 0 ? static_cast<int32_t>(i / a.vq->group) : 0;
@@ -409,11 +427,13 @@ void decode_split(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, int64_t
     kvh[r] = h / hdiv;
     m[r] = kNegInf;
     l[r] = 0.f;
+    const float qscale = bf16dot ? 1.f : c;
+    Qb[r] = reinterpret_cast<const uint16_t*>(row_ptr(a.q1, a.dtype, b, h, t));
     row_to_f32(Q1 + r * D1r, row_ptr(a.q1, a.dtype, b, h, t), a.dtype, a.D1);
-    for (int64_t d = 0; d < D1r; ++d) Q1[r * D1r + d] *= c;
+    for (int64_t d = 0; d < D1r; ++d) Q1[r * D1r + d] *= qscale;
     if (a.D2) {
       row_to_f32(Q2 + r * D2r, row_ptr(a.q2, a.dtype, b, h, t), a.dtype, a.D2);
-      for (int64_t d = 0; d < D2r; ++d) Q2[r * D2r + d] *= c;
+      for (int64_t d = 0; d < D2r; ++d) Q2[r * D2r + d] *= qscale;
     }
   }
   for (int64_t i = 0; i < R * Dvp; ++i) acc[i] = 0.f;
@@ -422,9 +442,14 @@ void decode_split(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, int64_t
   const bool* valid = a.valid ? a.valid + b * a.S : nullptr;
   const float* krow[kDecBlock];
   const float* vrow[kDecBlock];
+  const uint16_t* kbrow[kDecBlock];
   for (int64_t j0 = lo; j0 < hi; j0 += kDecBlock) {
     const int64_t nb = imin(kDecBlock, hi - j0);
     for (int64_t j = 0; j < nb; ++j) {
+      if (bf16dot) {
+        kbrow[j] = reinterpret_cast<const uint16_t*>(row_ptr(a.k1, a.dtype, b, kv0, j0 + j));
+        continue;
+      }
       if (a.kq) {
         dequant_row(Kf + j * D1r, *a.kq, a.dtype, b, kv0, j0 + j, a.D1, kgroup);
         krow[j] = Kf + j * D1r;
@@ -438,7 +463,7 @@ void decode_split(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, int64_t
         krow[j] = Kf + j * D1r;
       }
     }
-    for (int64_t j = nb; j < kDecBlock; ++j) krow[j] = krow[0];
+    for (int64_t j = nb; j < kDecBlock; ++j) krow[j] = krow[0], kbrow[j] = kbrow[0];
     // K2 rows for each distinct KV head among the rows (rows are head-major, so runs share one).
     for (int64_t r = 0; r < R && a.D2; ++r) {
       if (r > 0 && kvh[r] == kvh[r - 1]) continue;
@@ -459,9 +484,16 @@ void decode_split(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, int64_t
       float* pr = P + r * kDecBlock;
       __m512 dacc[kDecBlock];
       for (int j = 0; j < kDecBlock; ++j) dacc[j] = _mm512_setzero_ps();
-      dot16(Q1 + r * D1r, krow, D1r, dacc);
+#ifdef __AVX512BF16__
+      if (bf16dot)
+        dot16_bf16(Qb[r], kbrow, a.D1, dacc);
+      else
+#endif
+        dot16(Q1 + r * D1r, krow, D1r, dacc);
       if (a.D2) dot16(Q2 + r * D2r, k2row, D2r, dacc);
-      _mm512_storeu_ps(pr, reduce16(dacc));
+      __m512 sums = reduce16(dacc);
+      if (bf16dot) sums = _mm512_mul_ps(sums, _mm512_set1_ps(c));
+      _mm512_storeu_ps(pr, sums);
       int64_t j = 0;
       for (; j < nb; ++j) {
         const int64_t s = j0 + j;
@@ -490,7 +522,7 @@ void decode_split(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, int64_t
       } else if (a.vq) {
         dequant_row(Vf + j * Dvp, *a.vq, a.dtype, b, kv0, j0 + j, Dv, vgroup);
         vrow[j] = Vf + j * Dvp;
-      } else if (v_is_k && !f32) {
+      } else if (v_is_k && !f32 && !bf16dot) {
         vrow[j] = krow[j];  // MLA: the latent is both key and value
       } else {
         const char* vr = row_ptr(a.v, a.dtype, b, kv0, j0 + j);
