@@ -429,8 +429,10 @@ void decode_split(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, int64_t
     l[r] = 0.f;
     const float qscale = bf16dot ? 1.f : c;
     Qb[r] = reinterpret_cast<const uint16_t*>(row_ptr(a.q1, a.dtype, b, h, t));
-    row_to_f32(Q1 + r * D1r, row_ptr(a.q1, a.dtype, b, h, t), a.dtype, a.D1);
-    for (int64_t d = 0; d < D1r; ++d) Q1[r * D1r + d] *= qscale;
+    if (!bf16dot) {  // bf16dot reads q as stored
+      row_to_f32(Q1 + r * D1r, row_ptr(a.q1, a.dtype, b, h, t), a.dtype, a.D1);
+      for (int64_t d = 0; d < D1r; ++d) Q1[r * D1r + d] *= c;
+    }
     if (a.D2) {
       row_to_f32(Q2 + r * D2r, row_ptr(a.q2, a.dtype, b, h, t), a.dtype, a.D2);
       for (int64_t d = 0; d < D2r; ++d) Q2[r * D2r + d] *= qscale;

@@ -76,6 +76,13 @@ void expect_close(const torch::Tensor& got, const torch::Tensor& want, torch::Sc
       << what << ": max |diff| " << (g - w).abs().max().item<double>();
 }
 
+// Validity [B, S] where the last batch row holds only its newest `real` slots (a left-padded prompt).
+torch::Tensor left_padded(int64_t B, int64_t S, int64_t real) {
+  auto valid = torch::ones({B, S}, torch::kBool);
+  valid[B - 1].narrow(0, 0, S - real).fill_(false);
+  return valid;
+}
+
 struct QCase {
   int64_t B, Hq, Hkv, T, S, n_quant, D, group, window;
   bool pad;
@@ -120,11 +127,7 @@ TEST(KernelQuantAttention, DecodeMatchesReference) {
           const int64_t nq = pc_keys ? c.n_quant / 16 * 16 : c.n_quant;
           auto k = quantize(kx, bits, kgroup, pc_keys, nq, dt);
           auto v = quantize(vx, bits, c.group, false, nq, dt);
-          torch::Tensor valid;
-          if (c.pad) {
-            valid = torch::ones({c.B, c.S}, torch::kBool);
-            valid[c.B - 1].narrow(0, 0, c.S - 5).fill_(false);
-          }
+          auto valid = c.pad ? left_padded(c.B, c.S, 5) : torch::Tensor();
           const double scale = 1.0 / std::sqrt(static_cast<double>(c.D));
           const int64_t start = c.S - c.T;
           auto want = kernels::quantized_decode_reference(q, k, v, start, valid, c.window, scale);
@@ -177,11 +180,7 @@ TEST(KernelQuantAttention, MlaDecodeMatchesReference) {
         auto cq = quantize(torch::randn({c.B, 1, c.S, c.L}), bits, c.group, false, c.n_quant, dt);
         auto kq = quantize(torch::randn({c.B, c.Hkv, c.S, c.r}), bits, 16, true, c.n_quant / 16 * 16, dt);
         // Blocks of the two buffers end at different slots here; the kernel reads each by its own n_quant.
-        torch::Tensor valid;
-        if (c.pad) {
-          valid = torch::ones({c.B, c.S}, torch::kBool);
-          valid[c.B - 1].narrow(0, 0, c.S - 7).fill_(false);
-        }
+        auto valid = c.pad ? left_padded(c.B, c.S, 7) : torch::Tensor();
         const double scale = 1.0 / std::sqrt(static_cast<double>(c.L));
         const int64_t start = c.S - c.T;
         auto want = kernels::quantized_mla_decode_reference(q_lat, q_rope, cq, kq, start, valid, c.window, scale);
