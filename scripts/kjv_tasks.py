@@ -16,6 +16,11 @@ verse of one passage and asks for its number; scored with retrieval_score. Chanc
 kjv_retrieval_tagged_<T>.jsonl is the easier form: every verse in the context ends with its passage tag
 "(Paragraph k)", and the input is the quoted verse followed by "(Paragraph", so the answer is a copy of the
 tag seen after the same verse earlier.
+
+kjv_copy.jsonl (`--task mc`): the easiest form of retrieval. Four whole verses, then the first half of one of
+them; the choices are the four second halves, so the answer was seen a few lines earlier. Chance: 25%.
+kjv_copy_control.jsonl holds the same rows without the four verses: a model that uses its context scores
+higher on kjv_copy than on the control.
 """
 import argparse
 import json
@@ -81,6 +86,22 @@ def make_mc(verses, n, rng):
         rng.shuffle(choices)
         rows.append({"query": query, "choices": [" " + c for c in choices], "gold_index": choices.index(gold)})
     return rows
+
+
+def make_copy(verses, n_rows, n, rng):
+    """The easiest retrieval: n whole verses, then the first half of one of them; the choices are the n second
+    halves. Returns the rows and the same rows without the verses (the control: what the model gets right
+    without looking back)."""
+    cands = [v for v in verses if len(v.split()) >= 8]
+    rows, control = [], []
+    for r in range(n_rows):
+        chosen = rng.sample(cands, n)
+        k = rng.randrange(n)
+        halves = [split_verse(v.split()) for v in chosen]
+        choices = [" " + h[1] for h in halves]
+        rows.append({"query": "".join(v + "\n" for v in chosen) + "\n" + halves[k][0], "choices": choices, "gold_index": k})
+        control.append({"query": halves[k][0], "choices": choices, "gold_index": k})
+    return rows, control
 
 
 def passages(chapters, counts, target):
@@ -149,6 +170,7 @@ def main():
                     help="TOKENS:ROWS,... context budgets and row counts")
     ap.add_argument("--tagged", default="512:40", help="TOKENS:ROWS,... for the tagged (easier) form")
     ap.add_argument("--passage-tokens", type=int, default=100)
+    ap.add_argument("--copy", type=int, default=200, help="rows of the copy task and its control")
     a = ap.parse_args()
     binary = os.environ.get("MHA2MLA", os.path.join(ROOT, "build/mha2mla"))
     if not os.path.exists(a.val):
@@ -162,6 +184,9 @@ def main():
     os.makedirs(a.out, exist_ok=True)
     rng = random.Random(a.seed)
     write_jsonl(os.path.join(a.out, "kjv_mc.jsonl"), make_mc(verses, a.mc, rng))
+    copy, control = make_copy(verses, a.copy, 4, random.Random(a.seed * 31 + 7))
+    write_jsonl(os.path.join(a.out, "kjv_copy.jsonl"), copy)
+    write_jsonl(os.path.join(a.out, "kjv_copy_control.jsonl"), control)
     for spec, tagged in ((a.retrieval, False), (a.tagged, True)):
         # The tagged form spends about 6 tokens per verse on tags: shorter passages keep N comparable.
         target = a.passage_tokens // 2 if tagged else a.passage_tokens

@@ -58,5 +58,6 @@ int cmd_tokenizer_train(const Args& a);
 int cmd_data(const Args& a);
 int cmd_bench(const Args& a);
 int cmd_eval(const Args& a);
+int cmd_reproduce(const Args& a);
 
 }  // namespace mha2mla::cli

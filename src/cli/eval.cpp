@@ -13,7 +13,7 @@
 #include "eval/longbench.h"
 #include "eval/mc_formats.h"
 #include "eval/multiple_choice.h"
-#include "infer/generate.h"
+#include "eval/task_runs.h"
 #include "model/transformer.h"
 #include "tokenizer/tokenizer.h"
 #include "train/distributed.h"
@@ -94,62 +94,42 @@ int run_mc(EvalArgs& a) {
     samples.push_back(eval::at_row<eval::McSample>(a.data, r, [&](const json& v) { return eval::format_mc_row(a.task, v); }));
   auto tok = tok::Tokenizer::load(a.dir);
   auto m = model::load_model(a.dir, a.rt);
-  const auto& eos = m->config().eos_token_ids;
-  const auto& bos = m->config().bos_token_ids;
-  check(!eos.empty() || !bos.empty(), a.dir + "/config.json: neither eos_token_id nor bos_token_id is set");
-  const int64_t prefix = eos.empty() ? bos[0] : eos[0];  // stands in for an empty context, as in the harness
-  std::vector<eval::ContinuationRequest> reqs;  // this process's share
-  std::vector<size_t> first(samples.size()), first_own(samples.size());
-  size_t total = 0;
-  for (size_t i = 0; i < samples.size(); ++i) {
-    first[i] = total;
-    total += samples[i].choices.size();
-    first_own[i] = reqs.size();
-    if (!mine(a, i)) continue;
-    const std::string q = eval::fewshot_query(samples, i, a.fewshot);
-    for (const auto& c : samples[i].choices) {
-      try {
-        reqs.push_back(eval::encode_pair(tok, q, c, prefix));
-      } catch (const Error& e) {
-        fail(a.data + ":" + std::to_string(rows[i].line) + ": " + e.what());
-      }
-    }
-  }
-  Progress bar("eval " + a.task, a.dist.is_main() ? static_cast<int64_t>(reqs.size()) : 0);
+  auto keep = [&](size_t i) { return mine(a, i); };
+  auto where = [&](size_t i) { return a.data + ":" + std::to_string(rows[i].line); };
+  int64_t own_requests = 0;
+  for (size_t i = 0; i < samples.size(); ++i)
+    if (mine(a, i)) own_requests += static_cast<int64_t>(samples[i].choices.size());
+  Progress bar("eval " + a.task, a.dist.is_main() ? own_requests : 0);
   auto t0 = std::chrono::steady_clock::now();
-  auto own = eval::loglikelihoods(*m, reqs, {a.batch, a.max_length}, [&](int64_t d, int64_t) {
-    if (a.dist.is_main()) bar.update(d);
-  });
+  auto ll = eval::mc_logliks(*m, tok, samples, a.fewshot, {a.batch, a.max_length}, keep, where,
+                             [&](int64_t d, int64_t) {
+                               if (a.dist.is_main()) bar.update(d);
+                             });
   bar.finish();
+  // Every rank's log-likelihoods on every rank: each entry is written by one rank only.
+  std::vector<size_t> first(samples.size() + 1, 0);
+  for (size_t i = 0; i < samples.size(); ++i) first[i + 1] = first[i] + samples[i].choices.size();
+  const size_t total = first.back();
   auto all_ll = torch::zeros({static_cast<int64_t>(total)}, torch::kFloat64);
   for (size_t i = 0; i < samples.size(); ++i)
-    if (mine(a, i))
-      for (size_t c = 0; c < samples[i].choices.size(); ++c)
-        all_ll[static_cast<int64_t>(first[i] + c)] = own[first_own[i] + c];
+    for (size_t c = 0; c < ll[i].size(); ++c) all_ll[static_cast<int64_t>(first[i] + c)] = ll[i][c];
   gather_exact(a, all_ll);
-  std::vector<double> ll(all_ll.data_ptr<double>(), all_ll.data_ptr<double>() + total);
+  const double* p = all_ll.data_ptr<double>();
+  for (size_t i = 0; i < samples.size(); ++i) ll[i].assign(p + first[i], p + first[i + 1]);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
-  std::vector<double> acc, acc_norm, acc_ns;
+  auto mm = eval::mc_metrics(samples, ll);
   std::vector<json> lines;
-  for (size_t i = 0; i < samples.size(); ++i) {
-    const auto& s = samples[i];
-    std::vector<double> mine(ll.begin() + static_cast<std::ptrdiff_t>(first[i]),
-                             ll.begin() + static_cast<std::ptrdiff_t>(first[i] + s.choices.size()));
-    auto r = eval::score_choices(s, mine);
-    acc.push_back(r.pred == s.gold);
-    acc_norm.push_back(r.pred_norm == s.gold);
-    acc_ns.push_back(r.pred_norm_nospace == s.gold);
-    if (!a.out.empty())
-      lines.push_back({{"line", rows[i].line}, {"loglik", r.loglik}, {"pred", r.pred}, {"pred_norm", r.pred_norm},
-                       {"pred_norm_nospace", r.pred_norm_nospace}, {"gold", s.gold}});
+  for (size_t i = 0; i < samples.size() && !a.out.empty(); ++i) {
+    const auto& r = mm.results[i];
+    lines.push_back({{"line", rows[i].line}, {"loglik", r.loglik}, {"pred", r.pred}, {"pred_norm", r.pred_norm},
+                     {"pred_norm_nospace", r.pred_norm_nospace}, {"gold", samples[i].gold}});
   }
   if (!a.out.empty() && a.dist.is_main()) write_lines(a.out, lines);
   json metrics = json::object();
   std::vector<std::pair<std::string, double>> text;
-  for (const auto& [name, v] : std::vector<std::pair<std::string, const std::vector<double>*>>{
-           {"acc", &acc}, {"acc_norm", &acc_norm}, {"acc_norm_nospace", &acc_ns}}) {
-    auto ms = eval::mean_stderr(*v);
+  for (const auto& [name, ms] : std::vector<std::pair<std::string, eval::MeanStderr>>{
+           {"acc", mm.acc}, {"acc_norm", mm.acc_norm}, {"acc_norm_nospace", mm.acc_norm_nospace}}) {
     metrics[name] = ms.mean;
     metrics[name + "_stderr"] = ms.stderr_;
     text.emplace_back(name, ms.mean);
@@ -202,54 +182,17 @@ int run_longbench(EvalArgs& a) {
   } else {
     auto tok = tok::Tokenizer::load(a.dir);
     auto m = model::load_model(a.dir, a.rt);
-    const int64_t max_pos = m->config().max_position_embeddings;
-    // Rows of one dataset share a generation length: batch them together, in file order.
-    std::map<std::string, std::vector<size_t>> by_dataset;
-    for (size_t i = 0; i < rows.size(); ++i) by_dataset[rows[i].dataset].push_back(i);
-    Progress bar("eval longbench", a.dist.is_main() ? static_cast<int64_t>(rows.size()) : 0);
-    int64_t done = 0;
+    int64_t own = 0;
+    for (size_t i = 0; i < rows.size(); ++i) own += mine(a, i);
+    Progress bar("eval longbench", a.dist.is_main() ? own : 0);
     auto t0 = std::chrono::steady_clock::now();
-    for (auto& [name, idx_all] : by_dataset) {
-      std::vector<size_t> idx;
-      for (size_t i : idx_all)
-        if (mine(a, i)) idx.push_back(i);
-      const auto& d = eval::longbench_dataset(name);
-      check(d.max_new < max_pos, name + ": generating " + std::to_string(d.max_new) +
-                                     " tokens leaves no room for a prompt within max_position_embeddings");
-      // The prompt and the generated tokens must fit the model's positions together.
-      const int64_t limit = std::min(a.max_length > 0 ? a.max_length : max_pos, max_pos - d.max_new);
-      infer::GenerateOptions go;
-      go.max_new = d.max_new;
-      go.stop_ids = m->config().eos_token_ids;
-      for (size_t b0 = 0; b0 < idx.size(); b0 += static_cast<size_t>(a.batch)) {
-        std::vector<std::vector<int64_t>> prompts;
-        const size_t b1 = std::min(idx.size(), b0 + static_cast<size_t>(a.batch));
-        for (size_t k = b0; k < b1; ++k) {
-          const auto& row = rows[idx[k]];
-          std::vector<int32_t> p32;
-          try {
-            p32 = tok.encode(eval::longbench_prompt(d, row), true);
-          } catch (const Error& e) {
-            fail(a.data + ":" + std::to_string(raw[idx[k]].line) + ": " + e.what());
-          }
-          std::vector<int64_t> ids(p32.begin(), p32.end());
-          if (static_cast<int64_t>(ids.size()) > limit) ++truncated;
-          prompts.push_back(eval::truncate_middle(ids, limit));
-        }
-        auto out = infer::generate(*m, prompts, go);
-        for (size_t k = b0; k < b1; ++k) {
-          std::vector<int32_t> gen;
-          for (int64_t id : out[k - b0])
-            if (std::find(go.stop_ids.begin(), go.stop_ids.end(), id) == go.stop_ids.end())
-              gen.push_back(static_cast<int32_t>(id));
-            else
-              break;
-          preds[idx[k]] = tok.decode(gen, /*skip_special_tokens=*/true);
-        }
-        done += static_cast<int64_t>(b1 - b0);
-        if (a.dist.is_main()) bar.update(done);
-      }
-    }
+    preds = eval::longbench_predictions(
+        *m, tok, rows, a.batch, a.max_length, [&](size_t i) { return mine(a, i); },
+        [&](size_t i) { return a.data + ":" + std::to_string(raw[i].line); },
+        [&](int64_t d, int64_t) {
+          if (a.dist.is_main()) bar.update(d);
+        },
+        &truncated);
     bar.finish();
     seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     gather_strings(a, preds);
@@ -258,22 +201,14 @@ int run_longbench(EvalArgs& a) {
     truncated = tr.item<int64_t>();
   }
 
-  eval::LongBenchSummary sum;
-  std::vector<double> all;
+  auto sc = eval::score_longbench(rows, preds, [&](size_t i) { return a.data + ":" + std::to_string(raw[i].line); });
+  const auto& sum = sc.summary;
   std::vector<json> lines;
-  for (size_t i = 0; i < rows.size(); ++i) {
-    const auto& d = eval::longbench_dataset(rows[i].dataset);
-    const double s = eval::at_row<double>(a.data, raw[i], [&](const json&) {
-      return eval::longbench_sample_score(d, preds[i], rows[i]);
-    });
-    sum.add(rows[i], s);
-    all.push_back(100.0 * s);
-    if (!a.out.empty())
-      lines.push_back({{"_id", rows[i].id}, {"dataset", rows[i].dataset}, {"pred", preds[i]}, {"answers", rows[i].answers},
-                       {"score", s}, {"length", rows[i].length}});
-  }
+  for (size_t i = 0; i < rows.size() && !a.out.empty(); ++i)
+    lines.push_back({{"_id", rows[i].id}, {"dataset", rows[i].dataset}, {"pred", preds[i]}, {"answers", rows[i].answers},
+                     {"score", sc.scores[i]}, {"length", rows[i].length}});
   if (!a.out.empty() && a.dist.is_main()) write_lines(a.out, lines);
-  auto ms = eval::mean_stderr(all);
+  const auto& ms = sc.score;
   auto summary = sum.to_json();
   json metrics{{"average", summary["average"]}, {"score", ms.mean}, {"score_stderr", ms.stderr_}};
   std::vector<std::pair<std::string, double>> text{{"average over datasets", sum.average()},

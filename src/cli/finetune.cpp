@@ -19,6 +19,7 @@ int cmd_finetune(const Args& a) {
   std::string orig, mla, out, val_path;
   std::vector<std::string> specs;
   bool json = false, skip_baseline = false;
+  double distill = 0;
   OptionTable t("finetune", "--model ORIG --mla CONVERTED --data PATH[:WEIGHT]... --val PATH --out DIR [options]",
                 "Fine-tunes the converted model and, on the same tokens with the same schedule, the original model\n"
                 "(the fair baseline), then reports held-out perplexity for: the original, the original fine-tuned,\n"
@@ -30,11 +31,16 @@ int cmd_finetune(const Args& a) {
       .multi("data", "P[:W]...", "training shards", [&](auto& v) { specs = v; }, true)
       .required("val", "PATH", "held-out shards", [&](auto& v) { val_path = v; })
       .required("out", "DIR", "output folder", [&](auto& v) { out = v; })
-      .toggle("skip-baseline", "train only the converted model", skip_baseline);
+      .toggle("skip-baseline", "train only the converted model", skip_baseline)
+      .number("distill", "W",
+              "add W · KL(original ‖ converted) of the next-token distributions to the converted model's loss\n"
+              "(distillation from the frozen original, as X-EcoMLA does; the baseline trains on CE alone)",
+              distill);
   add_train_options(t, o, f, /*finetune=*/true);
   t.toggle("json", "print the report as one JSON object", json);
   if (!t.parse(a)) return 0;
   finish_train_options(o, f);
+  check(distill >= 0 && std::isfinite(distill), "--distill must be a non-negative number");
   o.device = train::rank_device(o.device);
   auto ocfg = io::ModelConfig::load(orig);
   auto mcfg = io::ModelConfig::load(mla);
@@ -65,6 +71,10 @@ int cmd_finetune(const Args& a) {
   say("fine-tuning the converted model");
   auto om = o;
   om.out = out + "/mla";
+  if (distill > 0) {
+    om.teacher = model::load_model(orig, torch::kFloat32, o.device).ptr();
+    om.distill = distill;
+  }
   auto rm = train::train_folder(mla, data, val, om, dist);
   const double l_mla1 = rm.val_loss;
 
@@ -72,6 +82,7 @@ int cmd_finetune(const Args& a) {
                      {"converted_before", {{"val_loss", l_mla0}, {"val_ppl", std::exp(l_mla0)}}},
                      {"converted_after", {{"val_loss", l_mla1}, {"val_ppl", std::exp(l_mla1)}, {"model", out + "/mla/model"}}},
                      {"steps", o.steps},
+                     {"distill", distill},
                      {"tokens", rm.tokens},
                      {"val_tokens", [&] {
                         int64_t n = 0;

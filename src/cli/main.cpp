@@ -77,6 +77,7 @@ const Command kCommands[] = {
     {"tokenize", mha2mla::cli::cmd_tokenize, "encode stdin lines to token ids (JSON arrays)"},
     {"ppl", mha2mla::cli::cmd_ppl, "perplexity of a text file with a sliding window"},
     {"eval", mha2mla::cli::cmd_eval, "benchmark scores: multiple choice by log-likelihood, LongBench-style generation"},
+    {"reproduce", mha2mla::cli::cmd_reproduce, "the paper's ablations at small scale: one table, one plot"},
     {"generate", mha2mla::cli::cmd_generate, "generate text from a prompt, streamed"},
     {"convert", mha2mla::cli::cmd_convert, "convert an MHA/GQA model to MLA (partial RoPE + latent KV)"},
     {"train", mha2mla::cli::cmd_train, "train a model on token shards (one or several processes)"},

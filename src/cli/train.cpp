@@ -2,6 +2,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
+#include <sstream>
 
 #include "cli/cli.h"
 #include "cli/options.h"
@@ -23,7 +24,7 @@ void add_train_options(OptionTable& t, train::TrainOptions& o, TrainFlags& f, bo
       .value("lr", "X", "peak learning rate", [&f](const std::string& v) {
         f.lr = parse_number("lr", v);
         check(f.lr > 0, "--lr must be positive");
-      }, finetune ? "1e-4" : "1e-3")
+      }, f.lr > 0 ? [&f] { std::ostringstream d; d << f.lr; return d.str(); }() : finetune ? "1e-4" : "1e-3")
       .number("min-lr", "X", "final learning rate", o.schedule.min_lr)
       .integer("warmup", "W", "linear warmup steps", f.warmup, 0, finetune ? "steps/10" : "steps/20")
       .integer("decay-start", "S", "step where the decay begins", f.decay_start, 0, finetune ? "5·steps/6" : "4·steps/5")
@@ -34,7 +35,7 @@ void add_train_options(OptionTable& t, train::TrainOptions& o, TrainFlags& f, bo
               finetune ? "0" : "0.01")
       .number("clip", "X", "gradient-norm clip (0 = off)", o.clip)
       .value("precision", "P", "f32 | bf16 (bf16 compute, fp32 master weights)",
-             [&o](const std::string& v) { o.precision = parse_choice("precision", v, {"f32", "bf16"}); }, "f32")
+             [&o](const std::string& v) { o.precision = parse_choice("precision", v, {"f32", "bf16"}); }, o.precision)
       .value("train", "S", "all | attn (attention and norm parameters only)",
              [&o](const std::string& v) { o.train = parse_choice("train", v, {"all", "attn"}); }, "all")
       .integer("val-every", "N", "validate every N steps", f.val_every, 1, "steps/10")

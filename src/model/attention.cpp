@@ -44,7 +44,13 @@ torch::Tensor grouped_attention(const torch::Tensor& q, const torch::Tensor& k, 
 
 torch::Tensor attention_core(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                              const AttnContext& ctx, double scale) {
-  if (ctx.fused) return kernels::attention(q, k, v, ctx.start, ctx.slot_valid, ctx.window, scale);
+  if (ctx.fused) {
+    // Under autocast (bf16 evaluation in training) q comes out of a linear in bf16 while rotated keys may be
+    // f32: compute in q's type, as the reference's autocast matmuls would.
+    const auto t = q.scalar_type();
+    return kernels::attention(q, k.scalar_type() == t ? k : k.to(t), v.scalar_type() == t ? v : v.to(t), ctx.start,
+                              ctx.slot_valid, ctx.window, scale);
+  }
   return grouped_attention(q, k, v, ctx.mask, scale);
 }
 

@@ -52,12 +52,29 @@ Autocast::~Autocast() {
   at::autocast::clear_cache();
 }
 
-torch::Tensor lm_loss(model::TransformerImpl& m, const torch::Tensor& batch) {
+torch::Tensor lm_loss(model::TransformerImpl& m, const torch::Tensor& batch) { return training_loss(m, batch); }
+
+torch::Tensor kl_to_teacher(const torch::Tensor& student_logits, model::TransformerImpl& teacher,
+                            const torch::Tensor& batch) {
+  const int64_t T = batch.size(1) - 1;
+  torch::Tensor t_logp;  // [b, T, V] fp32
+  {
+    torch::NoGradGuard ng;
+    t_logp = torch::log_softmax(teacher.logits(teacher.hidden(batch.narrow(1, 0, T))).to(torch::kFloat32), -1);
+  }
+  auto s_logp = torch::log_softmax(student_logits.to(torch::kFloat32), -1);
+  return (t_logp.exp() * (t_logp - s_logp)).sum(-1).mean();
+}
+
+torch::Tensor training_loss(model::TransformerImpl& m, const torch::Tensor& batch, model::TransformerImpl* teacher,
+                            double weight) {
   const int64_t T = batch.size(1) - 1;
   auto inputs = batch.narrow(1, 0, T);
   auto targets = batch.narrow(1, 1, T).to(m.device());
   auto logits = m.logits(m.hidden(inputs));  // fp32
-  return torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}));
+  auto ce = torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}));
+  if (teacher == nullptr || weight == 0) return ce;
+  return ce + weight * kl_to_teacher(logits, *teacher, batch);
 }
 
 double evaluate(model::TransformerImpl& m, const std::vector<torch::Tensor>& batches, Dist& dist,
@@ -315,6 +332,11 @@ TrainResult run_training(model::TransformerImpl& m, const TrainOptions& o, const
   };
 
   m.train();
+  if (o.teacher) {
+    check(o.teacher->config().vocab_size == m.config().vocab_size,
+          "the distillation teacher's vocabulary differs from the model's");
+    o.teacher->eval();
+  }
   const int64_t micro_b = o.batch / (dist.world() * o.accum);
   const int64_t tokens_per_step = o.batch * o.seq_len;
   const int64_t end = o.stop_after > 0 ? std::min(o.stop_after, o.steps) : o.steps;
@@ -334,7 +356,7 @@ TrainResult run_training(model::TransformerImpl& m, const TrainOptions& o, const
       torch::Tensor loss;
       {
         Autocast ac(o.precision, m.device());
-        loss = lm_loss(m, b) / static_cast<double>(o.accum);
+        loss = training_loss(m, b, o.teacher.get(), o.distill) / static_cast<double>(o.accum);
       }
       loss.backward();
       loss_sum += loss.item<double>();

@@ -35,6 +35,11 @@ struct TrainOptions {
   bool progress = true;
   uint64_t seed = 42;
   torch::Device device = torch::kCPU;  // where the model trains (train_folder loads it there)
+  // Distillation (X-EcoMLA's recovery loss): loss = CE + distill · KL(teacher ‖ student), the KL of the
+  // teacher's next-token distribution per token, averaged over tokens. The teacher is frozen and runs beside
+  // the student on the same batches; distill = 0 trains on CE alone.
+  double distill = 0;
+  std::shared_ptr<model::TransformerImpl> teacher;
 };
 
 // Micro-batch `micro` of optimizer step `step` for this rank: [b, seq_len + 1] token ids.
@@ -51,6 +56,15 @@ double evaluate(model::TransformerImpl& m, const std::vector<torch::Tensor>& bat
 
 // Next-token cross-entropy of one [b, T+1] batch (mean over tokens), with autograd.
 torch::Tensor lm_loss(model::TransformerImpl& m, const torch::Tensor& batch);
+
+// Mean over tokens of KL(p_teacher ‖ p_student) for the next-token distributions of one [b, T+1] batch; the
+// gradient flows into the student's logits [b, T, V] only.
+torch::Tensor kl_to_teacher(const torch::Tensor& student_logits, model::TransformerImpl& teacher,
+                            const torch::Tensor& batch);
+
+// The training loss of one batch: lm_loss, plus weight · kl_to_teacher when a teacher is given.
+torch::Tensor training_loss(model::TransformerImpl& m, const torch::Tensor& batch,
+                            model::TransformerImpl* teacher = nullptr, double weight = 0);
 
 TrainResult run_training(model::TransformerImpl& m, const TrainOptions& opt, const BatchFn& batches,
                          const std::vector<torch::Tensor>& val_batches, Dist& dist);

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include "io/safetensors.h"
 #include "model/transformer.h"
@@ -39,7 +40,7 @@ std::string Cli::dir_;
 
 TEST_F(Cli, HelpOnEverySubcommand) {
   for (const char* c : {"inspect", "tokenize", "ppl", "generate", "convert", "calibrate", "train", "finetune", "data",
-                        "tokenizer-train", "init", "cast", "bench", "eval"}) {
+                        "tokenizer-train", "init", "cast", "bench", "eval", "reproduce"}) {
     auto r = run_cli(std::string(c) + " --help");
     EXPECT_EQ(r.code, 0) << c;
     EXPECT_NE(r.out.find("usage: mha2mla " + std::string(c)), std::string::npos) << r.out;
@@ -117,6 +118,59 @@ TEST_F(Cli, BenchWritesJsonMarkdownAndPlot) {
   expect_one_line_error(run_cli("bench --shape gpt5"), "unknown shape");
   expect_one_line_error(run_cli("bench --models mla-50.3"), "whole latent rank");
   fs::remove_all(fs::path(prefix).parent_path());
+}
+
+TEST_F(Cli, ReproduceWritesRowsResumesAndChecksItsInput) {
+  const std::string d = testutil::temp_dir("reproduce");
+  {
+    std::ofstream t(d + "/text.txt");
+    for (int i = 0; i < 60; ++i)
+      t << "In the beginning " << i << " the words were few, and the verses were short and plain.\n\n";
+    std::ofstream mc(d + "/mc.jsonl");
+    mc << R"({"query": "the words were", "choices": [" few", " many"], "gold_index": 0})" "\n"
+       << R"({"query": "the verses were", "choices": [" long", " short"], "gold_index": 1})" "\n";
+    std::ofstream r(d + "/ret.jsonl");
+    r << R"({"_id": "a", "dataset": "kjv_retrieval", "input": "Which? Paragraph", "context": "Paragraph 1: few\n\n",)"
+         R"( "answers": ["Paragraph 1"], "length": 4, "all_classes": null})" "\n";
+  }
+  auto prep = run_cli("data --tokenizer " + dir_ + " --in " + d + "/text.txt --val-in " + d + "/text.txt --out " + d +
+                      "/shards --json");
+  ASSERT_EQ(prep.code, 0) << prep.err;
+  const std::string common = "reproduce --model " + dir_ + " --out " + d + "/out --data " + d + "/shards --val " + d +
+                             "/shards --calib-text " + d + "/text.txt --val-text " + d + "/text.txt --mc " + d +
+                             "/mc.jsonl --retrieval " + d + "/ret.jsonl --rope-dims 2 --batch 2 --seq-len 32 --ctx 64 "
+                             "--stride 32 --calib-samples 4 --only baseline ladder-81.25-int4 --json";
+  auto r = run_cli(common + " --steps 2");
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  ASSERT_EQ(j["rows"].size(), 3u);  // the int4 row brings the row it measures again
+  std::map<std::string, nlohmann::json> rows;
+  for (const auto& x : j["rows"]) rows[x["id"].get<std::string>()] = x;
+  ASSERT_TRUE(rows.count("baseline") && rows.count("ladder-81.25") && rows.count("ladder-81.25-int4"));
+  EXPECT_EQ(rows["baseline"]["kv_reduction"].get<double>(), 0.0);
+  EXPECT_DOUBLE_EQ(rows["ladder-81.25"]["kv_reduction"].get<double>(), 0.8125);
+  // 4.5 bits per value (4 + an f16 scale and zero per 64) against 16.
+  EXPECT_NEAR(rows["ladder-81.25-int4"]["kv_reduction"].get<double>(), 1 - 0.1875 * 4.5 / 16, 1e-12);
+  EXPECT_FALSE(rows["ladder-81.25-int4"].contains("kjv_mc"));  // a log-likelihood forward reads no cache
+  for (const auto& [id, x] : rows) {
+    EXPECT_GT(x["ppl_after"].get<double>(), 1.0) << id;
+    EXPECT_TRUE(x.contains("kjv_retrieval")) << id;
+  }
+  EXPECT_NE(rows["ladder-81.25"]["ppl_before"], rows["ladder-81.25"]["ppl_after"]);  // it was fine-tuned
+  for (const char* f : {"reproduce.json", "reproduce.md", "reproduce.svg", "rows/baseline.json", "calib.safetensors"})
+    EXPECT_TRUE(fs::exists(d + "/out/" + f)) << f;
+  // A second run with the same settings keeps every row; other settings measure them again.
+  auto again = run_cli(common + " --steps 2");
+  ASSERT_EQ(again.code, 0) << again.err;
+  EXPECT_EQ(nlohmann::json::parse(again.out)["rows"], j["rows"]);
+  EXPECT_NE(again.err.find("baseline: kept from an earlier run"), std::string::npos) << again.err;
+  auto other = run_cli(common + " --steps 3");
+  ASSERT_EQ(other.code, 0) << other.err;
+  EXPECT_EQ(other.err.find("kept from an earlier run"), std::string::npos) << other.err;
+  expect_one_line_error(run_cli(common + " --steps 2 --only ladder-50"), "unknown row \"ladder-50\"");
+  expect_one_line_error(run_cli(common + " --steps 2 --rope-dims 8"), "not reachable with --rope-dims 8");
+  expect_one_line_error(run_cli(common + " --steps 2 --mc " + d + "/missing.jsonl"), "missing.jsonl");
+  fs::remove_all(d);
 }
 
 TEST_F(Cli, InspectJson) {

@@ -173,6 +173,77 @@ TEST(Trainer, BadOptions) {
   EXPECT_THROW(train::run_training(*m, o, synthetic(3, 16, 97), {}, dist), Error);  // wrong batch shape
 }
 
+// KL(p_t || p_s) from its definition, in fp64, per token, averaged: an independent formula for the loss.
+double kl_by_definition(const torch::Tensor& t_logits, const torch::Tensor& s_logits) {
+  auto pt = torch::softmax(t_logits.to(torch::kFloat64), -1), ps = torch::softmax(s_logits.to(torch::kFloat64), -1);
+  return (pt * (pt.log() - ps.log())).sum(-1).mean().item<double>();
+}
+
+TEST(Distill, KlMatchesDefinitionAndVanishesForItself) {
+  auto student = testutil::make_random_model(testutil::tiny_config("llama-mha"), 5);
+  auto teacher = testutil::make_random_model(testutil::tiny_config("llama-mha"), 6);
+  auto batch = synthetic(2, 16, 97)(0, 0);
+  auto inputs = batch.narrow(1, 0, 16);
+  torch::NoGradGuard ng;
+  auto s_logits = student->logits(student->hidden(inputs));
+  auto t_logits = teacher->logits(teacher->hidden(inputs));
+  const double kl = train::kl_to_teacher(s_logits, *teacher, batch).item<double>();
+  EXPECT_GT(kl, 1e-3);
+  EXPECT_NEAR(kl, kl_by_definition(t_logits, s_logits), 1e-5 * std::max(1.0, kl));
+  EXPECT_NEAR(train::kl_to_teacher(s_logits, *student, batch).item<double>(), 0.0, 1e-6);
+  // The training loss is CE + weight · KL.
+  const double ce = train::lm_loss(*student, batch).item<double>();
+  EXPECT_NEAR(train::training_loss(*student, batch, teacher.get(), 0.5).item<double>(), ce + 0.5 * kl, 1e-5);
+  EXPECT_DOUBLE_EQ(train::training_loss(*student, batch, teacher.get(), 0.0).item<double>(), ce);
+}
+
+TEST(Distill, GradientOfKlIsTheProbabilityGap) {
+  // d KL / d s_logits = (softmax(s) − softmax(t)) / tokens: the gradient pulls the student to the teacher.
+  auto teacher = testutil::make_random_model(testutil::tiny_config("llama-gqa"), 7);
+  auto batch = synthetic(2, 16, 97)(1, 0);
+  auto s_logits = torch::randn({2, 16, 97}, torch::kFloat32).requires_grad_(true);
+  train::kl_to_teacher(s_logits, *teacher, batch).backward();
+  torch::Tensor t_logits;
+  {
+    torch::NoGradGuard ng;
+    t_logits = teacher->logits(teacher->hidden(batch.narrow(1, 0, 16)));
+  }
+  auto want = (torch::softmax(s_logits.detach(), -1) - torch::softmax(t_logits, -1)) / 32.0;
+  EXPECT_TRUE(torch::allclose(s_logits.grad(), want, 1e-5, 1e-7));
+}
+
+TEST(Distill, TrainingTowardsATeacherLowersTheKl) {
+  auto teacher = testutil::make_random_model(testutil::tiny_config("llama-mha"), 6);
+  auto probe = synthetic(2, 16, 97)(99, 0);
+  // The KL to the teacher after 8 steps from the same start, with and without distillation.
+  auto kl_after = [&](double weight) {
+    auto student = testutil::make_random_model(testutil::tiny_config("llama-mha"), 5);
+    auto o = small_opts(testutil::temp_dir("train-distill") + "/run", 8);
+    if (weight > 0) {
+      o.teacher = teacher.ptr();
+      o.distill = weight;
+    }
+    train::Dist dist;
+    if (weight >= 0) train::run_training(*student, o, synthetic(2, 16, 97), {}, dist);
+    fs::remove_all(fs::path(o.out).parent_path());
+    torch::NoGradGuard ng;
+    return train::kl_to_teacher(student->logits(student->hidden(probe.narrow(1, 0, 16))), *teacher, probe).item<double>();
+  };
+  const double start = kl_after(-1), plain = kl_after(0), distilled = kl_after(5.0);
+  EXPECT_LT(distilled, 0.95 * start);
+  EXPECT_LT(distilled, 0.95 * plain);
+}
+
+TEST(Evaluate, Bf16AutocastMatchesF32) {
+  // Evaluation under bf16 autocast runs the fused inference kernels (no grad) with mixed input dtypes.
+  auto m = testutil::make_random_model(testutil::tiny_config("llama-gqa"), 8);
+  std::vector<torch::Tensor> val{synthetic(2, 16, 97)(0, 0), synthetic(2, 16, 97)(1, 0)};
+  train::Dist dist;
+  const double f32 = train::evaluate(*m, val, dist, "f32");
+  const double bf16 = train::evaluate(*m, val, dist, "bf16");
+  EXPECT_NEAR(bf16, f32, 0.02 * f32);
+}
+
 TEST(Schedule, WarmupStableDecay) {
   train::Schedule s;
   s.lr = 1.0;
