@@ -69,10 +69,27 @@ int64_t dkv_for(const io::ModelConfig& c, int64_t r, double red, bool split) {
   return static_cast<int64_t>(std::round(dkv));
 }
 
+// One row: a conversion (unless co.svd is empty: the original model), fine-tuned or not.
+Variant make(std::string id, std::string label, std::string group, bool finetune, convert::ConvertOptions co = {},
+             double distill = 0, std::string source = "") {
+  Variant v;
+  v.id = std::move(id);
+  v.label = std::move(label);
+  v.group = std::move(group);
+  v.convert = !co.svd.empty();
+  v.finetune = finetune;
+  v.co = std::move(co);
+  v.distill = distill;
+  v.source = std::move(source);
+  return v;
+}
+
 std::vector<Variant> variants(const Setup& s, const io::ModelConfig& c) {
+  convert::ConvertOptions none;
+  none.svd.clear();
   std::vector<Variant> v;
-  v.push_back({"original", "original", "original", false, false});
-  v.push_back({"baseline", "original, fine-tuned (fair baseline)", "baseline", false, true});
+  v.push_back(make("original", "original", "original", false, none));
+  v.push_back(make("baseline", "original, fine-tuned (fair baseline)", "baseline", true, none));
   auto conv = [&](const std::string& rope, const std::string& svd, int64_t dkv) {
     convert::ConvertOptions co;
     co.rope = convert::parse_rope_strategy(rope);
@@ -83,35 +100,30 @@ std::vector<Variant> variants(const Setup& s, const io::ModelConfig& c) {
   };
   const std::string r = "r = " + std::to_string(s.rope_dims);
   for (const char* rope : {"high", "low", "uniform", "2-norm"})
-    v.push_back({std::string("rope-") + rope, std::string("partial RoPE ") + rope + ", " + r + ", no SVD", "rope", true,
-                 true, conv(rope, "none", 0)});
+    v.push_back(make(std::string("rope-") + rope, std::string("partial RoPE ") + rope + ", " + r + ", no SVD", "rope",
+                     true, conv(rope, "none", 0)));
   for (double red : {0.6875, 0.8125, 0.875}) {
     const int64_t d = dkv_for(c, s.rope_dims, red, false);
-    v.push_back({"ladder-" + reduction_name(red), "2-norm, joint SVD, d_kv = " + std::to_string(d), "ladder", true, true,
-                 conv("2-norm", "joint", d)});
+    v.push_back(make("ladder-" + reduction_name(red), "2-norm, joint SVD, d_kv = " + std::to_string(d), "ladder", true,
+                     conv("2-norm", "joint", d)));
   }
   const int64_t d_split = dkv_for(c, s.rope_dims, 0.8125, true);
-  v.push_back({"svd-split", "2-norm, split SVD, d_kv = " + std::to_string(d_split) + " each", "svd", true, true,
-               conv("2-norm", "split", d_split)});
+  v.push_back(make("svd-split", "2-norm, split SVD, d_kv = " + std::to_string(d_split) + " each", "svd", true,
+                   conv("2-norm", "split", d_split)));
   const int64_t d81 = dkv_for(c, s.rope_dims, 0.8125, false);
-  v.push_back({"svd-activation", "2-norm, activation-aware SVD, d_kv = " + std::to_string(d81), "svd", true, true,
-               conv("2-norm", "activation", d81)});
+  v.push_back(make("svd-activation", "2-norm, activation-aware SVD, d_kv = " + std::to_string(d81), "svd", true,
+                   conv("2-norm", "activation", d81)));
   char w[32];
   std::snprintf(w, sizeof(w), "%g", s.distill);
-  Variant dv{"distill", "2-norm, joint SVD, d_kv = " + std::to_string(d81) + ", distilled (KL weight " + w + ")",
-             "distill", true, true, conv("2-norm", "joint", d81)};
-  dv.distill = s.distill;
-  v.push_back(dv);
-  Variant da{"distill-activation", "2-norm, activation-aware SVD, d_kv = " + std::to_string(d81) + ", distilled", "distill",
-             true, true, conv("2-norm", "activation", d81)};
-  da.distill = s.distill;
-  v.push_back(da);
+  v.push_back(make("distill", "2-norm, joint SVD, d_kv = " + std::to_string(d81) + ", distilled (KL weight " + w + ")",
+                   "distill", true, conv("2-norm", "joint", d81), s.distill));
+  v.push_back(make("distill-activation", "2-norm, activation-aware SVD, d_kv = " + std::to_string(d81) + ", distilled",
+                   "distill", true, conv("2-norm", "activation", d81), s.distill));
   for (const char* src : {"baseline", "ladder-68.75", "ladder-81.25", "ladder-87.5"}) {
-    Variant q{std::string(src) + "-int4", "", "int4", false, false};
-    q.source = src;
+    std::string label;
     for (const auto& x : v)
-      if (x.id == src) q.label = x.label + ", int4 cache";
-    v.push_back(q);
+      if (x.id == src) label = x.label + ", int4 cache";
+    v.push_back(make(std::string(src) + "-int4", label, "int4", false, none, 0, src));
   }
   if (!s.only.empty()) {
     std::vector<Variant> keep;

@@ -18,7 +18,8 @@ namespace {
 
 constexpr const char* kFormat = "mha2mla-calib";
 // 2: the fingerprint describes the checkpoint (names, dtypes, shapes, a hash of some bytes).
-constexpr const char* kVersion = "2";
+// 3: a layer that saw fewer inputs than its covariance's size is stored as the inputs (cov_rows.{l}).
+constexpr const char* kVersion = "3";
 
 std::string shape_str(at::IntArrayRef s) {
   std::string out = "[";
@@ -107,6 +108,24 @@ void Covariances::push_back(torch::Tensor mean, std::function<void()> release) {
   layers_.push_back(std::move(e));
 }
 
+void Covariances::push_rows(torch::Tensor rows, std::function<void()> release) {
+  check(rows.dim() == 2 && rows.size(0) >= 1, "covariance rows must be [n >= 1, d]");
+  check(layers_.empty() || rows.size(1) == dim_, "covariance rows have width " + std::to_string(rows.size(1)) +
+                                                     ", the others " + std::to_string(dim_));
+  Layer e;
+  dim_ = rows.size(1);
+  e.count = rows.size(0);
+  e.rows.push_back(std::move(rows));
+  e.on_release = std::move(release);
+  layers_.push_back(std::move(e));
+}
+
+torch::Tensor Covariances::inputs(size_t l) const {
+  const auto& e = layers_.at(l);
+  if (e.mean.defined() || e.sum.defined() || e.rows.empty()) return {};
+  return e.rows.size() == 1 ? e.rows[0] : torch::cat(e.rows);
+}
+
 void Covariances::release(size_t l) {
   auto& e = layers_.at(l);
   if (e.on_release) e.on_release();
@@ -179,16 +198,32 @@ void save_calib(const std::string& path, const CalibStats& s) {
                                           {"samples", std::to_string(s.samples)},
                                           {"ctx", std::to_string(s.ctx)},
                                           {"layers", std::to_string(L)}};
+  // Each layer as its matrix or as its rows (see Covariances::inputs); fp64 matrices first, so they stay 8-byte
+  // aligned; rows are in the model's dtype, at most as many bytes as a matrix.
   std::vector<io::TensorSpec> specs;
-  for (int64_t l = 0; l < L; ++l) specs.push_back({"cov." + std::to_string(l), io::DType::F64, {d, d}});
-  for (int64_t l = 0; l < L; ++l) specs.push_back({"cov_heldout." + std::to_string(l), io::DType::F64, {d, d}});
-  for (const auto& [name, t] : small) specs.push_back({name, io::from_torch(t.scalar_type()), t.sizes().vec()});
-  io::save_safetensors_streamed(path, specs, [&](size_t i) -> torch::Tensor {
-    const int64_t k = static_cast<int64_t>(i);
-    if (k < L) return s.cov[k];
-    if (k < 2 * L) return s.cov_heldout[k - L];
-    return small[k - 2 * L].second;
-  }, meta);
+  std::vector<std::function<torch::Tensor()>> data;
+  for (const auto* c : {&s.cov, &s.cov_heldout}) {
+    const std::string base = c == &s.cov ? "cov" : "cov_heldout";
+    for (int64_t l = 0; l < L; ++l) {
+      if (c->inputs(l).defined()) continue;
+      specs.push_back({base + "." + std::to_string(l), io::DType::F64, {d, d}});
+      data.push_back([c, l] { return (*c)[l]; });
+    }
+  }
+  for (const auto* c : {&s.cov, &s.cov_heldout}) {
+    const std::string base = c == &s.cov ? "cov_rows" : "cov_heldout_rows";
+    for (int64_t l = 0; l < L; ++l) {
+      auto x = c->inputs(l);
+      if (!x.defined()) continue;
+      specs.push_back({base + "." + std::to_string(l), io::from_torch(x.scalar_type()), x.sizes().vec()});
+      data.push_back([c, l] { return c->inputs(l).to(torch::kCPU).contiguous(); });
+    }
+  }
+  for (const auto& [name, t] : small) {
+    specs.push_back({name, io::from_torch(t.scalar_type()), t.sizes().vec()});
+    data.push_back([t = t] { return t; });
+  }
+  io::save_safetensors_streamed(path, specs, [&](size_t i) -> torch::Tensor { return data[i](); }, meta);
 }
 
 CalibStats load_calib(const std::string& path) {
@@ -234,23 +269,37 @@ CalibStats load_calib(const std::string& path) {
   get("scores", {L, n_kv, half}, torch::kFloat32);
   get("ranks", {L, n_kv, 2 * half}, torch::kInt64);
   const auto* c0 = f.find("cov.0");
-  check(c0 && c0->shape.size() == 2, "calibration file " + path + " lacks tensor cov.0 [hidden, hidden]");
-  const int64_t d = c0->shape[0];
+  const auto* r0 = f.find("cov_rows.0");
+  check((c0 && c0->shape.size() == 2) || (r0 && r0->shape.size() == 2),
+        "calibration file " + path + " lacks tensor cov.0 [hidden, hidden] (or cov_rows.0 [tokens, hidden])");
+  const int64_t d = c0 && c0->shape.size() == 2 ? c0->shape[0] : r0->shape[1];
+  check(d >= 1, "calibration file " + path + ": the covariances have width 0");
   // The covariances stay in the file (mapped; 128 MiB each at 7B width) until a layer needs them.
-  auto view = [&](const std::string& name) {
-    const auto* info = file->find(name);
-    check(info != nullptr, "calibration file " + path + " lacks tensor " + name);
-    check(info->dtype == io::DType::F64 && info->shape == std::vector<int64_t>{d, d},
-          "calibration file " + path + ": tensor " + name + " has shape " + shape_str(info->shape) + " " +
-              io::dtype_name(info->dtype) + ", expected " + shape_str({d, d}) + " F64");
-    return file->tensor(name);
+  auto load_layer = [&](Covariances& into, const std::string& base, int64_t l, int64_t tokens) {
+    const std::string m = base + "." + std::to_string(l), r = base + "_rows." + std::to_string(l);
+    const auto* mi = file->find(m);
+    const auto* ri = file->find(r);
+    check(mi || ri, "calibration file " + path + " lacks tensor " + m + " (or " + r + ")");
+    check(!(mi && ri), "calibration file " + path + " holds both " + m + " and " + r);
+    if (mi) {
+      check(mi->dtype == io::DType::F64 && mi->shape == std::vector<int64_t>{d, d},
+            "calibration file " + path + ": tensor " + m + " has shape " + shape_str(mi->shape) + " " +
+                io::dtype_name(mi->dtype) + ", expected " + shape_str({d, d}) + " F64");
+      into.push_back(file->tensor(m), [file, m] { file->release(m); });
+      return;
+    }
+    const bool floating = ri->dtype == io::DType::F64 || ri->dtype == io::DType::F32 || ri->dtype == io::DType::BF16 ||
+                          ri->dtype == io::DType::F16;
+    check(floating && ri->shape == std::vector<int64_t>{tokens, d},
+          "calibration file " + path + ": tensor " + r + " has shape " + shape_str(ri->shape) + " " +
+              io::dtype_name(ri->dtype) + ", expected " + shape_str({tokens, d}) + " (tokens × hidden, floating point)");
+    into.push_rows(file->tensor(r), [file, r] { file->release(r); });
   };
   for (int64_t l = 0; l < L; ++l) {
-    const std::string c = "cov." + std::to_string(l), h = "cov_heldout." + std::to_string(l);
-    s.cov.push_back(view(c), [file, c] { file->release(c); });
-    s.cov_heldout.push_back(view(h), [file, h] { file->release(h); });
+    load_layer(s.cov, "cov", l, s.tokens);
+    load_layer(s.cov_heldout, "cov_heldout", l, s.heldout_tokens);
   }
-  check(f.find("cov." + std::to_string(L)) == nullptr,
+  check(f.find("cov." + std::to_string(L)) == nullptr && f.find("cov_rows." + std::to_string(L)) == nullptr,
         "calibration file " + path + " has more covariances than the " + std::to_string(L) + " layers of q_norm");
   return s;
 }

@@ -27,6 +27,11 @@ class Covariances {
   torch::Tensor at(size_t l) const;          // operator[] with a bounds check
   void add(size_t l, const torch::Tensor& x);  // rows x [n, d], any dtype/device (kept exactly as given)
   void push_back(torch::Tensor mean, std::function<void()> release = {});  // a finished mean
+  // A layer given by its inputs [n, d] (n ≥ 1): the mean is XᵀX / n, formed in fp64 only when asked for.
+  void push_rows(torch::Tensor rows, std::function<void()> release = {});
+  // The inputs [n, d] of a layer held as rows, never folded into a sum (fewer rows than fit in the matrix's
+  // memory); undefined otherwise. The calibration file stores such a layer as its rows.
+  torch::Tensor inputs(size_t l) const;
   void release(size_t l);  // drops what layer l holds (for loaded ones: gives the file's pages back)
   int64_t rows(size_t l) const { return layers_.at(l).count; }
 
@@ -69,9 +74,11 @@ CalibStats calibrate(model::TransformerImpl& m, const std::vector<int64_t>& ids,
 // product rule (current reference) q̄·k̄, or the paper-era sum q̄ + k̄.
 torch::Tensor two_norm_scores(const CalibStats& s, int64_t n_kv, bool product = true);
 
-// Our own file: safetensors holding q_norm, k_norm, scores, ranks, cov.{l}, cov_heldout.{l}, metadata
-// (fingerprint, tokens, samples, ctx). Written atomically, one covariance at a time; loading validates shapes
-// with clear errors and maps the covariances without copying them.
+// Our own file: safetensors holding q_norm, k_norm, scores, ranks, per layer either cov.{l} [d, d] fp64 or,
+// when the layer saw fewer inputs than its matrix would take in memory, the inputs cov_rows.{l} [n, d] in
+// the dtype the model computed in (C = XᵀX / n; 8 MiB instead of 128 MiB for 512 tokens at 7B width), the
+// same for cov_heldout, and metadata (fingerprint, tokens, samples, ctx). Written atomically, one covariance
+// at a time; loading validates shapes with clear errors and maps the tensors without copying them.
 void save_calib(const std::string& path, const CalibStats& s);
 CalibStats load_calib(const std::string& path);
 

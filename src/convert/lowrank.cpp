@@ -147,4 +147,28 @@ std::pair<double, double> relative_errors_on(const torch::Tensor& m, const torch
   return {part(0, split), part(split, rows)};
 }
 
+std::pair<double, double> relative_errors_on_rows(const torch::Tensor& m, const LowRank& f, int64_t split,
+                                                  const torch::Tensor& x) {
+  const auto type = error_type(m);
+  auto xt = x.to(type).t();                                                          // [n, N]
+  auto mx = torch::matmul(m.to(type), xt);                                           // M·Xᵀ [rows, N]
+  auto ex = mx - torch::matmul(f.up.to(type), torch::matmul(f.down.to(type), xt));  // E·Xᵀ
+  auto den = mx.pow(2).sum(1, false, torch::kFloat64);
+  auto num = ex.pow(2).sum(1, false, torch::kFloat64);
+  const int64_t rows = m.size(0);
+  auto part = [&](int64_t a, int64_t b) {
+    if (b <= a) return 0.0;
+    return ratio(num.narrow(0, a, b - a).sum().item<double>(), den.narrow(0, a, b - a).sum().item<double>());
+  };
+  return {part(0, split), part(split, rows)};
+}
+
+double relative_error_on_rows(const torch::Tensor& m, const torch::Tensor& approx, const torch::Tensor& x) {
+  const auto type = error_type(m);
+  auto xt = x.to(type).t();
+  auto mx = torch::matmul(m.to(type), xt);
+  auto ex = mx - torch::matmul(approx.to(type), xt);
+  return ratio(ex.pow(2).sum(torch::kFloat64).item<double>(), mx.pow(2).sum(torch::kFloat64).item<double>());
+}
+
 }  // namespace mha2mla::convert

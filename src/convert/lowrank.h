@@ -37,4 +37,11 @@ std::pair<double, double> relative_errors_on(const torch::Tensor& m, const torch
 // M·C in the dtype relative_errors_on computes in (fp64 for small matrices, fp32 for large ones).
 torch::Tensor times_cov(const torch::Tensor& m, const torch::Tensor& cov);
 
+// The same two errors when the covariance is given by its inputs X [N, n] (C = XᵀX / N, as a calibration
+// file stores it when it saw fewer than n tokens): tr(E C Eᵀ) = ‖E Xᵀ‖² / N, so the work is [rows, N]
+// products instead of [rows, n] ones against an [n, n] matrix.
+std::pair<double, double> relative_errors_on_rows(const torch::Tensor& m, const LowRank& f, int64_t split,
+                                                  const torch::Tensor& x);
+double relative_error_on_rows(const torch::Tensor& m, const torch::Tensor& approx, const torch::Tensor& x);
+
 }  // namespace mha2mla::convert

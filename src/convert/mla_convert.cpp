@@ -67,7 +67,8 @@ void validate_options(const LayerShape& s, const ConvertOptions& opt) {
 }
 
 MlaLayer convert_layer(const AttnWeights& w, const LayerShape& s, const std::vector<std::vector<int64_t>>& freqs,
-                       const ConvertOptions& opt, const torch::Tensor& cov, const torch::Tensor& cov_heldout) {
+                       const ConvertOptions& opt, const torch::Tensor& cov, const torch::Tensor& cov_heldout,
+                       const torch::Tensor& heldout_rows) {
   const int64_t g = s.n_h / s.n_kv, L = opt.dkv * s.n_kv;
   MlaLayer out;
   auto q_idx = torch::cat({head_rows(s.n_h, g, s.d_h, freqs, true), head_rows(s.n_h, g, s.d_h, freqs, false)});
@@ -125,6 +126,11 @@ MlaLayer convert_layer(const AttnWeights& w, const LayerShape& s, const std::vec
       if (opt.svd == "activation")
         std::tie(out.k_err_heldout_svd, out.v_err_heldout_svd) =
             relative_errors_on(m, mc, truncated_svd(m, L, opt.algo), nk, cov_heldout);
+    } else if (heldout_rows.defined()) {
+      std::tie(out.k_err_heldout, out.v_err_heldout) = relative_errors_on_rows(m, f, nk, heldout_rows);
+      if (opt.svd == "activation")
+        std::tie(out.k_err_heldout_svd, out.v_err_heldout_svd) =
+            relative_errors_on_rows(m, truncated_svd(m, L, opt.algo), nk, heldout_rows);
     }
   }
   out.k_err = relative_error(wkc, k_hat);
@@ -132,6 +138,9 @@ MlaLayer convert_layer(const AttnWeights& w, const LayerShape& s, const std::vec
   if (cov_heldout.defined() && out.k_err_heldout < 0) {
     out.k_err_heldout = relative_error_on(wkc, k_hat, cov_heldout);
     out.v_err_heldout = relative_error_on(w.wv, v_hat, cov_heldout);
+  } else if (heldout_rows.defined() && out.k_err_heldout < 0) {
+    out.k_err_heldout = relative_error_on_rows(wkc, k_hat, heldout_rows);
+    out.v_err_heldout = relative_error_on_rows(w.wv, v_hat, heldout_rows);
   }
   return out;
 }
@@ -247,14 +256,18 @@ nlohmann::json convert_model(const std::string& model_dir, const std::string& ou
         consumed.insert(p + k);
       AttnWeights w{need(p + "q_proj.weight"), get(p + "q_proj.bias"), need(p + "k_proj.weight"),
                     get(p + "k_proj.bias"),    need(p + "v_proj.weight"), get(p + "v_proj.bias")};
-      torch::Tensor cov, cov_h;
+      torch::Tensor cov, cov_h, rows_h;
       if (have_calib) {
-        cov = calib.cov.at(l);
-        if (calib.heldout_tokens > 0) cov_h = calib.cov_heldout.at(l);
+        // Only the activation-aware method reads the training covariance (forming it from stored rows costs).
+        if (opt.svd == "activation") cov = calib.cov.at(l);
+        if (calib.heldout_tokens > 0) {
+          rows_h = calib.cov_heldout.inputs(l);
+          if (!rows_h.defined()) cov_h = calib.cov_heldout.at(l);
+        }
       }
-      auto ml = convert_layer(w, s, sel[l], opt, cov, cov_h);
+      auto ml = convert_layer(w, s, sel[l], opt, cov, cov_h, rows_h);
       w = AttnWeights{};
-      cov = cov_h = torch::Tensor();
+      cov = cov_h = rows_h = torch::Tensor();
       if (have_calib) {
         calib.cov.release(l);
         calib.cov_heldout.release(l);

@@ -45,8 +45,11 @@ struct LayerShape {
 };
 
 // freqs: per KV head, the kept frequency indices. cov / cov_heldout: [d, d] or undefined.
+// heldout_rows: the held-out inputs themselves [N, d] instead of cov_heldout (C = XᵀX / N), for files that
+// store them so (fewer held-out tokens than d); the held-out errors are then computed from them.
 MlaLayer convert_layer(const AttnWeights& w, const LayerShape& s, const std::vector<std::vector<int64_t>>& freqs,
-                       const ConvertOptions& opt, const torch::Tensor& cov = {}, const torch::Tensor& cov_heldout = {});
+                       const ConvertOptions& opt, const torch::Tensor& cov = {}, const torch::Tensor& cov_heldout = {},
+                       const torch::Tensor& heldout_rows = {});
 
 // Cache values per token per layer: before (2·n_kv·d_h) and after (n_kv·r + latent width).
 std::pair<int64_t, int64_t> kv_values_per_token(const LayerShape& s, const ConvertOptions& opt);

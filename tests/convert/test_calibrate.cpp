@@ -157,6 +157,11 @@ TEST(CalibFile, RoundTripAndFingerprint) {
   }
   // The derived tensors people look at: product scores and the reference's rank layout.
   io::SafetensorsFile f(path);
+  // 32 training and 8 held-out tokens of width 64 take less memory than the matrices: kept as the inputs.
+  EXPECT_EQ(f.find("cov.0"), nullptr);
+  ASSERT_NE(f.find("cov_rows.0"), nullptr);
+  EXPECT_EQ(f.find("cov_rows.0")->shape, (std::vector<int64_t>{32, 64}));
+  EXPECT_EQ(f.find("cov_heldout_rows.1")->shape, (std::vector<int64_t>{8, 64}));
   auto scores = two_norm_scores(s, 2);
   EXPECT_TRUE(torch::equal(f.tensor("scores"), scores));
   EXPECT_TRUE(torch::equal(f.tensor("ranks"), ranks_from_scores(scores)));
@@ -174,6 +179,31 @@ TEST(CalibFile, RoundTripAndFingerprint) {
   EXPECT_EQ(msg.find('\n'), std::string::npos);
   model::save_model(*make_random_model(tiny_config("llama-mha"), 5), dir + "/bigger");
   EXPECT_NE(model_fingerprint(dir + "/bigger"), s.fingerprint);
+  fs::remove_all(dir);
+}
+
+TEST(CalibFile, MatricesAndInputsInOneFile) {
+  // 256 training tokens fold into an fp64 sum (their f32 rows would outweigh the 64² matrix); the 64 held-out
+  // ones stay rows. Both load as the same means.
+  auto dir = testutil::temp_dir("calib-mixed");
+  auto m = make_random_model(tiny_config("llama-gqa"), 5);
+  auto s = calibrate(*m, random_ids(400, 97, 3), 5, 64);
+  s.fingerprint = "test";
+  save_calib(dir + "/c.safetensors", s);
+  io::SafetensorsFile f(dir + "/c.safetensors");
+  EXPECT_NE(f.find("cov.1"), nullptr);
+  EXPECT_NE(f.find("cov_heldout_rows.1"), nullptr);
+  EXPECT_EQ(f.find("cov_heldout.1"), nullptr);
+  auto t = load_calib(dir + "/c.safetensors");
+  for (size_t l = 0; l < s.cov.size(); ++l) {
+    EXPECT_TRUE(torch::equal(t.cov[l], s.cov[l]));
+    EXPECT_TRUE(torch::equal(t.cov_heldout[l], s.cov_heldout[l]));
+    EXPECT_FALSE(t.cov.inputs(l).defined());
+    ASSERT_TRUE(t.cov_heldout.inputs(l).defined());
+    // The mean of the stored inputs is the covariance, computed here independently.
+    auto x = t.cov_heldout.inputs(l).to(torch::kFloat64);
+    EXPECT_LE((torch::matmul(x.t(), x) / 64.0 - s.cov_heldout[l]).abs().max().item<double>(), 1e-12);
+  }
   fs::remove_all(dir);
 }
 
@@ -210,8 +240,26 @@ TEST(CalibFile, DamagedOrForeignFilesAreErrors) {
     return p;
   };
   auto meta = f.metadata();
-  auto p1 = rewrite("nocov.safetensors", "cov_heldout.1", meta);
-  EXPECT_NE(error_of([&] { load_calib(p1); }).find("lacks tensor cov_heldout.1"), std::string::npos);
+  // 16 training and 8 held-out tokens of width 64: both stored as their inputs.
+  ASSERT_NE(f.find("cov_heldout_rows.1"), nullptr);
+  auto p1 = rewrite("nocov.safetensors", "cov_heldout_rows.1", meta);
+  EXPECT_NE(error_of([&] { load_calib(p1); }).find("lacks tensor cov_heldout.1 (or cov_heldout_rows.1)"),
+            std::string::npos);
+  {
+    io::NamedTensors t;
+    for (const auto& info : f.tensors()) t.push_back({info.name, f.tensor(info.name)});
+    t.push_back({"cov.0", torch::eye(64, torch::kFloat64)});  // both forms of one layer
+    io::save_safetensors(dir + "/both.safetensors", t, meta);
+    EXPECT_NE(error_of([&] { load_calib(dir + "/both.safetensors"); }).find("holds both cov.0 and cov_rows.0"),
+              std::string::npos);
+    for (auto& [name, x] : t)
+      if (name == "cov_rows.1") x = x.narrow(0, 0, 15).contiguous();  // one token short
+    t.pop_back();
+    io::save_safetensors(dir + "/rows.safetensors", t, meta);
+    EXPECT_NE(error_of([&] { load_calib(dir + "/rows.safetensors"); })
+                  .find("tensor cov_rows.1 has shape [15, 64] F32, expected [16, 64]"),
+              std::string::npos);
+  }
   auto p2 = rewrite("noscores.safetensors", "ranks", meta);
   EXPECT_NE(error_of([&] { load_calib(p2); }).find("lacks tensor ranks"), std::string::npos);
   auto bad_meta = meta;

@@ -236,6 +236,28 @@ TEST(HeldoutError, SharedProductEqualsDefinition) {
   }
 }
 
+TEST(HeldoutError, FromInputsEqualsFromTheirCovariance) {
+  // Fewer held-out inputs than the width: the errors from X equal those from C = XᵀX / N.
+  for (int64_t rows : {40, 1200}) {
+    const int64_t n = 1000, k = 12, split = rows / 3, N = 300;
+    torch::manual_seed(rows + 1);
+    auto m = torch::randn({rows, n}, torch::kFloat64);
+    auto x = torch::randn({N, n}, torch::kFloat64);
+    auto cov = torch::matmul(x.t(), x) / static_cast<double>(N);
+    auto f = convert::truncated_svd(m, k, convert::SvdAlgo::Exact);
+    auto [ek, ev] = convert::relative_errors_on(m, convert::times_cov(m, cov), f, split, cov);
+    auto [rk, rv] = convert::relative_errors_on_rows(m, f, split, x.to(torch::kBFloat16).to(torch::kFloat64));
+    auto [bk, bv] = convert::relative_errors_on_rows(m, f, split, x);
+    const double tol = rows * n <= (1 << 20) ? 1e-8 : 1e-4;
+    EXPECT_NEAR(bk, ek, tol * ek) << rows;
+    EXPECT_NEAR(bv, ev, tol * ev) << rows;
+    EXPECT_NEAR(rk, ek, 1e-2 * ek) << rows;  // bf16 inputs: close, not equal
+    auto approx = torch::matmul(f.up, f.down);
+    const double one = convert::relative_error_on_rows(m, approx, x);
+    EXPECT_NEAR(one, convert::relative_error_on(m, approx, cov), tol * one) << rows;
+  }
+}
+
 TEST(SvdSplit, FactorsEachMatrixSeparately) {
   convert::LayerShape s{128, 4, 4, 16};
   auto w = random_layer(s, true, 3);

@@ -169,11 +169,11 @@ put("ds_metadata", "index-u16", bytes([1, 24]) + struct.pack("<3Q", 4, 9, 12))
 put("ds_metadata", "index-hint4", bytes([5, 16]) + struct.pack("<1Q", 4))
 
 # ---- calibration (a tiny but complete file: 1 layer, 2 heads, 1 KV head, head_dim 4, hidden 4)
-meta = {"format": "mha2mla-calib", "version": "1", "fingerprint": "llama-4x2", "tokens": "64",
-        "heldout_tokens": "16", "samples": "4", "ctx": "16"}
+meta = {"format": "mha2mla-calib", "version": "3", "fingerprint": "llama-4x2", "tokens": "64",
+        "heldout_tokens": "2", "samples": "4", "ctx": "16", "layers": "1"}
 put("calibration", "tiny", safetensors([
     ("q_norm", "F32", [1, 2, 2], f32(1, 2, 3, 4)), ("k_norm", "F32", [1, 1, 2], f32(1, 2)),
     ("scores", "F32", [1, 1, 2], f32(0.5, 0.25)), ("ranks", "I64", [1, 1, 4], i64(0, 1, 2, 3)),
     ("cov.0", "F64", [4, 4], f64(*[1.0 if i % 5 == 0 else 0.0 for i in range(16)])),
-    ("cov_heldout.0", "F64", [4, 4], f64(*[2.0 if i % 5 == 0 else 0.0 for i in range(16)]))], meta))
+    ("cov_heldout_rows.0", "F32", [2, 4], f32(1, 0, 2, 0, 0, 1, 0, 3))], meta))
 print("seeds written under", OUT)
