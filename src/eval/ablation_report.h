@@ -34,7 +34,8 @@ std::vector<Ordering> check_orderings(const std::vector<AblationRow>& rows);
 
 // A Markdown table of the rows (ratio to the fair baseline's ppl after fine-tuning), then the orderings.
 std::string ablation_markdown(const std::vector<AblationRow>& rows, const std::string& title);
-// Held-out ppl after fine-tuning against KV cache reduction, one series per strategy.
+// Held-out ppl after fine-tuning against KV cache reduction, one series per strategy (the partial-RoPE-only
+// rows, all at 0 %, are left to the table).
 std::string ablation_svg(const std::vector<AblationRow>& rows, const std::string& title);
 
 }  // namespace mha2mla::eval
