@@ -47,7 +47,9 @@ mkdir -p "$work"
 # Calibration text (Genesis) and held-out text (Ruth, cut to about 1K tokens), verses without references.
 if command -v bible >/dev/null; then
   bible -f "Gen1:1-Gen12:20" | sed 's/^[^ ]* //' >"$work/calib.txt"
-  bible -f "Ruth1:1-Ruth4:22" | sed 's/^[^ ]* //' | head -c 4600 >"$work/heldout.txt"
+  # Through a file: head closing the pipe early would fail the pipeline under pipefail.
+  bible -f "Ruth1:1-Ruth4:22" | sed 's/^[^ ]* //' >"$work/ruth.txt"
+  head -c 4600 "$work/ruth.txt" >"$work/heldout.txt"
 else
   head -c 40000 "$root/README.md" >"$work/calib.txt"
   tail -c 4600 "$root/README.md" >"$work/heldout.txt"
