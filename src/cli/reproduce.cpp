@@ -169,7 +169,11 @@ json settings_of(const Setup& s, const Variant& v) {
 
 class Runner {
  public:
-  explicit Runner(Setup s) : s_(std::move(s)), cfg_(io::ModelConfig::load(s_.model)), tok_(tok::Tokenizer::load(s_.model)) {
+  explicit Runner(Setup s)
+      : s_(std::move(s)),
+        cfg_(io::ModelConfig::load(s_.model)),
+        shape_{cfg_.hidden_size, cfg_.num_heads, cfg_.num_kv_heads, cfg_.head_dim},
+        tok_(tok::Tokenizer::load(s_.model)) {
     val_ids_ = tok::encode_text_file(tok_, s_.val_text);
     if (s_.val_tokens > 0 && static_cast<int64_t>(val_ids_.size()) > s_.val_tokens) val_ids_.resize(static_cast<size_t>(s_.val_tokens));
     for (const auto& r : eval::read_jsonl(s_.mc_path, s_.limit))
@@ -220,18 +224,20 @@ class Runner {
 
   std::string calib() {
     const auto path = (fs::path(s_.out) / "calib.safetensors").string();
+    auto ids = tok::encode_text_file(tok_, s_.calib_text);
+    // An earlier file is kept only if it used the windows this run would: as many as asked, or the text allows.
+    const int64_t windows = std::min<int64_t>(s_.calib_samples, static_cast<int64_t>(ids.size()) / s_.ctx);
     if (fs::exists(path)) {
       try {
         auto c = convert::load_calib(path);
         convert::check_calib_matches(c, s_.model, path);
-        if (c.samples == std::min<int64_t>(s_.calib_samples, c.samples) && c.ctx == s_.ctx) return path;
+        if (c.samples == windows && c.ctx == s_.ctx) return path;
       } catch (const Error&) {
       }
     }
     std::fprintf(stderr, "reproduce: calibrating on %s\n", s_.calib_text.c_str());
     auto m = model::load_model(s_.model, torch::kFloat32, s_.o.device);
-    auto ids = tok::encode_text_file(tok_, s_.calib_text);
-    Progress bar("calibrate", std::min<int64_t>(s_.calib_samples, static_cast<int64_t>(ids.size()) / s_.ctx));
+    Progress bar("calibrate", windows);
     auto st = convert::calibrate(*m, ids, s_.calib_samples, s_.ctx, [&](int64_t d, int64_t) { bar.update(d); });
     bar.finish();
     st.fingerprint = convert::model_fingerprint(s_.model);
@@ -272,18 +278,17 @@ class Runner {
     eval::AblationRow row{v.id, v.label, v.group};
     const fs::path work = fs::path(s_.out) / "models" / (v.source.empty() ? v.id : v.source);
     std::string before = s_.model, after = s_.model;
-    const auto [vb, va] = convert::kv_values_per_token(
-        {cfg_.hidden_size, cfg_.num_heads, cfg_.num_kv_heads, cfg_.head_dim}, v.co);
-    double ratio = v.convert ? static_cast<double>(va) / static_cast<double>(vb) : 1.0;
+    auto cache_ratio = [&](const Variant& x) {
+      if (!x.convert) return 1.0;
+      const auto [b, a] = convert::kv_values_per_token(shape_, x.co);
+      return static_cast<double>(a) / static_cast<double>(b);
+    };
+    double ratio = cache_ratio(v);
     if (!v.source.empty()) {  // int4: the source row's models, through a quantized cache
       for (const auto& x : variants_) {
         if (x.id != v.source) continue;
-        if (x.convert) {
-          const auto [b2, a2] = convert::kv_values_per_token(
-              {cfg_.hidden_size, cfg_.num_heads, cfg_.num_kv_heads, cfg_.head_dim}, x.co);
-          ratio = static_cast<double>(a2) / static_cast<double>(b2);
-          before = (work / "converted").string();
-        }
+        ratio = cache_ratio(x);
+        if (x.convert) before = (work / "converted").string();
       }
       after = (work / "finetuned" / "model").string();
       check(fs::exists(after), "reproduce: " + v.id + " needs the fine-tuned model of " + v.source + " (" + after + ")");
@@ -296,9 +301,8 @@ class Runner {
     if (v.convert) {
       say(i, n, v.id, "converting");
       before = (work / "converted").string();
-      auto co = v.co;
-      convert::validate_options({cfg_.hidden_size, cfg_.num_heads, cfg_.num_kv_heads, cfg_.head_dim}, co);
-      convert::convert_model(s_.model, before, co, calib_path_);
+      convert::validate_options(shape_, v.co);
+      convert::convert_model(s_.model, before, v.co, calib_path_);
     }
     if (v.finetune) {
       say(i, n, v.id, "fine-tuning " + std::to_string(s_.o.steps) + " steps");
@@ -332,6 +336,7 @@ class Runner {
  private:
   Setup s_;
   io::ModelConfig cfg_;
+  convert::LayerShape shape_;
   tok::Tokenizer tok_;
   std::vector<int64_t> val_ids_;
   std::vector<eval::McSample> mc_;
