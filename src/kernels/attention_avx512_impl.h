@@ -387,7 +387,290 @@ inline void dot16_bf16(const uint16_t* q, const uint16_t* const* k, int64_t D, _
 }
 #endif
 
+// ---------------------------------------------------------------------------------------------
+// Absorbed MLA decode with a small latent (the SmolLM ladder: L = 24, r = 8 per RoPE head): query rows
+// are the SIMD lanes, as in prefill. Every row shares the latent c, so each key is read once as a
+// concatenated row [c | k_r of every RoPE head] and its elements are broadcast against Q'[d][lanes], in
+// which row r is zero outside its own RoPE head's block. Nothing is reduced across lanes, and the
+// softmax of a block is plain vector work, so the per-(key, row) overhead of decode_split is gone.
+constexpr int64_t kLaneBlock = 64;  // keys per block: scores [64][16] and key rows stay in L1
+
+// Whether decode_lanes handles this call: MLA (one group, value = latent), at most 16 query rows.
+inline bool lanes_apply(const AttnArgs& a) {
+  const int64_t R = a.Hq * a.T;
+  const bool v_is_latent = a.kq ? a.vq == a.kq
+                                : !a.vq && a.v.p == a.k1.p && a.v.sb == a.k1.sb && a.v.sr == a.k1.sr;
+  return a.groups == 1 && R <= 16 && a.Dv == a.D1 && v_is_latent && a.k1.sh == 0;
+}
+
+// s[j] = sum_d Qt[d] * K[j][d] for KJ keys (K rows of stride ks, f32).
+template <int KJ>
+inline void lane_scores(const float* Qt, int64_t Dt, const float* K, int64_t ks, float* St) {
+  __m512 s[KJ];
+  for (int j = 0; j < KJ; ++j) s[j] = _mm512_setzero_ps();
+  for (int64_t d = 0; d < Dt; ++d) {
+    const __m512 q = _mm512_load_ps(Qt + d * 16);
+    for (int j = 0; j < KJ; ++j) s[j] = _mm512_fmadd_ps(q, _mm512_set1_ps(K[j * ks + d]), s[j]);
+  }
+  for (int j = 0; j < KJ; ++j) _mm512_store_ps(St + j * 16, s[j]);
+}
+
+// acc[d] += sum_j P[j] * K[j][d] for NC values of d from d0 (acc is [Dv][16 lanes]).
+template <int NC>
+inline void lane_pv(const float* P, int64_t nb, const float* K, int64_t ks, int64_t d0, float* acc) {
+  __m512 o[NC];
+  for (int c = 0; c < NC; ++c) o[c] = _mm512_load_ps(acc + (d0 + c) * 16);
+  for (int64_t j = 0; j < nb; ++j) {
+    const __m512 p = _mm512_load_ps(P + j * 16);
+    const float* k = K + j * ks + d0;
+    for (int c = 0; c < NC; ++c) o[c] = _mm512_fmadd_ps(p, _mm512_set1_ps(k[c]), o[c]);
+  }
+  for (int c = 0; c < NC; ++c) _mm512_store_ps(acc + (d0 + c) * 16, o[c]);
+}
+
+#ifdef __AVX512BF16__
+// lane_scores on bf16 keys as stored: Qp[dp][lanes] holds the pair (q[2dp], q[2dp+1]) of each row, and
+// each vdpbf16ps does two multiply-adds; the log2-domain scale c is applied to the sums.
+template <int KJ>
+inline void lane_scores_bf16(const uint32_t* Qp, int64_t Dp, const uint16_t* K, int64_t ks, float* St, __m512 c) {
+  __m512 s[KJ];
+  for (int j = 0; j < KJ; ++j) s[j] = _mm512_setzero_ps();
+  for (int64_t dp = 0; dp < Dp; ++dp) {
+    const __m512bh q = (__m512bh)_mm512_load_si512(Qp + dp * 16);
+    for (int j = 0; j < KJ; ++j) {
+      uint32_t pair;
+      std::memcpy(&pair, K + j * ks + 2 * dp, 4);
+      s[j] = _mm512_dpbf16_ps(s[j], q, (__m512bh)_mm512_set1_epi32(static_cast<int32_t>(pair)));
+    }
+  }
+  for (int j = 0; j < KJ; ++j) _mm512_store_ps(St + j * 16, _mm512_mul_ps(s[j], c));
+}
+
+// lane_scores_bf16 reading keys in place: segment i holds pairs qoff[i]/2.. of the concatenated key, at
+// row p[i] + s * stride[i] of its cache buffer (no gather: each key costs only its multiply-adds).
+struct KeySegs {
+  const uint16_t* p[17];
+  int64_t stride[17], n[17], qoff[17];
+  int count = 0;
+};
+template <int KJ>
+inline void lane_scores_bf16_rows(const uint32_t* Qp, const KeySegs& ks, int64_t s0, float* St, __m512 c) {
+  __m512 s[KJ];
+  for (int j = 0; j < KJ; ++j) s[j] = _mm512_setzero_ps();
+  for (int i = 0; i < ks.count; ++i) {
+    const uint16_t* base = ks.p[i] + s0 * ks.stride[i];
+    const uint32_t* q = Qp + ks.qoff[i] / 2 * 16;
+    for (int64_t dp = 0; dp < ks.n[i] / 2; ++dp) {
+      const __m512bh qv = (__m512bh)_mm512_load_si512(q + dp * 16);
+      for (int j = 0; j < KJ; ++j) {
+        uint32_t pair;
+        std::memcpy(&pair, base + j * ks.stride[i] + 2 * dp, 4);
+        s[j] = _mm512_dpbf16_ps(s[j], qv, (__m512bh)_mm512_set1_epi32(static_cast<int32_t>(pair)));
+      }
+    }
+  }
+  for (int j = 0; j < KJ; ++j) _mm512_store_ps(St + j * 16, _mm512_mul_ps(s[j], c));
+}
+
+// lane_pv on pairs of keys: P2[jp][lanes] = (p[2jp], p[2jp+1]) and V2[jp][d] = (v[2jp][d], v[2jp+1][d]).
+template <int NC>
+inline void lane_pv_bf16(const uint32_t* P2, int64_t npairs, const uint32_t* V2, int64_t vs, int64_t d0, float* acc) {
+  __m512 o[NC];
+  for (int c = 0; c < NC; ++c) o[c] = _mm512_load_ps(acc + (d0 + c) * 16);
+  for (int64_t jp = 0; jp < npairs; ++jp) {
+    const __m512bh p = (__m512bh)_mm512_load_si512(P2 + jp * 16);
+    const uint32_t* v = V2 + jp * vs + d0;
+    for (int c = 0; c < NC; ++c)
+      o[c] = _mm512_dpbf16_ps(o[c], p, (__m512bh)_mm512_set1_epi32(static_cast<int32_t>(v[c])));
+  }
+  for (int c = 0; c < NC; ++c) _mm512_store_ps(acc + (d0 + c) * 16, o[c]);
+}
+
+// n bf16 values from src to dst (no padding written).
+inline void copy_bf16(uint16_t* dst, const uint16_t* src, int64_t n) {
+  for (int64_t i = 0; i < n; i += 32) {
+    const __mmask32 mk = n - i >= 32 ? 0xffffffffu : (1u << (n - i)) - 1;
+    _mm512_mask_storeu_epi16(dst + i, mk, _mm512_maskz_loadu_epi16(mk, src + i));
+  }
+}
+#endif
+
+void decode_lanes(const AttnArgs& a, int64_t b, int64_t s0, int64_t s1, const Partial& out) {
+  const int64_t R = a.Hq * a.T, hdiv = a.Hq / a.Hkv, Dv = a.Dv;
+  const int64_t nh2 = a.D2 ? a.Hkv : 0;             // every RoPE head has rows (R = Hq * T)
+  const int64_t Dt = a.D1 + nh2 * a.D2;             // concatenated key length
+#ifdef __AVX512BF16__
+  // bf16 keys are scored and summed as stored, two per instruction.
+  const bool pairs = a.dtype == DType::BF16 && !a.kq && !a.k2q;
+#else
+  const bool pairs = false;
+#endif
+  // Pairs read in place when every piece has whole pairs and a RoPE head fits the segment table.
+  const bool direct = pairs && a.D1 % 2 == 0 && a.D2 % 2 == 0 && nh2 <= 16;
+  const int64_t Dp = (Dt + 1) / 2;                  // pairs per key (pairs mode)
+  const int64_t ks = round_up(Dt, 16) + 16;         // row_to_f32 pads each piece to 16
+  const int64_t vs = round_up(Dv, 16);              // V2 row stride (pairs mode)
+  Scratch sc(Dt * 64 + kLaneBlock * 64 * 2 + Dv * 64 + kLaneBlock * ks * 4 + kLaneBlock / 2 * vs * 4 +
+             Dt * 4 + 64 * 16 + (a.D1 + a.D2 + 32) * 8);
+  if (!sc.ok()) return;
+  float* Qt = sc.take<float>(Dt * 16);          // [Dt][16 lanes] scaled into the log2 domain, or Qp [Dp][16] pairs
+  float* St = sc.take<float>(kLaneBlock * 16);  // [block][16] scores, then probabilities
+  [[maybe_unused]] uint32_t* P2 = sc.take<uint32_t>(kLaneBlock / 2 * 16);  // [block/2][16] probability pairs
+  float* acc = sc.take<float>(Dv * 16);         // [Dv][16]
+  float* Kb = sc.take<float>(kLaneBlock * ks);  // [block][ks] concatenated key rows: f32, or bf16 in pairs mode
+  [[maybe_unused]] uint32_t* V2 = sc.take<uint32_t>(kLaneBlock / 2 * vs);  // [block/2][vs] latent pairs
+  float* qcat = sc.take<float>(Dt + 16);        // one row's concatenated query
+  alignas(64) int32_t pos[16];
+  int32_t* kgroup = sc.take<int32_t>(a.D1 + 16);
+  int32_t* k2group = sc.take<int32_t>(a.D2 + 16);
+  for (int64_t i = 0; i < a.D1 + 16; ++i) kgroup[i] = a.kq && a.kq->group > 0 ? static_cast<int32_t>(i / a.kq->group) : 0;
+  for (int64_t i = 0; i < a.D2 + 16; ++i) k2group[i] = a.k2q && a.k2q->group > 0 ? static_cast<int32_t>(i / a.k2q->group) : 0;
+  const float c = a.scale * kLog2e;
+  std::memset(Qt, 0, Dt * 64);
+  std::memset(acc, 0, Dv * 64);
+  std::memset(Kb, 0, kLaneBlock * ks * 4);  // padding and rows past the end of a short block stay finite
+  for (int64_t r = 0; r < 16; ++r) pos[r] = kNoPos;
+  auto* Qp = reinterpret_cast<uint32_t*>(Qt);
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t h = r / a.T, t = r % a.T;
+    pos[r] = static_cast<int32_t>(a.start + t);
+    std::memset(qcat, 0, (Dt + 16) * 4);  // other RoPE heads' blocks stay zero
+    row_to_f32(qcat, row_ptr(a.q1, a.dtype, b, h, t), a.dtype, a.D1);
+    if (a.D2) row_to_f32(qcat + a.D1 + (h / hdiv) * a.D2, row_ptr(a.q2, a.dtype, b, h, t), a.dtype, a.D2);
+    if (pairs) {  // bf16 -> f32 -> bf16 is exact
+      for (int64_t dp = 0; dp < Dp; ++dp)
+        Qp[dp * 16 + r] = f32_to_bf16(qcat[2 * dp]) | static_cast<uint32_t>(f32_to_bf16(qcat[2 * dp + 1])) << 16;
+    } else {
+      for (int64_t d = 0; d < Dt; ++d) Qt[d * 16 + r] = qcat[d] * c;
+    }
+  }
+  const int64_t pmin = a.start, pmax = a.start + a.T - 1;
+  const int64_t lo = imax(s0, a.window > 0 ? pmin - a.window + 1 : 0), hi = imin(s1, imin(a.S, pmax + 1));
+  const bool* valid = a.valid ? a.valid + b * a.S : nullptr;
+  const __m512i posv = _mm512_load_si512(pos);
+  __m512 m = _mm512_set1_ps(kNegInf), l = _mm512_setzero_ps();
+  [[maybe_unused]] auto* Kh = reinterpret_cast<uint16_t*>(Kb);
+#ifdef __AVX512BF16__
+  KeySegs segs;
+  if (direct) {
+    segs.p[0] = reinterpret_cast<const uint16_t*>(row_ptr(a.k1, a.dtype, b, 0, 0));
+    segs.stride[0] = a.k1.sr, segs.n[0] = a.D1, segs.qoff[0] = 0;
+    for (int64_t h2 = 0; h2 < nh2; ++h2) {
+      segs.p[1 + h2] = reinterpret_cast<const uint16_t*>(row_ptr(a.k2, a.dtype, b, h2, 0));
+      segs.stride[1 + h2] = a.k2.sr, segs.n[1 + h2] = a.D2, segs.qoff[1 + h2] = a.D1 + h2 * a.D2;
+    }
+    segs.count = static_cast<int>(1 + nh2);
+  }
+#endif
+  for (int64_t j0 = lo; j0 < hi; j0 += kLaneBlock) {
+    const int64_t nb = imin(kLaneBlock, hi - j0), nb8 = round_up(nb, 8);
+    // Gather the block's key rows [c | k_r of each RoPE head].
+    for (int64_t j = 0; j < nb && !direct; ++j) {
+#ifdef __AVX512BF16__
+      if (pairs) {
+        uint16_t* kr = Kh + j * ks;
+        copy_bf16(kr, reinterpret_cast<const uint16_t*>(row_ptr(a.k1, a.dtype, b, 0, j0 + j)), a.D1);
+        for (int64_t h2 = 0; h2 < nh2; ++h2)
+          copy_bf16(kr + a.D1 + h2 * a.D2, reinterpret_cast<const uint16_t*>(row_ptr(a.k2, a.dtype, b, h2, j0 + j)),
+                    a.D2);
+        continue;
+      }
+#endif
+      // f32 pieces are written in increasing offset, each over the last one's padding.
+      float* kr = Kb + j * ks;
+      if (a.kq) dequant_row(kr, *a.kq, a.dtype, b, 0, j0 + j, a.D1, kgroup);
+      else row_to_f32(kr, row_ptr(a.k1, a.dtype, b, 0, j0 + j), a.dtype, a.D1);
+      for (int64_t h2 = 0; h2 < nh2; ++h2) {
+        float* dst = kr + a.D1 + h2 * a.D2;
+        if (a.k2q) dequant_row(dst, *a.k2q, a.dtype, b, h2, j0 + j, a.D2, k2group);
+        else row_to_f32(dst, row_ptr(a.k2, a.dtype, b, h2, j0 + j), a.dtype, a.D2);
+      }
+    }
+    // Rows nb..nb8 hold the zeros of the first memset or keys of an earlier block: finite, and masked below.
+#ifdef __AVX512BF16__
+    if (direct) {
+      int64_t j = 0;
+      for (; j + 8 <= nb; j += 8) lane_scores_bf16_rows<8>(Qp, segs, j0 + j, St + j * 16, _mm512_set1_ps(c));
+      for (; j < nb; ++j) lane_scores_bf16_rows<1>(Qp, segs, j0 + j, St + j * 16, _mm512_set1_ps(c));
+    } else if (pairs) {
+      for (int64_t j = 0; j < nb8; j += 8) lane_scores_bf16<8>(Qp, Dp, Kh + j * ks, ks, St + j * 16, _mm512_set1_ps(c));
+    } else
+#endif
+    {
+      for (int64_t j = 0; j < nb8; j += 8) lane_scores<8>(Qt, Dt, Kb + j * ks, ks, St + j * 16);
+    }
+    // Masks: skipped for blocks every row sees whole.
+    bool all_valid = true;
+    if (valid)
+      for (int64_t j = 0; j < nb; ++j) all_valid = all_valid && valid[j0 + j];
+    const bool full = all_valid && j0 + nb - 1 <= pmin && (a.window <= 0 || j0 > pmax - a.window);
+    if (!full) {
+      for (int64_t j = 0; j < nb; ++j) {
+        const __m512i sv = _mm512_set1_epi32(static_cast<int32_t>(j0 + j));
+        __mmask16 vis = !valid || valid[j0 + j] ? _mm512_cmple_epi32_mask(sv, posv) : 0;
+        if (a.window > 0)
+          vis &= _mm512_cmpgt_epi32_mask(sv, _mm512_sub_epi32(posv, _mm512_set1_epi32(static_cast<int32_t>(a.window))));
+        _mm512_store_ps(St + j * 16, _mm512_mask_mov_ps(_mm512_set1_ps(kNegInf), vis, _mm512_load_ps(St + j * 16)));
+      }
+    }
+    for (int64_t j = nb; j < nb8; ++j) _mm512_store_ps(St + j * 16, _mm512_set1_ps(kNegInf));
+    // Online softmax, all rows at once.
+    __m512 mx = _mm512_set1_ps(kNegInf);
+    for (int64_t j = 0; j < nb8; ++j) mx = _mm512_max_ps(mx, _mm512_load_ps(St + j * 16));
+    const __m512 mn = _mm512_max_ps(m, mx);
+    const __m512 mu = _mm512_mask_mov_ps(mn, _mm512_cmp_ps_mask(mn, _mm512_set1_ps(kNegInf), _CMP_EQ_OQ),
+                                         _mm512_setzero_ps());
+    const __m512 al = exp2_ps(_mm512_sub_ps(m, mu));
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t j = 0; j < nb8; ++j) {
+      const __m512 p = exp2_ps(_mm512_sub_ps(_mm512_load_ps(St + j * 16), mu));
+      sum = _mm512_add_ps(sum, p);
+      _mm512_store_ps(St + j * 16, p);
+    }
+    l = _mm512_fmadd_ps(l, al, sum);
+    m = mn;
+    for (int64_t d = 0; d < Dv; ++d) _mm512_store_ps(acc + d * 16, _mm512_mul_ps(al, _mm512_load_ps(acc + d * 16)));
+    int64_t d0 = 0;
+#ifdef __AVX512BF16__
+    if (pairs) {
+      // Pairs of keys: probabilities rounded to bf16 (as prefill does), latent rows interleaved.
+      const int64_t npairs = (nb + 1) / 2;  // probabilities past nb are 0
+      for (int64_t jp = 0; jp < npairs; ++jp) {
+        const __m512i pb = (__m512i)_mm512_cvtne2ps_pbh(_mm512_load_ps(St + (2 * jp + 1) * 16),
+                                                        _mm512_load_ps(St + 2 * jp * 16));
+        _mm512_store_si512(P2 + jp * 16, interleave_bf16(pb));
+        const uint16_t* v0 = direct ? segs.p[0] + (j0 + 2 * jp) * segs.stride[0] : Kh + 2 * jp * ks;
+        const uint16_t* v1 = direct ? v0 + segs.stride[0] : v0 + ks;
+        const bool two = !direct || 2 * jp + 1 < nb;  // in place, a row past the block's end is not read
+        for (int64_t d = 0; d < Dv; d += 16) {
+          const __mmask16 mk = tail_mask(Dv - d);
+          const __m256i x0 = 2 * jp < nb || !direct ? _mm256_maskz_loadu_epi16(mk, v0 + d) : _mm256_setzero_si256();
+          const __m256i x1 = two ? _mm256_maskz_loadu_epi16(mk, v1 + d) : _mm256_setzero_si256();
+          _mm512_storeu_si512(V2 + jp * vs + d, interleave_bf16(_mm512_inserti64x4(_mm512_castsi256_si512(x0), x1, 1)));
+        }
+      }
+      for (; d0 + 16 <= Dv; d0 += 16) lane_pv_bf16<16>(P2, npairs, V2, vs, d0, acc);
+      for (; d0 + 8 <= Dv; d0 += 8) lane_pv_bf16<8>(P2, npairs, V2, vs, d0, acc);
+      for (; d0 < Dv; ++d0) lane_pv_bf16<1>(P2, npairs, V2, vs, d0, acc);
+      continue;
+    }
+#endif
+    for (; d0 + 16 <= Dv; d0 += 16) lane_pv<16>(St, nb8, Kb, ks, d0, acc);
+    for (; d0 + 8 <= Dv; d0 += 8) lane_pv<8>(St, nb8, Kb, ks, d0, acc);
+    for (; d0 < Dv; ++d0) lane_pv<1>(St, nb8, Kb, ks, d0, acc);
+  }
+  alignas(64) float mv[16], lv[16];
+  _mm512_store_ps(mv, m);
+  _mm512_store_ps(lv, l);
+  for (int64_t r = 0; r < R; ++r) {
+    out.m[r] = mv[r];
+    out.l[r] = lv[r];
+    for (int64_t d = 0; d < Dv; ++d) out.acc[r * Dv + d] = acc[d * 16 + r];
+  }
+}
+
 void decode_split(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, int64_t s1, const Partial& out) {
+  if (lanes_apply(a)) return decode_lanes(a, b, s0, s1, out);
   const int64_t g = a.Hq / a.groups, R = g * a.T, hdiv = a.Hq / a.Hkv;
   const int64_t D1r = round_up(a.D1, 16), D2r = round_up(a.D2, 16), Dv = a.Dv, Dvp = round_up(Dv, 16);
   const bool f32 = a.dtype == DType::F32 && a.D1 % 16 == 0 && Dv % 16 == 0 && !a.kq && !a.vq;

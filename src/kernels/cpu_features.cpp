@@ -1,6 +1,11 @@
 #include "kernels/cpu_features.h"
 
+#include <ATen/Parallel.h>
+
 #include <cstdlib>
+#include <mutex>
+#include <set>
+#include <thread>
 #include <stdexcept>
 
 namespace mha2mla::kernels {
@@ -54,6 +59,20 @@ Variant resolve_variant(Variant v) {
   if ((v == Variant::Avx512 && !cpu_has_avx512()) || (v == Variant::Avx512Bf16 && !cpu_has_avx512_bf16()))
     throw std::runtime_error("kernels: this CPU cannot run the " + variant_name(v) + " variant");
   return v;
+}
+
+}  // namespace mha2mla::kernels
+
+namespace mha2mla::kernels {
+
+int64_t parallel_worker_threads(int64_t items) {
+  std::mutex mu;
+  std::set<std::thread::id> ids;
+  at::parallel_for(0, items, 1, [&](int64_t, int64_t) {
+    std::lock_guard<std::mutex> lock(mu);
+    ids.insert(std::this_thread::get_id());
+  });
+  return static_cast<int64_t>(ids.size());
 }
 
 }  // namespace mha2mla::kernels

@@ -216,6 +216,12 @@ TEST(KernelAttention, MlaDecodeMatchesReference) {
       {2, 8, 1, 1, 77, 76, 128, 32, 0, 1},    // one RoPE head for all, padded batch
       {1, 3, 3, 2, 50, 48, 80, 8, 20, 0},     // L and r not multiples of 16, window, T = 2
       {1, 4, 1, 1, 600, 599, 32, 0, 0, 0},    // no RoPE part
+      // The SmolLM ladder's shapes (query rows as SIMD lanes): -87.5 % (L 24, r 8), 360M (15/5 heads, L 40),
+      // S not a multiple of the 64-key block, a padded batch, a window, odd L and r.
+      {1, 9, 3, 1, 1000, 999, 24, 8, 0, 0},
+      {2, 15, 5, 1, 333, 332, 40, 8, 0, 1},
+      {1, 9, 3, 1, 200, 199, 24, 8, 70, 0},
+      {1, 6, 2, 2, 130, 128, 7, 3, 0, 0},
   };
   for (auto dt : {torch::kFloat32, torch::kBFloat16, torch::kFloat16}) {
     for (const auto& m : cases) {

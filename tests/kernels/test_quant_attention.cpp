@@ -171,6 +171,7 @@ TEST(KernelQuantAttention, MlaDecodeMatchesReference) {
       {1, 9, 3, 1, 300, 288, 128, 16, 64, 0, false},  // the SmolLM ladder's −87.5 % point
       {2, 4, 2, 1, 77, 64, 40, 8, 16, 0, true},       // L not a multiple of 16, padded batch
       {1, 8, 8, 2, 160, 128, 96, 4, 32, 40, false},    // MHA-shaped, T = 2, window
+      {1, 9, 3, 1, 1000, 960, 24, 8, 8, 0, false},     // SmolLM -87.5 %: L 24, r 8, several 64-key blocks
   };
   for (auto dt : {torch::kFloat32, torch::kBFloat16}) {
     for (const auto& c : cases) {
