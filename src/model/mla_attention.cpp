@@ -88,6 +88,8 @@ MLAAttentionImpl::MLAAttentionImpl(const io::ModelConfig& c, int64_t layer, cons
 
 torch::Tensor MLAAttentionImpl::forward(const torch::Tensor& x, const AttnContext& ctx) {
   const int64_t B = x.size(0), T = x.size(1), d_c = d_h_ - r_;
+  if (folds_weights() && ctx.fused && ctx.cache && use_absorbed(ctx, T) && !torch::GradMode::is_enabled())
+    return decode_absorbed(x, ctx);
   auto q = q_proj(x);
   auto q_r = q.narrow(-1, 0, n_h_ * r_).view({B, T, n_h_, r_}).transpose(1, 2);            // [B, n_h, T, r]
   auto q_c = q.narrow(-1, n_h_ * r_, n_h_ * d_c).view({B, T, n_h_, d_c}).transpose(1, 2);  // [B, n_h, T, d_c]
@@ -114,6 +116,82 @@ torch::Tensor MLAAttentionImpl::forward(const torch::Tensor& x, const AttnContex
       o = use_absorbed(ctx, T) ? attend_absorbed(q_r, q_c, c, k_r, ctx) : attend_materialized(q_r, q_c, c, k_r, ctx);
   }
   return o_proj(o.transpose(1, 2).reshape({B, T, n_h_ * d_h_}));
+}
+
+const MLAAttentionImpl::AbsorbedWeights& MLAAttentionImpl::absorbed_weights() {
+  const std::vector<torch::Tensor> src = {q_proj->weight, q_proj->bias, kv_proj->up_k->weight, kv_proj->up_v->weight,
+                                          kv_proj->up_v->bias, o_proj->weight, o_proj->bias};
+  std::vector<int64_t> stamp;
+  for (const auto& t : src) {
+    stamp.push_back(t.defined() ? static_cast<int64_t>(t._version()) : -1);
+    stamp.push_back(t.defined() ? reinterpret_cast<int64_t>(t.data_ptr()) : 0);
+    stamp.push_back(t.defined() ? static_cast<int64_t>(t.scalar_type()) : -1);
+  }
+  if (stamp == absorbed_.stamp) return absorbed_;
+  torch::NoGradGuard ng;
+  const int64_t hidden = q_proj->weight.size(1), out = o_proj->weight.size(0), d_c = d_h_ - r_, g = n_h_ / n_kv_;
+  const int64_t L = kv_proj->latent_dim(), Lk = kv_proj->up_k->weight.size(1), Lv = kv_proj->up_v->weight.size(1);
+  auto f32 = [](const torch::Tensor& t) { return t.to(torch::kFloat32); };
+  // Query: q_lat,h = W_uk,kv(h)ᵀ (W_q,h x + b_q,h); c_v's columns (split latent) score zero.
+  auto w_uk = f32(kv_proj->up_k->weight).view({n_kv_, d_c, Lk}).repeat_interleave(g, 0).transpose(1, 2);  // [n_h, Lk, d_c]
+  auto wq = f32(q_proj->weight);
+  auto w_qlat = torch::bmm(w_uk, wq.narrow(0, n_h_ * r_, n_h_ * d_c).view({n_h_, d_c, hidden}));  // [n_h, Lk, hidden]
+  if (Lk < L) w_qlat = torch::cat({w_qlat, torch::zeros({n_h_, L - Lk, hidden})}, 1);
+  AbsorbedWeights a;
+  a.w_q = torch::cat({wq.narrow(0, 0, n_h_ * r_), w_qlat.reshape({n_h_ * L, hidden})}, 0);
+  if (q_proj->bias.defined()) {
+    auto bq = f32(q_proj->bias);
+    auto b_qlat = torch::bmm(w_uk, bq.narrow(0, n_h_ * r_, n_h_ * d_c).view({n_h_, d_c, 1}));  // [n_h, Lk, 1]
+    if (Lk < L) b_qlat = torch::cat({b_qlat, torch::zeros({n_h_, L - Lk, 1})}, 1);
+    a.b_q = torch::cat({bq.narrow(0, 0, n_h_ * r_), b_qlat.reshape({n_h_ * L})}, 0);
+  }
+  // Output: o = Σ_h W_o,h (W_uv,kv(h) o_lat,h + b_uv) + b_o; c_k's columns (split latent) contribute nothing.
+  auto wo = f32(o_proj->weight).view({out, n_h_, d_h_}).permute({1, 0, 2});                       // [n_h, out, d_h]
+  auto w_uv = f32(kv_proj->up_v->weight).view({n_kv_, d_h_, Lv}).repeat_interleave(g, 0);        // [n_h, d_h, Lv]
+  auto w_olat = torch::bmm(wo, w_uv);                                                              // [n_h, out, Lv]
+  if (Lv < L) w_olat = torch::cat({torch::zeros({n_h_, out, L - Lv}), w_olat}, 2);
+  a.w_o = w_olat.permute({1, 0, 2}).reshape({out, n_h_ * L});
+  if (o_proj->bias.defined()) a.b_o = f32(o_proj->bias);
+  if (kv_proj->up_v->bias.defined()) {
+    auto b_uv = f32(kv_proj->up_v->bias).view({n_kv_, d_h_, 1}).repeat_interleave(g, 0);          // [n_h, d_h, 1]
+    auto extra = torch::bmm(wo, b_uv).sum(0).view({out});
+    a.b_o = a.b_o.defined() ? a.b_o + extra : extra;
+  }
+  const auto opt = q_proj->weight.options();
+  a.w_q = a.w_q.to(opt).contiguous();
+  a.w_o = a.w_o.to(opt).contiguous();
+  if (a.b_q.defined()) a.b_q = a.b_q.to(opt);
+  if (a.b_o.defined()) a.b_o = a.b_o.to(opt);
+  a.stamp = std::move(stamp);
+  absorbed_ = std::move(a);
+  return absorbed_;
+}
+
+torch::Tensor MLAAttentionImpl::decode_absorbed(const torch::Tensor& x, const AttnContext& ctx) {
+  const int64_t B = x.size(0), T = x.size(1), L = kv_proj->latent_dim();
+  const auto& aw = absorbed_weights();
+  auto q = kernels::linear(x, aw.w_q, aw.b_q);                                                 // [B, T, n_h·(r + L)]
+  auto q_r = q.narrow(-1, 0, n_h_ * r_).view({B, T, n_h_, r_}).transpose(1, 2);                // [B, n_h, T, r]
+  auto q_lat = q.narrow(-1, n_h_ * r_, n_h_ * L).view({B, T, n_h_, L}).transpose(1, 2);        // [B, n_h, T, L]
+  auto k_r = k_r_proj(x).view({B, T, n_kv_, r_}).transpose(1, 2);                              // [B, n_kv, T, r]
+  q_r = rope_sel(q_r, gather_heads(ctx.cos, q_dims_), gather_heads(ctx.sin, q_dims_));
+  k_r = rope_sel(k_r, gather_heads(ctx.cos, k_dims_), gather_heads(ctx.sin, k_dims_));
+  auto c = kv_proj->latent(x);                                                                  // [B, T, L]
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d_h_));
+  torch::Tensor o_lat;                                                                          // [B, n_h, T, L]
+  {
+    AttnTimer timer(ctx.attn_seconds, x.device());
+    auto& cb = ctx.cache->buffer(ctx.layer, 0);
+    auto& kb = ctx.cache->buffer(ctx.layer, 1);
+    cb.append(c.unsqueeze(1));
+    kb.append(k_r);
+    o_lat = reads_quantized_in_place(ctx, T, cb, kb)
+                ? kernels::quantized_mla_decode_attention(q_lat, q_r.contiguous(), quantized_kv(cb), quantized_kv(kb),
+                                                          ctx.start, ctx.slot_valid, ctx.window, scale)
+                : kernels::mla_decode_attention(q_lat, q_r, cb.read().squeeze(1), kb.read(), ctx.start, ctx.slot_valid,
+                                                ctx.window, scale);
+  }
+  return kernels::linear(o_lat.transpose(1, 2).reshape({B, T, n_h_ * L}), aw.w_o, aw.b_o);   // [B, T, hidden]
 }
 
 bool MLAAttentionImpl::use_absorbed(const AttnContext& ctx, int64_t T) const {

@@ -54,6 +54,11 @@ class MLAAttentionImpl : public AttentionImpl {
   Dense q_proj{nullptr}, k_r_proj{nullptr}, o_proj{nullptr};
   LowRankKV kv_proj{nullptr};
 
+  // Whether inference decoding folds W_uk and W_uv into the projections (AbsorbedWeights below): only when that
+  // does not grow the weights a step streams, per head L query rows and L output columns for d_c and d_h.
+  // Wide latents (e.g. of MHA models) keep the per-step products.
+  bool folds_weights() const { return 2 * kv_proj->latent_dim() <= 2 * d_h_ - r_; }
+
   // Kept RoPE dims of each query head [n_h, r] and KV head [n_kv, r], indices into 0..d_h-1.
   const torch::Tensor& q_rope_dims() const { return q_dims_; }
   const torch::Tensor& k_rope_dims() const { return k_dims_; }
@@ -62,6 +67,18 @@ class MLAAttentionImpl : public AttentionImpl {
   int64_t n_h_, n_kv_, d_h_, r_;
   torch::Tensor q_dims_, k_dims_;
   std::vector<BufferSpec> spec_;
+
+  // Inference decoding with the weights absorbed once, as DeepSeek serves MLA: W_uk folded into the query
+  // projection and W_uv into the output projection, so a step runs two GEMVs around the latent kernel instead
+  // of q_proj, two per-head matmuls and o_proj. Rebuilt when a source weight changes (fine-tuning, .to()).
+  struct AbsorbedWeights {
+    torch::Tensor w_q, b_q;      // [n_h·r + n_h·L, hidden]: q_proj's RoPE rows, then W_ukᵀ W_q,nope per head
+    torch::Tensor w_o, b_o;      // [hidden, n_h·L]: W_o,h W_uv per head; b_o also carries W_o b_uv
+    std::vector<int64_t> stamp;  // version, address and dtype of each source weight
+  };
+  AbsorbedWeights absorbed_;
+  const AbsorbedWeights& absorbed_weights();
+  torch::Tensor decode_absorbed(const torch::Tensor& x, const AttnContext& ctx);
 
   bool use_absorbed(const AttnContext& ctx, int64_t T) const;
   // q_r [B, n_h, T, r] (rotated), q_c [B, n_h, T, d_c]; c [B, S, L], k_r [B, n_kv, S, r] -> [B, n_h, T, d_h].

@@ -15,17 +15,17 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string converted(const std::string& kind, const std::string& svd, uint64_t seed) {
+std::string converted(const std::string& kind, const std::string& svd, uint64_t seed, int64_t dkv = 6) {
   auto cfg = testutil::tiny_config(kind);
   cfg["max_position_embeddings"] = 512;
-  auto base = testutil::temp_dir("absorb-" + kind + "-" + svd);
+  auto base = testutil::temp_dir("absorb-" + kind + "-" + svd + "-" + std::to_string(dkv));
   auto m = testutil::make_random_model(cfg, seed);
   model::save_model(*m, base + "/src");
   convert::ConvertOptions o;
   o.rope = convert::RopeStrategy::High;
   o.rope_dims = 4;
   o.svd = svd;
-  o.dkv = 6;
+  o.dkv = dkv;
   o.algo = convert::SvdAlgo::Exact;
   convert::convert_model(base + "/src", base + "/mla", o, "");
   return base;
@@ -155,4 +155,34 @@ TEST(Absorbed, QuantizedCacheReadInPlaceEqualsDequantizedReference) {
     EXPECT_GT((run(true) - ref).abs().max().item<double>(), 1e-3 * scale) << svd;
     fs::remove_all(base);
   }
+}
+
+// Folded weights (W_uk in the query projection, W_uv in the output projection, built once) give the logits of
+// the per-step products, for joint and split latents, with and without biases; a weight changed in place
+// (as fine-tuning does) is picked up, not served stale.
+TEST(Absorbed, FoldedWeightsEqualMaterializedAndFollowWeightChanges) {
+  for (const std::string kind : {"llama-mha", "qwen2"})
+    for (const std::string svd : {"joint", "split"}) {
+      auto base = converted(kind, svd, 14, kind == "llama-mha" ? 1 : 2);
+      auto m = model::load_model(base + "/mla", torch::kFloat32);
+      auto& attn = dynamic_cast<model::MLAAttentionImpl&>(*m->model->layers->at<model::DecoderLayerImpl>(0).self_attn);
+      ASSERT_TRUE(attn.folds_weights()) << kind << " " << svd << " latent " << attn.kv_proj->latent_dim();
+      std::vector<int64_t> ids;
+      for (int i = 0; i < 30; ++i) ids.push_back((i * 41 + 3) % 97);
+      m->set_attn_mode(model::AttnMode::Materialize);
+      auto ref = stepwise_logits(*m, ids, 6);
+      m->set_attn_mode(model::AttnMode::Absorbed);
+      EXPECT_LE((stepwise_logits(*m, ids, 6) - ref).abs().max().item<double>(), 1e-4) << kind << " " << svd;
+      {
+        torch::NoGradGuard ng;
+        attn.o_proj->weight.mul_(0.5);
+        attn.q_proj->weight.add_(0.05);
+      }
+      m->set_attn_mode(model::AttnMode::Materialize);
+      auto ref2 = stepwise_logits(*m, ids, 6);
+      ASSERT_GT((ref2 - ref).abs().max().item<double>(), 1e-3);
+      m->set_attn_mode(model::AttnMode::Absorbed);
+      EXPECT_LE((stepwise_logits(*m, ids, 6) - ref2).abs().max().item<double>(), 1e-4) << kind << " " << svd;
+      fs::remove_all(base);
+    }
 }
