@@ -47,28 +47,54 @@ torch::Tensor linear_reference(const torch::Tensor& x, const torch::Tensor& w, c
   return torch::linear(x, w, b);
 }
 
-torch::Tensor linear(const torch::Tensor& x_in, const torch::Tensor& w, const torch::Tensor& b, Variant variant) {
-  if (!gemv_applies(x_in, w, b)) return torch::linear(x_in, w, b);
-  variant = resolve_variant(variant);
-  if (variant == Variant::Reference) return torch::linear(x_in, w, b);
+torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, Variant variant) {
+  return linear_many(x, {w}, {b}, variant)[0];
+}
+
+std::vector<torch::Tensor> linear_many(const torch::Tensor& x_in, const std::vector<torch::Tensor>& ws,
+                                       const std::vector<torch::Tensor>& bs, Variant variant) {
+  auto bias_of = [&](size_t i) { return i < bs.size() ? bs[i] : torch::Tensor(); };
+  bool fused = !ws.empty();
+  for (size_t i = 0; i < ws.size() && fused; ++i) fused = gemv_applies(x_in, ws[i], bias_of(i));
+  if (fused) variant = resolve_variant(variant);
+  std::vector<torch::Tensor> ys;
+  if (!fused || variant == Variant::Reference) {
+    for (size_t i = 0; i < ws.size(); ++i) ys.push_back(torch::linear(x_in, ws[i], bias_of(i)));
+    return ys;
+  }
   auto x = x_in.contiguous();
-  auto bias = b.defined() ? b.contiguous() : b;
-  const int64_t in = w.size(1), out = w.size(0), n = x.numel() / in;
-  auto sizes = x.sizes().vec();
-  sizes.back() = out;
-  auto y = torch::empty(sizes, x.options());
-  GemvArgs a;
-  a.dtype = x.scalar_type() == torch::kFloat32 ? DType::F32 : x.scalar_type() == torch::kBFloat16 ? DType::BF16 : DType::F16;
-  a.n = n, a.in = in, a.x = x.data_ptr(), a.w = w.data_ptr(), a.w_stride = w.stride(0);
-  a.bias = bias.defined() ? bias.data_ptr() : nullptr;
-  a.y = y.data_ptr(), a.out = out;
+  const int64_t in = x.size(-1), n = x.numel() / in;
+  std::vector<GemvArgs> args;
+  std::vector<torch::Tensor> biases;  // keeps contiguous copies alive
+  std::vector<int64_t> start{0};      // matrix i owns rows [start[i], start[i+1]) of the stacked outputs
+  for (size_t i = 0; i < ws.size(); ++i) {
+    const auto& w = ws[i];
+    auto bias = bias_of(i).defined() ? bias_of(i).contiguous() : torch::Tensor();
+    auto sizes = x.sizes().vec();
+    sizes.back() = w.size(0);
+    ys.push_back(torch::empty(sizes, x.options()));
+    GemvArgs a;
+    a.dtype = x.scalar_type() == torch::kFloat32 ? DType::F32 : x.scalar_type() == torch::kBFloat16 ? DType::BF16 : DType::F16;
+    a.n = n, a.in = in, a.x = x.data_ptr(), a.w = w.data_ptr(), a.w_stride = w.stride(0);
+    a.bias = bias.defined() ? bias.data_ptr() : nullptr;
+    a.y = ys.back().data_ptr(), a.out = w.size(0);
+    args.push_back(a);
+    biases.push_back(bias);
+    start.push_back(start.back() + w.size(0));
+  }
   GemvRows f = variant == Variant::Avx512Bf16 ? avx512bf16::gemv_rows
                : variant == Variant::Avx512   ? avx512::gemv_rows
                                               : generic::gemv_rows;
-  // Blocks of output features sized so each thread streams a large contiguous part of W.
+  // One parallel region for all the matrices (q, k and v; gate and up): the threads meet once, not per
+  // matrix. Blocks of output features sized so each thread streams a large contiguous part of W.
   const int64_t grain = std::max<int64_t>(24, (1 << 16) / std::max<int64_t>(in, 1) / 24 * 24);
-  at::parallel_for(0, out, grain, [&](int64_t o0, int64_t o1) { f(a, o0, o1); });
-  return y;
+  at::parallel_for(0, start.back(), grain, [&](int64_t o0, int64_t o1) {
+    for (size_t i = 0; i < args.size(); ++i) {
+      const int64_t lo = std::max(o0, start[i]), hi = std::min(o1, start[i + 1]);
+      if (lo < hi) f(args[i], lo - start[i], hi - start[i]);
+    }
+  });
+  return ys;
 }
 
 }  // namespace mha2mla::kernels

@@ -18,6 +18,11 @@ bool gemv_applies(const torch::Tensor& x, const torch::Tensor& w, const torch::T
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b,
                      Variant variant = Variant::Auto);
 
+// linear() of one x by several matrices (q, k and v; gate and up) in one parallel region, so the threads
+// synchronise once; the same results as separate linear() calls. Biases may be omitted or undefined.
+std::vector<torch::Tensor> linear_many(const torch::Tensor& x, const std::vector<torch::Tensor>& ws,
+                                       const std::vector<torch::Tensor>& bs, Variant variant = Variant::Auto);
+
 // torch::linear.
 torch::Tensor linear_reference(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b);
 

@@ -87,9 +87,11 @@ GQAAttentionImpl::GQAAttentionImpl(const io::ModelConfig& c, const torch::Tensor
 
 torch::Tensor GQAAttentionImpl::forward(const torch::Tensor& x, const AttnContext& ctx) {
   const int64_t B = x.size(0), T = x.size(1);
-  auto q = q_proj(x).view({B, T, n_h_, d_h_});
-  auto k = k_proj(x).view({B, T, n_kv_, d_h_});
-  auto v = v_proj(x).view({B, T, n_kv_, d_h_}).transpose(1, 2);
+  auto qkv = kernels::linear_many(x, {q_proj->weight, k_proj->weight, v_proj->weight},
+                                  {q_proj->bias, k_proj->bias, v_proj->bias});
+  auto q = qkv[0].view({B, T, n_h_, d_h_});
+  auto k = qkv[1].view({B, T, n_kv_, d_h_});
+  auto v = qkv[2].view({B, T, n_kv_, d_h_}).transpose(1, 2);
   if (q_norm) {  // qwen3 normalises each head before RoPE
     q = q_norm(q);
     k = k_norm(k);

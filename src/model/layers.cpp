@@ -28,4 +28,9 @@ MLPImpl::MLPImpl(int64_t d, int64_t hidden, bool bias, const torch::TensorOption
   down_proj = register_module("down_proj", Dense(hidden, d, bias, opt));
 }
 
+torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
+  auto gate_up = kernels::linear_many(x, {gate_proj->weight, up_proj->weight}, {gate_proj->bias, up_proj->bias});
+  return down_proj(torch::silu(gate_up[0]) * gate_up[1]);
+}
+
 }  // namespace mha2mla::model

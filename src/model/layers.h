@@ -37,9 +37,7 @@ TORCH_MODULE(Embedding);
 class MLPImpl : public torch::nn::Module {
  public:
   MLPImpl(int64_t d, int64_t hidden, bool bias, const torch::TensorOptions& opt);
-  torch::Tensor forward(const torch::Tensor& x) {
-    return down_proj(torch::silu(gate_proj(x)) * up_proj(x));
-  }
+  torch::Tensor forward(const torch::Tensor& x);
   Dense gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
 };
 TORCH_MODULE(MLP);

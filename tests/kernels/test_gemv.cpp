@@ -73,3 +73,30 @@ TEST(KernelGemv, FallsBackOutsideItsDomain) {
   auto x = torch::randn({9, 32});
   EXPECT_TRUE(torch::allclose(kernels::linear(x, w, {}), torch::linear(x, w)));
 }
+
+// Several matrices in one parallel region: each output equals its own linear() call bit for bit (the same
+// rows go to the same kernel), over odd sizes, a bias on one matrix only, a strided weight, and 1-3 rows;
+// outside the GEMV domain every output is torch::linear's.
+TEST(KernelGemv, LinearManyEqualsSeparateCalls) {
+  for (auto dt : {torch::kFloat32, torch::kBFloat16}) {
+    for (int64_t n : {1, 3}) {
+      torch::manual_seed(21 + n);
+      auto x = torch::randn({n, 96}).to(dt);
+      auto wide = torch::randn({24, 200}).to(dt);
+      std::vector<torch::Tensor> ws = {torch::randn({70, 96}).to(dt), torch::randn({24, 96}).to(dt),
+                                       wide.narrow(1, 50, 96)};
+      std::vector<torch::Tensor> bs = {torch::Tensor(), torch::randn({24}).to(dt), torch::Tensor()};
+      auto got = kernels::linear_many(x, ws, bs);
+      ASSERT_EQ(got.size(), 3u);
+      for (size_t i = 0; i < ws.size(); ++i) {
+        EXPECT_TRUE(torch::equal(got[i], kernels::linear(x, ws[i], bs[i]))) << c10::toString(dt) << " matrix " << i;
+        EXPECT_TRUE(torch::allclose(got[i].to(torch::kFloat32), torch::linear(x, ws[i], bs[i]).to(torch::kFloat32),
+                                    dt == torch::kBFloat16 ? 5e-2 : 1e-4, dt == torch::kBFloat16 ? 5e-2 : 1e-4))
+            << c10::toString(dt) << " matrix " << i;
+      }
+    }
+  }
+  auto x = torch::randn({9, 32});
+  auto got = kernels::linear_many(x, {torch::randn({16, 32}), torch::randn({5, 32})}, {});
+  EXPECT_EQ(got[1].sizes(), (std::vector<int64_t>{9, 5}));
+}
