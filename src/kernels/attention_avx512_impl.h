@@ -15,6 +15,16 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr int64_t kBc = 32;       // keys per prefill tile
 constexpr int32_t kNoPos = -(1 << 30);  // position of padding rows: sees nothing
 
+// Whether every query row at slots [pmin, pmax] sees all keys [j0, j0+nb) of batch row `valid` (no mask needed).
+inline bool block_fully_visible(const AttnArgs& a, const bool* valid, int64_t j0, int64_t nb, int64_t pmin,
+                                int64_t pmax) {
+  if (j0 + nb - 1 > pmin || (a.window > 0 && j0 <= pmax - a.window)) return false;
+  if (valid)
+    for (int64_t j = 0; j < nb; ++j)
+      if (!valid[j0 + j]) return false;
+  return true;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Prefill. Rows (head-major: r = head_in_group * tq + t) are the SIMD lanes of the score tile
 // St[key][row], so the softmax statistics are plain vector ops and K rows are broadcast from the
@@ -250,11 +260,7 @@ void prefill_tile(const AttnArgs& a, int64_t b, int64_t kvh, int64_t t0, int64_t
 #undef MHA2MLA_QK
     }
     // Masks: skipped for tiles every row sees whole.
-    bool all_valid = true;
-    if (valid)
-      for (int64_t j = 0; j < nb; ++j) all_valid = all_valid && valid[j0 + j];
-    const bool full = all_valid && j0 + nb - 1 <= pmin && (a.window <= 0 || j0 > pmax - a.window);
-    if (!full) {
+    if (!block_fully_visible(a, valid, j0, nb, pmin, pmax)) {
       for (int64_t j = 0; j < nb; ++j) {
         const bool kv_ok = !valid || valid[j0 + j];
         const __m512i s = _mm512_set1_epi32(static_cast<int32_t>(j0 + j));
@@ -600,11 +606,7 @@ void decode_lanes(const AttnArgs& a, int64_t b, int64_t s0, int64_t s1, const Pa
       for (int64_t j = 0; j < nb8; j += 8) lane_scores<8>(Qt, Dt, Kb + j * ks, ks, St + j * 16);
     }
     // Masks: skipped for blocks every row sees whole.
-    bool all_valid = true;
-    if (valid)
-      for (int64_t j = 0; j < nb; ++j) all_valid = all_valid && valid[j0 + j];
-    const bool full = all_valid && j0 + nb - 1 <= pmin && (a.window <= 0 || j0 > pmax - a.window);
-    if (!full) {
+    if (!block_fully_visible(a, valid, j0, nb, pmin, pmax)) {
       for (int64_t j = 0; j < nb; ++j) {
         const __m512i sv = _mm512_set1_epi32(static_cast<int32_t>(j0 + j));
         __mmask16 vis = !valid || valid[j0 + j] ? _mm512_cmple_epi32_mask(sv, posv) : 0;
@@ -762,9 +764,7 @@ void decode_split(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, int64_t
     }
     for (int64_t j = nb; j < kDecBlock; ++j) krow[j] = krow[0], kbrow[j] = kbrow[0];
     // Blocks every row sees whole skip the per-key visibility test.
-    bool full = j0 + nb - 1 <= pmin && (a.window <= 0 || j0 > pmax - a.window);
-    if (full && valid)
-      for (int64_t j = 0; j < nb; ++j) full = full && valid[j0 + j];
+    const bool full = block_fully_visible(a, valid, j0, nb, pmin, pmax);
     // K2 rows for each distinct KV head among the rows (rows are head-major, so runs share one).
     for (int64_t r = 0; r < R && a.D2; ++r) {
       if (r > 0 && kvh[r] == kvh[r - 1]) continue;

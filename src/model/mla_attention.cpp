@@ -91,11 +91,9 @@ torch::Tensor MLAAttentionImpl::forward(const torch::Tensor& x, const AttnContex
   if (folds_weights() && ctx.fused && ctx.cache && use_absorbed(ctx, T) && !torch::GradMode::is_enabled())
     return decode_absorbed(x, ctx);
   auto q = q_proj(x);
-  auto q_r = q.narrow(-1, 0, n_h_ * r_).view({B, T, n_h_, r_}).transpose(1, 2);            // [B, n_h, T, r]
+  auto q_r = rotated_queries(q, ctx);                                                      // [B, n_h, T, r]
   auto q_c = q.narrow(-1, n_h_ * r_, n_h_ * d_c).view({B, T, n_h_, d_c}).transpose(1, 2);  // [B, n_h, T, d_c]
-  auto k_r = k_r_proj(x).view({B, T, n_kv_, r_}).transpose(1, 2);                          // [B, n_kv, T, r]
-  q_r = rope_sel(q_r, gather_heads(ctx.cos, q_dims_), gather_heads(ctx.sin, q_dims_));
-  k_r = rope_sel(k_r, gather_heads(ctx.cos, k_dims_), gather_heads(ctx.sin, k_dims_));
+  auto k_r = rotated_keys(x, ctx);                                                         // [B, n_kv, T, r]
   auto c = kv_proj->latent(x);  // [B, T, L]
   torch::Tensor o;  // [B, n_h, T, d_h]
   {
@@ -116,6 +114,18 @@ torch::Tensor MLAAttentionImpl::forward(const torch::Tensor& x, const AttnContex
       o = use_absorbed(ctx, T) ? attend_absorbed(q_r, q_c, c, k_r, ctx) : attend_materialized(q_r, q_c, c, k_r, ctx);
   }
   return o_proj(o.transpose(1, 2).reshape({B, T, n_h_ * d_h_}));
+}
+
+torch::Tensor MLAAttentionImpl::rotated_queries(const torch::Tensor& q, const AttnContext& ctx) const {
+  const int64_t B = q.size(0), T = q.size(1);
+  auto q_r = q.narrow(-1, 0, n_h_ * r_).view({B, T, n_h_, r_}).transpose(1, 2);
+  return rope_sel(q_r, gather_heads(ctx.cos, q_dims_), gather_heads(ctx.sin, q_dims_));
+}
+
+torch::Tensor MLAAttentionImpl::rotated_keys(const torch::Tensor& x, const AttnContext& ctx) {
+  const int64_t B = x.size(0), T = x.size(1);
+  auto k_r = k_r_proj(x).view({B, T, n_kv_, r_}).transpose(1, 2);
+  return rope_sel(k_r, gather_heads(ctx.cos, k_dims_), gather_heads(ctx.sin, k_dims_));
 }
 
 const MLAAttentionImpl::AbsorbedWeights& MLAAttentionImpl::absorbed_weights() {
@@ -171,11 +181,9 @@ torch::Tensor MLAAttentionImpl::decode_absorbed(const torch::Tensor& x, const At
   const int64_t B = x.size(0), T = x.size(1), L = kv_proj->latent_dim();
   const auto& aw = absorbed_weights();
   auto q = kernels::linear(x, aw.w_q, aw.b_q);                                                 // [B, T, n_h·(r + L)]
-  auto q_r = q.narrow(-1, 0, n_h_ * r_).view({B, T, n_h_, r_}).transpose(1, 2);                // [B, n_h, T, r]
+  auto q_r = rotated_queries(q, ctx);                                                          // [B, n_h, T, r]
   auto q_lat = q.narrow(-1, n_h_ * r_, n_h_ * L).view({B, T, n_h_, L}).transpose(1, 2);        // [B, n_h, T, L]
-  auto k_r = k_r_proj(x).view({B, T, n_kv_, r_}).transpose(1, 2);                              // [B, n_kv, T, r]
-  q_r = rope_sel(q_r, gather_heads(ctx.cos, q_dims_), gather_heads(ctx.sin, q_dims_));
-  k_r = rope_sel(k_r, gather_heads(ctx.cos, k_dims_), gather_heads(ctx.sin, k_dims_));
+  auto k_r = rotated_keys(x, ctx);                                                             // [B, n_kv, T, r]
   auto c = kv_proj->latent(x);                                                                  // [B, T, L]
   const double scale = 1.0 / std::sqrt(static_cast<double>(d_h_));
   torch::Tensor o_lat;                                                                          // [B, n_h, T, L]

@@ -80,6 +80,10 @@ class MLAAttentionImpl : public AttentionImpl {
   const AbsorbedWeights& absorbed_weights();
   torch::Tensor decode_absorbed(const torch::Tensor& x, const AttnContext& ctx);
 
+  // q [B, T, n_h·r + ...] (RoPE rows first) -> rotated q_r [B, n_h, T, r]; x -> rotated k_r [B, n_kv, T, r].
+  torch::Tensor rotated_queries(const torch::Tensor& q, const AttnContext& ctx) const;
+  torch::Tensor rotated_keys(const torch::Tensor& x, const AttnContext& ctx);
+
   bool use_absorbed(const AttnContext& ctx, int64_t T) const;
   // q_r [B, n_h, T, r] (rotated), q_c [B, n_h, T, d_c]; c [B, S, L], k_r [B, n_kv, S, r] -> [B, n_h, T, d_h].
   torch::Tensor attend_materialized(const torch::Tensor& q_r, const torch::Tensor& q_c, const torch::Tensor& c,
