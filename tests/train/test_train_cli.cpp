@@ -85,7 +85,9 @@ void expect_recoverable(const std::string& out, const std::string& what) {
   EXPECT_NO_THROW(io::SafetensorsFile(cp + "/optimizer-rank0.safetensors"));
   auto st = nlohmann::json::parse(std::ifstream(cp + "/state.json"), nullptr, false);
   EXPECT_FALSE(st.is_discarded()) << cp << "/state.json";
-  if (fs::exists(out + "/model")) EXPECT_NO_THROW(model::load_model(out + "/model", torch::kFloat32));
+  if (fs::exists(out + "/model")) {
+    EXPECT_NO_THROW(model::load_model(out + "/model", torch::kFloat32));
+  }
 }
 
 // A SIGKILL at every step of checkpoint and final-model publication: the run stays recoverable, and resuming
