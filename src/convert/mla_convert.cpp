@@ -11,6 +11,7 @@
 #include "model/runtime_options.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
+#include "util/memory.h"
 #include "util/publish_dir.h"
 
 namespace mha2mla::convert {
@@ -285,6 +286,7 @@ nlohmann::json convert_model(const std::string& model_dir, const std::string& ou
         lj["v_rel_err_heldout_plain_svd"] = ml.v_err_heldout_svd;
       }
       layers.push_back(lj);
+      release_free_heap();  // else the freed buffers of every layer stay resident (peak grew with depth)
       if (progress) progress(l + 1, cfg.num_layers);
     }
     for (const auto& name : tail) pass(name);

@@ -2,6 +2,9 @@
 
 #include <cstdio>
 #include <cstring>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 namespace mha2mla {
 
@@ -29,5 +32,11 @@ int64_t status_kb_field(const char* key) {
 
 int64_t peak_rss_bytes() { return status_kb_field("VmHWM"); }
 int64_t current_rss_bytes() { return status_kb_field("VmRSS"); }
+
+void release_free_heap() {
+#if defined(__GLIBC__)
+  ::malloc_trim(0);
+#endif
+}
 
 }  // namespace mha2mla

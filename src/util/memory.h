@@ -10,4 +10,9 @@ int64_t peak_rss_bytes();
 // Resident set size now (VmRSS).
 int64_t current_rss_bytes();
 
+// Gives the free pages inside the allocator's heaps back to the kernel (glibc: malloc_trim). A loop that
+// allocates and frees layer-sized buffers otherwise keeps every freed page resident: free() only shrinks a
+// heap from its top, and one live chunk above the freed ones pins them.
+void release_free_heap();
+
 }  // namespace mha2mla
