@@ -435,25 +435,10 @@ inline void lane_pv(const float* P, int64_t nb, const float* K, int64_t ks, int6
 }
 
 #ifdef __AVX512BF16__
-// lane_scores on bf16 keys as stored: Qp[dp][lanes] holds the pair (q[2dp], q[2dp+1]) of each row, and
-// each vdpbf16ps does two multiply-adds; the log2-domain scale c is applied to the sums.
-template <int KJ>
-inline void lane_scores_bf16(const uint32_t* Qp, int64_t Dp, const uint16_t* K, int64_t ks, float* St, __m512 c) {
-  __m512 s[KJ];
-  for (int j = 0; j < KJ; ++j) s[j] = _mm512_setzero_ps();
-  for (int64_t dp = 0; dp < Dp; ++dp) {
-    const __m512bh q = (__m512bh)_mm512_load_si512(Qp + dp * 16);
-    for (int j = 0; j < KJ; ++j) {
-      uint32_t pair;
-      std::memcpy(&pair, K + j * ks + 2 * dp, 4);
-      s[j] = _mm512_dpbf16_ps(s[j], q, (__m512bh)_mm512_set1_epi32(static_cast<int32_t>(pair)));
-    }
-  }
-  for (int j = 0; j < KJ; ++j) _mm512_store_ps(St + j * 16, _mm512_mul_ps(s[j], c));
-}
-
-// lane_scores_bf16 reading keys in place: segment i holds pairs qoff[i]/2.. of the concatenated key, at
-// row p[i] + s * stride[i] of its cache buffer (no gather: each key costs only its multiply-adds).
+// Scores on bf16 keys as stored, read in place: Qp[dp][lanes] holds the pair (q[2dp], q[2dp+1]) of each
+// row, each vdpbf16ps does two multiply-adds, and the log2-domain scale c is applied to the sums. Segment i
+// holds pairs qoff[i]/2.. of the concatenated key, at row p[i] + s * stride[i] of its cache buffer (no gather:
+// each key costs only its multiply-adds).
 struct KeySegs {
   const uint16_t* p[17];
   int64_t stride[17], n[17], qoff[17];
@@ -492,13 +477,6 @@ inline void lane_pv_bf16(const uint32_t* P2, int64_t npairs, const uint32_t* V2,
   for (int c = 0; c < NC; ++c) _mm512_store_ps(acc + (d0 + c) * 16, o[c]);
 }
 
-// n bf16 values from src to dst (no padding written).
-inline void copy_bf16(uint16_t* dst, const uint16_t* src, int64_t n) {
-  for (int64_t i = 0; i < n; i += 32) {
-    const __mmask32 mk = n - i >= 32 ? 0xffffffffu : (1u << (n - i)) - 1;
-    _mm512_mask_storeu_epi16(dst + i, mk, _mm512_maskz_loadu_epi16(mk, src + i));
-  }
-}
 #endif
 
 void decode_lanes(const AttnArgs& a, int64_t b, int64_t s0, int64_t s1, const Partial& out) {
@@ -506,13 +484,12 @@ void decode_lanes(const AttnArgs& a, int64_t b, int64_t s0, int64_t s1, const Pa
   const int64_t nh2 = a.D2 ? a.Hkv : 0;             // every RoPE head has rows (R = Hq * T)
   const int64_t Dt = a.D1 + nh2 * a.D2;             // concatenated key length
 #ifdef __AVX512BF16__
-  // bf16 keys are scored and summed as stored, two per instruction.
-  const bool pairs = a.dtype == DType::BF16 && !a.kq && !a.k2q;
+  // bf16 keys are scored and summed as stored, two per instruction, read in place: every piece must hold
+  // whole pairs and every RoPE head fit the segment table. Other shapes take the f32 path (about 6 % slower).
+  const bool pairs = a.dtype == DType::BF16 && !a.kq && !a.k2q && a.D1 % 2 == 0 && a.D2 % 2 == 0 && nh2 <= 16;
 #else
   const bool pairs = false;
 #endif
-  // Pairs read in place when every piece has whole pairs and a RoPE head fits the segment table.
-  const bool direct = pairs && a.D1 % 2 == 0 && a.D2 % 2 == 0 && nh2 <= 16;
   const int64_t Dp = (Dt + 1) / 2;                  // pairs per key (pairs mode)
   const int64_t ks = round_up(Dt, 16) + 16;         // row_to_f32 pads each piece to 16
   const int64_t vs = round_up(Dv, 16);              // V2 row stride (pairs mode)
@@ -523,7 +500,7 @@ void decode_lanes(const AttnArgs& a, int64_t b, int64_t s0, int64_t s1, const Pa
   float* St = sc.take<float>(kLaneBlock * 16);  // [block][16] scores, then probabilities
   [[maybe_unused]] uint32_t* P2 = sc.take<uint32_t>(kLaneBlock / 2 * 16);  // [block/2][16] probability pairs
   float* acc = sc.take<float>(Dv * 16);         // [Dv][16]
-  float* Kb = sc.take<float>(kLaneBlock * ks);  // [block][ks] concatenated key rows: f32, or bf16 in pairs mode
+  float* Kb = sc.take<float>(kLaneBlock * ks);  // [block][ks] concatenated f32 key rows (not in pairs mode)
   [[maybe_unused]] uint32_t* V2 = sc.take<uint32_t>(kLaneBlock / 2 * vs);  // [block/2][vs] latent pairs
   float* qcat = sc.take<float>(Dt + 16);        // one row's concatenated query
   alignas(64) int32_t pos[16];
@@ -555,10 +532,9 @@ void decode_lanes(const AttnArgs& a, int64_t b, int64_t s0, int64_t s1, const Pa
   const bool* valid = a.valid ? a.valid + b * a.S : nullptr;
   const __m512i posv = _mm512_load_si512(pos);
   __m512 m = _mm512_set1_ps(kNegInf), l = _mm512_setzero_ps();
-  [[maybe_unused]] auto* Kh = reinterpret_cast<uint16_t*>(Kb);
 #ifdef __AVX512BF16__
   KeySegs segs;
-  if (direct) {
+  if (pairs) {
     segs.p[0] = reinterpret_cast<const uint16_t*>(row_ptr(a.k1, a.dtype, b, 0, 0));
     segs.stride[0] = a.k1.sr, segs.n[0] = a.D1, segs.qoff[0] = 0;
     for (int64_t h2 = 0; h2 < nh2; ++h2) {
@@ -571,17 +547,7 @@ void decode_lanes(const AttnArgs& a, int64_t b, int64_t s0, int64_t s1, const Pa
   for (int64_t j0 = lo; j0 < hi; j0 += kLaneBlock) {
     const int64_t nb = imin(kLaneBlock, hi - j0), nb8 = round_up(nb, 8);
     // Gather the block's key rows [c | k_r of each RoPE head].
-    for (int64_t j = 0; j < nb && !direct; ++j) {
-#ifdef __AVX512BF16__
-      if (pairs) {
-        uint16_t* kr = Kh + j * ks;
-        copy_bf16(kr, reinterpret_cast<const uint16_t*>(row_ptr(a.k1, a.dtype, b, 0, j0 + j)), a.D1);
-        for (int64_t h2 = 0; h2 < nh2; ++h2)
-          copy_bf16(kr + a.D1 + h2 * a.D2, reinterpret_cast<const uint16_t*>(row_ptr(a.k2, a.dtype, b, h2, j0 + j)),
-                    a.D2);
-        continue;
-      }
-#endif
+    for (int64_t j = 0; j < nb && !pairs; ++j) {
       // f32 pieces are written in increasing offset, each over the last one's padding.
       float* kr = Kb + j * ks;
       if (a.kq) dequant_row(kr, *a.kq, a.dtype, b, 0, j0 + j, a.D1, kgroup);
@@ -594,12 +560,10 @@ void decode_lanes(const AttnArgs& a, int64_t b, int64_t s0, int64_t s1, const Pa
     }
     // Rows nb..nb8 hold the zeros of the first memset or keys of an earlier block: finite, and masked below.
 #ifdef __AVX512BF16__
-    if (direct) {
+    if (pairs) {
       int64_t j = 0;
       for (; j + 8 <= nb; j += 8) lane_scores_bf16_rows<8>(Qp, segs, j0 + j, St + j * 16, _mm512_set1_ps(c));
       for (; j < nb; ++j) lane_scores_bf16_rows<1>(Qp, segs, j0 + j, St + j * 16, _mm512_set1_ps(c));
-    } else if (pairs) {
-      for (int64_t j = 0; j < nb8; j += 8) lane_scores_bf16<8>(Qp, Dp, Kh + j * ks, ks, St + j * 16, _mm512_set1_ps(c));
     } else
 #endif
     {
@@ -641,12 +605,12 @@ void decode_lanes(const AttnArgs& a, int64_t b, int64_t s0, int64_t s1, const Pa
         const __m512i pb = (__m512i)_mm512_cvtne2ps_pbh(_mm512_load_ps(St + (2 * jp + 1) * 16),
                                                         _mm512_load_ps(St + 2 * jp * 16));
         _mm512_store_si512(P2 + jp * 16, interleave_bf16(pb));
-        const uint16_t* v0 = direct ? segs.p[0] + (j0 + 2 * jp) * segs.stride[0] : Kh + 2 * jp * ks;
-        const uint16_t* v1 = direct ? v0 + segs.stride[0] : v0 + ks;
-        const bool two = !direct || 2 * jp + 1 < nb;  // in place, a row past the block's end is not read
+        const uint16_t* v0 = segs.p[0] + (j0 + 2 * jp) * segs.stride[0];
+        const uint16_t* v1 = v0 + segs.stride[0];
+        const bool two = 2 * jp + 1 < nb;  // a row past the block's end is not read
         for (int64_t d = 0; d < Dv; d += 16) {
           const __mmask16 mk = tail_mask(Dv - d);
-          const __m256i x0 = 2 * jp < nb || !direct ? _mm256_maskz_loadu_epi16(mk, v0 + d) : _mm256_setzero_si256();
+          const __m256i x0 = _mm256_maskz_loadu_epi16(mk, v0 + d);
           const __m256i x1 = two ? _mm256_maskz_loadu_epi16(mk, v1 + d) : _mm256_setzero_si256();
           _mm512_storeu_si512(V2 + jp * vs + d, interleave_bf16(_mm512_inserti64x4(_mm512_castsi256_si512(x0), x1, 1)));
         }
