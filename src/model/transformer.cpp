@@ -4,6 +4,7 @@
 #include <set>
 #include <sstream>
 
+#include "kernels/gemv.h"
 #include "model/rope.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
@@ -150,7 +151,9 @@ torch::Tensor TransformerImpl::hidden(const torch::Tensor& ids, KVCache* cache, 
 }
 
 torch::Tensor TransformerImpl::logits(const torch::Tensor& hidden) {
-  return torch::linear(hidden, lm_head_weight()).to(torch::kFloat32);
+  // At decode the head is a GEMV over the largest matrix of a small model (SmolLM-135M: 21 % of the weights):
+  // the kernel streams it about 3x faster than torch::linear (build/bench_kernels --only gemv, lm_head).
+  return kernels::linear(hidden, lm_head_weight(), {}).to(torch::kFloat32);
 }
 
 void load_weights(TransformerImpl& m, const io::Checkpoint& ckpt) {
