@@ -1,5 +1,7 @@
 #include "model/layers.h"
 
+#include "kernels/elementwise.h"
+
 namespace mha2mla::model {
 
 DenseImpl::DenseImpl(int64_t in, int64_t out, bool has_bias, const torch::TensorOptions& opt) {
@@ -11,12 +13,7 @@ RMSNormImpl::RMSNormImpl(int64_t dim, double eps_, const torch::TensorOptions& o
   weight = register_parameter("weight", torch::ones({dim}, opt));
 }
 
-torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
-  auto xf = x.to(torch::kFloat32);
-  auto var = xf.pow(2).mean(-1, /*keepdim=*/true);
-  xf = xf * torch::rsqrt(var + eps);
-  return weight * xf.to(x.scalar_type());
-}
+torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) { return kernels::rms_norm(x, weight, eps); }
 
 EmbeddingImpl::EmbeddingImpl(int64_t vocab, int64_t dim, const torch::TensorOptions& opt) {
   weight = register_parameter("weight", torch::empty({vocab, dim}, opt));
@@ -30,7 +27,7 @@ MLPImpl::MLPImpl(int64_t d, int64_t hidden, bool bias, const torch::TensorOption
 
 torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
   auto gate_up = kernels::linear_many(x, {gate_proj->weight, up_proj->weight}, {gate_proj->bias, up_proj->bias});
-  return down_proj(torch::silu(gate_up[0]) * gate_up[1]);
+  return down_proj(kernels::silu_mul(gate_up[0], gate_up[1]));
 }
 
 }  // namespace mha2mla::model

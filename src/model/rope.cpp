@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "kernels/elementwise.h"
+
 namespace mha2mla::model {
 
 torch::Tensor rope_inv_freq(const io::ModelConfig& cfg) {
@@ -39,9 +41,7 @@ torch::Tensor rotate_half(const torch::Tensor& x) {
 }
 
 torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
-  auto c = cos.unsqueeze(1);
-  auto s = sin.unsqueeze(1);
-  return x * c + rotate_half(x) * s;
+  return kernels::rope(x, cos, sin);
 }
 
 }  // namespace mha2mla::model
