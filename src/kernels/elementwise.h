@@ -8,8 +8,8 @@
 
 namespace mha2mla::kernels {
 
-// True when the fused ops below run for x: CPU, f32/bf16/f16, no autograd needed. Otherwise they call
-// their reference.
+// True when the fused ops below may run for x: CPU, f32/bf16/f16, no autograd needed. They run for at most
+// 64 rows (tokens times batch: decoding); otherwise, and for prompts, they call their reference.
 bool elementwise_applies(const torch::Tensor& x);
 
 // RMSNorm over the last dim: w * to_dtype(x * rsqrt(mean(x^2) + eps)), statistics in f32.
@@ -17,7 +17,7 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w, double ep
 torch::Tensor rms_norm_reference(const torch::Tensor& x, const torch::Tensor& w, double eps);
 
 // silu(gate) * up (the gated MLP's product): silu computed in f32 and rounded once to the storage type, as
-// the CUDA kernels do, then the product rounded. Under autograd: libtorch's torch::silu(gate) * up.
+// the CUDA kernels do, then the product rounded. Under autograd and past 64 rows: torch::silu(gate) * up.
 torch::Tensor silu_mul(const torch::Tensor& gate, const torch::Tensor& up);
 torch::Tensor silu_mul_reference(const torch::Tensor& gate, const torch::Tensor& up);
 

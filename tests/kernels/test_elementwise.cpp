@@ -57,6 +57,10 @@ TEST(KernelElementwise, RmsNormOfAStridedViewAndUnderAutograd) {
   auto wr = w.clone().requires_grad_(true);
   kernels::rms_norm_reference(x, wr, 1e-6).sum().backward();
   EXPECT_TRUE(torch::allclose(wg.grad(), wr.grad()));
+  // A prompt (more than 64 rows) runs libtorch's vectorised graph: the reference, bit for bit.
+  auto p = torch::randn({1, 65, 64}).to(torch::kBFloat16);
+  auto pw = (torch::rand({64}) + 0.5).to(torch::kBFloat16);
+  EXPECT_TRUE(torch::equal(kernels::rms_norm(p, pw, 1e-6), kernels::rms_norm_reference(p, pw, 1e-6)));
 }
 
 TEST(KernelElementwise, SiluMulMatchesReference) {
