@@ -23,6 +23,7 @@
 #include "train/recipe.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
+#include "util/json_read.h"
 #include "util/memory.h"
 #include "util/progress.h"
 #include "util/text.h"
@@ -196,7 +197,7 @@ class Runner {
       const json settings = settings_of(s_, v);
       if (fs::exists(row_file)) {
         try {
-          auto j = json::parse(read_text_file(row_file));
+          auto j = read_json_file(row_file);  // depth-limited, as every JSON read
           if (j.value("settings", json()) == settings) {
             say(i, vs.size(), v.id, "kept from an earlier run (" + row_file + ")");
             rows.push_back(eval::AblationRow::from_json(j));
