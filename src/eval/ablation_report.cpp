@@ -74,7 +74,7 @@ std::vector<Ordering> check_orderings(const std::vector<AblationRow>& rows) {
   std::vector<Ordering> out;
   auto ppl = [&](const std::string& id) { return find(rows, id) ? find(rows, id)->ppl_after : -1.0; };
   {
-    Ordering o{"partial RoPE: 2-norm ≥ high/uniform > low (lower ppl is better)"};
+    Ordering o{"partial RoPE: 2-norm ≥ high/uniform > low (lower ppl is better)", false, false, ""};
     const double n = ppl("rope-2-norm"), h = ppl("rope-high"), u = ppl("rope-uniform"), l = ppl("rope-low");
     if (n > 0 && h > 0 && u > 0 && l > 0) {
       o.measured = true;
@@ -84,7 +84,7 @@ std::vector<Ordering> check_orderings(const std::vector<AblationRow>& rows) {
     out.push_back(o);
   }
   {
-    Ordering o{"joint SVD beats split SVD at the same cache size"};
+    Ordering o{"joint SVD beats split SVD at the same cache size", false, false, ""};
     const double j = ppl("ladder-81.25"), s = ppl("svd-split");
     if (j > 0 && s > 0) {
       o.measured = true;
@@ -94,7 +94,7 @@ std::vector<Ordering> check_orderings(const std::vector<AblationRow>& rows) {
     out.push_back(o);
   }
   {
-    Ordering o{"a smaller latent costs more (ppl rises along the d_kv ladder)"};
+    Ordering o{"a smaller latent costs more (ppl rises along the d_kv ladder)", false, false, ""};
     const double a = ppl("ladder-68.75"), b = ppl("ladder-81.25"), c = ppl("ladder-87.5");
     if (a > 0 && b > 0 && c > 0) {
       o.measured = true;
@@ -104,7 +104,7 @@ std::vector<Ordering> check_orderings(const std::vector<AblationRow>& rows) {
     out.push_back(o);
   }
   {
-    Ordering o{"an int4 cache costs little (≤ 2 % ppl at every point)"};
+    Ordering o{"an int4 cache costs little (≤ 2 % ppl at every point)", false, false, ""};
     double worst = 0;
     int n = 0;
     std::string ev;
@@ -125,7 +125,7 @@ std::vector<Ordering> check_orderings(const std::vector<AblationRow>& rows) {
     out.push_back(o);
   }
   {
-    Ordering o{"recipe goal: the best variant at −81.25 % is within 1.02× the fair baseline's ppl"};
+    Ordering o{"recipe goal: the best variant at −81.25 % is within 1.02× the fair baseline's ppl", false, false, ""};
     const auto* base = find(rows, "baseline");
     const AblationRow* best = nullptr;
     for (const auto& r : rows)
