@@ -249,6 +249,7 @@ nlohmann::json convert_model(const std::string& model_dir, const std::string& ou
     };
     torch::ScalarType attn_dtype = io::to_torch(ckpt.info("model.layers.0.self_attn.q_proj.weight").dtype);
     if (!opt.out_dtype.empty()) attn_dtype = model::parse_compute_dtype(opt.out_dtype);
+    HeapGrowthLimit heap_limit(256ll << 20);
     for (const auto& name : head) pass(name);
     for (int64_t l = 0; l < cfg.num_layers; ++l) {
       const std::string p = "model.layers." + std::to_string(l) + ".self_attn.";
@@ -286,7 +287,7 @@ nlohmann::json convert_model(const std::string& model_dir, const std::string& ou
         lj["v_rel_err_heldout_plain_svd"] = ml.v_err_heldout_svd;
       }
       layers.push_back(lj);
-      release_free_heap();  // else the freed buffers of every layer stay resident (peak grew with depth)
+      heap_limit.step();  // else the freed buffers of every layer stay resident (peak grew with depth)
       if (progress) progress(l + 1, cfg.num_layers);
     }
     for (const auto& name : tail) pass(name);

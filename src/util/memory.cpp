@@ -39,4 +39,13 @@ void release_free_heap() {
 #endif
 }
 
+void HeapGrowthLimit::step() {
+  const int64_t rss = current_rss_bytes();
+  if (base_ < 0) {
+    base_ = rss;
+  } else if (rss > base_ + slack_) {
+    release_free_heap();
+  }
+}
+
 }  // namespace mha2mla

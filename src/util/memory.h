@@ -15,4 +15,17 @@ int64_t current_rss_bytes();
 // heap from its top, and one live chunk above the freed ones pins them.
 void release_free_heap();
 
+// For a loop whose iterations each allocate and free a similar working set (convert: one layer): step(),
+// called after each iteration, gives the freed pages back only once resident memory has grown by more than
+// `slack` over what it was after the first iteration. Trimming every iteration would re-fault the whole
+// working set each time (7B-width convert: +1.5 s per layer); this way the peak stays within the slack.
+class HeapGrowthLimit {
+ public:
+  explicit HeapGrowthLimit(int64_t slack_bytes) : slack_(slack_bytes) {}
+  void step();
+
+ private:
+  int64_t slack_, base_ = -1;
+};
+
 }  // namespace mha2mla
