@@ -262,7 +262,7 @@ torch::Tensor SafetensorsFile::tensor(const std::string& name) const {
   // Kernels may assume element alignment; files with odd offsets (legal in the format) get a copy instead.
   if (reinterpret_cast<uintptr_t>(ptr) % dtype_size(info->dtype) != 0) {
     auto t = torch::empty(info->shape, opts);
-    std::memcpy(t.data_ptr(), ptr, info->nbytes);
+    if (info->nbytes > 0) std::memcpy(t.data_ptr(), ptr, info->nbytes);  // an empty tensor has no data pointer
     return t;
   }
   auto keep = map_;

@@ -40,7 +40,8 @@ TEST(PeakRss, MatchesProcStatusAndGrowsWithTouchedMemory) {
   // Reading the file may itself touch a page or two, so the two reads agree within 1 MiB.
   EXPECT_NEAR(before, hwm * 1024, 1 << 20);
   EXPECT_GT(current_rss_bytes(), 0);
-  EXPECT_LE(current_rss_bytes(), peak_rss_bytes());
+  // The kernel refreshes VmHWM lazily; another thread (a sanitizer's) may free pages between the two reads.
+  EXPECT_LE(current_rss_bytes(), peak_rss_bytes() + (1 << 20));
 
   // 256 MiB more than the peak so far, every page written: the peak must rise by about that much.
   const size_t n = static_cast<size_t>(before) + (256u << 20);
@@ -49,7 +50,8 @@ TEST(PeakRss, MatchesProcStatusAndGrowsWithTouchedMemory) {
   const int64_t after = peak_rss_bytes();
   EXPECT_NEAR(after, status_kib("VmHWM") * 1024, 1 << 20);
   EXPECT_GE(after, static_cast<int64_t>(n));
-  EXPECT_LE(after, static_cast<int64_t>(n) + before + (64 << 20));
+  // AddressSanitizer's shadow adds one byte per 8 touched.
+  EXPECT_LE(after, static_cast<int64_t>(n + n / 8) + before + (64 << 20));
   volatile char sink = big[n / 2];
   (void)sink;
 }
