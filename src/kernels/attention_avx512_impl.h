@@ -479,7 +479,319 @@ inline void lane_pv_bf16(const uint32_t* P2, int64_t npairs, const uint32_t* V2,
 
 #endif
 
+#ifdef __AVX512BF16__
+// ---------------------------------------------------------------------------------------------
+// decode_lanes over a 4-bit latent (per-token groups) and 4-bit rotary keys (per channel, KIVI), read in
+// place. Codes 0..15 are exact in bf16, so every byte becomes the bf16 pair of its two codes (a 256-entry
+// table) and scores run on vdpbf16ps as they do on bf16 storage; scales and zero points act on the sums:
+//   latent group g of key j:   q·x = scale_gj (q·code) + zero_gj Σq
+//   rotary keys (per channel): q·x = (q∘scale)·code + q·zero, q∘scale rounded to bf16 once per token group
+//   values, per latent group:  Σ_j p_j x_jd = Σ_j (p_j scale_gj) code_jd + Σ_j p_j zero_gj
+// so a key costs what a bf16 key costs, from a quarter of the bytes. Slots past a buffer's n_quant are read
+// from its bf16 residual.
+struct Q4Tables {
+  uint32_t pair[256];           // byte -> bf16(low code) | bf16(high code) << 16
+  alignas(32) uint16_t bf[16];  // code -> bf16
+  Q4Tables() {
+    for (int n = 0; n < 16; ++n) bf[n] = f32_to_bf16(static_cast<float>(n));
+    for (int x = 0; x < 256; ++x) pair[x] = bf[x & 15] | static_cast<uint32_t>(bf[x >> 4]) << 16;
+  }
+};
+inline const Q4Tables& q4_tables() {
+  static const Q4Tables t;
+  return t;
+}
+
+// One f16 scale or zero point: vcvtph2ps (F16C), not the portable bit-twiddling of scalar_convert.h.
+inline float half_to_f32(uint16_t h) { return _cvtsh_ss(h); }
+
+// Whether decode_lanes_q4 handles this decode_lanes call.
+inline bool lanes_q4_apply(const AttnArgs& a) {
+  const QuantDesc* c = a.kq;
+  const QuantDesc* r = a.k2q;
+  return a.dtype == DType::BF16 && c && c->bits == 4 && !c->per_channel && c->group % 2 == 0 && a.D1 % 2 == 0 &&
+         a.D2 % 2 == 0 && a.Hkv <= 16 && (a.D2 == 0 || (r && r->bits == 4 && r->per_channel && r->group > 0));
+}
+
+// Everything a block's score and value loops read, fixed per call.
+struct Q4Call {
+  const uint8_t* c_codes;   // latent codes of slot 0, row stride c_sr bytes
+  int64_t c_sr;
+  const uint16_t* c_res;    // latent residual row 0 (slot n_quant), stride c_rsr
+  int64_t c_rsr;
+  const uint8_t* r_codes[16];   // rotary codes of slot 0 per head
+  int64_t r_sr;
+  const uint16_t* r_res[16];    // rotary residual row 0 per head
+  int64_t r_rsr;
+  int64_t Lp, G2, ng, nh2, Rp2;  // latent pairs, pairs per latent group, groups, rotary heads, pairs per head
+};
+
+// St[j][lanes] for KJ keys from slot s: latent then rotary heads, in the log2 domain (c).
+template <int KJ>
+inline void lane_scores_q4(const Q4Call& k, bool cq, bool rq, int64_t s, int64_t n_c, int64_t n_r,
+                           const uint32_t* Qp, const uint32_t* Qr, const float* sumq, const float* ksc,
+                           const float* kzr, const float* bias, float* St, __m512 c) {
+  const uint32_t* tab = q4_tables().pair;
+  __m512 tot[KJ];
+  for (int j = 0; j < KJ; ++j) tot[j] = _mm512_setzero_ps();
+  if (cq) {
+    for (int64_t g = 0; g < k.ng; ++g) {
+      const int64_t p0 = g * k.G2, p1 = imin(k.Lp, p0 + k.G2);
+      __m512 acc[KJ];
+      for (int j = 0; j < KJ; ++j) acc[j] = _mm512_setzero_ps();
+      for (int64_t i = p0; i < p1; ++i) {
+        const __m512bh qv = (__m512bh)_mm512_load_si512(Qp + i * 16);
+        for (int j = 0; j < KJ; ++j)
+          acc[j] = _mm512_dpbf16_ps(acc[j], qv, (__m512bh)_mm512_set1_epi32(
+                                                    static_cast<int32_t>(tab[k.c_codes[(s + j) * k.c_sr + i]])));
+      }
+      const __m512 sq = _mm512_load_ps(sumq + g * 16);
+      for (int j = 0; j < KJ; ++j)
+        tot[j] = _mm512_fmadd_ps(acc[j], _mm512_set1_ps(ksc[j * k.ng + g]),
+                                 _mm512_fmadd_ps(sq, _mm512_set1_ps(kzr[j * k.ng + g]), tot[j]));
+    }
+  } else {
+    const uint16_t* base = k.c_res + (s - n_c) * k.c_rsr;
+    for (int64_t i = 0; i < k.Lp; ++i) {
+      const __m512bh qv = (__m512bh)_mm512_load_si512(Qp + i * 16);
+      for (int j = 0; j < KJ; ++j) {
+        uint32_t pair;
+        std::memcpy(&pair, base + j * k.c_rsr + 2 * i, 4);
+        tot[j] = _mm512_dpbf16_ps(tot[j], qv, (__m512bh)_mm512_set1_epi32(static_cast<int32_t>(pair)));
+      }
+    }
+  }
+  for (int64_t h = 0; h < k.nh2; ++h) {
+    const uint32_t* q = Qr + h * k.Rp2 * 16;
+    if (rq) {
+      const uint8_t* base = k.r_codes[h] + s * k.r_sr;
+      for (int64_t i = 0; i < k.Rp2; ++i) {
+        const __m512bh qv = (__m512bh)_mm512_load_si512(q + i * 16);
+        for (int j = 0; j < KJ; ++j)
+          tot[j] = _mm512_dpbf16_ps(tot[j], qv,
+                                    (__m512bh)_mm512_set1_epi32(static_cast<int32_t>(tab[base[j * k.r_sr + i]])));
+      }
+    } else {
+      const uint16_t* base = k.r_res[h] + (s - n_r) * k.r_rsr;
+      for (int64_t i = 0; i < k.Rp2; ++i) {
+        const __m512bh qv = (__m512bh)_mm512_load_si512(q + i * 16);
+        for (int j = 0; j < KJ; ++j) {
+          uint32_t pair;
+          std::memcpy(&pair, base + j * k.r_rsr + 2 * i, 4);
+          tot[j] = _mm512_dpbf16_ps(tot[j], qv, (__m512bh)_mm512_set1_epi32(static_cast<int32_t>(pair)));
+        }
+      }
+    }
+  }
+  const __m512 bv = rq ? _mm512_load_ps(bias) : _mm512_setzero_ps();
+  for (int j = 0; j < KJ; ++j) _mm512_store_ps(St + j * 16, _mm512_mul_ps(_mm512_add_ps(tot[j], bv), c));
+}
+
+// V2[jp][d] = bf16 pair (code[2jp][d], code[2jp+1][d]) of a block's latent codes (a missing second key: 0).
+inline void codes_to_pairs(const uint8_t* rowa, const uint8_t* rowb, int64_t L, uint32_t* v2) {
+  const __m256i tbl = _mm256_load_si256(reinterpret_cast<const __m256i*>(q4_tables().bf));
+  const __m128i lo4 = _mm_set1_epi8(0x0f);
+  // Output element k takes pair k/2 of the low codes (even k) or of the high codes (odd k).
+  const __m512i idx = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  for (int64_t d = 0; d < L; d += 16) {
+    const __mmask16 bm = tail_mask((imin(16, L - d) + 1) / 2);
+    const __m128i xa = _mm_maskz_loadu_epi8(bm, rowa + d / 2);
+    const __m128i xb = rowb ? _mm_maskz_loadu_epi8(bm, rowb + d / 2) : _mm_setzero_si128();
+    const __m128i x = _mm_unpacklo_epi8(xa, xb);  // a0 b0 a1 b1 ... a7 b7
+    const __m256i lo = _mm256_permutexvar_epi16(_mm256_cvtepu8_epi16(_mm_and_si128(x, lo4)), tbl);
+    const __m256i hi = _mm256_permutexvar_epi16(_mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(x, 4), lo4)), tbl);
+    const __m512i out = _mm512_permutex2var_epi32(_mm512_castsi256_si512(lo), idx, _mm512_castsi256_si512(hi));
+    _mm512_mask_storeu_epi32(v2 + d, tail_mask(L - d), out);
+  }
+}
+
+void decode_lanes_q4(const AttnArgs& a, int64_t b, int64_t s0, int64_t s1, const Partial& out) {
+  const QuantDesc& cq = *a.kq;
+  const QuantDesc* rq = a.k2q;
+  const int64_t R = a.Hq * a.T, hdiv = a.Hq / a.Hkv, L = a.D1, r2 = a.D2;
+  Q4Call k;
+  k.nh2 = r2 ? a.Hkv : 0;
+  k.Lp = L / 2, k.Rp2 = r2 / 2;
+  const int64_t G = imin(cq.group, L);
+  k.G2 = G / 2, k.ng = (L + G - 1) / G;
+  const int64_t ng = k.ng, vs = round_up(L, 16), nr = k.nh2 * k.Rp2;
+  k.c_codes = cq.data + b * cq.d_sb, k.c_sr = cq.d_sr;
+  k.c_res = reinterpret_cast<const uint16_t*>(row_ptr(cq.residual, DType::BF16, b, 0, 0)), k.c_rsr = cq.residual.sr;
+  k.r_sr = rq ? rq->d_sr : 0, k.r_rsr = rq ? rq->residual.sr : 0;
+  for (int64_t h = 0; h < k.nh2; ++h) {
+    k.r_codes[h] = rq->data + b * rq->d_sb + h * rq->d_sh;
+    k.r_res[h] = reinterpret_cast<const uint16_t*>(row_ptr(rq->residual, DType::BF16, b, h, 0));
+  }
+  Scratch sc((k.Lp + 2 * nr + r2 * k.nh2 + ng + 1) * 64 + kLaneBlock * 64 + ng * (kLaneBlock / 2) * 64 + L * 64 +
+             ng * 64 + kLaneBlock / 2 * vs * 4 + 2 * kLaneBlock * ng * 4 + 64 * 16);
+  if (!sc.ok()) return;
+  auto* Qp = sc.take<uint32_t>(k.Lp * 16);          // [Lp][lanes] latent query pairs
+  auto* Qr = sc.take<uint32_t>(nr * 16);            // [nh2 * Rp2][lanes] rotary query pairs (residual keys)
+  auto* Qrs = sc.take<uint32_t>(nr * 16);           // the same times the current token group's scales
+  float* qrf = sc.take<float>(k.nh2 * r2 * 16);     // [nh2 * r2][lanes] rotary query, f32
+  float* sumq = sc.take<float>(ng * 16);            // [ng][lanes] Σ q over each latent group
+  float* bias = sc.take<float>(16);                 // Σ q·zero of the current token group
+  float* St = sc.take<float>(kLaneBlock * 16);      // [block][lanes] scores, then probabilities
+  auto* P2 = sc.take<uint32_t>(ng * kLaneBlock / 2 * 16);  // [ng][block/2][lanes] (p·scale) pairs
+  float* acc = sc.take<float>(L * 16);              // [L][lanes] Σ p·scale·code (or Σ p·x on residual keys)
+  float* pz = sc.take<float>(ng * 16);              // [ng][lanes] Σ p·zero
+  auto* V2 = sc.take<uint32_t>(kLaneBlock / 2 * vs);  // [block/2][vs] value pairs
+  float* ksc = sc.take<float>(kLaneBlock * ng);     // [block][ng] latent scales and zeros of the block's keys
+  float* kzr = sc.take<float>(kLaneBlock * ng);
+  std::memset(Qp, 0, k.Lp * 64);
+  std::memset(Qr, 0, nr * 64);
+  std::memset(qrf, 0, k.nh2 * r2 * 64);
+  std::memset(sumq, 0, ng * 64);
+  std::memset(bias, 0, 64);
+  std::memset(acc, 0, L * 64);
+  std::memset(pz, 0, ng * 64);
+  std::memset(ksc, 0, kLaneBlock * ng * 4);
+  std::memset(kzr, 0, kLaneBlock * ng * 4);
+  alignas(64) int32_t pos[16];
+  for (int64_t r = 0; r < 16; ++r) pos[r] = kNoPos;
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t h = r / a.T, t = r % a.T, h2 = h / hdiv;
+    pos[r] = static_cast<int32_t>(a.start + t);
+    const auto* ql = reinterpret_cast<const uint16_t*>(row_ptr(a.q1, DType::BF16, b, h, t));
+    for (int64_t i = 0; i < k.Lp; ++i) Qp[i * 16 + r] = ql[2 * i] | static_cast<uint32_t>(ql[2 * i + 1]) << 16;
+    for (int64_t d = 0; d < L; ++d) sumq[(d / G) * 16 + r] += bf16_to_f32(ql[d]);
+    if (!r2) continue;
+    const auto* qr = reinterpret_cast<const uint16_t*>(row_ptr(a.q2, DType::BF16, b, h, t));
+    for (int64_t i = 0; i < k.Rp2; ++i)
+      Qr[(h2 * k.Rp2 + i) * 16 + r] = qr[2 * i] | static_cast<uint32_t>(qr[2 * i + 1]) << 16;
+    for (int64_t d = 0; d < r2; ++d) qrf[(h2 * r2 + d) * 16 + r] = bf16_to_f32(qr[d]);
+  }
+  const float cl = a.scale * kLog2e;
+  const __m512 cv = _mm512_set1_ps(cl);
+  const int64_t pmin = a.start, pmax = a.start + a.T - 1;
+  const int64_t lo = imax(s0, a.window > 0 ? pmin - a.window + 1 : 0), hi = imin(s1, imin(a.S, pmax + 1));
+  const bool* valid = a.valid ? a.valid + b * a.S : nullptr;
+  const __m512i posv = _mm512_load_si512(pos);
+  __m512 m = _mm512_set1_ps(kNegInf), l = _mm512_setzero_ps();
+  int64_t token_group = -1;  // rotary token group whose scales Qrs and bias hold
+  for (int64_t j0 = lo; j0 < hi;) {
+    // A block never straddles a buffer's n_quant or a rotary token group: its keys share one reading.
+    int64_t j1 = imin(hi, j0 + kLaneBlock);
+    const bool cqb = j0 < cq.n_quant;
+    if (cqb) j1 = imin(j1, cq.n_quant);
+    const bool rqb = k.nh2 > 0 && j0 < rq->n_quant;
+    if (rqb) j1 = imin(j1, imin(rq->n_quant, (j0 / rq->group + 1) * rq->group));
+    const int64_t nb = j1 - j0, nb8 = round_up(nb, 8);
+    if (rqb && j0 / rq->group != token_group) {
+      token_group = j0 / rq->group;
+      __m512 bz = _mm512_setzero_ps();
+      for (int64_t h = 0; h < k.nh2; ++h) {
+        const int64_t so = b * rq->s_sb + h * rq->s_sh + token_group * rq->s_sr;
+        for (int64_t i = 0; i < k.Rp2; ++i) {
+          const float* q0 = qrf + (h * r2 + 2 * i) * 16;
+          const __m512 x0 = _mm512_load_ps(q0), x1 = _mm512_load_ps(q0 + 16);
+          const __m512 v0 = _mm512_mul_ps(x0, _mm512_set1_ps(half_to_f32(rq->scale[so + 2 * i])));
+          const __m512 v1 = _mm512_mul_ps(x1, _mm512_set1_ps(half_to_f32(rq->scale[so + 2 * i + 1])));
+          _mm512_store_si512(Qrs + (h * k.Rp2 + i) * 16, interleave_bf16((__m512i)_mm512_cvtne2ps_pbh(v1, v0)));
+          bz = _mm512_fmadd_ps(x0, _mm512_set1_ps(half_to_f32(rq->zero[so + 2 * i])), bz);
+          bz = _mm512_fmadd_ps(x1, _mm512_set1_ps(half_to_f32(rq->zero[so + 2 * i + 1])), bz);
+        }
+      }
+      _mm512_store_ps(bias, bz);
+    }
+    if (cqb) {
+      for (int64_t j = 0; j < nb; ++j) {
+        const int64_t so = b * cq.s_sb + (j0 + j) * cq.s_sr;
+        for (int64_t g = 0; g < ng; ++g) {
+          ksc[j * ng + g] = half_to_f32(cq.scale[so + g]);
+          kzr[j * ng + g] = half_to_f32(cq.zero[so + g]);
+        }
+      }
+    }
+    const uint32_t* Qrot = rqb ? Qrs : Qr;
+    int64_t j = 0;
+    for (; j + 8 <= nb; j += 8)
+      lane_scores_q4<8>(k, cqb, rqb, j0 + j, cq.n_quant, rq ? rq->n_quant : 0, Qp, Qrot, sumq, ksc + j * ng,
+                        kzr + j * ng, bias, St + j * 16, cv);
+    for (; j < nb; ++j)
+      lane_scores_q4<1>(k, cqb, rqb, j0 + j, cq.n_quant, rq ? rq->n_quant : 0, Qp, Qrot, sumq, ksc + j * ng,
+                        kzr + j * ng, bias, St + j * 16, cv);
+    if (!block_fully_visible(a, valid, j0, nb, pmin, pmax)) {
+      for (int64_t jj = 0; jj < nb; ++jj) {
+        const __m512i sv = _mm512_set1_epi32(static_cast<int32_t>(j0 + jj));
+        __mmask16 vis = !valid || valid[j0 + jj] ? _mm512_cmple_epi32_mask(sv, posv) : 0;
+        if (a.window > 0)
+          vis &= _mm512_cmpgt_epi32_mask(sv, _mm512_sub_epi32(posv, _mm512_set1_epi32(static_cast<int32_t>(a.window))));
+        _mm512_store_ps(St + jj * 16, _mm512_mask_mov_ps(_mm512_set1_ps(kNegInf), vis, _mm512_load_ps(St + jj * 16)));
+      }
+    }
+    for (int64_t jj = nb; jj < nb8; ++jj) _mm512_store_ps(St + jj * 16, _mm512_set1_ps(kNegInf));
+    // Online softmax, all rows at once (as decode_lanes).
+    __m512 mx = _mm512_set1_ps(kNegInf);
+    for (int64_t jj = 0; jj < nb8; ++jj) mx = _mm512_max_ps(mx, _mm512_load_ps(St + jj * 16));
+    const __m512 mn = _mm512_max_ps(m, mx);
+    const __m512 mu = _mm512_mask_mov_ps(mn, _mm512_cmp_ps_mask(mn, _mm512_set1_ps(kNegInf), _CMP_EQ_OQ),
+                                         _mm512_setzero_ps());
+    const __m512 al = exp2_ps(_mm512_sub_ps(m, mu));
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t jj = 0; jj < nb8; ++jj) {
+      const __m512 p = exp2_ps(_mm512_sub_ps(_mm512_load_ps(St + jj * 16), mu));
+      sum = _mm512_add_ps(sum, p);
+      _mm512_store_ps(St + jj * 16, p);
+    }
+    l = _mm512_fmadd_ps(l, al, sum);
+    m = mn;
+    for (int64_t d = 0; d < L; ++d) _mm512_store_ps(acc + d * 16, _mm512_mul_ps(al, _mm512_load_ps(acc + d * 16)));
+    for (int64_t g = 0; g < ng; ++g) _mm512_store_ps(pz + g * 16, _mm512_mul_ps(al, _mm512_load_ps(pz + g * 16)));
+    const int64_t npairs = (nb + 1) / 2;  // probabilities past nb are 0
+    const __m512 zero = _mm512_setzero_ps();
+    for (int64_t jp = 0; jp < npairs; ++jp) {
+      const bool two = 2 * jp + 1 < nb;  // a row past the block's end is not read
+      const __m512 p0 = _mm512_load_ps(St + 2 * jp * 16), p1 = two ? _mm512_load_ps(St + (2 * jp + 1) * 16) : zero;
+      if (cqb) {
+        for (int64_t g = 0; g < ng; ++g) {
+          const float sa = ksc[2 * jp * ng + g], sb = two ? ksc[(2 * jp + 1) * ng + g] : 0.f;
+          const __m512 q0 = _mm512_mul_ps(p0, _mm512_set1_ps(sa)), q1 = _mm512_mul_ps(p1, _mm512_set1_ps(sb));
+          _mm512_store_si512(P2 + (g * kLaneBlock / 2 + jp) * 16, interleave_bf16((__m512i)_mm512_cvtne2ps_pbh(q1, q0)));
+          __m512 z = _mm512_load_ps(pz + g * 16);
+          z = _mm512_fmadd_ps(p0, _mm512_set1_ps(kzr[2 * jp * ng + g]), z);
+          if (two) z = _mm512_fmadd_ps(p1, _mm512_set1_ps(kzr[(2 * jp + 1) * ng + g]), z);
+          _mm512_store_ps(pz + g * 16, z);
+        }
+        const uint8_t* ra = k.c_codes + (j0 + 2 * jp) * k.c_sr;
+        codes_to_pairs(ra, two ? ra + k.c_sr : nullptr, L, V2 + jp * vs);
+      } else {
+        _mm512_store_si512(P2 + jp * 16, interleave_bf16((__m512i)_mm512_cvtne2ps_pbh(p1, p0)));
+        const uint16_t* v0 = k.c_res + (j0 + 2 * jp - cq.n_quant) * k.c_rsr;
+        for (int64_t d = 0; d < L; d += 16) {
+          const __mmask16 mk = tail_mask(L - d);
+          const __m256i x0 = _mm256_maskz_loadu_epi16(mk, v0 + d);
+          const __m256i x1 = two ? _mm256_maskz_loadu_epi16(mk, v0 + k.c_rsr + d) : _mm256_setzero_si256();
+          _mm512_storeu_si512(V2 + jp * vs + d, interleave_bf16(_mm512_inserti64x4(_mm512_castsi256_si512(x0), x1, 1)));
+        }
+      }
+    }
+    // Value sums per latent group (one range of dims each) or over the whole residual row.
+    for (int64_t g = 0; g < (cqb ? ng : 1); ++g) {
+      const uint32_t* P = P2 + (cqb ? g * kLaneBlock / 2 * 16 : 0);
+      int64_t d0 = cqb ? g * G : 0;
+      const int64_t d1 = cqb ? imin(L, d0 + G) : L;
+      for (; d0 + 16 <= d1; d0 += 16) lane_pv_bf16<16>(P, npairs, V2, vs, d0, acc);
+      for (; d0 + 8 <= d1; d0 += 8) lane_pv_bf16<8>(P, npairs, V2, vs, d0, acc);
+      for (; d0 < d1; ++d0) lane_pv_bf16<1>(P, npairs, V2, vs, d0, acc);
+    }
+    j0 = j1;
+  }
+  alignas(64) float mv[16], lv[16];
+  _mm512_store_ps(mv, m);
+  _mm512_store_ps(lv, l);
+  for (int64_t r = 0; r < R; ++r) {
+    out.m[r] = mv[r];
+    out.l[r] = lv[r];
+    for (int64_t d = 0; d < L; ++d) out.acc[r * L + d] = acc[d * 16 + r] + pz[(d / G) * 16 + r];
+  }
+}
+#endif
+
 void decode_lanes(const AttnArgs& a, int64_t b, int64_t s0, int64_t s1, const Partial& out) {
+#ifdef __AVX512BF16__
+  if (lanes_q4_apply(a)) return decode_lanes_q4(a, b, s0, s1, out);
+#endif
   const int64_t R = a.Hq * a.T, hdiv = a.Hq / a.Hkv, Dv = a.Dv;
   const int64_t nh2 = a.D2 ? a.Hkv : 0;             // every RoPE head has rows (R = Hq * T)
   const int64_t Dt = a.D1 + nh2 * a.D2;             // concatenated key length

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "kernels/attention.h"
+#include "model/causal_attention.h"
 #include "model/mla_attention.h"
 #include "model/rope.h"
 
@@ -50,6 +51,10 @@ torch::Tensor attention_core(const torch::Tensor& q, const torch::Tensor& k, con
     const auto t = q.scalar_type();
     return kernels::attention(q, k.scalar_type() == t ? k : k.to(t), v.scalar_type() == t ? v : v.to(t), ctx.start,
                               ctx.slot_valid, ctx.window, scale);
+  }
+  if (ctx.causal && torch::GradMode::is_enabled()) {
+    const auto t = q.scalar_type();
+    return causal_attention_blockwise(q, k.scalar_type() == t ? k : k.to(t), v.scalar_type() == t ? v : v.to(t), scale);
   }
   return grouped_attention(q, k, v, ctx.mask, scale);
 }

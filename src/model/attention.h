@@ -27,6 +27,7 @@ struct AttnContext {
   KVCache* cache = nullptr; // null: no caching (training, scoring)
   AttnMode attn = AttnMode::Auto;
   bool fused = false;              // attention_core runs the fused kernels (inference), else the reference
+  bool causal = false;             // visibility is plain causal over the new tokens alone (no cache, padding, window)
   double* attn_seconds = nullptr;  // when set, accumulates the time spent attending over the cache (bench)
   // Optional observer of each layer's attention input (after input_layernorm), e.g. for calibration.
   const std::function<void(int64_t layer, const torch::Tensor& x)>* on_attn_input = nullptr;
@@ -52,7 +53,8 @@ torch::Tensor grouped_attention(const torch::Tensor& q, const torch::Tensor& k, 
 
 // The attention core every module calls: q [B, Hq, T, D], k [B, Hkv, S, D], v [B, Hkv, S, Dv] -> [B, Hq, T, Dv].
 // With ctx.fused, the kernels of src/kernels (flash-style prefill, split-KV decoding; visibility from ctx.start,
-// ctx.slot_valid and ctx.window, so no mask is built); otherwise grouped_attention with ctx.mask.
+// ctx.slot_valid and ctx.window, so no mask is built); when training (grad mode) with plain causal visibility,
+// causal_attention_blockwise, whose memory does not grow with T²; otherwise grouped_attention with ctx.mask.
 torch::Tensor attention_core(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                              const AttnContext& ctx, double scale);
 

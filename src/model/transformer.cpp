@@ -138,6 +138,7 @@ torch::Tensor TransformerImpl::hidden(const torch::Tensor& ids, KVCache* cache, 
                    (T > 1 || !all_valid || (cfg_.sliding_window > 0 && ctx.start + T > cfg_.sliding_window));
   if (!all_valid) ctx.slot_valid = slots_valid.to(device_);
   ctx.window = cfg_.sliding_window;
+  ctx.causal = !cache && all_valid && (ctx.window <= 0 || T <= ctx.window);
   if (need_mask) ctx.mask = build_mask(ctx.slot_valid, ctx.start, T, cfg_.sliding_window, dtype_, device_);
   std::tie(ctx.cos, ctx.sin) = rope_cos_sin(inv_freq_, positions, dtype_);
 

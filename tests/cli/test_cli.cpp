@@ -194,6 +194,29 @@ TEST_F(Cli, InspectJson) {
   EXPECT_NE(h.out.find("(GQA)"), std::string::npos);
 }
 
+// cast with a new context length: the config fields change, the weights (cast back to f32) do not, and a
+// sequence past the old limit now runs.
+TEST_F(Cli, CastExtendsTheContext) {
+  const std::string out = testutil::temp_dir("cli-cast") + "/long";
+  auto r = run_cli("cast --model " + dir_ + " --out " + out + " --dtype f32 --max-positions 4096 --rope-theta 50000");
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto src = io::ModelConfig::load(dir_), dst = io::ModelConfig::load(out);
+  EXPECT_EQ(dst.max_position_embeddings, 4096);
+  EXPECT_DOUBLE_EQ(dst.rope_theta, 50000.0);
+  EXPECT_NE(src.max_position_embeddings, 4096);
+  EXPECT_EQ(dst.num_layers, src.num_layers);
+  auto a = io::Checkpoint::open(dir_), b = io::Checkpoint::open(out);
+  for (const auto& n : a.names()) EXPECT_TRUE(torch::equal(a.get_float(n), b.get_float(n))) << n;
+  auto m = model::load_model(out, torch::kFloat32);
+  torch::NoGradGuard ng;
+  auto logits = m->forward(torch::zeros({1, src.max_position_embeddings + 8}, torch::kInt64));
+  EXPECT_EQ(logits.size(1), src.max_position_embeddings + 8);
+  expect_one_line_error(run_cli("cast --model " + dir_ + " --out " + out + "2 --dtype f32 --rope-theta -1"),
+                        "--rope-theta");
+  EXPECT_FALSE(fs::exists(out + "2"));
+  fs::remove_all(fs::path(out).parent_path());
+}
+
 TEST_F(Cli, TokenizeMatchesLibraryPerLine) {
   std::string in = dir_ + "/lines.txt";
   std::ofstream(in) << "hello there\n\nthe three  others, 42\n";

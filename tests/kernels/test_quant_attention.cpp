@@ -172,6 +172,8 @@ TEST(KernelQuantAttention, MlaDecodeMatchesReference) {
       {2, 4, 2, 1, 77, 64, 40, 8, 16, 0, true},       // L not a multiple of 16, padded batch
       {1, 8, 8, 2, 160, 128, 96, 4, 32, 40, false},    // MHA-shaped, T = 2, window
       {1, 9, 3, 1, 1000, 960, 24, 8, 8, 0, false},     // SmolLM -87.5 %: L 24, r 8, several 64-key blocks
+      {1, 9, 3, 1, 1000, 896, 24, 8, 64, 0, false},    // the same with one scale group per latent row (default)
+      {2, 6, 3, 1, 330, 300, 48, 8, 64, 0, true},      // latent and rotary blocks end at different slots
   };
   for (auto dt : {torch::kFloat32, torch::kBFloat16}) {
     for (const auto& c : cases) {
