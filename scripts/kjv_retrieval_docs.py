@@ -3,12 +3,13 @@
 scripts/pretrain_default.sh.
 
     scripts/kjv_retrieval_docs.py [--train data/kjv/train.txt] [--out data/kjv/retrieval_docs.jsonl]
-                                  [--docs 700] [--questions 4] [--seed 7]
+                                  [--docs 700] [--seed 7]
 
 Each document is one context of numbered passages in the form of tasks/kjv/kjv_retrieval_*.jsonl (plain or
-tagged, half each; about 512, 1K, 2K or 4K tokens), followed by several questions, each answered: a verse
-quoted from one passage and its passage number. The questions teach a small model to look a verse up in its
-context and copy what stands next to it, which plain KJV text rarely asks for. The evaluation tasks use only
+tagged, half each; about 512, 1K, 2K or 4K tokens), followed by one answered question per 64 context tokens:
+a verse quoted from one passage and its passage number. The questions teach a small model to look a verse up
+in its context and copy what stands next to it, which plain KJV text rarely asks for; so many of them per
+context make about half of a document's tokens predictable from its context. The evaluation tasks use only
 the held-out books, so no evaluated passage or verse occurs here. Writes JSON Lines {"text": ...} for
 `mha2mla data`. Standard library only; the same seed gives the same file.
 """
@@ -29,7 +30,7 @@ def make_doc(pool, counts, verse_count, budget, tagged, questions, rng):
         return sum(counts[v] + (6 if tagged else 1) for v in p) + 6
 
     per = sum(cost(p) for p in pool[:2000]) / min(len(pool), 2000)
-    n = max(2, int((budget - 120 * questions // 2) // per))
+    n = max(2, int((budget - 120) // per))
     chosen = rng.sample(pool, n)
     if tagged:
         text = "Here are %d passages from the Bible. Each verse ends with the number of its passage.\n\n" % n
@@ -55,8 +56,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--train", default=os.path.join(ROOT, "data/kjv/train.txt"))
     ap.add_argument("--out", default=os.path.join(ROOT, "data/kjv/retrieval_docs.jsonl"))
-    ap.add_argument("--docs", type=int, default=700)
-    ap.add_argument("--questions", type=int, default=4, help="answered questions per document")
+    ap.add_argument("--docs", type=int, default=400)
     ap.add_argument("--passage-tokens", type=int, default=100)
     ap.add_argument("--seed", type=int, default=7)
     a = ap.parse_args()
@@ -80,7 +80,7 @@ def main():
         for i in range(a.docs):
             tagged = i % 2 == 1
             budget = BUDGETS[rng.randrange(len(BUDGETS))]
-            doc = make_doc(pools[tagged], counts, verse_count, budget, tagged, a.questions, rng)
+            doc = make_doc(pools[tagged], counts, verse_count, budget, tagged, budget // 64, rng)
             f.write(json.dumps({"text": doc}, ensure_ascii=False) + "\n")
     os.replace(tmp, a.out)
     print("%s: %d documents" % (os.path.relpath(a.out, ROOT), a.docs))

@@ -11,7 +11,7 @@
 #
 # Stage 4k extends those models to 4,096 positions, as long-context recipes do: rope_theta 10,000 -> 100,000
 # (so that the slowest frequency pairs stay within the angles seen in training), then 160 steps of continued
-# pretraining on 2 × 4,096-token sequences (1.3M tokens). 40 % of the windows come from synthetic retrieval
+# pretraining on 2 × 4,096-token sequences (1.3M tokens). half of the windows come from synthetic retrieval
 # documents built from the training books (scripts/kjv_retrieval_docs.py: numbered passages, then verses quoted
 # from them with their passage numbers), which teach the models to look things up in a long context.
 # Writes runs/kjv-{mha,gqa}-4k/ and models/kjv-{mha,gqa}-4k/.
@@ -51,7 +51,7 @@ for kind in mha gqa; do
   [ "$stage" = all ] || [ "$stage" = 4k ] || continue
   rm -rf "runs/kjv-$kind-4k" "runs/kjv-$kind-4k-init"
   $B cast --model "models/kjv-$kind" --out "runs/kjv-$kind-4k-init" --dtype f32 --max-positions 4096 --rope-theta 100000
-  $B train --model "runs/kjv-$kind-4k-init" --data data/kjv/tok:0.6 data/kjv/tok-retrieval:0.4 --val data/kjv/tok \
+  $B train --model "runs/kjv-$kind-4k-init" --data data/kjv/tok:0.5 data/kjv/tok-retrieval:0.5 --val data/kjv/tok \
     --out "runs/kjv-$kind-4k" \
     --steps 160 --batch 2 --seq-len 4096 --lr 5e-4 --min-lr 5e-5 --warmup 10 --decay-start 110 --decay 1-sqrt \
     --weight-decay 0.1 --precision bf16 --val-every 40 --val-windows -1 --save-every 40 --seed 2

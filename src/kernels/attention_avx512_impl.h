@@ -479,6 +479,50 @@ inline void lane_pv_bf16(const uint32_t* P2, int64_t npairs, const uint32_t* V2,
 
 #endif
 
+// The lanes' running max, sum and accumulator acc[Dv][16] as the Partial of rows 0..R-1.
+inline void store_lane_partial(__m512 m, __m512 l, const float* acc, int64_t R, int64_t Dv, const Partial& out) {
+  alignas(64) float mv[16], lv[16];
+  _mm512_store_ps(mv, m);
+  _mm512_store_ps(lv, l);
+  for (int64_t r = 0; r < R; ++r) {
+    out.m[r] = mv[r];
+    out.l[r] = lv[r];
+    for (int64_t d = 0; d < Dv; ++d) out.acc[r * Dv + d] = acc[d * 16 + r];
+  }
+}
+
+// One block of lane scores St[nb8][16] (log2 domain): masks the keys a row does not see (skipped for blocks
+// every row sees whole), pads rows nb..nb8 with -inf, and turns the scores into probabilities against the
+// updated running max m. Updates m and l; returns the factor that rescales what was summed before the block.
+inline __m512 lanes_block_softmax(const AttnArgs& a, const bool* valid, int64_t j0, int64_t nb, int64_t nb8,
+                                  int64_t pmin, int64_t pmax, __m512i posv, float* St, __m512& m, __m512& l) {
+  if (!block_fully_visible(a, valid, j0, nb, pmin, pmax)) {
+    for (int64_t j = 0; j < nb; ++j) {
+      const __m512i sv = _mm512_set1_epi32(static_cast<int32_t>(j0 + j));
+      __mmask16 vis = !valid || valid[j0 + j] ? _mm512_cmple_epi32_mask(sv, posv) : 0;
+      if (a.window > 0)
+        vis &= _mm512_cmpgt_epi32_mask(sv, _mm512_sub_epi32(posv, _mm512_set1_epi32(static_cast<int32_t>(a.window))));
+      _mm512_store_ps(St + j * 16, _mm512_mask_mov_ps(_mm512_set1_ps(kNegInf), vis, _mm512_load_ps(St + j * 16)));
+    }
+  }
+  for (int64_t j = nb; j < nb8; ++j) _mm512_store_ps(St + j * 16, _mm512_set1_ps(kNegInf));
+  __m512 mx = _mm512_set1_ps(kNegInf);
+  for (int64_t j = 0; j < nb8; ++j) mx = _mm512_max_ps(mx, _mm512_load_ps(St + j * 16));
+  const __m512 mn = _mm512_max_ps(m, mx);
+  const __m512 mu = _mm512_mask_mov_ps(mn, _mm512_cmp_ps_mask(mn, _mm512_set1_ps(kNegInf), _CMP_EQ_OQ),
+                                       _mm512_setzero_ps());
+  const __m512 al = exp2_ps(_mm512_sub_ps(m, mu));
+  __m512 sum = _mm512_setzero_ps();
+  for (int64_t j = 0; j < nb8; ++j) {
+    const __m512 p = exp2_ps(_mm512_sub_ps(_mm512_load_ps(St + j * 16), mu));
+    sum = _mm512_add_ps(sum, p);
+    _mm512_store_ps(St + j * 16, p);
+  }
+  l = _mm512_fmadd_ps(l, al, sum);
+  m = mn;
+  return al;
+}
+
 #ifdef __AVX512BF16__
 // ---------------------------------------------------------------------------------------------
 // decode_lanes over a 4-bit latent (per-token groups) and 4-bit rotary keys (per channel, KIVI), read in
@@ -526,12 +570,34 @@ struct Q4Call {
   int64_t Lp, G2, ng, nh2, Rp2;  // latent pairs, pairs per latent group, groups, rotary heads, pairs per head
 };
 
+// acc[j] += Σ_i Q[i]·pair i of key j, for n pairs of KJ keys: bf16 rows as stored (stride rs elements) or 4-bit
+// code rows (stride rs bytes), a byte's two codes becoming one bf16 pair through the table.
+template <int KJ>
+inline void dp_bf16_rows(const uint32_t* Q, const uint16_t* base, int64_t rs, int64_t n, __m512* acc) {
+  for (int64_t i = 0; i < n; ++i) {
+    const __m512bh qv = (__m512bh)_mm512_load_si512(Q + i * 16);
+    for (int j = 0; j < KJ; ++j) {
+      uint32_t pair;
+      std::memcpy(&pair, base + j * rs + 2 * i, 4);
+      acc[j] = _mm512_dpbf16_ps(acc[j], qv, (__m512bh)_mm512_set1_epi32(static_cast<int32_t>(pair)));
+    }
+  }
+}
+template <int KJ>
+inline void dp_code_rows(const uint32_t* Q, const uint8_t* base, int64_t rs, int64_t n, __m512* acc) {
+  const uint32_t* tab = q4_tables().pair;
+  for (int64_t i = 0; i < n; ++i) {
+    const __m512bh qv = (__m512bh)_mm512_load_si512(Q + i * 16);
+    for (int j = 0; j < KJ; ++j)
+      acc[j] = _mm512_dpbf16_ps(acc[j], qv, (__m512bh)_mm512_set1_epi32(static_cast<int32_t>(tab[base[j * rs + i]])));
+  }
+}
+
 // St[j][lanes] for KJ keys from slot s: latent then rotary heads, in the log2 domain (c).
 template <int KJ>
 inline void lane_scores_q4(const Q4Call& k, bool cq, bool rq, int64_t s, int64_t n_c, int64_t n_r,
                            const uint32_t* Qp, const uint32_t* Qr, const float* sumq, const float* ksc,
                            const float* kzr, const float* bias, float* St, __m512 c) {
-  const uint32_t* tab = q4_tables().pair;
   __m512 tot[KJ];
   for (int j = 0; j < KJ; ++j) tot[j] = _mm512_setzero_ps();
   if (cq) {
@@ -539,49 +605,19 @@ inline void lane_scores_q4(const Q4Call& k, bool cq, bool rq, int64_t s, int64_t
       const int64_t p0 = g * k.G2, p1 = imin(k.Lp, p0 + k.G2);
       __m512 acc[KJ];
       for (int j = 0; j < KJ; ++j) acc[j] = _mm512_setzero_ps();
-      for (int64_t i = p0; i < p1; ++i) {
-        const __m512bh qv = (__m512bh)_mm512_load_si512(Qp + i * 16);
-        for (int j = 0; j < KJ; ++j)
-          acc[j] = _mm512_dpbf16_ps(acc[j], qv, (__m512bh)_mm512_set1_epi32(
-                                                    static_cast<int32_t>(tab[k.c_codes[(s + j) * k.c_sr + i]])));
-      }
+      dp_code_rows<KJ>(Qp + p0 * 16, k.c_codes + s * k.c_sr + p0, k.c_sr, p1 - p0, acc);
       const __m512 sq = _mm512_load_ps(sumq + g * 16);
       for (int j = 0; j < KJ; ++j)
         tot[j] = _mm512_fmadd_ps(acc[j], _mm512_set1_ps(ksc[j * k.ng + g]),
                                  _mm512_fmadd_ps(sq, _mm512_set1_ps(kzr[j * k.ng + g]), tot[j]));
     }
   } else {
-    const uint16_t* base = k.c_res + (s - n_c) * k.c_rsr;
-    for (int64_t i = 0; i < k.Lp; ++i) {
-      const __m512bh qv = (__m512bh)_mm512_load_si512(Qp + i * 16);
-      for (int j = 0; j < KJ; ++j) {
-        uint32_t pair;
-        std::memcpy(&pair, base + j * k.c_rsr + 2 * i, 4);
-        tot[j] = _mm512_dpbf16_ps(tot[j], qv, (__m512bh)_mm512_set1_epi32(static_cast<int32_t>(pair)));
-      }
-    }
+    dp_bf16_rows<KJ>(Qp, k.c_res + (s - n_c) * k.c_rsr, k.c_rsr, k.Lp, tot);
   }
   for (int64_t h = 0; h < k.nh2; ++h) {
     const uint32_t* q = Qr + h * k.Rp2 * 16;
-    if (rq) {
-      const uint8_t* base = k.r_codes[h] + s * k.r_sr;
-      for (int64_t i = 0; i < k.Rp2; ++i) {
-        const __m512bh qv = (__m512bh)_mm512_load_si512(q + i * 16);
-        for (int j = 0; j < KJ; ++j)
-          tot[j] = _mm512_dpbf16_ps(tot[j], qv,
-                                    (__m512bh)_mm512_set1_epi32(static_cast<int32_t>(tab[base[j * k.r_sr + i]])));
-      }
-    } else {
-      const uint16_t* base = k.r_res[h] + (s - n_r) * k.r_rsr;
-      for (int64_t i = 0; i < k.Rp2; ++i) {
-        const __m512bh qv = (__m512bh)_mm512_load_si512(q + i * 16);
-        for (int j = 0; j < KJ; ++j) {
-          uint32_t pair;
-          std::memcpy(&pair, base + j * k.r_rsr + 2 * i, 4);
-          tot[j] = _mm512_dpbf16_ps(tot[j], qv, (__m512bh)_mm512_set1_epi32(static_cast<int32_t>(pair)));
-        }
-      }
-    }
+    if (rq) dp_code_rows<KJ>(q, k.r_codes[h] + s * k.r_sr, k.r_sr, k.Rp2, tot);
+    else dp_bf16_rows<KJ>(q, k.r_res[h] + (s - n_r) * k.r_rsr, k.r_rsr, k.Rp2, tot);
   }
   const __m512 bv = rq ? _mm512_load_ps(bias) : _mm512_setzero_ps();
   for (int j = 0; j < KJ; ++j) _mm512_store_ps(St + j * 16, _mm512_mul_ps(_mm512_add_ps(tot[j], bv), c));
@@ -711,31 +747,7 @@ void decode_lanes_q4(const AttnArgs& a, int64_t b, int64_t s0, int64_t s1, const
     for (; j < nb; ++j)
       lane_scores_q4<1>(k, cqb, rqb, j0 + j, cq.n_quant, rq ? rq->n_quant : 0, Qp, Qrot, sumq, ksc + j * ng,
                         kzr + j * ng, bias, St + j * 16, cv);
-    if (!block_fully_visible(a, valid, j0, nb, pmin, pmax)) {
-      for (int64_t jj = 0; jj < nb; ++jj) {
-        const __m512i sv = _mm512_set1_epi32(static_cast<int32_t>(j0 + jj));
-        __mmask16 vis = !valid || valid[j0 + jj] ? _mm512_cmple_epi32_mask(sv, posv) : 0;
-        if (a.window > 0)
-          vis &= _mm512_cmpgt_epi32_mask(sv, _mm512_sub_epi32(posv, _mm512_set1_epi32(static_cast<int32_t>(a.window))));
-        _mm512_store_ps(St + jj * 16, _mm512_mask_mov_ps(_mm512_set1_ps(kNegInf), vis, _mm512_load_ps(St + jj * 16)));
-      }
-    }
-    for (int64_t jj = nb; jj < nb8; ++jj) _mm512_store_ps(St + jj * 16, _mm512_set1_ps(kNegInf));
-    // Online softmax, all rows at once (as decode_lanes).
-    __m512 mx = _mm512_set1_ps(kNegInf);
-    for (int64_t jj = 0; jj < nb8; ++jj) mx = _mm512_max_ps(mx, _mm512_load_ps(St + jj * 16));
-    const __m512 mn = _mm512_max_ps(m, mx);
-    const __m512 mu = _mm512_mask_mov_ps(mn, _mm512_cmp_ps_mask(mn, _mm512_set1_ps(kNegInf), _CMP_EQ_OQ),
-                                         _mm512_setzero_ps());
-    const __m512 al = exp2_ps(_mm512_sub_ps(m, mu));
-    __m512 sum = _mm512_setzero_ps();
-    for (int64_t jj = 0; jj < nb8; ++jj) {
-      const __m512 p = exp2_ps(_mm512_sub_ps(_mm512_load_ps(St + jj * 16), mu));
-      sum = _mm512_add_ps(sum, p);
-      _mm512_store_ps(St + jj * 16, p);
-    }
-    l = _mm512_fmadd_ps(l, al, sum);
-    m = mn;
+    const __m512 al = lanes_block_softmax(a, valid, j0, nb, nb8, pmin, pmax, posv, St, m, l);
     for (int64_t d = 0; d < L; ++d) _mm512_store_ps(acc + d * 16, _mm512_mul_ps(al, _mm512_load_ps(acc + d * 16)));
     for (int64_t g = 0; g < ng; ++g) _mm512_store_ps(pz + g * 16, _mm512_mul_ps(al, _mm512_load_ps(pz + g * 16)));
     const int64_t npairs = (nb + 1) / 2;  // probabilities past nb are 0
@@ -777,14 +789,9 @@ void decode_lanes_q4(const AttnArgs& a, int64_t b, int64_t s0, int64_t s1, const
     }
     j0 = j1;
   }
-  alignas(64) float mv[16], lv[16];
-  _mm512_store_ps(mv, m);
-  _mm512_store_ps(lv, l);
-  for (int64_t r = 0; r < R; ++r) {
-    out.m[r] = mv[r];
-    out.l[r] = lv[r];
-    for (int64_t d = 0; d < L; ++d) out.acc[r * L + d] = acc[d * 16 + r] + pz[(d / G) * 16 + r];
-  }
+  for (int64_t d = 0; d < L; ++d)
+    _mm512_store_ps(acc + d * 16, _mm512_add_ps(_mm512_load_ps(acc + d * 16), _mm512_load_ps(pz + (d / G) * 16)));
+  store_lane_partial(m, l, acc, R, L, out);
 }
 #endif
 
@@ -881,32 +888,7 @@ void decode_lanes(const AttnArgs& a, int64_t b, int64_t s0, int64_t s1, const Pa
     {
       for (int64_t j = 0; j < nb8; j += 8) lane_scores<8>(Qt, Dt, Kb + j * ks, ks, St + j * 16);
     }
-    // Masks: skipped for blocks every row sees whole.
-    if (!block_fully_visible(a, valid, j0, nb, pmin, pmax)) {
-      for (int64_t j = 0; j < nb; ++j) {
-        const __m512i sv = _mm512_set1_epi32(static_cast<int32_t>(j0 + j));
-        __mmask16 vis = !valid || valid[j0 + j] ? _mm512_cmple_epi32_mask(sv, posv) : 0;
-        if (a.window > 0)
-          vis &= _mm512_cmpgt_epi32_mask(sv, _mm512_sub_epi32(posv, _mm512_set1_epi32(static_cast<int32_t>(a.window))));
-        _mm512_store_ps(St + j * 16, _mm512_mask_mov_ps(_mm512_set1_ps(kNegInf), vis, _mm512_load_ps(St + j * 16)));
-      }
-    }
-    for (int64_t j = nb; j < nb8; ++j) _mm512_store_ps(St + j * 16, _mm512_set1_ps(kNegInf));
-    // Online softmax, all rows at once.
-    __m512 mx = _mm512_set1_ps(kNegInf);
-    for (int64_t j = 0; j < nb8; ++j) mx = _mm512_max_ps(mx, _mm512_load_ps(St + j * 16));
-    const __m512 mn = _mm512_max_ps(m, mx);
-    const __m512 mu = _mm512_mask_mov_ps(mn, _mm512_cmp_ps_mask(mn, _mm512_set1_ps(kNegInf), _CMP_EQ_OQ),
-                                         _mm512_setzero_ps());
-    const __m512 al = exp2_ps(_mm512_sub_ps(m, mu));
-    __m512 sum = _mm512_setzero_ps();
-    for (int64_t j = 0; j < nb8; ++j) {
-      const __m512 p = exp2_ps(_mm512_sub_ps(_mm512_load_ps(St + j * 16), mu));
-      sum = _mm512_add_ps(sum, p);
-      _mm512_store_ps(St + j * 16, p);
-    }
-    l = _mm512_fmadd_ps(l, al, sum);
-    m = mn;
+    const __m512 al = lanes_block_softmax(a, valid, j0, nb, nb8, pmin, pmax, posv, St, m, l);
     for (int64_t d = 0; d < Dv; ++d) _mm512_store_ps(acc + d * 16, _mm512_mul_ps(al, _mm512_load_ps(acc + d * 16)));
     int64_t d0 = 0;
 #ifdef __AVX512BF16__
@@ -937,14 +919,7 @@ void decode_lanes(const AttnArgs& a, int64_t b, int64_t s0, int64_t s1, const Pa
     for (; d0 + 8 <= Dv; d0 += 8) lane_pv<8>(St, nb8, Kb, ks, d0, acc);
     for (; d0 < Dv; ++d0) lane_pv<1>(St, nb8, Kb, ks, d0, acc);
   }
-  alignas(64) float mv[16], lv[16];
-  _mm512_store_ps(mv, m);
-  _mm512_store_ps(lv, l);
-  for (int64_t r = 0; r < R; ++r) {
-    out.m[r] = mv[r];
-    out.l[r] = lv[r];
-    for (int64_t d = 0; d < Dv; ++d) out.acc[r * Dv + d] = acc[d * 16 + r];
-  }
+  store_lane_partial(m, l, acc, R, Dv, out);
 }
 
 void decode_split(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, int64_t s1, const Partial& out) {
