@@ -2,7 +2,7 @@
 // only ratios are meaningful), with the machine's read bandwidth and matmul rate measured alongside.
 // Reference and kernel runs alternate; each side reports its fastest run.
 //
-//   bench_kernels [--quick] [--json] [--only prefill|decode|mla|quant|gemv|model]
+//   bench_kernels [--quick] [--json] [--only prefill|decode|mla|mla_q4|quant|gemv|model]
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -164,7 +164,7 @@ void decode(bool quick) {
 
 // --- decode over a quantized cache (random codes: only the traffic matters here) -----------------
 void quant_decode(bool quick) {
-  const int64_t Hq = 9, Hkv = 3, D = 64, S = quick ? 8192 : 32768, R = 64, G = 32;
+  const int64_t Hq = 9, Hkv = 3, D = 64, S = quick ? 8192 : 32768, R = 128, G = 64;  // the runtime's defaults
   const auto dt = torch::kBFloat16;
   for (int bits : {8, 4, 2}) {
     torch::manual_seed(5);
@@ -184,12 +184,16 @@ void quant_decode(bool quick) {
       return static_cast<double>(kv.data.numel() + 2 * kv.scale.numel() * 2 + kv.residual.numel() * 2);
     };
     const double bytes = bytes_of(k) + bytes_of(v);
+    // The same layer's bf16 cache through the bf16 kernel, for the int / bf16 time ratio.
+    auto kb = torch::randn({1, Hkv, S, D}).to(dt), vb = torch::randn({1, Hkv, S, D}).to(dt);
     torch::Tensor o;
     auto t = race({[&] { o = kernels::quantized_decode_reference(q, k, v, S - 1, {}, 0, 0.125); },
-                   [&] { o = kernels::quantized_decode_attention(q, k, v, S - 1, {}, 0, 0.125); }},
+                   [&] { o = kernels::quantized_decode_attention(q, k, v, S - 1, {}, 0, 0.125); },
+                   [&] { o = kernels::decode_attention(q, kb, vb, S - 1, {}, 0, 0.125); }},
                   quick ? 3 : 10, 0.2);
-    char note[96];
-    std::snprintf(note, sizeof note, "int%d, %.0f%% of read bandwidth", bits, 100.0 * bytes / t[1] / 1e9 / read_bw_gbs);
+    char note[128];
+    std::snprintf(note, sizeof note, "int%d, %.0f%% of read bandwidth, int%d / bf16 kernel time %.2f", bits,
+                  100.0 * bytes / t[1] / 1e9 / read_bw_gbs, bits, t[1] / t[2]);
     report({"quant_decode", "SmolLM layer S=" + std::to_string(S), "bf16", t[0] * 1e3, t[1] * 1e3,
             bytes / t[1] / 1e9, 0, note});
   }
@@ -216,6 +220,40 @@ void mla(bool quick) {
       report({"mla_decode", "Hq9 L" + std::to_string(L) + " r" + std::to_string(r) + " S=" + std::to_string(S), dname(dt), t[0] * 1e3, t[1] * 1e3,
               bytes / t[1] / 1e9, flops / t[1] / 1e9, note});
     }
+  }
+}
+
+// --- int4 absorbed MLA decode against bf16, both read in place (the "ref" column is the bf16 kernel) ----------
+// The runtime's int4 cache: latent per token (one group of 64 covers L = 24), rotary keys per channel in groups
+// of 64 tokens, the newest 128 slots in bf16.
+void mla_q4(bool quick) {
+  const int64_t Hq = 9, Hkv = 3, L = 24, r = 8, G = 64, Rs = 128;
+  for (int64_t S : quick ? std::vector<int64_t>{4096} : std::vector<int64_t>{4096, 16384}) {
+    torch::manual_seed(6);
+    const auto dt = torch::kBFloat16;
+    auto q_lat = torch::randn({1, Hq, 1, L}).to(dt), q_rope = torch::randn({1, Hq, 1, r}).to(dt);
+    auto c = torch::randn({1, S, L}).to(dt), k_r = torch::randn({1, Hkv, S, r}).to(dt);
+    auto make = [&](int64_t H, int64_t D, bool per_channel) {
+      kernels::QuantizedKV kv;
+      kv.bits = 4, kv.group = G, kv.per_channel = per_channel, kv.n_quant = S - Rs;
+      kv.data = torch::randint(0, 256, {1, H, S - Rs, (D * 4 + 7) / 8}, torch::kUInt8);
+      const int64_t rows = per_channel ? (S - Rs) / G : S - Rs, cols = per_channel ? D : (D + G - 1) / G;
+      kv.scale = (torch::rand({1, H, rows, cols}) * 0.1).to(torch::kFloat16);
+      kv.zero = (torch::rand({1, H, rows, cols}) - 0.5).to(torch::kFloat16);
+      kv.residual = torch::randn({1, H, Rs, D}).to(dt);
+      return kv;
+    };
+    auto cq = make(1, L, false), kq = make(Hkv, r, true);
+    torch::Tensor o;
+    auto t = race({[&] { o = kernels::mla_decode_attention(q_lat, q_rope, c, k_r, S - 1, {}, 0, 0.1); },
+                   [&] { o = kernels::quantized_mla_decode_attention(q_lat, q_rope, cq, kq, S - 1, {}, 0, 0.1); }},
+                  quick ? 5 : 40, 0.5);
+    const double bytes = static_cast<double>(cq.data.numel() + kq.data.numel() + 2 * (cq.scale.numel() + cq.zero.numel() + kq.scale.numel() + kq.zero.numel()) + 2 * (cq.residual.numel() + kq.residual.numel()));
+    char note[96];
+    std::snprintf(note, sizeof note, "int4 / bf16 time %.2f, %.0f%% of read bandwidth", t[1] / t[0],
+                  100.0 * bytes / t[1] / 1e9 / read_bw_gbs);
+    report({"mla_decode_int4", "Hq9 L24 r8 S=" + std::to_string(S) + " (ref: bf16)", "bf16", t[0] * 1e3, t[1] * 1e3,
+            bytes / t[1] / 1e9, 0, note});
   }
 }
 
@@ -344,7 +382,7 @@ int main(int argc, char** argv) {
           "bench_kernels: CPU kernels (src/kernels) against their references in the same process.\n"
           "  --quick        fewer shapes and repetitions\n"
           "  --json         one JSON object on stdout instead of the table\n"
-          "  --only NAME    prefill | decode | mla | quant | gemv | model\n"
+          "  --only NAME    prefill | decode | mla | mla_q4 | quant | gemv | model\n"
           "MHA2MLA_THREADS sets the thread count; MHA2MLA_KERNELS=generic|avx512 caps the variant.\n");
       return 0;
     } else if (a == "--quick") {
@@ -366,6 +404,7 @@ int main(int argc, char** argv) {
   if (only.empty() || only == "gemv") gemv_many(quick);
   if (only.empty() || only == "decode") decode(quick);
   if (only.empty() || only == "mla") mla(quick);
+  if (only.empty() || only == "mla_q4") mla_q4(quick);
   if (only.empty() || only == "quant") quant_decode(quick);
   if (only.empty() || only == "model") model_decode(quick);
   if (only.empty() || only == "prefill") prefill(quick);

@@ -77,7 +77,7 @@ torch::Tensor dequantize_reference(const QuantizedKV& kv) {
   auto data = kv.data.narrow(2, 0, Sq).to(torch::kInt32);
   auto shifts = torch::arange(0, 8, kv.bits, torch::kInt32);  // value i of a byte at bit i * bits
   auto codes = data.unsqueeze(-1).bitwise_right_shift(shifts).bitwise_and((1 << kv.bits) - 1);
-  codes = codes.reshape({B, H, Sq, -1}).narrow(3, 0, D).to(torch::kFloat32);
+  codes = codes.reshape({B, H, Sq, kv.data.size(3) * per_byte}).narrow(3, 0, D).to(torch::kFloat32);  // Sq may be 0
   torch::Tensor scale, zero;
   if (kv.per_channel) {
     scale = kv.scale.narrow(2, 0, Sq / kv.group).repeat_interleave(kv.group, 2);
@@ -86,7 +86,6 @@ torch::Tensor dequantize_reference(const QuantizedKV& kv) {
     scale = kv.scale.narrow(2, 0, Sq).repeat_interleave(kv.group, 3).narrow(3, 0, D);
     zero = kv.zero.narrow(2, 0, Sq).repeat_interleave(kv.group, 3).narrow(3, 0, D);
   }
-  (void)per_byte;
   auto x = codes * scale.to(torch::kFloat32) + zero.to(torch::kFloat32);
   return torch::cat({x, kv.residual.to(torch::kFloat32)}, 2);
 }

@@ -145,6 +145,40 @@ TEST(KernelQuantAttention, DecodeMatchesReference) {
   }
 }
 
+// The in-place 4-bit path for MHA/GQA in bf16 (keys per channel, values per token): key groups that do not
+// match the kernel's block of 16 slots, keys and values quantized up to different slots, value groups of one
+// vector, one whole row or several, an all-residual cache, and 8-bit values beside 4-bit keys.
+TEST(KernelQuantAttention, Int4KeysPerChannelReadInPlace) {
+  struct Case {
+    int64_t B, Hq, Hkv, T, S, k_nq, k_group, v_nq, v_group, D, window;
+    int v_bits;
+    bool pad;
+  };
+  const std::vector<Case> cases = {
+      {1, 9, 3, 1, 300, 240, 24, 280, 64, 64, 0, 4, false},  // SmolLM: one value group per row
+      {2, 9, 3, 3, 200, 160, 40, 150, 16, 64, 70, 4, true},  // T = 3, window, padded batch
+      {1, 8, 1, 1, 130, 128, 64, 128, 32, 128, 0, 4, false},  // GQA group of 8, four value groups
+      {1, 2, 2, 1, 64, 0, 16, 0, 64, 64, 0, 4, false},        // nothing quantized yet
+      {1, 6, 2, 1, 150, 96, 32, 120, 64, 64, 0, 8, false},    // 8-bit values: dequantized beside in-place keys
+  };
+  const auto dt = torch::kBFloat16;
+  for (const auto& c : cases) {
+    torch::manual_seed(c.S + c.k_group);
+    auto q = torch::randn({c.B, c.Hq, c.T, c.D}).to(dt);
+    auto kx = torch::randn({c.B, c.Hkv, c.S, c.D}), vx = torch::randn({c.B, c.Hkv, c.S, c.D});
+    auto k = quantize(kx, 4, c.k_group, true, c.k_nq, dt);
+    auto v = quantize(vx, c.v_bits, c.v_group, false, c.v_nq, dt);
+    auto valid = c.pad ? left_padded(c.B, c.S, 7) : torch::Tensor();
+    const double scale = 1.0 / std::sqrt(static_cast<double>(c.D));
+    auto want = kernels::quantized_decode_reference(q, k, v, c.S - c.T, valid, c.window, scale);
+    for (auto var : cpu_variants()) {
+      auto got = kernels::quantized_decode_attention(q, k, v, c.S - c.T, valid, c.window, scale, var);
+      expect_close(got, want, dt, kernels::variant_name(var) + " S " + std::to_string(c.S) + " key group " +
+                                      std::to_string(c.k_group) + " value group " + std::to_string(c.v_group));
+    }
+  }
+}
+
 TEST(KernelQuantAttention, BadLayoutIsOneClearError) {
   torch::manual_seed(1);
   auto x = torch::randn({1, 2, 20, 16});
