@@ -13,7 +13,30 @@ namespace {
 void sync_device(const torch::Device& d) {
   if (d.is_cuda()) torch::cuda::synchronize(d.index());
 }
+// Additive mask [B, 1, T, S], built on the device: slot s is visible to new token t when it is valid, not in the
+// future, and (with a sliding window) not too far in the past. Slot offsets equal position offsets within a row.
+torch::Tensor build_mask(const torch::Tensor& valid_slots, int64_t start, int64_t t, int64_t window,
+                         torch::ScalarType dtype, torch::Device device) {
+  const int64_t S = start + t;
+  auto iopt = torch::TensorOptions().dtype(torch::kInt64).device(device);
+  auto q_slot = torch::arange(start, S, iopt).view({t, 1});
+  auto k_slot = torch::arange(0, S, iopt).view({1, S});
+  auto allowed = k_slot <= q_slot;
+  if (window > 0) allowed = allowed & (k_slot > q_slot - window);
+  allowed = allowed.view({1, 1, t, S});
+  if (valid_slots.defined()) allowed = allowed & valid_slots.to(device).view({valid_slots.size(0), 1, 1, S});
+  // A large finite negative rather than -inf, so a fully masked (padding) row never yields NaN.
+  const double neg = dtype == torch::kFloat16 ? -65504.0 : -1e30;
+  auto mask = torch::zeros(allowed.sizes(), torch::TensorOptions().dtype(dtype).device(device));
+  return mask.masked_fill_(allowed.logical_not(), neg);
+}
+
 }  // namespace
+
+const torch::Tensor& AttnContext::mask() const {
+  if (need_mask && !mask_.defined()) mask_ = build_mask(slot_valid, start, new_tokens, window, dtype, device);
+  return mask_;
+}
 
 AttnTimer::AttnTimer(double* acc, const torch::Device& d) : acc_(acc), dev_(d) {
   if (!acc_) return;
@@ -45,18 +68,14 @@ torch::Tensor grouped_attention(const torch::Tensor& q, const torch::Tensor& k, 
 
 torch::Tensor attention_core(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                              const AttnContext& ctx, double scale) {
-  if (ctx.fused) {
-    // Under autocast (bf16 evaluation in training) q comes out of a linear in bf16 while rotated keys may be
-    // f32: compute in q's type, as the reference's autocast matmuls would.
-    const auto t = q.scalar_type();
-    return kernels::attention(q, k.scalar_type() == t ? k : k.to(t), v.scalar_type() == t ? v : v.to(t), ctx.start,
-                              ctx.slot_valid, ctx.window, scale);
-  }
-  if (ctx.causal && torch::GradMode::is_enabled()) {
-    const auto t = q.scalar_type();
-    return causal_attention_blockwise(q, k.scalar_type() == t ? k : k.to(t), v.scalar_type() == t ? v : v.to(t), scale);
-  }
-  return grouped_attention(q, k, v, ctx.mask, scale);
+  const bool blockwise = !ctx.fused && ctx.causal && torch::GradMode::is_enabled();
+  if (!ctx.fused && !blockwise) return grouped_attention(q, k, v, ctx.mask(), scale);
+  // Under autocast (bf16 in training) q comes out of a linear in bf16 while rotated keys may be f32: compute in
+  // q's type, as the reference's autocast matmuls would.
+  const auto t = q.scalar_type();
+  const auto kt = k.scalar_type() == t ? k : k.to(t), vt = v.scalar_type() == t ? v : v.to(t);
+  if (blockwise) return causal_attention_blockwise(q, kt, vt, scale);
+  return kernels::attention(q, kt, vt, ctx.start, ctx.slot_valid, ctx.window, scale);
 }
 
 bool reads_quantized_in_place(const AttnContext& ctx, int64_t T, const SlotBuffer& a, const SlotBuffer& b) {

@@ -17,7 +17,13 @@ namespace mha2mla::model {
 // What a layer needs besides its input; built once per forward by the transformer.
 struct AttnContext {
   torch::Tensor cos, sin;   // [B, T, head_dim] for the new tokens' positions, compute dtype
-  torch::Tensor mask;       // additive [B, 1, T, S] over all S visible slots, compute dtype; undefined = none needed
+  // The additive mask [B, 1, T, S] over all S visible slots, compute dtype, built on first use from the fields
+  // below (undefined when need_mask is false): training with plain causal visibility never reads it.
+  const torch::Tensor& mask() const;
+  bool need_mask = false;
+  int64_t new_tokens = 0;   // T
+  torch::ScalarType dtype = torch::kFloat32;
+  torch::Device device = torch::kCPU;
   // The same visibility as the mask, for kernels that build it on the fly: new token t sits at slot start + t and
   // sees slot s <= start + t that is valid and (with a window) s > start + t − window.
   torch::Tensor slot_valid;  // [B, S] bool on the device; undefined = every slot valid
@@ -31,6 +37,9 @@ struct AttnContext {
   double* attn_seconds = nullptr;  // when set, accumulates the time spent attending over the cache (bench)
   // Optional observer of each layer's attention input (after input_layernorm), e.g. for calibration.
   const std::function<void(int64_t layer, const torch::Tensor& x)>* on_attn_input = nullptr;
+
+ private:
+  mutable torch::Tensor mask_;
 };
 
 // Adds the wall time of its scope to *acc (when acc is set): the attention core of a layer, from the cache
@@ -54,7 +63,7 @@ torch::Tensor grouped_attention(const torch::Tensor& q, const torch::Tensor& k, 
 // The attention core every module calls: q [B, Hq, T, D], k [B, Hkv, S, D], v [B, Hkv, S, Dv] -> [B, Hq, T, Dv].
 // With ctx.fused, the kernels of src/kernels (flash-style prefill, split-KV decoding; visibility from ctx.start,
 // ctx.slot_valid and ctx.window, so no mask is built); when training (grad mode) with plain causal visibility,
-// causal_attention_blockwise, whose memory does not grow with T²; otherwise grouped_attention with ctx.mask.
+// causal_attention_blockwise, whose memory does not grow with T²; otherwise grouped_attention with ctx.mask().
 torch::Tensor attention_core(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                              const AttnContext& ctx, double scale);
 

@@ -9,18 +9,19 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// Additive causal mask of a diagonal tile: row i sees columns 0..i.
-torch::Tensor diagonal_mask(int64_t n) {
-  return torch::full({n, n}, -std::numeric_limits<float>::infinity(), torch::kFloat32).triu(1);
+// Additive causal mask of a diagonal tile, built once per call: row i sees columns 0..i. Its leading n × n
+// corner is the mask of a shorter last tile.
+torch::Tensor diagonal_mask(int64_t n, const torch::Device& device) {
+  return torch::full({n, n}, -std::numeric_limits<float>::infinity(), torch::kFloat32).triu(1).to(device);
 }
 
 // fp32 scores of query block [t0, t0 + n) against keys [0, t0 + n), causally masked:
 // qb [B, Hkv, g·n, D] and kb [B, Hkv, t0 + n, D] -> [B, Hkv, g, n, t0 + n].
 torch::Tensor block_scores(const torch::Tensor& qb, const torch::Tensor& kb, int64_t g, int64_t t0, int64_t n,
-                           double scale) {
+                           double scale, const torch::Tensor& diag) {
   const int64_t B = qb.size(0), Hkv = qb.size(1), t1 = t0 + n;
   auto s = torch::matmul(qb, kb.transpose(2, 3)).to(torch::kFloat32).mul_(scale).view({B, Hkv, g, n, t1});
-  s.narrow(-1, t0, n).add_(diagonal_mask(n).to(s.device()));
+  s.narrow(-1, t0, n).add_(diag.narrow(0, 0, n).narrow(1, 0, n));
   return s;
 }
 
@@ -39,9 +40,10 @@ class BlockwiseCausal : public torch::autograd::Function<BlockwiseCausal> {
     auto qg = q.view({B, Hkv, g, T, D});
     auto out = torch::empty({B, Hkv, g, T, Dv}, q.options());
     auto lse = torch::empty({B, Hkv, g, T}, q.options().dtype(torch::kFloat32));
+    const auto diag = diagonal_mask(std::min(block, T), q.device());
     for (int64_t t0 = 0; t0 < T; t0 += block) {
       const int64_t n = std::min(block, T - t0), t1 = t0 + n;
-      auto s = block_scores(query_block(qg, t0, n), k.narrow(2, 0, t1), g, t0, n, scale);  // [B, Hkv, g, n, t1]
+      auto s = block_scores(query_block(qg, t0, n), k.narrow(2, 0, t1), g, t0, n, scale, diag);  // [B, Hkv, g, n, t1]
       auto m = torch::logsumexp(s, -1, /*keepdim=*/true);                                   // [B, Hkv, g, n, 1]
       auto p = s.sub_(m).exp_().to(v.scalar_type()).view({B, Hkv, g * n, t1});
       out.narrow(3, t0, n).copy_(torch::matmul(p, v.narrow(2, 0, t1)).view({B, Hkv, g, n, Dv}));
@@ -68,11 +70,12 @@ class BlockwiseCausal : public torch::autograd::Function<BlockwiseCausal> {
     auto dk = torch::zeros({B, Hkv, T, D}, q.options().dtype(torch::kFloat32));
     auto dv = torch::zeros({B, Hkv, T, Dv}, q.options().dtype(torch::kFloat32));
     const auto t = q.scalar_type();
+    const auto diag = diagonal_mask(std::min(block, T), q.device());
     for (int64_t t0 = 0; t0 < T; t0 += block) {
       const int64_t n = std::min(block, T - t0), t1 = t0 + n;
       auto qb = query_block(qg, t0, n);
       auto kb = k.narrow(2, 0, t1), vb = v.narrow(2, 0, t1);
-      auto p = block_scores(qb, kb, g, t0, n, scale)
+      auto p = block_scores(qb, kb, g, t0, n, scale, diag)
                    .sub_(lse.narrow(3, t0, n).unsqueeze(-1))
                    .exp_();                                              // [B, Hkv, g, n, t1] fp32
       auto dob = dout.narrow(3, t0, n).reshape({B, Hkv, g * n, Dv});

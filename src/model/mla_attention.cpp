@@ -253,7 +253,7 @@ torch::Tensor MLAAttentionImpl::attend_absorbed(const torch::Tensor& q_r, const 
                            .view({B, n_kv_, g * T, S});                                         // [B, n_kv, g·T, S]
     auto scores_rope = torch::matmul(q_r.reshape({B, n_kv_, g * T, r_}), k_r.transpose(2, 3));  // [B, n_kv, g·T, S]
     auto scores = (scores_nope + scores_rope) * scale;
-    const auto& mask = ctx.mask;
+    const auto& mask = ctx.mask();
     if (mask.defined())
       scores = (scores.view({B, n_kv_, g, T, S}) + mask.view({mask.size(0), 1, 1, T, S})).view({B, n_kv_, g * T, S});
     auto probs = torch::softmax(scores, -1, torch::kFloat32).to(c.scalar_type());

@@ -20,24 +20,6 @@ std::string shape_str(at::IntArrayRef s) {
   return o.str();
 }
 
-// Additive mask [B, 1, T, S], built on the device: slot s is visible to new token t when it is valid, not in the
-// future, and (with a sliding window) not too far in the past. Slot offsets equal position offsets within a row.
-torch::Tensor build_mask(const torch::Tensor& valid_slots, int64_t start, int64_t t, int64_t window,
-                         torch::ScalarType dtype, torch::Device device) {
-  const int64_t S = start + t;
-  auto iopt = torch::TensorOptions().dtype(torch::kInt64).device(device);
-  auto q_slot = torch::arange(start, S, iopt).view({t, 1});
-  auto k_slot = torch::arange(0, S, iopt).view({1, S});
-  auto allowed = k_slot <= q_slot;
-  if (window > 0) allowed = allowed & (k_slot > q_slot - window);
-  allowed = allowed.view({1, 1, t, S});
-  if (valid_slots.defined()) allowed = allowed & valid_slots.to(device).view({valid_slots.size(0), 1, 1, S});
-  // A large finite negative rather than -inf, so a fully masked (padding) row never yields NaN.
-  const double neg = dtype == torch::kFloat16 ? -65504.0 : -1e30;
-  auto mask = torch::zeros(allowed.sizes(), torch::TensorOptions().dtype(dtype).device(device));
-  return mask.masked_fill_(allowed.logical_not(), neg);
-}
-
 }  // namespace
 
 DecoderLayerImpl::DecoderLayerImpl(const io::ModelConfig& c, int64_t layer, const torch::TensorOptions& opt) {
@@ -134,12 +116,12 @@ torch::Tensor TransformerImpl::hidden(const torch::Tensor& ids, KVCache* cache, 
         "sequence position " + std::to_string(last_pos) + " exceeds max_position_embeddings (" +
             std::to_string(cfg_.max_position_embeddings) + ")");
   // A single new token with all slots valid sees everything: no mask needed.
-  bool need_mask = !ctx.fused &&
-                   (T > 1 || !all_valid || (cfg_.sliding_window > 0 && ctx.start + T > cfg_.sliding_window));
+  ctx.need_mask = !ctx.fused &&
+                  (T > 1 || !all_valid || (cfg_.sliding_window > 0 && ctx.start + T > cfg_.sliding_window));
   if (!all_valid) ctx.slot_valid = slots_valid.to(device_);
   ctx.window = cfg_.sliding_window;
   ctx.causal = !cache && all_valid && (ctx.window <= 0 || T <= ctx.window);
-  if (need_mask) ctx.mask = build_mask(ctx.slot_valid, ctx.start, T, cfg_.sliding_window, dtype_, device_);
+  ctx.new_tokens = T, ctx.dtype = dtype_, ctx.device = device_;
   std::tie(ctx.cos, ctx.sin) = rope_cos_sin(inv_freq_, positions, dtype_);
 
   auto h = model->embed_tokens(dev_ids);
