@@ -1023,8 +1023,8 @@ void decode_split_bf16(const AttnArgs& a, const QuantDesc& kq, const QuantDesc& 
   const int64_t pmin = a.start, pmax = a.start + a.T - 1;
   const int64_t lo = imax(s0, a.window > 0 ? pmin - a.window + 1 : 0), hi = imin(s1, imin(a.S, pmax + 1));
   const bool* valid = a.valid ? a.valid + b * a.S : nullptr;
-  const uint8_t* kcodes = kq.data + b * kq.d_sb + kv0 * kq.d_sh;
-  const uint8_t* vcodes = vq.data + b * vq.d_sb + kv0 * vq.d_sh;
+  const uint8_t* kcodes = kq.data ? kq.data + b * kq.d_sb + kv0 * kq.d_sh : nullptr;  // null: a bf16 cache
+  const uint8_t* vcodes = vq.data ? vq.data + b * vq.d_sb + kv0 * vq.d_sh : nullptr;
   const int64_t ksb = b * kq.s_sb + kv0 * kq.s_sh, vsb = b * vq.s_sb + kv0 * vq.s_sh;
   int64_t key_group = -1;  // the group of slots whose scales Qs and bias hold
   for (int64_t j0 = lo; j0 < hi;) {

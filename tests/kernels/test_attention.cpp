@@ -145,6 +145,7 @@ TEST(KernelAttention, DecodeMatchesReference) {
       {3, 6, 2, 1, 45, 44, 64, 64, 0, 1},      // padded batch (last row all padding up to start+2)
       {2, 4, 2, 3, 600, 597, 64, 64, 100, 0},  // a few tokens with a window
       {2, 3, 1, 2, 77, 75, 40, 24, 0, 1},      // D and Dv tails
+      {1, 6, 2, 1, 200, 199, 64, 48, 0, 0},    // Dv != D on the bf16 pairs path (D a multiple of 32)
   };
   for (auto dt : {torch::kFloat32, torch::kBFloat16, torch::kFloat16}) {
     for (const auto& c : cases) {
