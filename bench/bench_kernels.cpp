@@ -383,7 +383,7 @@ int main(int argc, char** argv) {
           "  --quick        fewer shapes and repetitions\n"
           "  --json         one JSON object on stdout instead of the table\n"
           "  --only NAME    prefill | decode | mla | mla_q4 | quant | gemv | model\n"
-          "MHA2MLA_THREADS sets the thread count; MHA2MLA_KERNELS=generic|avx512 caps the variant.\n");
+          "MHA2MLA_THREADS sets the thread count; MHA2MLA_KERNELS=generic|avx2|avx512 caps the variant.\n");
       return 0;
     } else if (a == "--quick") {
       quick = true;

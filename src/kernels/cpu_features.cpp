@@ -10,6 +10,16 @@
 
 namespace mha2mla::kernels {
 
+bool cpu_has_avx2() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool ok =
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  return ok;
+#else
+  return false;
+#endif
+}
+
 bool cpu_has_avx512() {
 #if defined(__x86_64__) && defined(__GNUC__)
   static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -35,6 +45,7 @@ std::string variant_name(Variant v) {
     case Variant::Auto: return "auto";
     case Variant::Reference: return "reference";
     case Variant::Generic: return "generic";
+    case Variant::Avx2: return "avx2";
     case Variant::Avx512: return "avx512";
     case Variant::Avx512Bf16: return "avx512bf16";
   }
@@ -43,20 +54,22 @@ std::string variant_name(Variant v) {
 
 Variant resolve_variant(Variant v) {
   if (v == Variant::Auto) {
-    // Without AVX-512 the libtorch reference (vectorised BLAS) beats the scalar portable kernels,
+    // Without AVX2 the libtorch reference (vectorised BLAS) beats the scalar portable kernels,
     // which remain for correctness checks (MHA2MLA_KERNELS=generic).
     Variant best = cpu_has_avx512_bf16() ? Variant::Avx512Bf16
                    : cpu_has_avx512()    ? Variant::Avx512
+                   : cpu_has_avx2()      ? Variant::Avx2
                                          : Variant::Reference;
     if (const char* env = std::getenv("MHA2MLA_KERNELS")) {
       std::string e(env);
       if (e == "reference") return Variant::Reference;
       if (e == "generic") return Variant::Generic;
       if (e == "avx512" && best == Variant::Avx512Bf16) return Variant::Avx512;
+      if (e == "avx2" && best != Variant::Reference) return Variant::Avx2;
     }
     return best;
   }
-  if ((v == Variant::Avx512 && !cpu_has_avx512()) || (v == Variant::Avx512Bf16 && !cpu_has_avx512_bf16()))
+  if ((v == Variant::Avx2 && !cpu_has_avx2()) || (v == Variant::Avx512 && !cpu_has_avx512()) || (v == Variant::Avx512Bf16 && !cpu_has_avx512_bf16()))
     throw std::runtime_error("kernels: this CPU cannot run the " + variant_name(v) + " variant");
   return v;
 }

@@ -7,14 +7,16 @@
 namespace mha2mla::kernels {
 
 // Kernel implementations, most portable first. Auto picks the fastest one the CPU supports.
-enum class Variant { Auto, Reference, Generic, Avx512, Avx512Bf16 };
+enum class Variant { Auto, Reference, Generic, Avx2, Avx512, Avx512Bf16 };
 
+bool cpu_has_avx2();        // AVX2, FMA and F16C
 bool cpu_has_avx512();      // AVX512F + BW + VL + DQ and FMA
 bool cpu_has_avx512_bf16(); // the above plus AVX512_BF16 (vdpbf16ps)
 
-// Auto -> the best supported variant (the libtorch reference on CPUs without AVX-512);
-// MHA2MLA_KERNELS=generic|avx512|reference overrides it (benchmarks and bug hunts). An explicit
-// variant the CPU lacks is refused with an error.
+// Auto -> the best supported variant (the libtorch reference on CPUs without AVX2);
+// MHA2MLA_KERNELS=generic|avx2|avx512|reference caps it (benchmarks and bug hunts). An explicit
+// variant the CPU lacks is refused with an error. The AVX2 variant has GEMV and decode attention (every
+// cache type); its prompts run the libtorch reference.
 Variant resolve_variant(Variant v);
 std::string variant_name(Variant v);
 

@@ -51,6 +51,18 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch
   return linear_many(x, {w}, {b}, variant)[0];
 }
 
+torch::Tensor linear_matmul(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, Variant variant) {
+  const auto t = x.scalar_type();
+  const bool half = t == torch::kBFloat16 || t == torch::kFloat16;
+  if (!half || !x.device().is_cpu() || w.scalar_type() != t || cpu_has_avx512() ||
+      resolve_variant(variant) == Variant::Reference)
+    return torch::linear(x, w, b);
+  // Exact products of 16-bit values, summed in f32 and rounded once: what a bf16 GEMM with f32 accumulation
+  // computes, at f32 GEMM speed.
+  auto f = [](const torch::Tensor& u) { return u.defined() ? u.to(torch::kFloat32) : u; };
+  return torch::linear(f(x), f(w), f(b)).to(t);
+}
+
 std::vector<torch::Tensor> linear_many(const torch::Tensor& x_in, const std::vector<torch::Tensor>& ws,
                                        const std::vector<torch::Tensor>& bs, Variant variant) {
   auto bias_of = [&](size_t i) { return i < bs.size() ? bs[i] : torch::Tensor(); };
@@ -59,7 +71,7 @@ std::vector<torch::Tensor> linear_many(const torch::Tensor& x_in, const std::vec
   if (fused) variant = resolve_variant(variant);
   std::vector<torch::Tensor> ys;
   if (!fused || variant == Variant::Reference) {
-    for (size_t i = 0; i < ws.size(); ++i) ys.push_back(torch::linear(x_in, ws[i], bias_of(i)));
+    for (size_t i = 0; i < ws.size(); ++i) ys.push_back(linear_matmul(x_in, ws[i], bias_of(i), variant));
     return ys;
   }
   auto x = x_in.contiguous();
@@ -84,6 +96,7 @@ std::vector<torch::Tensor> linear_many(const torch::Tensor& x_in, const std::vec
   }
   GemvRows f = variant == Variant::Avx512Bf16 ? avx512bf16::gemv_rows
                : variant == Variant::Avx512   ? avx512::gemv_rows
+               : variant == Variant::Avx2     ? avx2::gemv_rows
                                               : generic::gemv_rows;
   // One parallel region for all the matrices (q, k and v; gate and up): the threads meet once, not per
   // matrix. Blocks of output features sized so each thread streams a large contiguous part of W.

@@ -24,5 +24,6 @@ using GemvRows = void (*)(const GemvArgs&, int64_t o0, int64_t o1);
 namespace generic { void gemv_rows(const GemvArgs&, int64_t o0, int64_t o1); }
 namespace avx512 { void gemv_rows(const GemvArgs&, int64_t o0, int64_t o1); }
 namespace avx512bf16 { void gemv_rows(const GemvArgs&, int64_t o0, int64_t o1); }
+namespace avx2 { void gemv_rows(const GemvArgs&, int64_t o0, int64_t o1); }
 
 }  // namespace mha2mla::kernels

@@ -1,6 +1,7 @@
 #pragma once
-// Scalar bf16/f16 <-> f32 conversions. Internal linkage on purpose: this header is also compiled
-// with -mavx512*, and a shared inline copy could end up in code run on CPUs without it.
+// Scalar bf16/f16 <-> f32 conversions and element access, and the constants the SIMD headers share. Internal
+// linkage on purpose: this header is also compiled with -mavx512* and -mavx2, and a shared inline copy could
+// end up in code run on CPUs without them.
 #include <cstdint>
 #include <cstring>
 
@@ -83,6 +84,12 @@ inline void store_elem(void* p, int64_t i, DType t, float x) {
     case DType::F16: static_cast<uint16_t*>(p)[i] = f32_to_f16(x); break;
   }
 }
+
+// Taylor series of 2^f = e^(f ln2) to degree 7, highest power first: error < 1e-8 on [-0.5, 0.5]. Shared by the
+// SIMD exp2 of every instruction set (simd_avx512.h, simd_avx2.h).
+constexpr float kExp2Taylor[8] = {1.5252733804059840e-5f, 1.5403530393381610e-4f, 1.3333558146428443e-3f,
+                                  9.6181291076284772e-3f, 5.5504108664821580e-2f, 2.4022650695910071e-1f,
+                                  6.9314718055994531e-1f, 1.f};
 
 inline int64_t elem_size(DType t) { return t == DType::F32 ? 4 : 2; }
 

@@ -29,15 +29,8 @@ inline __m512 exp2_ps(__m512 x) {
   x = _mm512_min_ps(x, _mm512_set1_ps(127.f));
   const __m512 xi = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m512 f = _mm512_sub_ps(x, xi);  // [-0.5, 0.5]
-  // Taylor series of 2^f = e^(f ln2) to degree 7: error < 1e-8 on [-0.5, 0.5].
-  __m512 p = _mm512_set1_ps(1.5252733804059840e-5f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.5403530393381610e-4f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558146428443e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076284772e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108664821580e-2f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650695910071e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718055994531e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
+  __m512 p = _mm512_set1_ps(kExp2Taylor[0]);
+  for (int i = 1; i < 8; ++i) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kExp2Taylor[i]));
   return _mm512_maskz_mov_ps(live, _mm512_scalef_ps(p, xi));
 }
 

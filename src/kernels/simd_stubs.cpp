@@ -1,5 +1,5 @@
-// Stand-ins for the AVX-512 kernels on other architectures, where those files are not built.
-// resolve_variant() never picks them there (cpu_has_avx512() is false); they run the portable code.
+// Stand-ins for the AVX-512 and AVX2 kernels on other architectures, where those files are not built.
+// resolve_variant() never picks them there (cpu_has_avx2() is false); they run the portable code.
 #if !defined(__x86_64__)
 #include "kernels/attention_args.h"
 #include "kernels/gemv_args.h"
@@ -13,5 +13,9 @@ namespace avx512bf16 {
 const AttnKernels kAttn = generic::kAttn;
 void gemv_rows(const GemvArgs& a, int64_t o0, int64_t o1) { generic::gemv_rows(a, o0, o1); }
 }  // namespace avx512bf16
+namespace avx2 {
+const AttnKernels kAttn = generic::kAttn;
+void gemv_rows(const GemvArgs& a, int64_t o0, int64_t o1) { generic::gemv_rows(a, o0, o1); }
+}  // namespace avx2
 }  // namespace mha2mla::kernels
 #endif

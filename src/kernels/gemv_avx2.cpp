@@ -1,0 +1,108 @@
+// AVX2 y = x W^T + b (f32 arithmetic for every storage type), for CPUs without AVX-512. Compiled with
+// -mavx2 -mfma -mf16c; called only when cpu_has_avx2(). Same structure as gemv_avx512_impl.h: W streamed
+// once per pass of up to 4 rows of x, blocks of output features kept in registers, rows prefetched ahead.
+#include "kernels/gemv_args.h"
+#include "kernels/simd_avx2.h"
+
+namespace mha2mla::kernels::avx2 {
+namespace {
+
+constexpr int64_t kPrefetchRows = 16;
+
+inline void prefetch_rows(const char* w, int rows, int64_t stride_bytes, int64_t byte) {
+  for (int r = 0; r < rows; ++r) _mm_prefetch(w + (kPrefetchRows + r) * stride_bytes + byte, _MM_HINT_T0);
+}
+
+// bf16 -> f32 by interleaving with zeros: 16 weights become two vectors in the order
+// [0-3, 8-11] and [4-7, 12-15] (vpunpck works within 128-bit lanes), so x is stored permuted to match.
+inline void permute_x16(const float* x, float* xp) {
+  for (int k = 0; k < 4; ++k) xp[k] = x[k], xp[4 + k] = x[8 + k], xp[8 + k] = x[4 + k], xp[12 + k] = x[12 + k];
+}
+
+// acc[r][j] = sum_i W[o+r][i] x[j][i] over i in [0, in16) (a multiple of 16); X holds the N rows of x as f32,
+// permuted per 16 for bf16. Returns the sums in out.
+template <int RB, int N>
+inline void block(const GemvArgs& a, const float* X, int64_t xs, int64_t in16, int64_t o, float out[RB][N]) {
+  __m256 acc[RB][N];
+  for (int r = 0; r < RB; ++r)
+    for (int j = 0; j < N; ++j) acc[r][j] = _mm256_setzero_ps();
+  const int64_t es = elem_size(a.dtype), rs = a.w_stride * es;
+  const char* w = static_cast<const char*>(a.w) + o * rs;
+  const __m256i zero = _mm256_setzero_si256();
+  for (int64_t i = 0; i < in16; i += 16) {
+    if ((i * es) % 64 == 0) prefetch_rows(w, RB, rs, i * es);
+    for (int r = 0; r < RB; ++r) {
+      const char* p = w + r * rs + i * es;
+      __m256 w0, w1;
+      if (a.dtype == DType::BF16) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+        w0 = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, v));
+        w1 = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, v));
+      } else {
+        w0 = load8(p, a.dtype), w1 = load8(p + 8 * es, a.dtype);
+      }
+      for (int j = 0; j < N; ++j) {  // x from L1: 16 ymm registers do not hold x as well for N > 1
+        acc[r][j] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(X + j * xs + i), acc[r][j]);
+        acc[r][j] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(X + j * xs + i + 8), acc[r][j]);
+      }
+    }
+  }
+  for (int r = 0; r < RB; ++r)
+    for (int j = 0; j < N; ++j) out[r][j] = hsum8(acc[r][j]);
+}
+
+template <int RB, int N>
+inline void block_store(const GemvArgs& a, const float* X, int64_t xs, int64_t in16, int64_t j0, int64_t o) {
+  float out[RB][N];
+  block<RB, N>(a, X, xs, in16, o, out);
+  const int64_t es = elem_size(a.dtype);
+  for (int r = 0; r < RB; ++r) {
+    const char* w = static_cast<const char*>(a.w) + (o + r) * a.w_stride * es;
+    const float bias = a.bias ? load_elem(a.bias, o + r, a.dtype) : 0.f;
+    for (int j = 0; j < N; ++j) {
+      float s = out[r][j];
+      const char* x = static_cast<const char*>(a.x) + (j0 + j) * a.in * es;
+      for (int64_t i = in16; i < a.in; ++i) s += load_elem(w, i, a.dtype) * load_elem(x, i, a.dtype);  // tail
+      store_elem(a.y, (j0 + j) * a.out + o + r, a.dtype, s + bias);
+    }
+  }
+}
+
+template <int N>
+void rows_pass(const GemvArgs& a, const float* X, int64_t xs, int64_t in16, int64_t j0, int64_t o0, int64_t o1) {
+  constexpr int RB = N == 1 ? 6 : N == 2 ? 4 : 3;
+  int64_t o = o0;
+  for (; o + RB <= o1; o += RB) block_store<RB, N>(a, X, xs, in16, j0, o);
+  for (; o < o1; ++o) block_store<1, N>(a, X, xs, in16, j0, o);
+}
+
+}  // namespace
+
+void gemv_rows(const GemvArgs& a, int64_t o0, int64_t o1) {
+  const int64_t in16 = a.in / 16 * 16, es = elem_size(a.dtype);
+  // x as f32 (permuted for bf16), one row of in16 values per row of x; a few KB, on the stack of each caller.
+  constexpr int64_t kStack = 4 * 4096;
+  float stack_buf[kStack];
+  float* X = in16 * 4 <= kStack ? stack_buf : new float[in16 * 4];
+  for (int64_t j0 = 0; j0 < a.n; j0 += 4) {
+    const int64_t nr = a.n - j0 >= 4 ? 4 : a.n - j0;
+    for (int64_t j = 0; j < nr; ++j) {
+      const char* x = static_cast<const char*>(a.x) + (j0 + j) * a.in * es;
+      for (int64_t i = 0; i < in16; i += 16) {
+        float t[16];
+        for (int k = 0; k < 16; ++k) t[k] = load_elem(x, i + k, a.dtype);
+        if (a.dtype == DType::BF16) permute_x16(t, X + j * in16 + i);
+        else std::memcpy(X + j * in16 + i, t, sizeof t);
+      }
+    }
+    switch (nr) {
+      case 1: rows_pass<1>(a, X, in16, in16, j0, o0, o1); break;
+      case 2: rows_pass<2>(a, X, in16, in16, j0, o0, o1); break;
+      case 3: rows_pass<3>(a, X, in16, in16, j0, o0, o1); break;
+      default: rows_pass<4>(a, X, in16, in16, j0, o0, o1); break;
+    }
+  }
+  if (X != stack_buf) delete[] X;
+}
+
+}  // namespace mha2mla::kernels::avx2
