@@ -40,8 +40,8 @@ void check_case(const Case& c) {
   };
   auto gr = grads(ref, {q, k, v}), gg = grads(got, {q, k, v});
   // The truth: the masked reference in f32 on the same (rounded) inputs. In bf16 both paths round their
-  // matmuls, at different points and with CPU-dependent accumulation (AVX-512 vs AVX2 kernels), so the
-  // blockwise gradients are held to the f32 truth, within the reference's own error plus one bf16 step.
+  // matmuls, at different points and with CPU-dependent accumulation (the bf16 reference itself is 0.5-4 %
+  // off on an AVX2 CPU), so the blockwise gradients are held to the f32 truth, not to the bf16 reference.
   auto q32 = q.detach().to(torch::kFloat32).requires_grad_(true), k32 = k.detach().to(torch::kFloat32).requires_grad_(true),
        v32 = v.detach().to(torch::kFloat32).requires_grad_(true);
   auto g32 = grads(model::grouped_attention(q32, k32, v32, mask.to(torch::kFloat32), scale), {q32, k32, v32});
@@ -50,7 +50,7 @@ void check_case(const Case& c) {
     auto t = g32[i], size = g32[i].abs().max().clamp_min(1e-12);
     const double err_got = ((gg[i].to(torch::kFloat32) - t).abs().max() / size).item<double>();
     const double err_ref = ((gr[i].to(torch::kFloat32) - t).abs().max() / size).item<double>();
-    const double tol = f32 ? 1e-5 : err_ref + 1.0 / 128;
+    const double tol = f32 ? 1e-5 : 3e-2;
     EXPECT_LT(err_got, tol) << names[i] << " hkv=" << c.hkv << " g=" << c.g << " T=" << c.T
                             << " (reference's own error " << err_ref << ")";
   }
