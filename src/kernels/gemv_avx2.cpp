@@ -1,6 +1,8 @@
 // AVX2 y = x W^T + b (f32 arithmetic for every storage type), for CPUs without AVX-512. Compiled with
 // -mavx2 -mfma -mf16c; called only when cpu_has_avx2(). Same structure as gemv_avx512_impl.h: W streamed
 // once per pass of up to 4 rows of x, blocks of output features kept in registers, rows prefetched ahead.
+#include <vector>
+
 #include "kernels/gemv_args.h"
 #include "kernels/simd_avx2.h"
 
@@ -80,10 +82,10 @@ void rows_pass(const GemvArgs& a, const float* X, int64_t xs, int64_t in16, int6
 
 void gemv_rows(const GemvArgs& a, int64_t o0, int64_t o1) {
   const int64_t in16 = a.in / 16 * 16, es = elem_size(a.dtype);
-  // x as f32 (permuted for bf16), one row of in16 values per row of x; a few KB, on the stack of each caller.
-  constexpr int64_t kStack = 4 * 4096;
-  float stack_buf[kStack];
-  float* X = in16 * 4 <= kStack ? stack_buf : new float[in16 * 4];
+  // x as f32 (permuted for bf16), up to 4 rows of in16 values; grown once per thread and reused.
+  thread_local std::vector<float> xbuf;
+  if (static_cast<int64_t>(xbuf.size()) < in16 * 4) xbuf.resize(in16 * 4);
+  float* X = xbuf.data();
   for (int64_t j0 = 0; j0 < a.n; j0 += 4) {
     const int64_t nr = a.n - j0 >= 4 ? 4 : a.n - j0;
     for (int64_t j = 0; j < nr; ++j) {
@@ -102,7 +104,6 @@ void gemv_rows(const GemvArgs& a, int64_t o0, int64_t o1) {
       default: rows_pass<4>(a, X, in16, in16, j0, o0, o1); break;
     }
   }
-  if (X != stack_buf) delete[] X;
 }
 
 }  // namespace mha2mla::kernels::avx2
