@@ -4,9 +4,8 @@
 //
 // Decode over a split [s0, s1) of the keys for the g·T query rows of one work item, 8 keys per block:
 //   each key row is converted to f32 once per block (bf16/f16, or dequantized from 2/4/8-bit codes; f32 rows of
-//   a multiple of 8 are read in place)
-//   and shared by every query row, scores come from one reduce8 per row and block, and the online softmax
-//   rescales the row's accumulator, kept in registers for each 8-wide chunk of the value width.
+//   a multiple of 8 are read in place) and shared by every query row; scores come from one reduce8 per row and
+//   block, and the online softmax rescales the row's accumulator one 8-wide chunk of the value width at a time.
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -63,7 +62,7 @@ inline void quant_row_to_f32(const QuantDesc& q, const CodeUnpack& u, DType t, i
     return;
   }
   const uint8_t* row = q.data + b * q.d_sb + h * q.d_sh + s * q.d_sr;
-  const int bits = q.bits, per_byte = 8 / bits;
+  const int bits = q.bits;
   const int64_t n8 = n / 8 * 8;
   const uint16_t* sc = q.scale + b * q.s_sb + h * q.s_sh;
   const uint16_t* zp = q.zero + b * q.s_sb + h * q.s_sh;
@@ -81,14 +80,8 @@ inline void quant_row_to_f32(const QuantDesc& q, const CodeUnpack& u, DType t, i
       const __m256 scv = _mm256_set1_ps(_cvtsh_ss(sc[d / q.group])), zv = _mm256_set1_ps(_cvtsh_ss(zp[d / q.group]));
       _mm256_storeu_ps(dst + d, _mm256_fmadd_ps(u.codes8(row + d * bits / 8), scv, zv));
     }
-  } else {
-    sc += s * q.s_sr, zp += s * q.s_sr;
   }
-  for (; d < n; ++d) {  // the rest, one value at a time
-    const int64_t gi = q.per_channel ? d : d / q.group;
-    const float code = static_cast<float>((row[d / per_byte] >> ((d % per_byte) * bits)) & ((1 << bits) - 1));
-    dst[d] = code * _cvtsh_ss(sc[gi]) + _cvtsh_ss(zp[gi]);
-  }
+  for (; d < n; ++d) dst[d] = quant_elem(q, t, b, h, s, d);  // the rest, one value at a time
   for (d = n; d < round_up8(n); ++d) dst[d] = 0.f;
 }
 
@@ -179,9 +172,8 @@ void decode_split(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, int64_t
     if (hi[r] > s1) hi[r] = s1;
   }
   const __m256 iota = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
-  BlockRows K1, V, K2[16];
-  std::vector<BlockRows> K2v(nkv > 16 ? nkv : 0);
-  BlockRows* k2 = nkv > 16 ? K2v.data() : K2;
+  BlockRows K1, V;
+  std::vector<BlockRows> k2(a.D2 ? nkv : 0);
   for (int64_t j0 = s0; j0 < s1; j0 += kBlk) {
     const int64_t nb = s1 - j0 < kBlk ? s1 - j0 : kBlk;
     // Keys the batch row holds (valid), as a lane mask.
@@ -194,12 +186,12 @@ void decode_split(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, int64_t
     block_rows(k1src, a.dtype, b, kv0, j0, nb, a.D1, K1b, zeros, &K1);
     if (v_is_k) V = K1;
     else block_rows(vsrc, a.dtype, b, kv0, j0, nb, a.Dv, Vb, zeros, &V);
-    for (int64_t i = 0; i < (a.D2 ? nkv : 0); ++i)
+    for (int64_t i = 0; i < static_cast<int64_t>(k2.size()); ++i)
       block_rows(k2src, a.dtype, b, kv0 + i, j0, nb, a.D2, K2b + i * kBlk * D2p, zeros, &k2[i]);
     const __m256 idx = _mm256_add_ps(_mm256_set1_ps(static_cast<float>(j0)), iota);
     for (int64_t r = 0; r < R; ++r) {
       const int64_t l = lo[r], hh = hi[r] < j0 + nb ? hi[r] : j0 + nb;
-      if (l >= hh || j0 >= hh || j0 + nb <= l) continue;  // the row sees no key of this block
+      if (l >= hh || j0 >= hh) continue;  // the row sees no key of this block
       __m256 acc[kBlk];
       for (auto& x : acc) x = _mm256_setzero_ps();
       block_dots(Q1 + r * D1p, K1, D1p, acc);

@@ -69,7 +69,8 @@ Variant resolve_variant(Variant v) {
     }
     return best;
   }
-  if ((v == Variant::Avx2 && !cpu_has_avx2()) || (v == Variant::Avx512 && !cpu_has_avx512()) || (v == Variant::Avx512Bf16 && !cpu_has_avx512_bf16()))
+  if ((v == Variant::Avx2 && !cpu_has_avx2()) || (v == Variant::Avx512 && !cpu_has_avx512()) ||
+      (v == Variant::Avx512Bf16 && !cpu_has_avx512_bf16()))
     throw std::runtime_error("kernels: this CPU cannot run the " + variant_name(v) + " variant");
   return v;
 }

@@ -89,12 +89,12 @@ void gemv_rows(const GemvArgs& a, int64_t o0, int64_t o1) {
   for (int64_t j0 = 0; j0 < a.n; j0 += 4) {
     const int64_t nr = a.n - j0 >= 4 ? 4 : a.n - j0;
     for (int64_t j = 0; j < nr; ++j) {
-      const char* x = static_cast<const char*>(a.x) + (j0 + j) * a.in * es;
-      for (int64_t i = 0; i < in16; i += 16) {
+      float* xr = X + j * in16;
+      row_to_f32(static_cast<const char*>(a.x) + (j0 + j) * a.in * es, a.dtype, in16, xr);
+      for (int64_t i = 0; a.dtype == DType::BF16 && i < in16; i += 16) {
         float t[16];
-        for (int k = 0; k < 16; ++k) t[k] = load_elem(x, i + k, a.dtype);
-        if (a.dtype == DType::BF16) permute_x16(t, X + j * in16 + i);
-        else std::memcpy(X + j * in16 + i, t, sizeof t);
+        std::memcpy(t, xr + i, sizeof t);
+        permute_x16(t, xr + i);
       }
     }
     switch (nr) {
