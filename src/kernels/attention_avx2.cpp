@@ -2,10 +2,15 @@
 // -mavx2 -mfma -mf16c; called only when cpu_has_avx2(). Decode only: prompts take the libtorch reference on
 // these CPUs (kernels_for(Variant::Avx2).prefill_tile is null).
 //
-// Decode over a split [s0, s1) of the keys for the g·T query rows of one work item, 8 keys per block:
-//   each key row is converted to f32 once per block (bf16/f16, or dequantized from 2/4/8-bit codes; f32 rows of
-//   a multiple of 8 are read in place) and shared by every query row; scores come from one reduce8 per row and
-//   block, and the online softmax rescales the row's accumulator one 8-wide chunk of the value width at a time.
+// Decode over a split [s0, s1) of the keys for the R = g·T query rows of one work item, in one of two shapes:
+//   narrow (R < 6: MHA, small GQA groups), 8 keys per block: each key row is converted to f32 once per block
+//     (bf16/f16, or dequantized from 2/4/8-bit codes; f32 rows of a multiple of 8 are read in place) and shared
+//     by every query row; scores come from one reduce8 per row and block;
+//   wide (R >= 6: absorbed MLA, GQA groups of 6 and more), 32 keys per block: the block is converted and
+//     transposed once, so scores and the weighted sum are two small register-tiled matrix products with no
+//     horizontal sums (see decode_split_wide).
+// Both keep an online softmax per row in the log2 domain.
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -85,11 +90,13 @@ inline void quant_row_to_f32(const QuantDesc& q, const CodeUnpack& u, DType t, i
   for (d = n; d < round_up8(n); ++d) dst[d] = 0.f;
 }
 
-// Rows of a block of keys as f32: in place (f32 rows whose width is a multiple of 8) or converted into buf
+// Rows of a block of N keys as f32: in place (f32 rows whose width is a multiple of 8) or converted into buf
 // with zero padding to round_up8(n). Missing keys (j >= nb) point at a zero row.
-struct BlockRows {
-  const float* row[kBlk];
+template <int64_t N>
+struct Rows {
+  const float* row[N];
 };
+using BlockRows = Rows<kBlk>;
 
 // Where a block's rows come from: a plain operand, or a quantized buffer when q is set.
 struct Source {
@@ -99,11 +106,12 @@ struct Source {
   Source(const Operand* o, const QuantDesc* qd) : op(o), q(qd), unpack(qd ? qd->bits : 8) {}
 };
 
-inline void block_rows(const Source& src, DType t, int64_t b, int64_t h, int64_t j0, int64_t nb, int64_t n,
-                       float* buf, const float* zeros, BlockRows* out) {
+template <int64_t N>
+void block_rows(const Source& src, DType t, int64_t b, int64_t h, int64_t j0, int64_t nb, int64_t n, float* buf,
+                const float* zeros, Rows<N>* out) {
   const int64_t np = round_up8(n);
   const bool direct = !src.q && t == DType::F32 && n % 8 == 0;
-  for (int64_t j = 0; j < kBlk; ++j) {
+  for (int64_t j = 0; j < N; ++j) {
     if (j >= nb) {
       out->row[j] = zeros;
       continue;
@@ -114,7 +122,7 @@ inline void block_rows(const Source& src, DType t, int64_t b, int64_t h, int64_t
       continue;
     }
     const char* p = row_ptr(*src.op, t, b, h, j0 + j);
-    _mm_prefetch(p + 4 * kBlk * src.op->sr * elem_size(t), _MM_HINT_T0);  // the same key 4 blocks ahead
+    _mm_prefetch(p + 32 * src.op->sr * elem_size(t), _MM_HINT_T0);  // the same key 32 slots ahead
     if (direct) {
       out->row[j] = reinterpret_cast<const float*>(p);
     } else {
@@ -132,86 +140,140 @@ inline void block_dots(const float* q, const BlockRows& k, int64_t n, __m256* ac
   }
 }
 
-void decode_split(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, int64_t s1, const Partial& out) {
-  const int64_t g = a.Hq / a.groups, R = g * a.T, h0 = grp * g, per_kv = a.Hq / a.Hkv;
-  const int64_t D1p = round_up8(a.D1), D2p = round_up8(a.D2), Dvp = round_up8(a.Dv);
-  const int64_t kv0 = h0 / per_kv, nkv = (h0 + g - 1) / per_kv - kv0 + 1;  // KV heads of the rows (k2)
-  const Source k1src{&a.k1, a.kq}, vsrc{&a.v, a.vq}, k2src{&a.k2, a.k2q};
-  // MLA: the latent is key and value, converted once.
-  const bool v_is_k = a.Dv == a.D1 && (a.kq ? a.vq == a.kq
-                                            : !a.vq && a.v.p == a.k1.p && a.v.sb == a.k1.sb && a.v.sh == a.k1.sh &&
-                                                  a.v.sr == a.k1.sr);
-  const int64_t wmax = D1p > D2p ? (D1p > Dvp ? D1p : Dvp) : (D2p > Dvp ? D2p : Dvp);
+// The query rows of one work item, shared by both block shapes: rows in f32, in the log2 domain with the scale
+// folded in and zero-padded (row r = head h0 + r / T, token r % T), zeroed accumulators, and each row's visible
+// keys clipped to the split [s0, s1).
+struct RowSet {
+  int64_t R, D1p, D2p, Dvp;
+  float *Q1, *Q2, *Acc;  // [R][D1p], [R][D2p], [R][Dvp]
+  std::vector<int64_t> lo, hi;
+  std::vector<float> M, L;
+};
+
+void load_rows(const AttnArgs& a, int64_t b, int64_t h0, int64_t s0, int64_t s1, RowSet& rs) {
+  const float c = a.scale * kLog2e;
+  rs.lo.assign(rs.R, 0);
+  rs.hi.assign(rs.R, 0);
+  rs.M.assign(rs.R, kNegInf);
+  rs.L.assign(rs.R, 0.f);
+  for (int64_t r = 0; r < rs.R; ++r) {
+    const int64_t h = h0 + r / a.T, t = r % a.T;
+    row_to_f32(row_ptr(a.q1, a.dtype, b, h, t), a.dtype, a.D1, rs.Q1 + r * rs.D1p);
+    for (int64_t d = 0; d < rs.D1p; ++d) rs.Q1[r * rs.D1p + d] *= c;
+    if (a.D2) {
+      row_to_f32(row_ptr(a.q2, a.dtype, b, h, t), a.dtype, a.D2, rs.Q2 + r * rs.D2p);
+      for (int64_t d = 0; d < rs.D2p; ++d) rs.Q2[r * rs.D2p + d] *= c;
+    }
+    for (int64_t d = 0; d < rs.Dvp; ++d) rs.Acc[r * rs.Dvp + d] = 0.f;
+    visible_range(a, a.start + t, &rs.lo[r], &rs.hi[r]);
+    if (rs.lo[r] < s0) rs.lo[r] = s0;
+    if (rs.hi[r] > s1) rs.hi[r] = s1;
+  }
+}
+
+// Keys [j0, j0 + 8·n) the batch row holds (valid), as n lane masks.
+inline void key_masks(const AttnArgs& a, int64_t b, int64_t j0, int64_t nb, int n, __m256* ok) {
+  for (int v = 0; v < n; ++v) {
+    if (!a.valid) {
+      ok[v] = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+      continue;
+    }
+    alignas(32) int32_t m[8];
+    for (int64_t j = 0; j < 8; ++j) {
+      const int64_t k = 8 * v + j;
+      m[j] = k < nb && a.valid[b * a.S + j0 + k] ? -1 : 0;
+    }
+    ok[v] = _mm256_castsi256_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(m)));
+  }
+}
+
+// Visible lanes of the 8 keys from slot idx[0]: in [l, h) and valid.
+inline __m256 visible(__m256 idx, int64_t l, int64_t h, __m256 ok) {
+  // Slots are exact in f32 up to 2^24, far beyond any cache.
+  return _mm256_and_ps(_mm256_and_ps(_mm256_cmp_ps(idx, _mm256_set1_ps(static_cast<float>(l)), _CMP_GE_OQ),
+                                     _mm256_cmp_ps(idx, _mm256_set1_ps(static_cast<float>(h)), _CMP_LT_OQ)),
+                       ok);
+}
+
+void write_partial(const AttnArgs& a, const RowSet& rs, const Partial& out) {
+  for (int64_t r = 0; r < rs.R; ++r) {
+    out.m[r] = rs.M[r];
+    out.l[r] = rs.L[r];
+    for (int64_t d = 0; d < a.Dv; ++d) out.acc[r * a.Dv + d] = rs.Acc[r * rs.Dvp + d];
+  }
+}
+
+// Whether the value rows are the key rows (MLA: the latent is key and value, converted once).
+bool values_are_keys(const AttnArgs& a) {
+  return a.Dv == a.D1 && (a.kq ? a.vq == a.kq
+                               : !a.vq && a.v.p == a.k1.p && a.v.sb == a.k1.sb && a.v.sh == a.k1.sh &&
+                                     a.v.sr == a.k1.sr);
+}
+
+// The geometry of one work item: its query rows, the padded widths and the KV heads its rows read.
+struct Item {
+  int64_t g, R, h0, per_kv, D1p, D2p, Dvp;
+  int64_t kv0, nkv;  // KV heads of the rows (k2)
+  int64_t wmax;      // widest padded row
+  bool v_is_k;
+  Source k1, v, k2;
+  Item(const AttnArgs& a, int64_t grp)
+      : g(a.Hq / a.groups), R(g * a.T), h0(grp * g), per_kv(a.Hq / a.Hkv), D1p(round_up8(a.D1)),
+        D2p(round_up8(a.D2)), Dvp(round_up8(a.Dv)), kv0(h0 / per_kv), nkv((h0 + g - 1) / per_kv - kv0 + 1),
+        wmax(std::max({D1p, D2p, Dvp})), v_is_k(values_are_keys(a)), k1(&a.k1, a.kq), v(&a.v, a.vq),
+        k2(&a.k2, a.k2q) {}
+};
+
+// --- few query rows per work item (MHA, small GQA groups): one dot product per row and key ----------------------
+
+void decode_split_narrow(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, int64_t s1, const Partial& out) {
+  const Item it(a, grp);
+  const int64_t R = it.R, h0 = it.h0, per_kv = it.per_kv, D1p = it.D1p, D2p = it.D2p, Dvp = it.Dvp, kv0 = it.kv0;
   // Scratch: Q1 [R][D1p], Q2 [R][D2p], Acc [R][Dvp], K1/V blocks [8][D1p|Dvp], K2 blocks [nkv][8][D2p], zeros.
   thread_local std::vector<float> scratch;
-  const size_t need = R * (D1p + D2p + Dvp) + kBlk * (D1p + Dvp) + nkv * kBlk * D2p + wmax;
+  const size_t need = R * (D1p + D2p + Dvp) + kBlk * (D1p + Dvp) + it.nkv * kBlk * D2p + it.wmax;
   if (scratch.size() < need) scratch.assign(need, 0.f);
-  float* Q1 = scratch.data();
-  float* Q2 = Q1 + R * D1p;
-  float* Acc = Q2 + R * D2p;
-  float* K1b = Acc + R * Dvp;
+  RowSet rs{R, D1p, D2p, Dvp, scratch.data(), nullptr, nullptr, {}, {}, {}, {}};
+  rs.Q2 = rs.Q1 + R * D1p;
+  rs.Acc = rs.Q2 + R * D2p;
+  float* K1b = rs.Acc + R * Dvp;
   float* Vb = K1b + kBlk * D1p;
   float* K2b = Vb + kBlk * Dvp;
-  float* zeros = K2b + nkv * kBlk * D2p;
-  for (int64_t i = 0; i < wmax; ++i) zeros[i] = 0.f;
-  // Query rows in the log2 domain (the scale folded in), zero-padded; row r = (head h0 + r / T, token r % T).
-  const float c = a.scale * kLog2e;
-  std::vector<int64_t> lo(R), hi(R);
-  std::vector<float> M(R, kNegInf), L(R, 0.f);
-  for (int64_t r = 0; r < R; ++r) {
-    const int64_t h = h0 + r / a.T, t = r % a.T;
-    row_to_f32(row_ptr(a.q1, a.dtype, b, h, t), a.dtype, a.D1, Q1 + r * D1p);
-    for (int64_t d = 0; d < D1p; ++d) Q1[r * D1p + d] *= c;
-    if (a.D2) {
-      row_to_f32(row_ptr(a.q2, a.dtype, b, h, t), a.dtype, a.D2, Q2 + r * D2p);
-      for (int64_t d = 0; d < D2p; ++d) Q2[r * D2p + d] *= c;
-    }
-    for (int64_t d = 0; d < Dvp; ++d) Acc[r * Dvp + d] = 0.f;
-    visible_range(a, a.start + t, &lo[r], &hi[r]);
-    if (lo[r] < s0) lo[r] = s0;
-    if (hi[r] > s1) hi[r] = s1;
-  }
+  float* zeros = K2b + it.nkv * kBlk * D2p;
+  for (int64_t i = 0; i < it.wmax; ++i) zeros[i] = 0.f;
+  load_rows(a, b, h0, s0, s1, rs);
   const __m256 iota = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
   BlockRows K1, V;
-  std::vector<BlockRows> k2(a.D2 ? nkv : 0);
+  std::vector<BlockRows> k2(a.D2 ? it.nkv : 0);
   for (int64_t j0 = s0; j0 < s1; j0 += kBlk) {
     const int64_t nb = s1 - j0 < kBlk ? s1 - j0 : kBlk;
-    // Keys the batch row holds (valid), as a lane mask.
-    __m256 key_ok = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
-    if (a.valid) {
-      alignas(32) int32_t ok[kBlk];
-      for (int64_t j = 0; j < kBlk; ++j) ok[j] = j < nb && a.valid[b * a.S + j0 + j] ? -1 : 0;
-      key_ok = _mm256_castsi256_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(ok)));
-    }
-    block_rows(k1src, a.dtype, b, kv0, j0, nb, a.D1, K1b, zeros, &K1);
-    if (v_is_k) V = K1;
-    else block_rows(vsrc, a.dtype, b, kv0, j0, nb, a.Dv, Vb, zeros, &V);
+    __m256 key_ok;
+    key_masks(a, b, j0, nb, 1, &key_ok);
+    block_rows(it.k1, a.dtype, b, kv0, j0, nb, a.D1, K1b, zeros, &K1);
+    if (it.v_is_k) V = K1;
+    else block_rows(it.v, a.dtype, b, kv0, j0, nb, a.Dv, Vb, zeros, &V);
     for (int64_t i = 0; i < static_cast<int64_t>(k2.size()); ++i)
-      block_rows(k2src, a.dtype, b, kv0 + i, j0, nb, a.D2, K2b + i * kBlk * D2p, zeros, &k2[i]);
+      block_rows(it.k2, a.dtype, b, kv0 + i, j0, nb, a.D2, K2b + i * kBlk * D2p, zeros, &k2[i]);
     const __m256 idx = _mm256_add_ps(_mm256_set1_ps(static_cast<float>(j0)), iota);
     for (int64_t r = 0; r < R; ++r) {
-      const int64_t l = lo[r], hh = hi[r] < j0 + nb ? hi[r] : j0 + nb;
+      const int64_t l = rs.lo[r], hh = rs.hi[r] < j0 + nb ? rs.hi[r] : j0 + nb;
       if (l >= hh || j0 >= hh) continue;  // the row sees no key of this block
       __m256 acc[kBlk];
       for (auto& x : acc) x = _mm256_setzero_ps();
-      block_dots(Q1 + r * D1p, K1, D1p, acc);
-      if (a.D2) block_dots(Q2 + r * D2p, k2[(h0 + r / a.T) / per_kv - kv0], D2p, acc);
-      // Slots are exact in f32 up to 2^24, far beyond any cache.
-      const __m256 vis = _mm256_and_ps(_mm256_and_ps(_mm256_cmp_ps(idx, _mm256_set1_ps(static_cast<float>(l)), _CMP_GE_OQ),
-                                                     _mm256_cmp_ps(idx, _mm256_set1_ps(static_cast<float>(hh)), _CMP_LT_OQ)),
-                                       key_ok);
-      const __m256 s = _mm256_blendv_ps(_mm256_set1_ps(kNegInf), reduce8(acc), vis);
+      block_dots(rs.Q1 + r * D1p, K1, D1p, acc);
+      if (a.D2) block_dots(rs.Q2 + r * D2p, k2[(h0 + r / a.T) / per_kv - kv0], D2p, acc);
+      const __m256 s = _mm256_blendv_ps(_mm256_set1_ps(kNegInf), reduce8(acc), visible(idx, l, hh, key_ok));
       const float mb = hmax8(s);
       if (mb == kNegInf) continue;
-      const float m_new = M[r] > mb ? M[r] : mb;
-      const float alpha = M[r] == kNegInf ? 0.f : std::exp2(M[r] - m_new);
+      const float m_new = rs.M[r] > mb ? rs.M[r] : mb;
+      const float alpha = rs.M[r] == kNegInf ? 0.f : std::exp2(rs.M[r] - m_new);
       const __m256 p = exp2_ps(_mm256_sub_ps(s, _mm256_set1_ps(m_new)));
-      L[r] = L[r] * alpha + hsum8(p);
-      M[r] = m_new;
+      rs.L[r] = rs.L[r] * alpha + hsum8(p);
+      rs.M[r] = m_new;
       alignas(32) float pj[kBlk];
       _mm256_store_ps(pj, p);
       const __m256 av = _mm256_set1_ps(alpha);
-      float* acc_r = Acc + r * Dvp;
+      float* acc_r = rs.Acc + r * Dvp;
       for (int64_t d = 0; d < Dvp; d += 8) {
         __m256 o = _mm256_mul_ps(_mm256_loadu_ps(acc_r + d), av);
         for (int j = 0; j < kBlk; ++j) o = _mm256_fmadd_ps(_mm256_set1_ps(pj[j]), _mm256_loadu_ps(V.row[j] + d), o);
@@ -219,11 +281,290 @@ void decode_split(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, int64_t
       }
     }
   }
-  for (int64_t r = 0; r < R; ++r) {
-    out.m[r] = M[r];
-    out.l[r] = L[r];
-    for (int64_t d = 0; d < a.Dv; ++d) out.acc[r * a.Dv + d] = Acc[r * Dvp + d];
+  write_partial(a, rs, out);
+}
+
+// --- many query rows per work item (absorbed MLA, large GQA groups): two small matrix products per block ----------
+//
+// A block of 32 keys is transposed once (keys as SIMD lanes), so that scores come out as 4 vectors per row
+// without horizontal sums: S = Q·Kᵀ broadcasts one query value per FMA over 8 keys. The online softmax then
+// runs per row on those vectors, rescaling only when a row's maximum grows, and Acc += P·V broadcasts one
+// probability per FMA over 8 value channels. Both products keep their tiles in registers.
+
+constexpr int64_t kWide = 32;        // keys per block: 4 score vectors per row
+constexpr int64_t kWideMinRows = 6;  // rows per work item from which the transposes pay for themselves
+using WideRows = Rows<kWide>;
+
+// 8x8 transpose of r in place: r[i] lane j becomes r[j] lane i.
+inline void transpose8(__m256* r) {
+  __m256 t[8], u[8];
+  for (int i = 0; i < 8; i += 2) t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]), t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
   }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+    r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+  }
+}
+
+// KT[d][j] = rows[j][d] for the block's 32 keys and n (a multiple of 8) values, by 8x8 transposes.
+inline void transpose_block(const WideRows& k, int64_t n, float* KT) {
+  for (int64_t j = 0; j < kWide; j += 8)
+    for (int64_t d = 0; d < n; d += 8) {
+      __m256 r[8];
+      for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(k.row[j + i] + d);
+      transpose8(r);
+      for (int i = 0; i < 8; ++i) _mm256_storeu_ps(KT + (d + i) * kWide + j, r[i]);
+    }
+}
+
+// Whether load_block_T can read n-wide rows of src: whole 8-value chunks, each under one scale and zero.
+inline bool chunked(const Source& src, int64_t n) {
+  return n % 8 == 0 && (!src.q || src.q->per_channel || src.q->group % 8 == 0);
+}
+
+// Where each of a block's 32 rows comes from, set up once per block. Slots below n_quant hold codes, so the
+// quantized rows are a prefix [0, nq); then plain rows (the residual, or an unquantized source) up to nb, then
+// the zero row (all-zero bits are 0 in every storage type).
+struct BlockSrc {
+  const char* p[kWide];
+  const uint16_t* sc[kWide];  // quantized rows: their scales and zeros (per token: of the row; per channel: of
+  const uint16_t* zp[kWide];  // the row's slot group)
+  int64_t nq = 0;
+};
+
+inline void block_src(const Source& src, DType t, int64_t b, int64_t h, int64_t j0, int64_t nb, const float* zeros,
+                      BlockSrc* bs) {
+  const QuantDesc* q = src.q;
+  int64_t nq = q ? q->n_quant - j0 : 0;
+  nq = nq < 0 ? 0 : (nq > nb ? nb : nq);
+  if (nq > 0) {
+    const uint8_t* d0 = q->data + b * q->d_sb + h * q->d_sh + j0 * q->d_sr;
+    const uint16_t* sc0 = q->scale + b * q->s_sb + h * q->s_sh;
+    const uint16_t* zp0 = q->zero + b * q->s_sb + h * q->s_sh;
+    int64_t g = q->per_channel ? j0 / q->group : j0, rem = q->per_channel ? j0 % q->group : 0;
+    for (int64_t j = 0; j < nq; ++j) {
+      bs->p[j] = reinterpret_cast<const char*>(d0 + j * q->d_sr);
+      bs->sc[j] = sc0 + g * q->s_sr, bs->zp[j] = zp0 + g * q->s_sr;
+      if (!q->per_channel) ++g;
+      else if (++rem == q->group) rem = 0, ++g;
+    }
+  }
+  if (nb > nq) {
+    const Operand& op = q ? q->residual : *src.op;
+    const int64_t step = op.sr * elem_size(t);
+    const char* r0 = row_ptr(op, t, b, h, q ? j0 + nq - q->n_quant : j0 + nq);
+    for (int64_t j = nq; j < nb; ++j) bs->p[j] = r0 + (j - nq) * step, bs->sc[j] = nullptr;
+    if (!q)  // the block one ahead, a cache line at a time
+      for (int64_t off = 0; off < nb * step; off += 64) _mm_prefetch(r0 + kWide * step + off, _MM_HINT_T0);
+  }
+  for (int64_t j = nb; j < kWide; ++j) bs->p[j] = reinterpret_cast<const char*>(zeros), bs->sc[j] = nullptr;
+  bs->nq = nq;
+}
+
+// Values [d, d + 8) of row j of a block as f32.
+inline __m256 plain8(const BlockSrc& bs, int64_t j, int64_t d, DType t) { return load8(bs.p[j] + d * elem_size(t), t); }
+inline __m256 codes8(const BlockSrc& bs, const Source& src, int64_t j, int64_t d) {
+  const QuantDesc& q = *src.q;
+  __m256 scv, zv;
+  if (q.per_channel) {
+    scv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bs.sc[j] + d)));
+    zv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bs.zp[j] + d)));
+  } else {
+    const int64_t gi = d / q.group;
+    scv = _mm256_set1_ps(_cvtsh_ss(bs.sc[j][gi]));
+    zv = _mm256_set1_ps(_cvtsh_ss(bs.zp[j][gi]));
+  }
+  return _mm256_fmadd_ps(src.unpack.codes8(reinterpret_cast<const uint8_t*>(bs.p[j]) + d * q.bits / 8), scv, zv);
+}
+
+// The block's keys in both layouts, in one pass: KT [n][32] (keys as lanes) and, when rows_out is set, the rows
+// as f32 [32][n] in buf. Rows are plain (f32/bf16/f16) or 2/4/8-bit codes with their scale and zero
+// (quant_attention.h), dequantized in registers; n is a multiple of 8 (see chunked).
+inline void load_block_T(const Source& src, DType t, int64_t b, int64_t h, int64_t j0, int64_t nb, int64_t n,
+                         const float* zeros, float* KT, float* buf, WideRows* rows_out) {
+  BlockSrc bs;
+  block_src(src, t, b, h, j0, nb, zeros, &bs);
+  for (int64_t jb = 0; jb < kWide; jb += 8) {
+    for (int64_t d = 0; d < n; d += 8) {
+      __m256 r[8];
+      if (jb >= bs.nq) {
+        for (int i = 0; i < 8; ++i) r[i] = plain8(bs, jb + i, d, t);
+      } else if (jb + 8 <= bs.nq) {
+        for (int i = 0; i < 8; ++i) r[i] = codes8(bs, src, jb + i, d);
+      } else {
+        for (int i = 0; i < 8; ++i) r[i] = jb + i < bs.nq ? codes8(bs, src, jb + i, d) : plain8(bs, jb + i, d, t);
+      }
+      if (rows_out)
+        for (int i = 0; i < 8; ++i) _mm256_storeu_ps(buf + (jb + i) * n + d, r[i]);
+      transpose8(r);
+      for (int i = 0; i < 8; ++i) _mm256_storeu_ps(KT + (d + i) * kWide + jb, r[i]);
+    }
+  }
+  if (rows_out)
+    for (int64_t j = 0; j < kWide; ++j) rows_out->row[j] = buf + j * n;
+}
+
+// S[r][0, 32) (+)= Q[r] · KT for RC rows over n values; KT is [n][32].
+template <int RC>
+inline void score_tile(const float* Q, int64_t ldq, const float* KT, int64_t n, float* S, bool add) {
+  __m256 acc[RC][4];
+  for (int r = 0; r < RC; ++r)
+    for (int v = 0; v < 4; ++v) acc[r][v] = add ? _mm256_loadu_ps(S + r * kWide + 8 * v) : _mm256_setzero_ps();
+  for (int64_t d = 0; d < n; ++d) {
+    const float* k = KT + d * kWide;
+    const __m256 k0 = _mm256_loadu_ps(k), k1 = _mm256_loadu_ps(k + 8), k2 = _mm256_loadu_ps(k + 16),
+                 k3 = _mm256_loadu_ps(k + 24);
+    for (int r = 0; r < RC; ++r) {
+      const __m256 q = _mm256_broadcast_ss(Q + r * ldq + d);
+      acc[r][0] = _mm256_fmadd_ps(q, k0, acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(q, k1, acc[r][1]);
+      acc[r][2] = _mm256_fmadd_ps(q, k2, acc[r][2]);
+      acc[r][3] = _mm256_fmadd_ps(q, k3, acc[r][3]);
+    }
+  }
+  for (int r = 0; r < RC; ++r)
+    for (int v = 0; v < 4; ++v) _mm256_storeu_ps(S + r * kWide + 8 * v, acc[r][v]);
+}
+
+// Scores of rows [r0, r1) (row stride ldq in Q, kWide in S), two rows per tile.
+inline void score_rows(const float* Q, int64_t ldq, int64_t r0, int64_t r1, const float* KT, int64_t n, float* S,
+                       bool add) {
+  int64_t r = r0;
+  for (; r + 2 <= r1; r += 2) score_tile<2>(Q + r * ldq, ldq, KT, n, S + r * kWide, add);
+  if (r < r1) score_tile<1>(Q + r * ldq, ldq, KT, n, S + r * kWide, add);
+}
+
+// Acc[r][d0, d0 + 8·NC) += Σ_j P[r][j] · V[j][d0, ...) for RC rows and the block's first nb keys.
+template <int RC, int NC>
+inline void pv_tile(const float* P, const WideRows& V, int64_t nb, int64_t d0, float* Acc, int64_t lda) {
+  __m256 o[RC][NC];
+  for (int r = 0; r < RC; ++r)
+    for (int c = 0; c < NC; ++c) o[r][c] = _mm256_loadu_ps(Acc + r * lda + d0 + 8 * c);
+  for (int64_t j = 0; j < nb; ++j) {
+    __m256 v[NC];
+    for (int c = 0; c < NC; ++c) v[c] = _mm256_loadu_ps(V.row[j] + d0 + 8 * c);
+    for (int r = 0; r < RC; ++r) {
+      const __m256 p = _mm256_broadcast_ss(P + r * kWide + j);
+      for (int c = 0; c < NC; ++c) o[r][c] = _mm256_fmadd_ps(p, v[c], o[r][c]);
+    }
+  }
+  for (int r = 0; r < RC; ++r)
+    for (int c = 0; c < NC; ++c) _mm256_storeu_ps(Acc + r * lda + d0 + 8 * c, o[r][c]);
+}
+
+template <int RC>
+inline void pv_rows(const float* P, const WideRows& V, int64_t nb, int64_t Dvp, float* Acc) {
+  int64_t d = 0;
+  for (; d + 24 <= Dvp; d += 24) pv_tile<RC, 3>(P, V, nb, d, Acc, Dvp);
+  if (Dvp - d == 16) pv_tile<RC, 2>(P, V, nb, d, Acc, Dvp);
+  else if (Dvp - d == 8) pv_tile<RC, 1>(P, V, nb, d, Acc, Dvp);
+}
+
+void decode_split_wide(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, int64_t s1, const Partial& out) {
+  const Item it(a, grp);
+  const int64_t R = it.R, h0 = it.h0, per_kv = it.per_kv, D1p = it.D1p, D2p = it.D2p, Dvp = it.Dvp, kv0 = it.kv0;
+  const int64_t nk2 = a.D2 ? it.nkv : 0;
+  // Scratch: Q1, Q2, Acc as in RowSet; Lsum [R][8] (per-lane sums); S/P [R][32]; K1/V rows [32][D1p|Dvp];
+  // K2 rows [nk2][32][D2p]; K1T [D1p][32]; K2T [nk2][D2p][32]; zeros [wmax].
+  thread_local std::vector<float> scratch;
+  const size_t need = R * (D1p + D2p + Dvp + 8 + kWide) + kWide * (D1p + Dvp) + 2 * nk2 * kWide * D2p +
+                      D1p * kWide + it.wmax;
+  if (scratch.size() < need) scratch.assign(need, 0.f);
+  RowSet rs{R, D1p, D2p, Dvp, scratch.data(), nullptr, nullptr, {}, {}, {}, {}};
+  rs.Q2 = rs.Q1 + R * D1p;
+  rs.Acc = rs.Q2 + R * D2p;
+  float* Lsum = rs.Acc + R * Dvp;
+  float* S = Lsum + R * 8;
+  float* K1b = S + R * kWide;
+  float* Vb = K1b + kWide * D1p;
+  float* K2b = Vb + kWide * Dvp;
+  float* K1T = K2b + nk2 * kWide * D2p;
+  float* K2T = K1T + D1p * kWide;
+  float* zeros = K2T + nk2 * D2p * kWide;
+  for (int64_t i = 0; i < it.wmax; ++i) zeros[i] = 0.f;
+  for (int64_t i = 0; i < R * 8; ++i) Lsum[i] = 0.f;
+  load_rows(a, b, h0, s0, s1, rs);
+  const __m256 iota = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
+  WideRows K1, V, K2;
+  for (int64_t j0 = s0; j0 < s1; j0 += kWide) {
+    const int64_t nb = s1 - j0 < kWide ? s1 - j0 : kWide;
+    __m256 key_ok[4];
+    key_masks(a, b, j0, nb, 4, key_ok);
+    // Keys (and the latent values) as f32: in one pass where rows split into 8-value chunks, else row by row.
+    if (chunked(it.k1, a.D1)) {
+      load_block_T(it.k1, a.dtype, b, kv0, j0, nb, a.D1, zeros, K1T, K1b, it.v_is_k ? &K1 : nullptr);
+    } else {
+      block_rows(it.k1, a.dtype, b, kv0, j0, nb, a.D1, K1b, zeros, &K1);
+      transpose_block(K1, D1p, K1T);
+    }
+    if (it.v_is_k) V = K1;
+    else block_rows(it.v, a.dtype, b, kv0, j0, nb, a.Dv, Vb, zeros, &V);
+    // S = Q1·K1ᵀ + Q2·K2ᵀ, the second term over the rows of each RoPE key head.
+    score_rows(rs.Q1, D1p, 0, R, K1T, D1p, S, false);
+    for (int64_t i = 0; i < nk2; ++i) {
+      float* kt = K2T + i * D2p * kWide;
+      if (chunked(it.k2, a.D2)) {
+        load_block_T(it.k2, a.dtype, b, kv0 + i, j0, nb, a.D2, zeros, kt, nullptr, nullptr);
+      } else {
+        block_rows(it.k2, a.dtype, b, kv0 + i, j0, nb, a.D2, K2b + i * kWide * D2p, zeros, &K2);
+        transpose_block(K2, D2p, kt);
+      }
+      const int64_t r0 = std::max<int64_t>(0, ((kv0 + i) * per_kv - h0) * a.T);
+      const int64_t r1 = std::min<int64_t>(R, ((kv0 + i + 1) * per_kv - h0) * a.T);
+      score_rows(rs.Q2, D2p, r0, r1, kt, D2p, S, true);
+    }
+    // Online softmax per row; P overwrites S.
+    for (int64_t r = 0; r < R; ++r) {
+      float* Pr = S + r * kWide;
+      const int64_t l = rs.lo[r], hh = rs.hi[r] < j0 + nb ? rs.hi[r] : j0 + nb;
+      __m256 s[4];
+      __m256 mx = _mm256_set1_ps(kNegInf);
+      for (int v = 0; v < 4; ++v) {
+        const __m256 idx = _mm256_add_ps(_mm256_set1_ps(static_cast<float>(j0 + 8 * v)), iota);
+        s[v] = _mm256_blendv_ps(_mm256_set1_ps(kNegInf), _mm256_loadu_ps(Pr + 8 * v), visible(idx, l, hh, key_ok[v]));
+        mx = _mm256_max_ps(mx, s[v]);
+      }
+      const float mb = hmax8(mx);
+      if (mb == kNegInf) {  // the row sees no key of this block
+        for (int v = 0; v < 4; ++v) _mm256_storeu_ps(Pr + 8 * v, _mm256_setzero_ps());
+        continue;
+      }
+      if (mb > rs.M[r]) {  // a new maximum: rescale what the row has summed so far
+        if (rs.M[r] != kNegInf) {
+          const __m256 av = _mm256_set1_ps(std::exp2(rs.M[r] - mb));
+          float* acc_r = rs.Acc + r * Dvp;
+          for (int64_t d = 0; d < Dvp; d += 8) _mm256_storeu_ps(acc_r + d, _mm256_mul_ps(_mm256_loadu_ps(acc_r + d), av));
+          _mm256_storeu_ps(Lsum + r * 8, _mm256_mul_ps(_mm256_loadu_ps(Lsum + r * 8), av));
+        }
+        rs.M[r] = mb;
+      }
+      const __m256 m = _mm256_set1_ps(rs.M[r]);
+      __m256 lsum = _mm256_loadu_ps(Lsum + r * 8);
+      for (int v = 0; v < 4; ++v) {
+        const __m256 p = exp2_ps(_mm256_sub_ps(s[v], m));
+        _mm256_storeu_ps(Pr + 8 * v, p);
+        lsum = _mm256_add_ps(lsum, p);
+      }
+      _mm256_storeu_ps(Lsum + r * 8, lsum);
+    }
+    // Acc += P·V, three rows per tile.
+    int64_t r = 0;
+    for (; r + 3 <= R; r += 3) pv_rows<3>(S + r * kWide, V, nb, Dvp, rs.Acc + r * Dvp);
+    if (R - r == 2) pv_rows<2>(S + r * kWide, V, nb, Dvp, rs.Acc + r * Dvp);
+    else if (R - r == 1) pv_rows<1>(S + r * kWide, V, nb, Dvp, rs.Acc + r * Dvp);
+  }
+  for (int64_t r = 0; r < R; ++r) rs.L[r] = hsum8(_mm256_loadu_ps(Lsum + r * 8));
+  write_partial(a, rs, out);
+}
+
+void decode_split(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, int64_t s1, const Partial& out) {
+  if (a.Hq / a.groups * a.T >= kWideMinRows) decode_split_wide(a, b, grp, s0, s1, out);
+  else decode_split_narrow(a, b, grp, s0, s1, out);
 }
 
 }  // namespace
