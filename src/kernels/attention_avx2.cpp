@@ -141,8 +141,8 @@ inline void block_dots(const float* q, const BlockRows& k, int64_t n, __m256* ac
 }
 
 // The query rows of one work item, shared by both block shapes: rows in f32, in the log2 domain with the scale
-// folded in and zero-padded (row r = head h0 + r / T, token r % T), zeroed accumulators, and each row's visible
-// keys clipped to the split [s0, s1).
+// folded in and zero-padded (row r = head h0 + r / nt, token t0 + r % nt), zeroed accumulators, and each row's
+// visible keys clipped to [s0, s1).
 struct RowSet {
   int64_t R, D1p, D2p, Dvp;
   float *Q1, *Q2, *Acc;  // [R][D1p], [R][D2p], [R][Dvp]
@@ -150,14 +150,14 @@ struct RowSet {
   std::vector<float> M, L;
 };
 
-void load_rows(const AttnArgs& a, int64_t b, int64_t h0, int64_t s0, int64_t s1, RowSet& rs) {
+void load_rows(const AttnArgs& a, int64_t b, int64_t h0, int64_t t0, int64_t nt, int64_t s0, int64_t s1, RowSet& rs) {
   const float c = a.scale * kLog2e;
   rs.lo.assign(rs.R, 0);
   rs.hi.assign(rs.R, 0);
   rs.M.assign(rs.R, kNegInf);
   rs.L.assign(rs.R, 0.f);
   for (int64_t r = 0; r < rs.R; ++r) {
-    const int64_t h = h0 + r / a.T, t = r % a.T;
+    const int64_t h = h0 + r / nt, t = t0 + r % nt;
     row_to_f32(row_ptr(a.q1, a.dtype, b, h, t), a.dtype, a.D1, rs.Q1 + r * rs.D1p);
     for (int64_t d = 0; d < rs.D1p; ++d) rs.Q1[r * rs.D1p + d] *= c;
     if (a.D2) {
@@ -210,15 +210,16 @@ bool values_are_keys(const AttnArgs& a) {
                                      a.v.sr == a.k1.sr);
 }
 
-// The geometry of one work item: its query rows, the padded widths and the KV heads its rows read.
+// The geometry of one work item (the g heads of group grp, nt tokens each): its query rows, the padded widths
+// and the KV heads its rows read.
 struct Item {
   int64_t g, R, h0, per_kv, D1p, D2p, Dvp;
   int64_t kv0, nkv;  // KV heads of the rows (k2)
   int64_t wmax;      // widest padded row
   bool v_is_k;
   Source k1, v, k2;
-  Item(const AttnArgs& a, int64_t grp)
-      : g(a.Hq / a.groups), R(g * a.T), h0(grp * g), per_kv(a.Hq / a.Hkv), D1p(round_up8(a.D1)),
+  Item(const AttnArgs& a, int64_t grp, int64_t nt)  // nt tokens per head
+      : g(a.Hq / a.groups), R(g * nt), h0(grp * g), per_kv(a.Hq / a.Hkv), D1p(round_up8(a.D1)),
         D2p(round_up8(a.D2)), Dvp(round_up8(a.Dv)), kv0(h0 / per_kv), nkv((h0 + g - 1) / per_kv - kv0 + 1),
         wmax(std::max({D1p, D2p, Dvp})), v_is_k(values_are_keys(a)), k1(&a.k1, a.kq), v(&a.v, a.vq),
         k2(&a.k2, a.k2q) {}
@@ -227,7 +228,7 @@ struct Item {
 // --- few query rows per work item (MHA, small GQA groups): one dot product per row and key ----------------------
 
 void decode_split_narrow(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, int64_t s1, const Partial& out) {
-  const Item it(a, grp);
+  const Item it(a, grp, a.T);
   const int64_t R = it.R, h0 = it.h0, per_kv = it.per_kv, D1p = it.D1p, D2p = it.D2p, Dvp = it.Dvp, kv0 = it.kv0;
   // Scratch: Q1 [R][D1p], Q2 [R][D2p], Acc [R][Dvp], K1/V blocks [8][D1p|Dvp], K2 blocks [nkv][8][D2p], zeros.
   thread_local std::vector<float> scratch;
@@ -241,7 +242,7 @@ void decode_split_narrow(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, 
   float* K2b = Vb + kBlk * Dvp;
   float* zeros = K2b + it.nkv * kBlk * D2p;
   for (int64_t i = 0; i < it.wmax; ++i) zeros[i] = 0.f;
-  load_rows(a, b, h0, s0, s1, rs);
+  load_rows(a, b, h0, 0, a.T, s0, s1, rs);
   const __m256 iota = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
   BlockRows K1, V;
   std::vector<BlockRows> k2(a.D2 ? it.nkv : 0);
@@ -332,7 +333,7 @@ inline bool chunked(const Source& src, int64_t n) {
 // the zero row (all-zero bits are 0 in every storage type).
 struct BlockSrc {
   const char* p[kWide];
-  const uint16_t* sc[kWide];  // quantized rows: their scales and zeros (per token: of the row; per channel: of
+  const uint16_t* sc[kWide];  // rows [0, nq): their scales and zeros (per token: of the row; per channel: of
   const uint16_t* zp[kWide];  // the row's slot group)
   int64_t nq = 0;
 };
@@ -358,11 +359,11 @@ inline void block_src(const Source& src, DType t, int64_t b, int64_t h, int64_t 
     const Operand& op = q ? q->residual : *src.op;
     const int64_t step = op.sr * elem_size(t);
     const char* r0 = row_ptr(op, t, b, h, q ? j0 + nq - q->n_quant : j0 + nq);
-    for (int64_t j = nq; j < nb; ++j) bs->p[j] = r0 + (j - nq) * step, bs->sc[j] = nullptr;
+    for (int64_t j = nq; j < nb; ++j) bs->p[j] = r0 + (j - nq) * step;
     if (!q)  // the block one ahead, a cache line at a time
       for (int64_t off = 0; off < nb * step; off += 64) _mm_prefetch(r0 + kWide * step + off, _MM_HINT_T0);
   }
-  for (int64_t j = nb; j < kWide; ++j) bs->p[j] = reinterpret_cast<const char*>(zeros), bs->sc[j] = nullptr;
+  for (int64_t j = nb; j < kWide; ++j) bs->p[j] = reinterpret_cast<const char*>(zeros);
   bs->nq = nq;
 }
 
@@ -465,8 +466,9 @@ inline void pv_rows(const float* P, const WideRows& V, int64_t nb, int64_t Dvp, 
   else if (Dvp - d == 8) pv_tile<RC, 1>(P, V, nb, d, Acc, Dvp);
 }
 
-void decode_split_wide(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, int64_t s1, const Partial& out) {
-  const Item it(a, grp);
+// The wide path over keys [s0, s1) for the rows of `it`, tokens t0 .. t0 + nt - 1 of each head: returns the
+// rows' running max, sum and accumulator (pointing into this thread's scratch, valid until the next call).
+RowSet wide_rows(const AttnArgs& a, const Item& it, int64_t b, int64_t t0, int64_t nt, int64_t s0, int64_t s1) {
   const int64_t R = it.R, h0 = it.h0, per_kv = it.per_kv, D1p = it.D1p, D2p = it.D2p, Dvp = it.Dvp, kv0 = it.kv0;
   const int64_t nk2 = a.D2 ? it.nkv : 0;
   // Scratch: Q1, Q2, Acc as in RowSet; Lsum [R][8] (per-lane sums); S/P [R][32]; K1/V rows [32][D1p|Dvp];
@@ -488,7 +490,7 @@ void decode_split_wide(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, in
   float* zeros = K2T + nk2 * D2p * kWide;
   for (int64_t i = 0; i < it.wmax; ++i) zeros[i] = 0.f;
   for (int64_t i = 0; i < R * 8; ++i) Lsum[i] = 0.f;
-  load_rows(a, b, h0, s0, s1, rs);
+  load_rows(a, b, h0, t0, nt, s0, s1, rs);
   const __m256 iota = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
   WideRows K1, V, K2;
   for (int64_t j0 = s0; j0 < s1; j0 += kWide) {
@@ -514,19 +516,23 @@ void decode_split_wide(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, in
         block_rows(it.k2, a.dtype, b, kv0 + i, j0, nb, a.D2, K2b + i * kWide * D2p, zeros, &K2);
         transpose_block(K2, D2p, kt);
       }
-      const int64_t r0 = std::max<int64_t>(0, ((kv0 + i) * per_kv - h0) * a.T);
-      const int64_t r1 = std::min<int64_t>(R, ((kv0 + i + 1) * per_kv - h0) * a.T);
+      const int64_t r0 = std::max<int64_t>(0, ((kv0 + i) * per_kv - h0) * nt);
+      const int64_t r1 = std::min<int64_t>(R, ((kv0 + i + 1) * per_kv - h0) * nt);
       score_rows(rs.Q2, D2p, r0, r1, kt, D2p, S, true);
     }
     // Online softmax per row; P overwrites S.
     for (int64_t r = 0; r < R; ++r) {
       float* Pr = S + r * kWide;
       const int64_t l = rs.lo[r], hh = rs.hi[r] < j0 + nb ? rs.hi[r] : j0 + nb;
+      const bool all_visible = !a.valid && l <= j0 && hh >= j0 + kWide;  // the usual case: no mask to apply
       __m256 s[4];
       __m256 mx = _mm256_set1_ps(kNegInf);
       for (int v = 0; v < 4; ++v) {
-        const __m256 idx = _mm256_add_ps(_mm256_set1_ps(static_cast<float>(j0 + 8 * v)), iota);
-        s[v] = _mm256_blendv_ps(_mm256_set1_ps(kNegInf), _mm256_loadu_ps(Pr + 8 * v), visible(idx, l, hh, key_ok[v]));
+        s[v] = _mm256_loadu_ps(Pr + 8 * v);
+        if (!all_visible) {
+          const __m256 idx = _mm256_add_ps(_mm256_set1_ps(static_cast<float>(j0 + 8 * v)), iota);
+          s[v] = _mm256_blendv_ps(_mm256_set1_ps(kNegInf), s[v], visible(idx, l, hh, key_ok[v]));
+        }
         mx = _mm256_max_ps(mx, s[v]);
       }
       const float mb = hmax8(mx);
@@ -559,7 +565,31 @@ void decode_split_wide(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, in
     else if (R - r == 1) pv_rows<1>(S + r * kWide, V, nb, Dvp, rs.Acc + r * Dvp);
   }
   for (int64_t r = 0; r < R; ++r) rs.L[r] = hsum8(_mm256_loadu_ps(Lsum + r * 8));
-  write_partial(a, rs, out);
+  return rs;
+}
+
+void decode_split_wide(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, int64_t s1, const Partial& out) {
+  write_partial(a, wide_rows(a, Item(a, grp, a.T), b, 0, a.T, s0, s1), out);
+}
+
+// Prefill: query tokens [t0, t0 + tq) of the g heads of KV head kvh over every key they see (the wide path with
+// g·tq rows), normalised and written to out.
+void prefill_tile(const AttnArgs& a, int64_t b, int64_t kvh, int64_t t0, int64_t tq) {
+  const Item it(a, kvh, tq);
+  int64_t s0 = a.S, s1 = 0;
+  for (int64_t t = t0; t < t0 + tq; ++t) {
+    int64_t lo, hi;
+    visible_range(a, a.start + t, &lo, &hi);
+    s0 = std::min(s0, lo), s1 = std::max(s1, hi);
+  }
+  if (s1 < s0) s1 = s0;
+  const RowSet rs = wide_rows(a, it, b, t0, tq, s0, s1);
+  for (int64_t r = 0; r < it.R; ++r) {
+    const int64_t h = it.h0 + r / tq, t = t0 + r % tq;
+    const float inv = rs.L[r] > 0.f ? 1.f / rs.L[r] : 0.f;  // a row that sees no key gets zeros
+    void* o = static_cast<char*>(a.out) + ((b * a.Hq + h) * a.T + t) * a.Dv * elem_size(a.dtype);
+    for (int64_t d = 0; d < a.Dv; ++d) store_elem(o, d, a.dtype, rs.Acc[r * it.Dvp + d] * inv);
+  }
 }
 
 void decode_split(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, int64_t s1, const Partial& out) {
@@ -569,6 +599,6 @@ void decode_split(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, int64_t
 
 }  // namespace
 
-const AttnKernels kAttn{nullptr, decode_split};
+const AttnKernels kAttn{prefill_tile, decode_split};
 
 }  // namespace mha2mla::kernels::avx2
