@@ -23,7 +23,9 @@ namespace {
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-constexpr int64_t kBlk = 8;  // keys per block: one score vector
+constexpr int64_t kBlk = 8;          // keys per block of the narrow path: one score vector per row
+constexpr int64_t kWide = 32;        // keys per block of the wide path: 4 score vectors per row
+constexpr int64_t kWideMinRows = 6;  // rows per work item from which the wide path's transposes pay for themselves
 
 // Spreads 8 codes of `bits` bits (`bits` bytes) to 32-bit lanes: one byte shuffle and one variable shift.
 struct CodeUnpack {
@@ -106,11 +108,83 @@ struct Source {
   Source(const Operand* o, const QuantDesc* qd) : op(o), q(qd), unpack(qd ? qd->bits : 8) {}
 };
 
+// Whether n-wide rows of src can be read in 8-value chunks (block_src), each chunk under one scale and zero.
+inline bool chunked(const Source& src, int64_t n) {
+  return n % 8 == 0 && (!src.q || src.q->per_channel || src.q->group % 8 == 0);
+}
+
+// Where each of a block's 32 rows comes from, set up once per block. Slots below n_quant hold codes, so the
+// quantized rows are a prefix [0, nq); then plain rows (the residual, or an unquantized source) up to nb, then
+// the zero row (all-zero bits are 0 in every storage type).
+struct BlockSrc {
+  const char* p[kWide];
+  const uint16_t* sc[kWide];  // rows [0, nq): their scales and zeros (per token: of the row; per channel: of
+  const uint16_t* zp[kWide];  // the row's slot group)
+  int64_t nq = 0;
+};
+
+inline void block_src(const Source& src, DType t, int64_t b, int64_t h, int64_t j0, int64_t nb, const float* zeros,
+                      BlockSrc* bs) {
+  const QuantDesc* q = src.q;
+  int64_t nq = q ? q->n_quant - j0 : 0;
+  nq = nq < 0 ? 0 : (nq > nb ? nb : nq);
+  if (nq > 0) {
+    const uint8_t* d0 = q->data + b * q->d_sb + h * q->d_sh + j0 * q->d_sr;
+    const uint16_t* sc0 = q->scale + b * q->s_sb + h * q->s_sh;
+    const uint16_t* zp0 = q->zero + b * q->s_sb + h * q->s_sh;
+    int64_t g = q->per_channel ? j0 / q->group : j0, rem = q->per_channel ? j0 % q->group : 0;
+    for (int64_t j = 0; j < nq; ++j) {
+      bs->p[j] = reinterpret_cast<const char*>(d0 + j * q->d_sr);
+      bs->sc[j] = sc0 + g * q->s_sr, bs->zp[j] = zp0 + g * q->s_sr;
+      if (!q->per_channel) ++g;
+      else if (++rem == q->group) rem = 0, ++g;
+    }
+  }
+  if (nb > nq) {
+    const Operand& op = q ? q->residual : *src.op;
+    const int64_t step = op.sr * elem_size(t);
+    const char* r0 = row_ptr(op, t, b, h, q ? j0 + nq - q->n_quant : j0 + nq);
+    for (int64_t j = nq; j < nb; ++j) bs->p[j] = r0 + (j - nq) * step;
+    if (!q)  // the block one ahead, a cache line at a time
+      for (int64_t off = 0; off < nb * step; off += 64) _mm_prefetch(r0 + kWide * step + off, _MM_HINT_T0);
+  }
+  for (int64_t j = nb; j < kWide; ++j) bs->p[j] = reinterpret_cast<const char*>(zeros);
+  bs->nq = nq;
+}
+
+// Values [d, d + 8) of row j of a block as f32; gi = d / group for per-token scales (hoisted by the caller:
+// a division per row and chunk costs as much as the dequantization).
+inline __m256 plain8(const BlockSrc& bs, int64_t j, int64_t d, DType t) { return load8(bs.p[j] + d * elem_size(t), t); }
+inline int64_t group_of(const Source& src, int64_t d) { return src.q && !src.q->per_channel ? d / src.q->group : 0; }
+inline __m256 codes8(const BlockSrc& bs, const Source& src, int64_t j, int64_t d, int64_t gi) {
+  const QuantDesc& q = *src.q;
+  __m256 scv, zv;
+  if (q.per_channel) {
+    scv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bs.sc[j] + d)));
+    zv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bs.zp[j] + d)));
+  } else {
+    scv = _mm256_set1_ps(_cvtsh_ss(bs.sc[j][gi]));
+    zv = _mm256_set1_ps(_cvtsh_ss(bs.zp[j][gi]));
+  }
+  return _mm256_fmadd_ps(src.unpack.codes8(reinterpret_cast<const uint8_t*>(bs.p[j]) + d * q.bits / 8), scv, zv);
+}
+
 template <int64_t N>
 void block_rows(const Source& src, DType t, int64_t b, int64_t h, int64_t j0, int64_t nb, int64_t n, float* buf,
                 const float* zeros, Rows<N>* out) {
   const int64_t np = round_up8(n);
   const bool direct = !src.q && t == DType::F32 && n % 8 == 0;
+  if (!direct && chunked(src, n)) {  // whole 8-value chunks: one pass, no per-row calls
+    BlockSrc bs;
+    block_src(src, t, b, h, j0, nb, zeros, &bs);
+    for (int64_t j = 0; j < N; ++j) out->row[j] = j < nb ? buf + j * np : zeros;
+    for (int64_t d = 0; d < n; d += 8) {
+      const int64_t gi = group_of(src, d);
+      for (int64_t j = 0; j < bs.nq; ++j) _mm256_storeu_ps(buf + j * np + d, codes8(bs, src, j, d, gi));
+      for (int64_t j = bs.nq; j < nb; ++j) _mm256_storeu_ps(buf + j * np + d, plain8(bs, j, d, t));
+    }
+    return;
+  }
   for (int64_t j = 0; j < N; ++j) {
     if (j >= nb) {
       out->row[j] = zeros;
@@ -292,8 +366,6 @@ void decode_split_narrow(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, 
 // runs per row on those vectors, rescaling only when a row's maximum grows, and Acc += P·V broadcasts one
 // probability per FMA over 8 value channels. Both products keep their tiles in registers.
 
-constexpr int64_t kWide = 32;        // keys per block: 4 score vectors per row
-constexpr int64_t kWideMinRows = 6;  // rows per work item from which the transposes pay for themselves
 using WideRows = Rows<kWide>;
 
 // 8x8 transpose of r in place: r[i] lane j becomes r[j] lane i.
@@ -323,66 +395,6 @@ inline void transpose_block(const WideRows& k, int64_t n, float* KT) {
     }
 }
 
-// Whether load_block_T can read n-wide rows of src: whole 8-value chunks, each under one scale and zero.
-inline bool chunked(const Source& src, int64_t n) {
-  return n % 8 == 0 && (!src.q || src.q->per_channel || src.q->group % 8 == 0);
-}
-
-// Where each of a block's 32 rows comes from, set up once per block. Slots below n_quant hold codes, so the
-// quantized rows are a prefix [0, nq); then plain rows (the residual, or an unquantized source) up to nb, then
-// the zero row (all-zero bits are 0 in every storage type).
-struct BlockSrc {
-  const char* p[kWide];
-  const uint16_t* sc[kWide];  // rows [0, nq): their scales and zeros (per token: of the row; per channel: of
-  const uint16_t* zp[kWide];  // the row's slot group)
-  int64_t nq = 0;
-};
-
-inline void block_src(const Source& src, DType t, int64_t b, int64_t h, int64_t j0, int64_t nb, const float* zeros,
-                      BlockSrc* bs) {
-  const QuantDesc* q = src.q;
-  int64_t nq = q ? q->n_quant - j0 : 0;
-  nq = nq < 0 ? 0 : (nq > nb ? nb : nq);
-  if (nq > 0) {
-    const uint8_t* d0 = q->data + b * q->d_sb + h * q->d_sh + j0 * q->d_sr;
-    const uint16_t* sc0 = q->scale + b * q->s_sb + h * q->s_sh;
-    const uint16_t* zp0 = q->zero + b * q->s_sb + h * q->s_sh;
-    int64_t g = q->per_channel ? j0 / q->group : j0, rem = q->per_channel ? j0 % q->group : 0;
-    for (int64_t j = 0; j < nq; ++j) {
-      bs->p[j] = reinterpret_cast<const char*>(d0 + j * q->d_sr);
-      bs->sc[j] = sc0 + g * q->s_sr, bs->zp[j] = zp0 + g * q->s_sr;
-      if (!q->per_channel) ++g;
-      else if (++rem == q->group) rem = 0, ++g;
-    }
-  }
-  if (nb > nq) {
-    const Operand& op = q ? q->residual : *src.op;
-    const int64_t step = op.sr * elem_size(t);
-    const char* r0 = row_ptr(op, t, b, h, q ? j0 + nq - q->n_quant : j0 + nq);
-    for (int64_t j = nq; j < nb; ++j) bs->p[j] = r0 + (j - nq) * step;
-    if (!q)  // the block one ahead, a cache line at a time
-      for (int64_t off = 0; off < nb * step; off += 64) _mm_prefetch(r0 + kWide * step + off, _MM_HINT_T0);
-  }
-  for (int64_t j = nb; j < kWide; ++j) bs->p[j] = reinterpret_cast<const char*>(zeros);
-  bs->nq = nq;
-}
-
-// Values [d, d + 8) of row j of a block as f32.
-inline __m256 plain8(const BlockSrc& bs, int64_t j, int64_t d, DType t) { return load8(bs.p[j] + d * elem_size(t), t); }
-inline __m256 codes8(const BlockSrc& bs, const Source& src, int64_t j, int64_t d) {
-  const QuantDesc& q = *src.q;
-  __m256 scv, zv;
-  if (q.per_channel) {
-    scv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bs.sc[j] + d)));
-    zv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bs.zp[j] + d)));
-  } else {
-    const int64_t gi = d / q.group;
-    scv = _mm256_set1_ps(_cvtsh_ss(bs.sc[j][gi]));
-    zv = _mm256_set1_ps(_cvtsh_ss(bs.zp[j][gi]));
-  }
-  return _mm256_fmadd_ps(src.unpack.codes8(reinterpret_cast<const uint8_t*>(bs.p[j]) + d * q.bits / 8), scv, zv);
-}
-
 // The block's keys in both layouts, in one pass: KT [n][32] (keys as lanes) and, when rows_out is set, the rows
 // as f32 [32][n] in buf. Rows are plain (f32/bf16/f16) or 2/4/8-bit codes with their scale and zero
 // (quant_attention.h), dequantized in registers; n is a multiple of 8 (see chunked).
@@ -393,12 +405,13 @@ inline void load_block_T(const Source& src, DType t, int64_t b, int64_t h, int64
   for (int64_t jb = 0; jb < kWide; jb += 8) {
     for (int64_t d = 0; d < n; d += 8) {
       __m256 r[8];
+      const int64_t gi = group_of(src, d);
       if (jb >= bs.nq) {
         for (int i = 0; i < 8; ++i) r[i] = plain8(bs, jb + i, d, t);
       } else if (jb + 8 <= bs.nq) {
-        for (int i = 0; i < 8; ++i) r[i] = codes8(bs, src, jb + i, d);
+        for (int i = 0; i < 8; ++i) r[i] = codes8(bs, src, jb + i, d, gi);
       } else {
-        for (int i = 0; i < 8; ++i) r[i] = jb + i < bs.nq ? codes8(bs, src, jb + i, d) : plain8(bs, jb + i, d, t);
+        for (int i = 0; i < 8; ++i) r[i] = jb + i < bs.nq ? codes8(bs, src, jb + i, d, gi) : plain8(bs, jb + i, d, t);
       }
       if (rows_out)
         for (int i = 0; i < 8; ++i) _mm256_storeu_ps(buf + (jb + i) * n + d, r[i]);
