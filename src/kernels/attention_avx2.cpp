@@ -1,6 +1,5 @@
 // AVX2 attention for CPUs without AVX-512 (f32 arithmetic for f32/bf16/f16 storage). Compiled with
-// -mavx2 -mfma -mf16c; called only when cpu_has_avx2(). Decode only: prompts take the libtorch reference on
-// these CPUs (kernels_for(Variant::Avx2).prefill_tile is null).
+// -mavx2 -mfma -mf16c; called only when cpu_has_avx2().
 //
 // Decode over a split [s0, s1) of the keys for the R = g·T query rows of one work item, in one of two shapes:
 //   narrow (R < 6: MHA, small GQA groups), 8 keys per block: each key row is converted to f32 once per block
@@ -8,14 +7,16 @@
 //     by every query row; scores come from one reduce8 per row and block;
 //   wide (R >= 6: absorbed MLA, GQA groups of 6 and more), 32 keys per block: the block is converted and
 //     transposed once, so scores and the weighted sum are two small register-tiled matrix products with no
-//     horizontal sums (see decode_split_wide).
-// Both keep an online softmax per row in the log2 domain.
+//     horizontal sums (see wide_rows).
+// Prefill runs the wide path over g heads x a tile of query tokens (prefill_tile). Both keep an online softmax
+// per row in the log2 domain. How a block's rows are read (plain or quantized) is in attention_avx2_rows.h.
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
 
 #include "kernels/attention_args.h"
+#include "kernels/attention_avx2_rows.h"
 #include "kernels/simd_avx2.h"
 
 namespace mha2mla::kernels::avx2 {
@@ -23,188 +24,7 @@ namespace {
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-constexpr int64_t kBlk = 8;          // keys per block of the narrow path: one score vector per row
-constexpr int64_t kWide = 32;        // keys per block of the wide path: 4 score vectors per row
 constexpr int64_t kWideMinRows = 6;  // rows per work item from which the wide path's transposes pay for themselves
-
-// Spreads 8 codes of `bits` bits (`bits` bytes) to 32-bit lanes: one byte shuffle and one variable shift.
-struct CodeUnpack {
-  __m128i pick;
-  __m256i shift, mask;
-  int bits = 8;
-  explicit CodeUnpack(int b) : bits(b) {
-    const int per_byte = 8 / b;
-    alignas(16) int8_t pk[16];
-    alignas(32) int32_t sh[8];
-    for (int k = 0; k < 16; ++k) pk[k] = k < 8 ? static_cast<int8_t>(k / per_byte) : -1;
-    for (int k = 0; k < 8; ++k) sh[k] = (k % per_byte) * b;
-    pick = _mm_load_si128(reinterpret_cast<const __m128i*>(pk));
-    shift = _mm256_load_si256(reinterpret_cast<const __m256i*>(sh));
-    mask = _mm256_set1_epi32((1 << b) - 1);
-  }
-  __m256 codes8(const uint8_t* p) const {
-    uint64_t raw = 0;  // exactly `bits` bytes: a row's last codes may end its buffer
-    if (bits == 8) {
-      std::memcpy(&raw, p, 8);
-    } else if (bits == 4) {
-      uint32_t r4;
-      std::memcpy(&r4, p, 4);
-      raw = r4;
-    } else {
-      uint16_t r2;
-      std::memcpy(&r2, p, 2);
-      raw = r2;
-    }
-    const __m128i bytes = _mm_shuffle_epi8(_mm_cvtsi64_si128(static_cast<long long>(raw)), pick);
-    return _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(_mm256_cvtepu8_epi32(bytes), shift), mask));
-  }
-};
-
-// A 2/4/8-bit row of a quantized cache (layout in quant_attention.h) as f32 into dst[0, round_up8(n)):
-// code * scale + zero, 8 values at a time where the scale groups allow.
-inline void quant_row_to_f32(const QuantDesc& q, const CodeUnpack& u, DType t, int64_t b, int64_t h, int64_t s,
-                             int64_t n, float* dst) {
-  if (s >= q.n_quant) {
-    row_to_f32(row_ptr(q.residual, t, b, h, s - q.n_quant), t, n, dst);
-    return;
-  }
-  const uint8_t* row = q.data + b * q.d_sb + h * q.d_sh + s * q.d_sr;
-  const int bits = q.bits;
-  const int64_t n8 = n / 8 * 8;
-  const uint16_t* sc = q.scale + b * q.s_sb + h * q.s_sh;
-  const uint16_t* zp = q.zero + b * q.s_sb + h * q.s_sh;
-  int64_t d = 0;
-  if (q.per_channel) {  // one scale per channel of this group of slots
-    sc += (s / q.group) * q.s_sr, zp += (s / q.group) * q.s_sr;
-    for (; d < n8; d += 8) {
-      const __m256 scv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + d)));
-      const __m256 zv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(zp + d)));
-      _mm256_storeu_ps(dst + d, _mm256_fmadd_ps(u.codes8(row + d * bits / 8), scv, zv));
-    }
-  } else if (q.group % 8 == 0) {  // one scale per group of channels of this slot, 8 channels at a time
-    sc += s * q.s_sr, zp += s * q.s_sr;
-    for (; d < n8; d += 8) {
-      const __m256 scv = _mm256_set1_ps(_cvtsh_ss(sc[d / q.group])), zv = _mm256_set1_ps(_cvtsh_ss(zp[d / q.group]));
-      _mm256_storeu_ps(dst + d, _mm256_fmadd_ps(u.codes8(row + d * bits / 8), scv, zv));
-    }
-  }
-  for (; d < n; ++d) dst[d] = quant_elem(q, t, b, h, s, d);  // the rest, one value at a time
-  for (d = n; d < round_up8(n); ++d) dst[d] = 0.f;
-}
-
-// Rows of a block of N keys as f32: in place (f32 rows whose width is a multiple of 8) or converted into buf
-// with zero padding to round_up8(n). Missing keys (j >= nb) point at a zero row.
-template <int64_t N>
-struct Rows {
-  const float* row[N];
-};
-using BlockRows = Rows<kBlk>;
-
-// Where a block's rows come from: a plain operand, or a quantized buffer when q is set.
-struct Source {
-  const Operand* op;
-  const QuantDesc* q;
-  CodeUnpack unpack;
-  Source(const Operand* o, const QuantDesc* qd) : op(o), q(qd), unpack(qd ? qd->bits : 8) {}
-};
-
-// Whether n-wide rows of src can be read in 8-value chunks (block_src), each chunk under one scale and zero.
-inline bool chunked(const Source& src, int64_t n) {
-  return n % 8 == 0 && (!src.q || src.q->per_channel || src.q->group % 8 == 0);
-}
-
-// Where each of a block's 32 rows comes from, set up once per block. Slots below n_quant hold codes, so the
-// quantized rows are a prefix [0, nq); then plain rows (the residual, or an unquantized source) up to nb, then
-// the zero row (all-zero bits are 0 in every storage type).
-struct BlockSrc {
-  const char* p[kWide];
-  const uint16_t* sc[kWide];  // rows [0, nq): their scales and zeros (per token: of the row; per channel: of
-  const uint16_t* zp[kWide];  // the row's slot group)
-  int64_t nq = 0;
-};
-
-inline void block_src(const Source& src, DType t, int64_t b, int64_t h, int64_t j0, int64_t nb, const float* zeros,
-                      BlockSrc* bs) {
-  const QuantDesc* q = src.q;
-  int64_t nq = q ? q->n_quant - j0 : 0;
-  nq = nq < 0 ? 0 : (nq > nb ? nb : nq);
-  if (nq > 0) {
-    const uint8_t* d0 = q->data + b * q->d_sb + h * q->d_sh + j0 * q->d_sr;
-    const uint16_t* sc0 = q->scale + b * q->s_sb + h * q->s_sh;
-    const uint16_t* zp0 = q->zero + b * q->s_sb + h * q->s_sh;
-    int64_t g = q->per_channel ? j0 / q->group : j0, rem = q->per_channel ? j0 % q->group : 0;
-    for (int64_t j = 0; j < nq; ++j) {
-      bs->p[j] = reinterpret_cast<const char*>(d0 + j * q->d_sr);
-      bs->sc[j] = sc0 + g * q->s_sr, bs->zp[j] = zp0 + g * q->s_sr;
-      if (!q->per_channel) ++g;
-      else if (++rem == q->group) rem = 0, ++g;
-    }
-  }
-  if (nb > nq) {
-    const Operand& op = q ? q->residual : *src.op;
-    const int64_t step = op.sr * elem_size(t);
-    const char* r0 = row_ptr(op, t, b, h, q ? j0 + nq - q->n_quant : j0 + nq);
-    for (int64_t j = nq; j < nb; ++j) bs->p[j] = r0 + (j - nq) * step;
-    if (!q)  // the block one ahead, a cache line at a time
-      for (int64_t off = 0; off < nb * step; off += 64) _mm_prefetch(r0 + kWide * step + off, _MM_HINT_T0);
-  }
-  for (int64_t j = nb; j < kWide; ++j) bs->p[j] = reinterpret_cast<const char*>(zeros);
-  bs->nq = nq;
-}
-
-// Values [d, d + 8) of row j of a block as f32; gi = d / group for per-token scales (hoisted by the caller:
-// a division per row and chunk costs as much as the dequantization).
-inline __m256 plain8(const BlockSrc& bs, int64_t j, int64_t d, DType t) { return load8(bs.p[j] + d * elem_size(t), t); }
-inline int64_t group_of(const Source& src, int64_t d) { return src.q && !src.q->per_channel ? d / src.q->group : 0; }
-inline __m256 codes8(const BlockSrc& bs, const Source& src, int64_t j, int64_t d, int64_t gi) {
-  const QuantDesc& q = *src.q;
-  __m256 scv, zv;
-  if (q.per_channel) {
-    scv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bs.sc[j] + d)));
-    zv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bs.zp[j] + d)));
-  } else {
-    scv = _mm256_set1_ps(_cvtsh_ss(bs.sc[j][gi]));
-    zv = _mm256_set1_ps(_cvtsh_ss(bs.zp[j][gi]));
-  }
-  return _mm256_fmadd_ps(src.unpack.codes8(reinterpret_cast<const uint8_t*>(bs.p[j]) + d * q.bits / 8), scv, zv);
-}
-
-template <int64_t N>
-void block_rows(const Source& src, DType t, int64_t b, int64_t h, int64_t j0, int64_t nb, int64_t n, float* buf,
-                const float* zeros, Rows<N>* out) {
-  const int64_t np = round_up8(n);
-  const bool direct = !src.q && t == DType::F32 && n % 8 == 0;
-  if (!direct && chunked(src, n)) {  // whole 8-value chunks: one pass, no per-row calls
-    BlockSrc bs;
-    block_src(src, t, b, h, j0, nb, zeros, &bs);
-    for (int64_t j = 0; j < N; ++j) out->row[j] = j < nb ? buf + j * np : zeros;
-    for (int64_t d = 0; d < n; d += 8) {
-      const int64_t gi = group_of(src, d);
-      for (int64_t j = 0; j < bs.nq; ++j) _mm256_storeu_ps(buf + j * np + d, codes8(bs, src, j, d, gi));
-      for (int64_t j = bs.nq; j < nb; ++j) _mm256_storeu_ps(buf + j * np + d, plain8(bs, j, d, t));
-    }
-    return;
-  }
-  for (int64_t j = 0; j < N; ++j) {
-    if (j >= nb) {
-      out->row[j] = zeros;
-      continue;
-    }
-    if (src.q) {
-      quant_row_to_f32(*src.q, src.unpack, t, b, h, j0 + j, n, buf + j * np);
-      out->row[j] = buf + j * np;
-      continue;
-    }
-    const char* p = row_ptr(*src.op, t, b, h, j0 + j);
-    _mm_prefetch(p + 32 * src.op->sr * elem_size(t), _MM_HINT_T0);  // the same key 32 slots ahead
-    if (direct) {
-      out->row[j] = reinterpret_cast<const float*>(p);
-    } else {
-      row_to_f32(p, t, n, buf + j * np);
-      out->row[j] = buf + j * np;
-    }
-  }
-}
 
 // s[j] += q · k[j] for the 8 keys of a block, over n (a multiple of 8) values.
 inline void block_dots(const float* q, const BlockRows& k, int64_t n, __m256* acc) {
@@ -365,63 +185,6 @@ void decode_split_narrow(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, 
 // without horizontal sums: S = Q·Kᵀ broadcasts one query value per FMA over 8 keys. The online softmax then
 // runs per row on those vectors, rescaling only when a row's maximum grows, and Acc += P·V broadcasts one
 // probability per FMA over 8 value channels. Both products keep their tiles in registers.
-
-using WideRows = Rows<kWide>;
-
-// 8x8 transpose of r in place: r[i] lane j becomes r[j] lane i.
-inline void transpose8(__m256* r) {
-  __m256 t[8], u[8];
-  for (int i = 0; i < 8; i += 2) t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]), t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-  for (int i = 0; i < 8; i += 4) {
-    u[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
-    u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
-    u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
-    u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
-    r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
-  }
-}
-
-// KT[d][j] = rows[j][d] for the block's 32 keys and n (a multiple of 8) values, by 8x8 transposes.
-inline void transpose_block(const WideRows& k, int64_t n, float* KT) {
-  for (int64_t j = 0; j < kWide; j += 8)
-    for (int64_t d = 0; d < n; d += 8) {
-      __m256 r[8];
-      for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(k.row[j + i] + d);
-      transpose8(r);
-      for (int i = 0; i < 8; ++i) _mm256_storeu_ps(KT + (d + i) * kWide + j, r[i]);
-    }
-}
-
-// The block's keys in both layouts, in one pass: KT [n][32] (keys as lanes) and, when rows_out is set, the rows
-// as f32 [32][n] in buf. Rows are plain (f32/bf16/f16) or 2/4/8-bit codes with their scale and zero
-// (quant_attention.h), dequantized in registers; n is a multiple of 8 (see chunked).
-inline void load_block_T(const Source& src, DType t, int64_t b, int64_t h, int64_t j0, int64_t nb, int64_t n,
-                         const float* zeros, float* KT, float* buf, WideRows* rows_out) {
-  BlockSrc bs;
-  block_src(src, t, b, h, j0, nb, zeros, &bs);
-  for (int64_t jb = 0; jb < kWide; jb += 8) {
-    for (int64_t d = 0; d < n; d += 8) {
-      __m256 r[8];
-      const int64_t gi = group_of(src, d);
-      if (jb >= bs.nq) {
-        for (int i = 0; i < 8; ++i) r[i] = plain8(bs, jb + i, d, t);
-      } else if (jb + 8 <= bs.nq) {
-        for (int i = 0; i < 8; ++i) r[i] = codes8(bs, src, jb + i, d, gi);
-      } else {
-        for (int i = 0; i < 8; ++i) r[i] = jb + i < bs.nq ? codes8(bs, src, jb + i, d, gi) : plain8(bs, jb + i, d, t);
-      }
-      if (rows_out)
-        for (int i = 0; i < 8; ++i) _mm256_storeu_ps(buf + (jb + i) * n + d, r[i]);
-      transpose8(r);
-      for (int i = 0; i < 8; ++i) _mm256_storeu_ps(KT + (d + i) * kWide + jb, r[i]);
-    }
-  }
-  if (rows_out)
-    for (int64_t j = 0; j < kWide; ++j) rows_out->row[j] = buf + j * n;
-}
 
 // S[r][0, 32) (+)= Q[r] · KT for RC rows over n values; KT is [n][32].
 template <int RC>
