@@ -185,7 +185,7 @@ torch::Tensor flash_attention(const torch::Tensor& q_in, const torch::Tensor& k_
                               Variant variant) {
   const auto c = check_qkv("flash_attention", q_in, k_in, v_in, valid_in);
   variant = resolve_variant(variant);
-  if (variant == Variant::Reference || !kernels_for(variant).prefill_tile || !on_cpu({&q_in, &k_in, &v_in, &valid_in}))
+  if (variant == Variant::Reference || !on_cpu({&q_in, &k_in, &v_in, &valid_in}))
     return attention_reference(q_in, k_in, v_in, start, valid_in, window, scale);
   auto q = rows_contiguous(q_in), k = rows_contiguous(k_in), v = rows_contiguous(v_in);
   auto valid = valid_in.defined() ? valid_in.contiguous() : valid_in;

@@ -70,7 +70,6 @@ inline void visible_range(const AttnArgs& a, int64_t pos, int64_t* lo, int64_t* 
 // One implementation variant. Each entry runs a piece of work; the front end owns the threads.
 struct AttnKernels {
   // Prefill: query rows t in [t0, t0+tq) of all g heads of KV head kvh, over every visible key; writes out.
-  // Null: the variant has none, and prompts take the reference.
   void (*prefill_tile)(const AttnArgs&, int64_t b, int64_t kvh, int64_t t0, int64_t tq);
   // Decode: all T query rows of the Hq/groups heads of group grp against keys [s0, s1); writes a Partial.
   void (*decode_split)(const AttnArgs&, int64_t b, int64_t grp, int64_t s0, int64_t s1, const Partial&);
@@ -79,6 +78,6 @@ struct AttnKernels {
 namespace generic { extern const AttnKernels kAttn; }
 namespace avx512 { extern const AttnKernels kAttnF32; }    // f32 math, any storage dtype
 namespace avx512bf16 { extern const AttnKernels kAttn; }   // vdpbf16ps for bf16 storage
-namespace avx2 { extern const AttnKernels kAttn; }         // decode only (prefill_tile null), f32 math
+namespace avx2 { extern const AttnKernels kAttn; }         // f32 math, any storage dtype
 
 }  // namespace mha2mla::kernels

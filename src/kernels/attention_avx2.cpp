@@ -248,9 +248,9 @@ RowSet wide_rows(const AttnArgs& a, const Item& it, int64_t b, int64_t t0, int64
   const int64_t R = it.R, h0 = it.h0, per_kv = it.per_kv, D1p = it.D1p, D2p = it.D2p, Dvp = it.Dvp, kv0 = it.kv0;
   const int64_t nk2 = a.D2 ? it.nkv : 0;
   // Scratch: Q1, Q2, Acc as in RowSet; Lsum [R][8] (per-lane sums); S/P [R][32]; K1/V rows [32][D1p|Dvp];
-  // K2 rows [nk2][32][D2p]; K1T [D1p][32]; K2T [nk2][D2p][32]; zeros [wmax].
+  // K2 rows [32][D2p] (one RoPE key head at a time); K1T [D1p][32]; K2T [nk2][D2p][32]; zeros [wmax].
   thread_local std::vector<float> scratch;
-  const size_t need = R * (D1p + D2p + Dvp + 8 + kWide) + kWide * (D1p + Dvp) + 2 * nk2 * kWide * D2p +
+  const size_t need = R * (D1p + D2p + Dvp + 8 + kWide) + kWide * (D1p + Dvp + D2p) + nk2 * kWide * D2p +
                       D1p * kWide + it.wmax;
   if (scratch.size() < need) scratch.assign(need, 0.f);
   RowSet rs{R, D1p, D2p, Dvp, scratch.data(), nullptr, nullptr, {}, {}, {}, {}};
@@ -261,7 +261,7 @@ RowSet wide_rows(const AttnArgs& a, const Item& it, int64_t b, int64_t t0, int64
   float* K1b = S + R * kWide;
   float* Vb = K1b + kWide * D1p;
   float* K2b = Vb + kWide * Dvp;
-  float* K1T = K2b + nk2 * kWide * D2p;
+  float* K1T = K2b + kWide * D2p;
   float* K2T = K1T + D1p * kWide;
   float* zeros = K2T + nk2 * D2p * kWide;
   for (int64_t i = 0; i < it.wmax; ++i) zeros[i] = 0.f;
@@ -289,7 +289,7 @@ RowSet wide_rows(const AttnArgs& a, const Item& it, int64_t b, int64_t t0, int64
       if (chunked(it.k2, a.D2)) {
         load_block_T(it.k2, a.dtype, b, kv0 + i, j0, nb, a.D2, zeros, kt, nullptr, nullptr);
       } else {
-        block_rows(it.k2, a.dtype, b, kv0 + i, j0, nb, a.D2, K2b + i * kWide * D2p, zeros, &K2);
+        block_rows(it.k2, a.dtype, b, kv0 + i, j0, nb, a.D2, K2b, zeros, &K2);
         transpose_block(K2, D2p, kt);
       }
       const int64_t r0 = std::max<int64_t>(0, ((kv0 + i) * per_kv - h0) * nt);

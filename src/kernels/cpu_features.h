@@ -15,8 +15,7 @@ bool cpu_has_avx512_bf16(); // the above plus AVX512_BF16 (vdpbf16ps)
 
 // Auto -> the best supported variant (the libtorch reference on CPUs without AVX2);
 // MHA2MLA_KERNELS=generic|avx2|avx512|reference caps it (benchmarks and bug hunts). An explicit
-// variant the CPU lacks is refused with an error. The AVX2 variant has GEMV and decode attention (every
-// cache type); its prompts run the libtorch reference.
+// variant the CPU lacks is refused with an error.
 Variant resolve_variant(Variant v);
 std::string variant_name(Variant v);
 
