@@ -128,7 +128,9 @@ torch::Tensor run_decode(AttnArgs& a, const AttnKernels& kern, const torch::Tens
   const int64_t threads = at::get_num_threads();
   int64_t nsplit = std::max<int64_t>(1, (4 * threads + a.B * a.groups - 1) / (a.B * a.groups));
   nsplit = std::min(nsplit, std::max<int64_t>(1, span / 256));  // keep splits long enough to stream
-  const int64_t chunk = (span + nsplit - 1) / nsplit;
+  // Whole 32-key blocks per split: blocks then start on multiples of 32 (where lo does), so 4-bit tiles stay
+  // inside one per-channel scale group (the AVX2 kernel's q4_block_T).
+  const int64_t chunk = ((span + nsplit - 1) / nsplit + 31) / 32 * 32;
   nsplit = (span + chunk - 1) / chunk;
   auto part = torch::empty({a.B, a.groups, nsplit, R * (a.Dv + 2)}, torch::kFloat32);
   float* pp = part.data_ptr<float>();

@@ -242,16 +242,48 @@ inline void pv_rows(const float* P, const WideRows& V, int64_t nb, int64_t Dvp, 
   else if (Dvp - d == 8) pv_tile<RC, 1>(P, V, nb, d, Acc, Dvp);
 }
 
+// The same product from the transposed block, for a 4-bit latent (MLA: V is K1, whose codes q4_block_T turns
+// straight into KT, with no rows): AccT[r][d] holds 8 lanes of partial sums over the keys, summed once at the
+// end. RC rows by 4 channels per tile; P is zero for keys a row does not see. With bf16 or f32 rows at hand
+// the row form (pv_tile) is faster: it moves fewer accumulators through memory.
+template <int RC>
+inline void pvT_tile(const float* P, const float* VT, int64_t d0, float* AccT, int64_t ldr) {
+  __m256 o[RC][4];
+  for (int r = 0; r < RC; ++r)
+    for (int c = 0; c < 4; ++c) o[r][c] = _mm256_loadu_ps(AccT + r * ldr + (d0 + c) * 8);
+  for (int v = 0; v < 4; ++v) {
+    __m256 p[RC];
+    for (int r = 0; r < RC; ++r) p[r] = _mm256_loadu_ps(P + r * kWide + 8 * v);
+    for (int c = 0; c < 4; ++c) {
+      const __m256 k = _mm256_loadu_ps(VT + (d0 + c) * kWide + 8 * v);
+      for (int r = 0; r < RC; ++r) o[r][c] = _mm256_fmadd_ps(p[r], k, o[r][c]);
+    }
+  }
+  for (int r = 0; r < RC; ++r)
+    for (int c = 0; c < 4; ++c) _mm256_storeu_ps(AccT + r * ldr + (d0 + c) * 8, o[r][c]);
+}
+
+template <int RC>
+inline void pvT_rows(const float* P, const float* VT, int64_t Dvp, float* AccT) {
+  for (int64_t d = 0; d < Dvp; d += 4) pvT_tile<RC>(P, VT, d, AccT, Dvp * 8);
+}
+
+// Latent widths up to which a 4-bit latent's P·V reads the transposed block (pvT_tile): AccT is 8 times Acc,
+// so wider latents keep the row form.
+constexpr int64_t kPvTMaxWidth = 64;
+
 // The wide path over keys [s0, s1) for the rows of `it`, tokens t0 .. t0 + nt - 1 of each head: returns the
 // rows' running max, sum and accumulator (pointing into this thread's scratch, valid until the next call).
 RowSet wide_rows(const AttnArgs& a, const Item& it, int64_t b, int64_t t0, int64_t nt, int64_t s0, int64_t s1) {
   const int64_t R = it.R, h0 = it.h0, per_kv = it.per_kv, D1p = it.D1p, D2p = it.D2p, Dvp = it.Dvp, kv0 = it.kv0;
   const int64_t nk2 = a.D2 ? it.nkv : 0;
+  const bool pv_T = it.v_is_k && Dvp <= kPvTMaxWidth && a.kq && a.kq->bits == 4;
   // Scratch: Q1, Q2, Acc as in RowSet; Lsum [R][8] (per-lane sums); S/P [R][32]; K1/V rows [32][D1p|Dvp];
-  // K2 rows [32][D2p] (one RoPE key head at a time); K1T [D1p][32]; K2T [nk2][D2p][32]; zeros [wmax].
+  // K2 rows [32][D2p] (one RoPE key head at a time); K1T [D1p][32]; K2T [nk2][D2p][32]; zeros [wmax];
+  // AccT [R][Dvp][8] when P·V reads the transposed block.
   thread_local std::vector<float> scratch;
   const size_t need = R * (D1p + D2p + Dvp + 8 + kWide) + kWide * (D1p + Dvp + D2p) + nk2 * kWide * D2p +
-                      D1p * kWide + it.wmax;
+                      D1p * kWide + it.wmax + (pv_T ? R * Dvp * 8 : 0);
   if (scratch.size() < need) scratch.assign(need, 0.f);
   RowSet rs{R, D1p, D2p, Dvp, scratch.data(), nullptr, nullptr, {}, {}, {}, {}};
   rs.Q2 = rs.Q1 + R * D1p;
@@ -264,8 +296,10 @@ RowSet wide_rows(const AttnArgs& a, const Item& it, int64_t b, int64_t t0, int64
   float* K1T = K2b + kWide * D2p;
   float* K2T = K1T + D1p * kWide;
   float* zeros = K2T + nk2 * D2p * kWide;
+  float* AccT = zeros + it.wmax;
   for (int64_t i = 0; i < it.wmax; ++i) zeros[i] = 0.f;
   for (int64_t i = 0; i < R * 8; ++i) Lsum[i] = 0.f;
+  if (pv_T) std::fill(AccT, AccT + R * Dvp * 8, 0.f);
   load_rows(a, b, h0, t0, nt, s0, s1, rs);
   const __m256 iota = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
   WideRows K1, V, K2;
@@ -275,7 +309,7 @@ RowSet wide_rows(const AttnArgs& a, const Item& it, int64_t b, int64_t t0, int64
     key_masks(a, b, j0, nb, 4, key_ok);
     // Keys (and the latent values) as f32: in one pass where rows split into 8-value chunks, else row by row.
     if (chunked(it.k1, a.D1)) {
-      load_block_T(it.k1, a.dtype, b, kv0, j0, nb, a.D1, zeros, K1T, K1b, it.v_is_k ? &K1 : nullptr);
+      load_block_T(it.k1, a.dtype, b, kv0, j0, nb, a.D1, zeros, K1T, K1b, it.v_is_k && !pv_T ? &K1 : nullptr);
     } else {
       block_rows(it.k1, a.dtype, b, kv0, j0, nb, a.D1, K1b, zeros, &K1);
       transpose_block(K1, D1p, K1T);
@@ -319,8 +353,9 @@ RowSet wide_rows(const AttnArgs& a, const Item& it, int64_t b, int64_t t0, int64
       if (mb > rs.M[r]) {  // a new maximum: rescale what the row has summed so far
         if (rs.M[r] != kNegInf) {
           const __m256 av = _mm256_set1_ps(std::exp2(rs.M[r] - mb));
-          float* acc_r = rs.Acc + r * Dvp;
-          for (int64_t d = 0; d < Dvp; d += 8) _mm256_storeu_ps(acc_r + d, _mm256_mul_ps(_mm256_loadu_ps(acc_r + d), av));
+          float* acc_r = pv_T ? AccT + r * Dvp * 8 : rs.Acc + r * Dvp;
+          const int64_t width = pv_T ? Dvp * 8 : Dvp;
+          for (int64_t d = 0; d < width; d += 8) _mm256_storeu_ps(acc_r + d, _mm256_mul_ps(_mm256_loadu_ps(acc_r + d), av));
           _mm256_storeu_ps(Lsum + r * 8, _mm256_mul_ps(_mm256_loadu_ps(Lsum + r * 8), av));
         }
         rs.M[r] = mb;
@@ -336,11 +371,19 @@ RowSet wide_rows(const AttnArgs& a, const Item& it, int64_t b, int64_t t0, int64
     }
     // Acc += P·V, three rows per tile.
     int64_t r = 0;
+    if (pv_T) {
+      for (; r + 3 <= R; r += 3) pvT_rows<3>(S + r * kWide, K1T, Dvp, AccT + r * Dvp * 8);
+      if (R - r == 2) pvT_rows<2>(S + r * kWide, K1T, Dvp, AccT + r * Dvp * 8);
+      else if (R - r == 1) pvT_rows<1>(S + r * kWide, K1T, Dvp, AccT + r * Dvp * 8);
+      continue;
+    }
     for (; r + 3 <= R; r += 3) pv_rows<3>(S + r * kWide, V, nb, Dvp, rs.Acc + r * Dvp);
     if (R - r == 2) pv_rows<2>(S + r * kWide, V, nb, Dvp, rs.Acc + r * Dvp);
     else if (R - r == 1) pv_rows<1>(S + r * kWide, V, nb, Dvp, rs.Acc + r * Dvp);
   }
   for (int64_t r = 0; r < R; ++r) rs.L[r] = hsum8(_mm256_loadu_ps(Lsum + r * 8));
+  if (pv_T)
+    for (int64_t i = 0; i < R * Dvp; ++i) rs.Acc[i] = hsum8(_mm256_loadu_ps(AccT + i * 8));
   return rs;
 }
 

@@ -224,11 +224,68 @@ inline void transpose_block(const WideRows& k, int64_t n, float* KT) {
     }
 }
 
+// A whole block of 32 quantized keys with 4-bit codes straight into KT (keys as lanes), with no float
+// transpose: an 8-key tile's row chunks (4 bytes each) are read as one vector, so lane i holds key i's 8 codes,
+// and value k of every key is one shift and mask away. Dequantized with the keys' scales (per token: a vector
+// of the 8 keys' scales for the chunk's group) or the channels' (per channel: a tile lies in one group of
+// slots, which needs j0 and the group to be multiples of 8). Returns false, writing nothing, where that fails.
+inline bool q4_block_T(const QuantDesc& q, int64_t b, int64_t h, int64_t j0, int64_t n, float* KT) {
+  const bool per_token = !q.per_channel;
+  if (!per_token && (j0 % 8 || q.group % 8)) return false;
+  const uint8_t* rows = q.data + b * q.d_sb + h * q.d_sh + j0 * q.d_sr;
+  const uint16_t* sc0 = q.scale + b * q.s_sb + h * q.s_sh;
+  const uint16_t* zp0 = q.zero + b * q.s_sb + h * q.s_sh;
+  const __m256i gather_idx =
+      _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(static_cast<int>(q.d_sr)));
+  const __m256i mask = _mm256_set1_epi32(0xF);
+  int64_t g = per_token ? 0 : j0 / q.group, rem = per_token ? 0 : j0 % q.group;  // per channel: the tile's group
+  for (int64_t jb = 0; jb < kWide; jb += 8, rem += 8) {
+    while (rem >= q.group) rem -= q.group, ++g;
+    const uint16_t* sc = per_token ? sc0 + (j0 + jb) * q.s_sr : sc0 + g * q.s_sr;  // this tile's scale rows
+    const uint16_t* zp = per_token ? zp0 + (j0 + jb) * q.s_sr : zp0 + g * q.s_sr;
+    for (int64_t d = 0; d < n; d += 8) {
+      __m256 scv, zv;
+      if (!per_token) {  // the 8 channels' scales; lane k is broadcast for channel d + k below
+        scv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + d)));
+        zv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(zp + d)));
+      } else if (q.s_sr == 1) {  // one group per row: the 8 keys' scales are adjacent
+        scv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc)));
+        zv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(zp)));
+      } else {
+        const int64_t gi = d / q.group, ss = q.s_sr;
+        scv = _mm256_cvtph_ps(_mm_setr_epi16(sc[gi], sc[ss + gi], sc[2 * ss + gi], sc[3 * ss + gi], sc[4 * ss + gi],
+                                             sc[5 * ss + gi], sc[6 * ss + gi], sc[7 * ss + gi]));
+        zv = _mm256_cvtph_ps(_mm_setr_epi16(zp[gi], zp[ss + gi], zp[2 * ss + gi], zp[3 * ss + gi], zp[4 * ss + gi],
+                                            zp[5 * ss + gi], zp[6 * ss + gi], zp[7 * ss + gi]));
+      }
+      const uint8_t* base = rows + jb * q.d_sr + d / 2;
+      const __m256i v = q.d_sr == 4 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(base))  // 8-value rows
+                                    : _mm256_i32gather_epi32(reinterpret_cast<const int*>(base), gather_idx, 1);
+      for (int k = 0; k < 8; ++k) {
+        const __m256 c = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(v, 4 * k), mask));
+        __m256 x;
+        if (per_token) {
+          x = _mm256_fmadd_ps(c, scv, zv);
+        } else {
+          const __m256i lane = _mm256_set1_epi32(k);
+          x = _mm256_fmadd_ps(c, _mm256_permutevar8x32_ps(scv, lane), _mm256_permutevar8x32_ps(zv, lane));
+        }
+        _mm256_storeu_ps(KT + (d + k) * kWide + jb, x);
+      }
+    }
+  }
+  return true;
+}
+
 // The block's keys in both layouts, in one pass: KT [n][32] (keys as lanes) and, when rows_out is set, the rows
 // as f32 [32][n] in buf. Rows are plain (f32/bf16/f16) or 2/4/8-bit codes with their scale and zero
 // (quant_attention.h), dequantized in registers; n is a multiple of 8 (see chunked).
 inline void load_block_T(const Source& src, DType t, int64_t b, int64_t h, int64_t j0, int64_t nb, int64_t n,
                          const float* zeros, float* KT, float* buf, WideRows* rows_out) {
+  // Whole 4-bit blocks skip the f32 rows and their transposes when the caller needs only KT.
+  if (!rows_out && src.q && src.q->bits == 4 && nb == kWide && src.q->n_quant - j0 >= kWide &&
+      q4_block_T(*src.q, b, h, j0, n, KT))
+    return;
   BlockSrc bs;
   block_src(src, t, b, h, j0, nb, zeros, &bs);
   for (int64_t jb = 0; jb < kWide; jb += 8) {

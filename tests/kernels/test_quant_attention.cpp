@@ -208,6 +208,7 @@ TEST(KernelQuantAttention, MlaDecodeMatchesReference) {
       {1, 9, 3, 1, 1000, 960, 24, 8, 8, 0, false},     // SmolLM -87.5 %: L 24, r 8, several 64-key blocks
       {1, 9, 3, 1, 1000, 896, 24, 8, 64, 0, false},    // the same with one scale group per latent row (default)
       {2, 6, 3, 1, 330, 300, 48, 8, 64, 0, true},      // latent and rotary blocks end at different slots
+      {1, 9, 3, 1, 1000, 896, 24, 8, 64, 333, false},  // window: blocks start off the 8-slot grid of scale groups
   };
   for (auto dt : {torch::kFloat32, torch::kBFloat16}) {
     for (const auto& c : cases) {
