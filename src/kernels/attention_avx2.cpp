@@ -186,34 +186,42 @@ void decode_split_narrow(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, 
 // runs per row on those vectors, rescaling only when a row's maximum grows, and Acc += P·V broadcasts one
 // probability per FMA over 8 value channels. Both products keep their tiles in registers.
 
-// S[r][0, 32) (+)= Q[r] · KT for RC rows over n values; KT is [n][32].
+// S[r][0, 32) = Q1[r] · K1T + Q2[r] · K2T for RC rows, over n1 and n2 values (KT is [n][32]; n2 = 0 without
+// RoPE keys): one accumulator per row and 8 keys, so a tile of 3 rows keeps 12 independent chains in flight,
+// and both terms go into the same registers.
 template <int RC>
-inline void score_tile(const float* Q, int64_t ldq, const float* KT, int64_t n, float* S, bool add) {
+inline void score_tile(const float* Q1, int64_t ld1, const float* K1T, int64_t n1, const float* Q2, int64_t ld2,
+                       const float* K2T, int64_t n2, float* S) {
   __m256 acc[RC][4];
   for (int r = 0; r < RC; ++r)
-    for (int v = 0; v < 4; ++v) acc[r][v] = add ? _mm256_loadu_ps(S + r * kWide + 8 * v) : _mm256_setzero_ps();
-  for (int64_t d = 0; d < n; ++d) {
-    const float* k = KT + d * kWide;
-    const __m256 k0 = _mm256_loadu_ps(k), k1 = _mm256_loadu_ps(k + 8), k2 = _mm256_loadu_ps(k + 16),
-                 k3 = _mm256_loadu_ps(k + 24);
-    for (int r = 0; r < RC; ++r) {
-      const __m256 q = _mm256_broadcast_ss(Q + r * ldq + d);
-      acc[r][0] = _mm256_fmadd_ps(q, k0, acc[r][0]);
-      acc[r][1] = _mm256_fmadd_ps(q, k1, acc[r][1]);
-      acc[r][2] = _mm256_fmadd_ps(q, k2, acc[r][2]);
-      acc[r][3] = _mm256_fmadd_ps(q, k3, acc[r][3]);
+    for (int v = 0; v < 4; ++v) acc[r][v] = _mm256_setzero_ps();
+  for (int part = 0; part < 2; ++part) {
+    const float* Q = part ? Q2 : Q1;
+    const float* KT = part ? K2T : K1T;
+    const int64_t ldq = part ? ld2 : ld1, n = part ? n2 : n1;
+    for (int64_t d = 0; d < n; ++d) {
+      __m256 q[RC];
+      for (int r = 0; r < RC; ++r) q[r] = _mm256_broadcast_ss(Q + r * ldq + d);
+      for (int v = 0; v < 4; ++v) {
+        const __m256 k = _mm256_loadu_ps(KT + d * kWide + 8 * v);
+        for (int r = 0; r < RC; ++r) acc[r][v] = _mm256_fmadd_ps(q[r], k, acc[r][v]);
+      }
     }
   }
   for (int r = 0; r < RC; ++r)
     for (int v = 0; v < 4; ++v) _mm256_storeu_ps(S + r * kWide + 8 * v, acc[r][v]);
 }
 
-// Scores of rows [r0, r1) (row stride ldq in Q, kWide in S), two rows per tile.
-inline void score_rows(const float* Q, int64_t ldq, int64_t r0, int64_t r1, const float* KT, int64_t n, float* S,
-                       bool add) {
+// Scores of rows [r0, r1), which read the RoPE keys K2T (rows are ld1 / ld2 apart in Q1 / Q2, kWide in S),
+// three rows per tile.
+inline void score_rows(const RowSet& rs, int64_t r0, int64_t r1, const float* K1T, int64_t n1, const float* K2T,
+                       int64_t n2, float* S) {
+  const int64_t l1 = rs.D1p, l2 = rs.D2p;
   int64_t r = r0;
-  for (; r + 2 <= r1; r += 2) score_tile<2>(Q + r * ldq, ldq, KT, n, S + r * kWide, add);
-  if (r < r1) score_tile<1>(Q + r * ldq, ldq, KT, n, S + r * kWide, add);
+  for (; r + 3 <= r1; r += 3)
+    score_tile<3>(rs.Q1 + r * l1, l1, K1T, n1, rs.Q2 + r * l2, l2, K2T, n2, S + r * kWide);
+  if (r1 - r == 2) score_tile<2>(rs.Q1 + r * l1, l1, K1T, n1, rs.Q2 + r * l2, l2, K2T, n2, S + r * kWide);
+  else if (r1 - r == 1) score_tile<1>(rs.Q1 + r * l1, l1, K1T, n1, rs.Q2 + r * l2, l2, K2T, n2, S + r * kWide);
 }
 
 // Acc[r][d0, d0 + 8·NC) += Σ_j P[r][j] · V[j][d0, ...) for RC rows and the block's first nb keys.
@@ -317,7 +325,6 @@ RowSet wide_rows(const AttnArgs& a, const Item& it, int64_t b, int64_t t0, int64
     if (it.v_is_k) V = K1;
     else block_rows(it.v, a.dtype, b, kv0, j0, nb, a.Dv, Vb, zeros, &V);
     // S = Q1·K1ᵀ + Q2·K2ᵀ, the second term over the rows of each RoPE key head.
-    score_rows(rs.Q1, D1p, 0, R, K1T, D1p, S, false);
     for (int64_t i = 0; i < nk2; ++i) {
       float* kt = K2T + i * D2p * kWide;
       if (chunked(it.k2, a.D2)) {
@@ -328,8 +335,9 @@ RowSet wide_rows(const AttnArgs& a, const Item& it, int64_t b, int64_t t0, int64
       }
       const int64_t r0 = std::max<int64_t>(0, ((kv0 + i) * per_kv - h0) * nt);
       const int64_t r1 = std::min<int64_t>(R, ((kv0 + i + 1) * per_kv - h0) * nt);
-      score_rows(rs.Q2, D2p, r0, r1, kt, D2p, S, true);
+      score_rows(rs, r0, r1, K1T, D1p, kt, D2p, S);
     }
+    if (!nk2) score_rows(rs, 0, R, K1T, D1p, nullptr, 0, S);
     // Online softmax per row; P overwrites S.
     for (int64_t r = 0; r < R; ++r) {
       float* Pr = S + r * kWide;
