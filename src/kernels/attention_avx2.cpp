@@ -162,7 +162,7 @@ void decode_split_narrow(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, 
       if (mb == kNegInf) continue;
       const float m_new = rs.M[r] > mb ? rs.M[r] : mb;
       const float alpha = rs.M[r] == kNegInf ? 0.f : std::exp2(rs.M[r] - m_new);
-      const __m256 p = exp2_ps(_mm256_sub_ps(s, _mm256_set1_ps(m_new)));
+      const __m256 p = exp2_nonpos_ps(_mm256_sub_ps(s, _mm256_set1_ps(m_new)));
       rs.L[r] = rs.L[r] * alpha + hsum8(p);
       rs.M[r] = m_new;
       alignas(32) float pj[kBlk];
@@ -371,7 +371,7 @@ RowSet wide_rows(const AttnArgs& a, const Item& it, int64_t b, int64_t t0, int64
       const __m256 m = _mm256_set1_ps(rs.M[r]);
       __m256 lsum = _mm256_loadu_ps(Lsum + r * 8);
       for (int v = 0; v < 4; ++v) {
-        const __m256 p = exp2_ps(_mm256_sub_ps(s[v], m));
+        const __m256 p = exp2_nonpos_ps(_mm256_sub_ps(s[v], m));
         _mm256_storeu_ps(Pr + 8 * v, p);
         lsum = _mm256_add_ps(lsum, p);
       }
