@@ -124,9 +124,10 @@ struct Item {
 void decode_split_narrow(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, int64_t s1, const Partial& out) {
   const Item it(a, grp, a.T);
   const int64_t R = it.R, h0 = it.h0, per_kv = it.per_kv, D1p = it.D1p, D2p = it.D2p, Dvp = it.Dvp, kv0 = it.kv0;
-  // Scratch: Q1 [R][D1p], Q2 [R][D2p], Acc [R][Dvp], K1/V blocks [8][D1p|Dvp], K2 blocks [nkv][8][D2p], zeros.
+  // Scratch: Q1 [R][D1p], Q2 [R][D2p], Acc [R][Dvp], K1/V blocks [8][D1p|Dvp], K2 blocks [nkv][8][D2p], zeros,
+  // Lsum [R][8] (per-lane sums).
   thread_local std::vector<float> scratch;
-  const size_t need = R * (D1p + D2p + Dvp) + kBlk * (D1p + Dvp) + it.nkv * kBlk * D2p + it.wmax;
+  const size_t need = R * (D1p + D2p + Dvp + 8) + kBlk * (D1p + Dvp) + it.nkv * kBlk * D2p + it.wmax;
   if (scratch.size() < need) scratch.assign(need, 0.f);
   RowSet rs{R, D1p, D2p, Dvp, scratch.data(), nullptr, nullptr, {}, {}, {}, {}};
   rs.Q2 = rs.Q1 + R * D1p;
@@ -135,7 +136,9 @@ void decode_split_narrow(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, 
   float* Vb = K1b + kBlk * D1p;
   float* K2b = Vb + kBlk * Dvp;
   float* zeros = K2b + it.nkv * kBlk * D2p;
+  float* Lsum = zeros + it.wmax;
   for (int64_t i = 0; i < it.wmax; ++i) zeros[i] = 0.f;
+  for (int64_t i = 0; i < R * 8; ++i) Lsum[i] = 0.f;
   load_rows(a, b, h0, 0, a.T, s0, s1, rs);
   const __m256 iota = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
   BlockRows K1, V;
@@ -157,25 +160,35 @@ void decode_split_narrow(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, 
       for (auto& x : acc) x = _mm256_setzero_ps();
       block_dots(rs.Q1 + r * D1p, K1, D1p, acc);
       if (a.D2) block_dots(rs.Q2 + r * D2p, k2[(h0 + r / a.T) / per_kv - kv0], D2p, acc);
-      const __m256 s = _mm256_blendv_ps(_mm256_set1_ps(kNegInf), reduce8(acc), visible(idx, l, hh, key_ok));
-      const float mb = hmax8(s);
-      if (mb == kNegInf) continue;
-      const float m_new = rs.M[r] > mb ? rs.M[r] : mb;
-      const float alpha = rs.M[r] == kNegInf ? 0.f : std::exp2(rs.M[r] - m_new);
-      const __m256 p = exp2_nonpos_ps(_mm256_sub_ps(s, _mm256_set1_ps(m_new)));
-      rs.L[r] = rs.L[r] * alpha + hsum8(p);
-      rs.M[r] = m_new;
+      __m256 s = reduce8(acc);
+      if (a.valid || l > j0 || hh < j0 + kBlk)  // else every key of the block is visible: no mask to apply
+        s = _mm256_blendv_ps(_mm256_set1_ps(kNegInf), s, visible(idx, l, hh, key_ok));
+      // The running maximum moves only when a score exceeds it; then (and only then) what the row has summed
+      // so far is rescaled, so most blocks need neither a horizontal max nor a rescale.
+      float* acc_r = rs.Acc + r * Dvp;
+      if (_mm256_movemask_ps(_mm256_cmp_ps(s, _mm256_set1_ps(rs.M[r]), _CMP_GT_OQ))) {
+        const float mb = hmax8(s);
+        if (rs.M[r] != kNegInf) {
+          const __m256 av = _mm256_set1_ps(std::exp2(rs.M[r] - mb));
+          for (int64_t d = 0; d < Dvp; d += 8) _mm256_storeu_ps(acc_r + d, _mm256_mul_ps(_mm256_loadu_ps(acc_r + d), av));
+          _mm256_storeu_ps(Lsum + r * 8, _mm256_mul_ps(_mm256_loadu_ps(Lsum + r * 8), av));
+        }
+        rs.M[r] = mb;
+      } else if (rs.M[r] == kNegInf) {
+        continue;  // no visible key yet
+      }
+      const __m256 p = exp2_nonpos_ps(_mm256_sub_ps(s, _mm256_set1_ps(rs.M[r])));
+      _mm256_storeu_ps(Lsum + r * 8, _mm256_add_ps(_mm256_loadu_ps(Lsum + r * 8), p));
       alignas(32) float pj[kBlk];
       _mm256_store_ps(pj, p);
-      const __m256 av = _mm256_set1_ps(alpha);
-      float* acc_r = rs.Acc + r * Dvp;
       for (int64_t d = 0; d < Dvp; d += 8) {
-        __m256 o = _mm256_mul_ps(_mm256_loadu_ps(acc_r + d), av);
+        __m256 o = _mm256_loadu_ps(acc_r + d);
         for (int j = 0; j < kBlk; ++j) o = _mm256_fmadd_ps(_mm256_set1_ps(pj[j]), _mm256_loadu_ps(V.row[j] + d), o);
         _mm256_storeu_ps(acc_r + d, o);
       }
     }
   }
+  for (int64_t r = 0; r < R; ++r) rs.L[r] = hsum8(_mm256_loadu_ps(Lsum + r * 8));
   write_partial(a, rs, out);
 }
 
