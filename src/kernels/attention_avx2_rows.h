@@ -15,36 +15,27 @@ namespace {
 constexpr int64_t kBlk = 8;    // keys per block of the narrow path: one score vector per row
 constexpr int64_t kWide = 32;  // keys per block of the wide path: 4 score vectors per row
 
-// Spreads 8 codes of `bits` bits (`bits` bytes) to 32-bit lanes: one byte shuffle and one variable shift.
+// Spreads 8 codes of `bits` bits (`bits` bytes) to 32-bit lanes as f32: 8-bit codes widen byte to lane; 4- and
+// 2-bit ones are broadcast whole to every lane, and lane k shifts its own code down (k·bits) and masks it.
 struct CodeUnpack {
-  __m128i pick;
   __m256i shift, mask;
   int bits = 8;
   explicit CodeUnpack(int b) : bits(b) {
-    const int per_byte = 8 / b;
-    alignas(16) int8_t pk[16];
-    alignas(32) int32_t sh[8];
-    for (int k = 0; k < 16; ++k) pk[k] = k < 8 ? static_cast<int8_t>(k / per_byte) : -1;
-    for (int k = 0; k < 8; ++k) sh[k] = (k % per_byte) * b;
-    pick = _mm_load_si128(reinterpret_cast<const __m128i*>(pk));
-    shift = _mm256_load_si256(reinterpret_cast<const __m256i*>(sh));
+    shift = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(b));
     mask = _mm256_set1_epi32((1 << b) - 1);
   }
-  __m256 codes8(const uint8_t* p) const {
-    uint64_t raw = 0;  // exactly `bits` bytes: a row's last codes may end its buffer
-    if (bits == 8) {
-      std::memcpy(&raw, p, 8);
-    } else if (bits == 4) {
-      uint32_t r4;
-      std::memcpy(&r4, p, 4);
-      raw = r4;
+  __m256 codes8(const uint8_t* p) const {  // reads exactly `bits` bytes: a row's last codes may end its buffer
+    if (bits == 8) return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+    uint32_t raw = 0;
+    if (bits == 4) {
+      std::memcpy(&raw, p, 4);
     } else {
       uint16_t r2;
       std::memcpy(&r2, p, 2);
       raw = r2;
     }
-    const __m128i bytes = _mm_shuffle_epi8(_mm_cvtsi64_si128(static_cast<long long>(raw)), pick);
-    return _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(_mm256_cvtepu8_epi32(bytes), shift), mask));
+    const __m256i v = _mm256_set1_epi32(static_cast<int>(raw));
+    return _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(v, shift), mask));
   }
 };
 
@@ -167,11 +158,35 @@ void block_rows(const Source& src, DType t, int64_t b, int64_t h, int64_t j0, in
     BlockSrc bs;
     block_src(src, t, b, h, j0, nb, zeros, &bs);
     for (int64_t j = 0; j < N; ++j) out->row[j] = j < nb ? buf + j * np : zeros;
-    for (int64_t d = 0; d < n; d += 8) {
-      const int64_t gi = group_of(src, d);
-      for (int64_t j = 0; j < bs.nq; ++j) _mm256_storeu_ps(buf + j * np + d, codes8(bs, src, j, d, gi));
-      for (int64_t j = bs.nq; j < nb; ++j) _mm256_storeu_ps(buf + j * np + d, plain8(bs, j, d, t));
+    if (const QuantDesc* q = src.q; q && bs.nq > 0) {
+      const CodeUnpack& u = src.unpack;
+      if (!q->per_channel) {  // per token: row by row, a scale and zero per group of channels
+        for (int64_t j = 0; j < bs.nq; ++j) {
+          const uint8_t* c = reinterpret_cast<const uint8_t*>(bs.p[j]);
+          __m256 scv = _mm256_setzero_ps(), zv = scv;
+          for (int64_t d = 0, gi = 0, next = 0; d < n; d += 8) {
+            if (d == next) {  // the first chunk of group gi
+              scv = _mm256_set1_ps(_cvtsh_ss(bs.sc[j][gi])), zv = _mm256_set1_ps(_cvtsh_ss(bs.zp[j][gi]));
+              ++gi, next += q->group;
+            }
+            _mm256_storeu_ps(buf + j * np + d, _mm256_fmadd_ps(u.codes8(c + d * q->bits / 8), scv, zv));
+          }
+        }
+      } else if (bs.sc[0] == bs.sc[bs.nq - 1]) {  // per channel, all in one group of slots: one scale per chunk
+        for (int64_t d = 0; d < n; d += 8) {
+          const __m256 scv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bs.sc[0] + d)));
+          const __m256 zv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bs.zp[0] + d)));
+          for (int64_t j = 0; j < bs.nq; ++j)
+            _mm256_storeu_ps(buf + j * np + d,
+                             _mm256_fmadd_ps(u.codes8(reinterpret_cast<const uint8_t*>(bs.p[j]) + d * q->bits / 8), scv, zv));
+        }
+      } else {
+        for (int64_t d = 0; d < n; d += 8)
+          for (int64_t j = 0; j < bs.nq; ++j) _mm256_storeu_ps(buf + j * np + d, codes8(bs, src, j, d, 0));
+      }
     }
+    for (int64_t d = 0; d < n; d += 8)
+      for (int64_t j = bs.nq; j < nb; ++j) _mm256_storeu_ps(buf + j * np + d, plain8(bs, j, d, t));
     return;
   }
   for (int64_t j = 0; j < N; ++j) {

@@ -114,6 +114,7 @@ TEST(KernelQuantAttention, DecodeMatchesReference) {
       {1, 2, 2, 1, 256, 256, 64, 24, 0, false},  // no residual; last per-token group shorter (64 = 24+24+16)
       {2, 8, 1, 1, 77, 64, 40, 8, 0, true},      // group of 8 heads, D = 40, padded batch
       {1, 3, 1, 2, 130, 128, 64, 2, 50, false},  // 32 tiny groups per row, T = 2, window
+      {1, 3, 3, 1, 200, 192, 64, 32, 61, false}, // MHA, window: 8-key blocks straddle the keys' scale groups
   };
   for (auto dt : {torch::kFloat32, torch::kBFloat16}) {
     for (const auto& c : cases) {
