@@ -250,6 +250,13 @@ inline bool q4_block_T(const QuantDesc& q, int64_t b, int64_t h, int64_t j0, int
   const uint8_t* rows = q.data + b * q.d_sb + h * q.d_sh + j0 * q.d_sr;
   const uint16_t* sc0 = q.scale + b * q.s_sb + h * q.s_sh;
   const uint16_t* zp0 = q.zero + b * q.s_sb + h * q.s_sh;
+  // The block two ahead, a cache line at a time: its codes and (per token) its scales and zeros.
+  for (int64_t off = 0; off < kWide * q.d_sr; off += 64) _mm_prefetch(rows + 2 * kWide * q.d_sr + off, _MM_HINT_T0);
+  if (per_token)
+    for (int64_t off = 0; off < kWide * q.s_sr * 2; off += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(sc0 + (j0 + 2 * kWide) * q.s_sr) + off, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(zp0 + (j0 + 2 * kWide) * q.s_sr) + off, _MM_HINT_T0);
+    }
   const __m256i gather_idx =
       _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(static_cast<int>(q.d_sr)));
   const __m256i mask = _mm256_set1_epi32(0xF);
