@@ -225,8 +225,8 @@ inline void score_tile(const float* Q1, int64_t ld1, const float* K1T, int64_t n
     for (int v = 0; v < 4; ++v) _mm256_storeu_ps(S + r * kWide + 8 * v, acc[r][v]);
 }
 
-// Scores of rows [r0, r1), which read the RoPE keys K2T (rows are ld1 / ld2 apart in Q1 / Q2, kWide in S),
-// three rows per tile.
+// Scores of rows [r0, r1), all of them reading the RoPE key head K2T (n2 = 0 without RoPE keys), three rows
+// per tile.
 inline void score_rows(const RowSet& rs, int64_t r0, int64_t r1, const float* K1T, int64_t n1, const float* K2T,
                        int64_t n2, float* S) {
   const int64_t l1 = rs.D1p, l2 = rs.D2p;
