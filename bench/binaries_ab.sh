@@ -5,6 +5,9 @@
 #
 #   bench/binaries_ab.sh OLD_BINARY NEW_BINARY [OUT_DIR]      (default OUT_DIR runs/binaries-ab)
 #
+# REPS=N alternates N times instead of 2; CELLS=decode16k (or any of prefill2048, prefill512, decode16k, short,
+# comma-separated) runs only those cells.
+#
 # An older commit's binary: git worktree add /tmp/old REV && (cd /tmp/old && scripts/build.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,19 +26,29 @@ run() {  # run BINARY TAG NAME ARGS...
   shift 3
   "$bin" bench --shape "$shape" "$@" --out "$out/$name-$tag" >/dev/null
 }
-for rep in 1 2; do
+cells=",${CELLS:-prefill2048,prefill512,decode16k,short},"
+want() { [[ $cells == *",$1,"* ]]; }
+for rep in $(seq 1 "${REPS:-2}"); do
   for side in old new; do
     bin=$old
     [ "$side" = new ] && bin=$new
-    run "$bin" "$side" "prefill2048-$rep" --models mha,mla-87.5 --cache-types bf16 --contexts 2048 --steps 1
-    run "$bin" "$side" "prefill512-bf16-$rep" --models mha --cache-types bf16 --contexts 512 --prefill-chunk 512 --steps 1
-    run "$bin" "$side" "prefill512-f32-$rep" --models mha --cache-types f32 --dtype f32 --contexts 512 \
-      --prefill-chunk 512 --steps 1
-    run "$bin" "$side" "decode16k-$rep" --models mha,mla-87.5 --no-prefill --contexts 16384 --cache-types bf16,int4 \
-      --steps 8
-    run "$bin" "$side" "short-bf16-$rep" --models mha --cache-types bf16 --contexts 128 --prefill-chunk 128 --steps 32
-    run "$bin" "$side" "short-f32-$rep" --models mha --cache-types f32 --dtype f32 --contexts 128 --prefill-chunk 128 \
-      --steps 32
+    if want prefill2048; then
+      run "$bin" "$side" "prefill2048-$rep" --models mha,mla-87.5 --cache-types bf16 --contexts 2048 --steps 1
+    fi
+    if want prefill512; then
+      run "$bin" "$side" "prefill512-bf16-$rep" --models mha --cache-types bf16 --contexts 512 --prefill-chunk 512 --steps 1
+      run "$bin" "$side" "prefill512-f32-$rep" --models mha --cache-types f32 --dtype f32 --contexts 512 \
+        --prefill-chunk 512 --steps 1
+    fi
+    if want decode16k; then
+      run "$bin" "$side" "decode16k-$rep" --models mha,mla-87.5 --no-prefill --contexts 16384 \
+        --cache-types bf16,int4 --steps 8
+    fi
+    if want short; then
+      run "$bin" "$side" "short-bf16-$rep" --models mha --cache-types bf16 --contexts 128 --prefill-chunk 128 --steps 32
+      run "$bin" "$side" "short-f32-$rep" --models mha --cache-types f32 --dtype f32 --contexts 128 \
+        --prefill-chunk 128 --steps 32
+    fi
   done
 done
 # One line per cell: old and new side by side (prefill tok/s, decode tok/s, attention ms/step).
