@@ -39,6 +39,20 @@ struct CodeUnpack {
   }
 };
 
+// Values [0, n8) of one row quantized per token (n8 and group multiples of 8) as f32: code * scale + zero, the
+// row's scale and zero loaded once per group of channels.
+inline void token_row_to_f32(const uint8_t* codes, const uint16_t* sc, const uint16_t* zp, int64_t group, int bits,
+                             const CodeUnpack& u, int64_t n8, float* dst) {
+  __m256 scv = _mm256_setzero_ps(), zv = scv;
+  for (int64_t d = 0, gi = 0, next = 0; d < n8; d += 8) {
+    if (d == next) {  // the first chunk of group gi
+      scv = _mm256_set1_ps(_cvtsh_ss(sc[gi])), zv = _mm256_set1_ps(_cvtsh_ss(zp[gi]));
+      ++gi, next += group;
+    }
+    _mm256_storeu_ps(dst + d, _mm256_fmadd_ps(u.codes8(codes + d * bits / 8), scv, zv));
+  }
+}
+
 // A 2/4/8-bit row of a quantized cache (layout in quant_attention.h) as f32 into dst[0, round_up8(n)):
 // code * scale + zero, 8 values at a time where the scale groups allow.
 inline void quant_row_to_f32(const QuantDesc& q, const CodeUnpack& u, DType t, int64_t b, int64_t h, int64_t s,
@@ -61,11 +75,8 @@ inline void quant_row_to_f32(const QuantDesc& q, const CodeUnpack& u, DType t, i
       _mm256_storeu_ps(dst + d, _mm256_fmadd_ps(u.codes8(row + d * bits / 8), scv, zv));
     }
   } else if (q.group % 8 == 0) {  // one scale per group of channels of this slot, 8 channels at a time
-    sc += s * q.s_sr, zp += s * q.s_sr;
-    for (; d < n8; d += 8) {
-      const __m256 scv = _mm256_set1_ps(_cvtsh_ss(sc[d / q.group])), zv = _mm256_set1_ps(_cvtsh_ss(zp[d / q.group]));
-      _mm256_storeu_ps(dst + d, _mm256_fmadd_ps(u.codes8(row + d * bits / 8), scv, zv));
-    }
+    token_row_to_f32(row, sc + s * q.s_sr, zp + s * q.s_sr, q.group, bits, u, n8, dst);
+    d = n8;
   }
   for (; d < n; ++d) dst[d] = quant_elem(q, t, b, h, s, d);  // the rest, one value at a time
   for (d = n; d < round_up8(n); ++d) dst[d] = 0.f;
@@ -160,18 +171,10 @@ void block_rows(const Source& src, DType t, int64_t b, int64_t h, int64_t j0, in
     for (int64_t j = 0; j < N; ++j) out->row[j] = j < nb ? buf + j * np : zeros;
     if (const QuantDesc* q = src.q; q && bs.nq > 0) {
       const CodeUnpack& u = src.unpack;
-      if (!q->per_channel) {  // per token: row by row, a scale and zero per group of channels
-        for (int64_t j = 0; j < bs.nq; ++j) {
-          const uint8_t* c = reinterpret_cast<const uint8_t*>(bs.p[j]);
-          __m256 scv = _mm256_setzero_ps(), zv = scv;
-          for (int64_t d = 0, gi = 0, next = 0; d < n; d += 8) {
-            if (d == next) {  // the first chunk of group gi
-              scv = _mm256_set1_ps(_cvtsh_ss(bs.sc[j][gi])), zv = _mm256_set1_ps(_cvtsh_ss(bs.zp[j][gi]));
-              ++gi, next += q->group;
-            }
-            _mm256_storeu_ps(buf + j * np + d, _mm256_fmadd_ps(u.codes8(c + d * q->bits / 8), scv, zv));
-          }
-        }
+      if (!q->per_channel) {  // per token: row by row
+        for (int64_t j = 0; j < bs.nq; ++j)
+          token_row_to_f32(reinterpret_cast<const uint8_t*>(bs.p[j]), bs.sc[j], bs.zp[j], q->group, q->bits, u, n,
+                           buf + j * np);
       } else if (bs.sc[0] == bs.sc[bs.nq - 1]) {  // per channel, all in one group of slots: one scale per chunk
         for (int64_t d = 0; d < n; d += 8) {
           const __m256 scv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bs.sc[0] + d)));
