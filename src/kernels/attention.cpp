@@ -11,6 +11,7 @@
 
 #include "kernels/attention_args.h"
 #include "kernels/attention_internal.h"
+#include "kernels/scalar_convert.h"
 
 namespace mha2mla::kernels {
 
@@ -81,17 +82,16 @@ bool on_cpu(std::initializer_list<const torch::Tensor*> ts) {
   return true;
 }
 
-// Merges the per-split partial softmaxes of one (batch, group): part [nsplit][R][Dv + 2] (m, l, acc).
-void merge_partials(const float* part, int64_t nsplit, int64_t R, int64_t Dv, float* out /*[R][Dv]*/) {
+// Merges the per-split partial softmaxes of one (batch, group): part [nsplit][R][Dv + 2] (m, l, acc), into
+// out [R][Dv] of storage type t. o is f32 scratch of Dv values.
+void merge_partials(const float* part, int64_t nsplit, int64_t R, int64_t Dv, DType t, void* out, float* o) {
   const int64_t stride = R * (Dv + 2);
   for (int64_t r = 0; r < R; ++r) {
     float M = -std::numeric_limits<float>::infinity();
     for (int64_t i = 0; i < nsplit; ++i) M = std::max(M, part[i * stride + r]);
-    float* o = out + r * Dv;
     for (int64_t d = 0; d < Dv; ++d) o[d] = 0.f;
-    if (M == -std::numeric_limits<float>::infinity()) continue;  // no visible key: zeros
     float L = 0.f;
-    for (int64_t i = 0; i < nsplit; ++i) {
+    for (int64_t i = 0; i < nsplit && M != -std::numeric_limits<float>::infinity(); ++i) {  // none visible: 0
       const float m = part[i * stride + r];
       if (m == -std::numeric_limits<float>::infinity()) continue;
       const float w = std::exp2(m - M);
@@ -100,7 +100,7 @@ void merge_partials(const float* part, int64_t nsplit, int64_t R, int64_t Dv, fl
       for (int64_t d = 0; d < Dv; ++d) o[d] += w * acc[d];
     }
     const float inv = L > 0.f ? 1.f / L : 0.f;
-    for (int64_t d = 0; d < Dv; ++d) o[d] *= inv;
+    for (int64_t d = 0; d < Dv; ++d) store_elem(out, r * Dv + d, t, o[d] * inv);
   }
 }
 
@@ -132,22 +132,32 @@ torch::Tensor run_decode(AttnArgs& a, const AttnKernels& kern, const torch::Tens
   // inside one per-channel scale group (the AVX2 kernel's q4_block_T).
   const int64_t chunk = ((span + nsplit - 1) / nsplit + 31) / 32 * 32;
   nsplit = (span + chunk - 1) / chunk;
-  auto part = torch::empty({a.B, a.groups, nsplit, R * (a.Dv + 2)}, torch::kFloat32);
-  float* pp = part.data_ptr<float>();
-  run_items(a.B * a.groups * nsplit, [&](int64_t i) {
+  const int64_t ngroups = a.B * a.groups, part_size = R * (a.Dv + 2);
+  // One buffer: the partials, then f32 scratch of Dv per thread for the merge.
+  thread_local std::vector<float> buf;
+  const int64_t threads_max = threads + 1;
+  const size_t need = static_cast<size_t>(ngroups * nsplit * part_size + threads_max * a.Dv);
+  if (buf.size() < need) buf.resize(need);
+  float* pp = buf.data();
+  float* scratch = pp + ngroups * nsplit * part_size;
+  // out [B, Hq, T, Dv]: rows of a group are (head, t), so each group's block is contiguous.
+  auto out = torch::empty({a.B, a.Hq, a.T, a.Dv}, opt);
+  char* op = static_cast<char*>(out.data_ptr());
+  const int64_t es = elem_size(a.dtype);
+  // The last split of a group to finish merges it, in the same parallel region.
+  std::vector<std::atomic<int64_t>> done(static_cast<size_t>(ngroups));
+  for (auto& d : done) d.store(0, std::memory_order_relaxed);
+  run_items(ngroups * nsplit, [&](int64_t i) {
     const int64_t sp = i % nsplit, bg = i / nsplit, b = bg / a.groups, grp = bg % a.groups;
-    float* base = pp + i * R * (a.Dv + 2);
+    float* base = pp + i * part_size;
     const int64_t s0 = lo + sp * chunk, s1 = std::min(hi, s0 + chunk);
     kern.decode_split(a, b, grp, s0, s1, Partial{base, base + R, base + 2 * R});
+    if (done[bg].fetch_add(1, std::memory_order_acq_rel) != nsplit - 1) return;
+    const int64_t tid = std::min<int64_t>(at::get_thread_num(), threads_max - 1);
+    merge_partials(pp + bg * nsplit * part_size, nsplit, R, a.Dv, a.dtype, op + bg * R * a.Dv * es,
+                   scratch + tid * a.Dv);
   });
-  // out [B, Hq, T, Dv]: rows of a group are (head, t), so each group's block is contiguous.
-  auto merged = torch::empty({a.B, a.Hq, a.T, a.Dv}, torch::kFloat32);
-  float* mp = merged.data_ptr<float>();
-  at::parallel_for(0, a.B * a.groups, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t bg = b0; bg < b1; ++bg)
-      merge_partials(pp + bg * nsplit * R * (a.Dv + 2), nsplit, R, a.Dv, mp + bg * R * a.Dv);
-  });
-  return merged.to(opt.dtype());
+  return out;
 }
 
 torch::Tensor visibility(int64_t T, int64_t S, int64_t start, const torch::Tensor& valid, int64_t window,

@@ -2,6 +2,8 @@
 
 #include <ATen/Parallel.h>
 
+#include <atomic>
+
 #include "kernels/gemv_args.h"
 #include "kernels/scalar_convert.h"
 
@@ -99,14 +101,28 @@ std::vector<torch::Tensor> linear_many(const torch::Tensor& x_in, const std::vec
                : variant == Variant::Avx2     ? avx2::gemv_rows
                                               : generic::gemv_rows;
   // One parallel region for all the matrices (q, k and v; gate and up): the threads meet once, not per
-  // matrix. Blocks of output features sized so each thread streams a large contiguous part of W.
-  const int64_t grain = std::max<int64_t>(24, (1 << 16) / std::max<int64_t>(in, 1) / 24 * 24);
-  at::parallel_for(0, start.back(), grain, [&](int64_t o0, int64_t o1) {
+  // matrix. Each thread first streams a large contiguous share of the stacked rows; the last quarter is handed
+  // out in chunks to whichever thread is free, so a thread that started late or runs slower does not keep the
+  // others waiting at the join.
+  const int64_t total = start.back();
+  auto run = [&](int64_t o0, int64_t o1) {
     for (size_t i = 0; i < args.size(); ++i) {
       const int64_t lo = std::max(o0, start[i]), hi = std::min(o1, start[i + 1]);
       if (lo < hi) f(args[i], lo - start[i], hi - start[i]);
     }
-  });
+  };
+  const int64_t grain = std::max<int64_t>(24, (1 << 16) / std::max<int64_t>(in, 1) / 24 * 24);
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), total / grain);
+  if (threads <= 1) {
+    run(0, total);
+  } else {
+    const int64_t share = total * 3 / 4 / threads, chunk = std::max<int64_t>(8, (1 << 15) / std::max<int64_t>(in, 1));
+    std::atomic<int64_t> next{share * threads};
+    at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) run(t * share, (t + 1) * share);
+      for (int64_t o; (o = next.fetch_add(chunk)) < total;) run(o, std::min(total, o + chunk));
+    });
+  }
   return ys;
 }
 

@@ -1,5 +1,7 @@
 #include "model/kv_cache.h"
 
+#include <cstring>
+
 #include "util/error.h"
 
 namespace mha2mla::model {
@@ -24,6 +26,25 @@ torch::Tensor grow(const torch::Tensor& buf, const torch::Tensor& like, int64_t 
   auto out = torch::empty(sizes, like.options());
   if (keep > 0) out.narrow(2, 0, keep).copy_(buf.narrow(2, 0, keep));
   return out;
+}
+
+// dst[:, :, at:at+t] = x [B, H, t, W] for a contiguous host buffer of x's dtype, with rows of x contiguous:
+// a decode step appends one token per head, which copy_ serves through its general machinery at several
+// times the cost of the copy. Returns false (nothing written) for anything else.
+bool copy_rows(const torch::Tensor& x, const torch::Tensor& dst, int64_t at) {
+  if (!x.device().is_cpu() || !dst.device().is_cpu() || x.scalar_type() != dst.scalar_type() ||
+      x.stride(3) != 1 || !dst.is_contiguous())
+    return false;
+  const int64_t B = x.size(0), H = x.size(1), T = x.size(2), W = x.size(3), cap = dst.size(2);
+  const size_t es = x.element_size(), row = static_cast<size_t>(W) * es;
+  const char* src = static_cast<const char*>(x.data_ptr());
+  char* out = static_cast<char*>(dst.data_ptr());
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t t = 0; t < T; ++t)
+        std::memcpy(out + (((b * H + h) * cap) + at + t) * row,
+                    src + (b * x.stride(0) + h * x.stride(1) + t * x.stride(2)) * static_cast<int64_t>(es), row);
+  return true;
 }
 
 int64_t nbytes(const torch::Tensor& t) { return t.defined() ? t.numel() * static_cast<int64_t>(t.element_size()) : 0; }
@@ -76,9 +97,11 @@ void SlotBuffer::append(const torch::Tensor& x) {
         "cache buffer \"" + spec_.name + "\": appended tensor has the wrong shape");
   const int64_t t = x.size(2);
   if (!is_quantized(st_.type)) {
-    auto opts = torch::TensorOptions().dtype(float_storage(st_.type)).device(device_);
-    full_ = grow(full_, torch::empty({batch_, spec_.heads, 1, spec_.width}, opts), full_n_ + t, full_n_, 64);
-    full_.narrow(2, full_n_, t).copy_(x);
+    if (!full_.defined() || full_.size(2) < full_n_ + t) {
+      auto opts = torch::TensorOptions().dtype(float_storage(st_.type)).device(device_);
+      full_ = grow(full_, torch::empty({batch_, spec_.heads, 1, spec_.width}, opts), full_n_ + t, full_n_, 64);
+    }
+    if (!copy_rows(x, full_, full_n_)) full_.narrow(2, full_n_, t).copy_(x);
     full_n_ += t;
     return;
   }

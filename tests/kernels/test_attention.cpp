@@ -2,6 +2,8 @@
 // double-precision evaluation of the masking rules (kernels/attention.h).
 #include <gtest/gtest.h>
 
+#include <ATen/Parallel.h>
+
 #include <cmath>
 #include <string>
 #include <vector>
@@ -152,11 +154,18 @@ TEST(KernelAttention, DecodeMatchesReference) {
       auto in = make_inputs(c, dt, 11);
       const double scale = 1.0 / std::sqrt(static_cast<double>(c.D));
       auto want = kernels::attention_reference(in.q, in.k, in.v, c.start, in.valid, c.window, scale);
-      for (auto var : cpu_variants()) {
-        auto got = kernels::decode_attention(in.q, in.k, in.v, c.start, in.valid, c.window, scale, var);
-        expect_close(got, want, tol_for(dt),
-                     "decode " + kernels::variant_name(var) + " " + c10::toString(dt) + " " + c.name());
+      // Three threads (on any core count) take more splits, merged by whichever thread finishes a group last.
+      const int saved = at::get_num_threads();
+      for (int threads : {1, 3}) {
+        at::set_num_threads(threads);
+        for (auto var : cpu_variants()) {
+          auto got = kernels::decode_attention(in.q, in.k, in.v, c.start, in.valid, c.window, scale, var);
+          expect_close(got, want, tol_for(dt),
+                       "decode " + kernels::variant_name(var) + " " + c10::toString(dt) + " " + c.name() + " threads " +
+                           std::to_string(threads));
+        }
       }
+      at::set_num_threads(saved);
     }
   }
 }

@@ -7,6 +7,8 @@
 #include "kernels/variants.h"
 #include "kernels/gemv.h"
 
+#include <ATen/Parallel.h>
+
 using namespace mha2mla;
 using kernels::Variant;
 using testutil::cpu_variants;
@@ -98,6 +100,21 @@ TEST(KernelGemv, LinearManyEqualsSeparateCalls) {
       }
     }
   }
+  // Rows enough for every thread: each streams a share, then the rest goes out in chunks that cross matrices.
+  const int saved = at::get_num_threads();
+  at::set_num_threads(3);
+  for (auto dt : {torch::kFloat32, torch::kBFloat16}) {
+    torch::manual_seed(29);
+    auto x = torch::randn({1, 576}).to(dt);
+    std::vector<torch::Tensor> ws = {torch::randn({400, 576}).to(dt), torch::randn({100, 576}).to(dt),
+                                     torch::randn({77, 576}).to(dt)};
+    auto got = kernels::linear_many(x, ws, {});
+    for (size_t i = 0; i < ws.size(); ++i)
+      EXPECT_TRUE(torch::allclose(got[i].to(torch::kFloat32), torch::linear(x, ws[i]).to(torch::kFloat32),
+                                  dt == torch::kBFloat16 ? 5e-2 : 1e-4, dt == torch::kBFloat16 ? 5e-2 : 1e-4))
+          << c10::toString(dt) << " matrix " << i;
+  }
+  at::set_num_threads(saved);
   auto x = torch::randn({9, 32});
   auto got = kernels::linear_many(x, {torch::randn({16, 32}), torch::randn({5, 32})}, {});
   EXPECT_EQ(got[1].sizes(), (std::vector<int64_t>{9, 5}));
