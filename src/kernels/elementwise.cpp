@@ -6,6 +6,8 @@
 
 #include <cmath>
 
+#include "kernels/elementwise_args.h"
+
 namespace mha2mla::kernels {
 
 namespace {
@@ -31,6 +33,22 @@ int64_t row_grain(int64_t D) { return std::max<int64_t>(1, 16384 / std::max<int6
 // its vectorised kernels on a prompt (512-token prefill: 12 % slower overall), which therefore keeps them.
 constexpr int64_t kFusedMaxRows = 64;
 
+// The fused ops' variant: the AVX2 rows serve every CPU with AVX2 (AVX-512 ones included), the portable
+// loops the others (they beat libtorch's dispatch at decode, unlike the portable GEMV).
+Variant elementwise_variant(Variant v) {
+  if (v == Variant::Auto) {
+    v = resolve_variant(v);
+    return v == Variant::Reference ? Variant::Generic : v;
+  }
+  return resolve_variant(v);
+}
+
+bool use_avx2(Variant v) { return v == Variant::Avx2 || v == Variant::Avx512 || v == Variant::Avx512Bf16; }
+
+DType dtype_of(torch::ScalarType t) {
+  return t == torch::kFloat32 ? DType::F32 : t == torch::kBFloat16 ? DType::BF16 : DType::F16;
+}
+
 }  // namespace
 
 bool elementwise_applies(const torch::Tensor& x) {
@@ -49,15 +67,25 @@ torch::Tensor rms_norm_reference(const torch::Tensor& x, const torch::Tensor& w,
   return w * xf.to(x.scalar_type());
 }
 
-torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w, double eps) {
+torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w, double eps, Variant variant) {
   const int64_t D = x.dim() > 0 ? x.size(-1) : 0;
-  if (!elementwise_applies(x) || !elementwise_applies(w) || w.scalar_type() != x.scalar_type() || w.dim() != 1 ||
-      w.size(0) != D || D == 0 || x.numel() / D > kFusedMaxRows)
+  variant = elementwise_variant(variant);
+  if (variant == Variant::Reference || !elementwise_applies(x) || !elementwise_applies(w) ||
+      w.scalar_type() != x.scalar_type() || w.dim() != 1 || w.size(0) != D || D == 0 || x.numel() / D > kFusedMaxRows)
     return rms_norm_reference(x, w, eps);
   auto xc = x.contiguous();
   auto wc = w.contiguous();
   auto y = torch::empty_like(xc);
   const int64_t rows = xc.numel() / D;
+  if (use_avx2(variant)) {
+    const DType t = dtype_of(x.scalar_type());
+    const int64_t es = static_cast<int64_t>(xc.element_size());
+    const char* xp = static_cast<const char*>(xc.data_ptr());
+    char* yp = static_cast<char*>(y.data_ptr());
+    for (int64_t r = 0; r < rows; ++r)  // a few rows of at most a few thousand values: one thread
+      avx2::rms_norm_row(t, xp + r * D * es, wc.data_ptr(), yp + r * D * es, D, static_cast<float>(eps));
+    return y;
+  }
   with_type(x.scalar_type(), [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     const T* xp = xc.data_ptr<T>();
@@ -89,15 +117,27 @@ torch::Tensor silu_mul_reference(const torch::Tensor& gate, const torch::Tensor&
   return torch::silu(gate.to(torch::kFloat32)).to(gate.scalar_type()) * up;
 }
 
-torch::Tensor silu_mul(const torch::Tensor& gate, const torch::Tensor& up) {
+torch::Tensor silu_mul(const torch::Tensor& gate, const torch::Tensor& up, Variant variant) {
   // Autograd (training) and prompts keep libtorch's own op. For bf16 it rounds inside silu as well (exp, 1 + e and the
   // quotient each go through bf16 in libtorch 1.13), so it sits a few units from the single rounding here.
-  if (!elementwise_applies(gate) || !elementwise_applies(up) || up.scalar_type() != gate.scalar_type() ||
-      up.sizes() != gate.sizes() || gate.numel() > kFusedMaxRows * gate.size(-1))
+  variant = elementwise_variant(variant);
+  if (variant == Variant::Reference || !elementwise_applies(gate) || !elementwise_applies(up) ||
+      up.scalar_type() != gate.scalar_type() || up.sizes() != gate.sizes() ||
+      gate.numel() > kFusedMaxRows * gate.size(-1))
     return torch::silu(gate) * up;
   auto g = gate.contiguous(), u = up.contiguous();
   auto y = torch::empty_like(g);
   const int64_t n = g.numel();
+  if (use_avx2(variant)) {
+    const DType t = dtype_of(g.scalar_type());
+    const int64_t es = static_cast<int64_t>(g.element_size());
+    at::parallel_for(0, n, 16384, [&](int64_t i0, int64_t i1) {
+      avx2::silu_mul_span(t, static_cast<const char*>(g.data_ptr()) + i0 * es,
+                          static_cast<const char*>(u.data_ptr()) + i0 * es, static_cast<char*>(y.data_ptr()) + i0 * es,
+                          i1 - i0);
+    });
+    return y;
+  }
   with_type(g.scalar_type(), [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     const T* gp = g.data_ptr<T>();

@@ -6,6 +6,8 @@
 // last place (f32 accumulation order).
 #include <torch/torch.h>
 
+#include "kernels/cpu_features.h"
+
 namespace mha2mla::kernels {
 
 // True when the fused ops below may run for x: CPU, f32/bf16/f16, no autograd needed. They run for at most
@@ -13,12 +15,14 @@ namespace mha2mla::kernels {
 bool elementwise_applies(const torch::Tensor& x);
 
 // RMSNorm over the last dim: w * to_dtype(x * rsqrt(mean(x^2) + eps)), statistics in f32.
-torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w, double eps);
+// variant: Auto takes the AVX2 rows where the CPU has AVX2, else the portable loops (Generic); Reference is
+// the libtorch graph.
+torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w, double eps, Variant variant = Variant::Auto);
 torch::Tensor rms_norm_reference(const torch::Tensor& x, const torch::Tensor& w, double eps);
 
 // silu(gate) * up (the gated MLP's product): silu computed in f32 and rounded once to the storage type, as
 // the CUDA kernels do, then the product rounded. Under autograd and past 64 rows: torch::silu(gate) * up.
-torch::Tensor silu_mul(const torch::Tensor& gate, const torch::Tensor& up);
+torch::Tensor silu_mul(const torch::Tensor& gate, const torch::Tensor& up, Variant variant = Variant::Auto);
 torch::Tensor silu_mul_reference(const torch::Tensor& gate, const torch::Tensor& up);
 
 // Rotary embedding, HF's rotate-half form: x [B, H, T, D] (any strides), cos/sin [B, T, D] ->

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "kernels/elementwise.h"
+#include "kernels/variants.h"
 
 using namespace mha2mla;
 
@@ -41,8 +42,9 @@ TEST(KernelElementwise, RmsNormMatchesReference) {
       torch::manual_seed(shape.back());
       auto x = (torch::randn(shape) * 3).to(dt);
       auto w = (torch::rand({shape.back()}) + 0.5).to(dt);
-      expect_close(kernels::rms_norm(x, w, 1e-5), kernels::rms_norm_reference(x, w, 1e-5),
-                   "rms_norm " + name(dt) + " D=" + std::to_string(shape.back()));
+      for (auto var : testutil::cpu_variants())
+        expect_close(kernels::rms_norm(x, w, 1e-5, var), kernels::rms_norm_reference(x, w, 1e-5),
+                     "rms_norm " + kernels::variant_name(var) + " " + name(dt) + " D=" + std::to_string(shape.back()));
     }
 }
 
@@ -68,13 +70,31 @@ TEST(KernelElementwise, SiluMulMatchesReference) {
     for (int64_t n : {1, 17, 1536, 40000}) {
       torch::manual_seed(n);
       auto g = (torch::randn({2, n}) * 4).to(dt), u = torch::randn({2, n}).to(dt);
-      expect_close(kernels::silu_mul(g, u), kernels::silu_mul_reference(g, u), "silu_mul " + name(dt) + " n=" + std::to_string(n));
+      for (auto var : testutil::cpu_variants())
+        expect_close(kernels::silu_mul(g, u, var), kernels::silu_mul_reference(g, u),
+                     "silu_mul " + kernels::variant_name(var) + " " + name(dt) + " n=" + std::to_string(n));
     }
-  // Large negative gates: exp(-v) overflows to inf, and silu must still be -0, not NaN.
-  auto g = torch::tensor({-100.f, -1000.f, 100.f}), u = torch::ones({3});
-  auto y = kernels::silu_mul(g, u);
-  EXPECT_FALSE(y.isnan().any().item<bool>());
-  EXPECT_EQ(y[2].item<float>(), 100.f);
+  // Large gates of either sign (exp(-v) overflows to inf below about -88), spread over a vector and its tail:
+  // silu must be v or a value of v's sign near 0, never NaN.
+  auto g = torch::tensor({-100.f, -1000.f, 100.f, 88.f, -88.f, 1000.f, -87.f, 87.f, -100.f, 100.f}), u = torch::ones({10});
+  for (auto var : testutil::cpu_variants()) {
+    auto y = kernels::silu_mul(g, u, var);
+    EXPECT_FALSE(y.isnan().any().item<bool>()) << kernels::variant_name(var);
+    EXPECT_TRUE(torch::allclose(y, kernels::silu_mul_reference(g, u), 1e-6, 1e-30)) << kernels::variant_name(var) << y;
+  }
+}
+
+TEST(KernelElementwise, SiluMulRoundsProductsToNearestEven) {
+  // Gates above 20 give silu(v) = v exactly in 16-bit types, so each variant's output is the product v * u rounded
+  // once; products of two 16-bit values often sit exactly halfway between two of them, where only round-half-even
+  // agrees with libtorch.
+  torch::manual_seed(12);
+  for (auto dt : {torch::kBFloat16, torch::kFloat16}) {
+    auto g = (torch::rand({4096}) * 20 + 20).to(dt), u = torch::randn({4096}).to(dt);
+    auto want = (g.to(torch::kFloat32) * u.to(torch::kFloat32)).to(dt);
+    for (auto var : testutil::cpu_variants())
+      EXPECT_TRUE(torch::equal(kernels::silu_mul(g, u, var), want)) << kernels::variant_name(var) << " " << name(dt);
+  }
 }
 
 TEST(KernelElementwise, RopeMatchesReferenceInItsLayout) {
