@@ -13,12 +13,11 @@ namespace generic {
 void gemv_rows(const GemvArgs& a, int64_t o0, int64_t o1) {
   for (int64_t o = o0; o < o1; ++o) {
     const char* w = static_cast<const char*>(a.w) + o * a.w_stride * elem_size(a.dtype);
-    const float bias = a.bias ? load_elem(a.bias, o, a.dtype) : 0.f;
     for (int64_t j = 0; j < a.n; ++j) {
       const char* x = static_cast<const char*>(a.x) + j * a.in * elem_size(a.dtype);
       float acc = 0.f;
       for (int64_t i = 0; i < a.in; ++i) acc += load_elem(w, i, a.dtype) * load_elem(x, i, a.dtype);
-      store_elem(a.y, j * a.out + o, a.dtype, acc + bias);
+      store_output(a, j, o, acc);
     }
   }
 }
@@ -65,17 +64,29 @@ torch::Tensor linear_matmul(const torch::Tensor& x, const torch::Tensor& w, cons
   return torch::linear(f(x), f(w), f(b)).to(t);
 }
 
-std::vector<torch::Tensor> linear_many(const torch::Tensor& x_in, const std::vector<torch::Tensor>& ws,
-                                       const std::vector<torch::Tensor>& bs, Variant variant) {
+namespace {
+
+// linear_many(), with `residual` (when defined) added to the single matrix's output.
+std::vector<torch::Tensor> run_linear(const torch::Tensor& x_in, const std::vector<torch::Tensor>& ws,
+                                      const std::vector<torch::Tensor>& bs, const torch::Tensor& residual,
+                                      Variant variant) {
   auto bias_of = [&](size_t i) { return i < bs.size() ? bs[i] : torch::Tensor(); };
   bool fused = !ws.empty();
   for (size_t i = 0; i < ws.size() && fused; ++i) fused = gemv_applies(x_in, ws[i], bias_of(i));
+  if (fused && residual.defined()) {
+    auto sizes = x_in.sizes().vec();
+    sizes.back() = ws[0].size(0);
+    fused = ws.size() == 1 && residual.device().is_cpu() && residual.scalar_type() == x_in.scalar_type() &&
+            residual.sizes() == sizes && !(torch::GradMode::is_enabled() && residual.requires_grad());
+  }
   if (fused) variant = resolve_variant(variant);
   std::vector<torch::Tensor> ys;
   if (!fused || variant == Variant::Reference) {
     for (size_t i = 0; i < ws.size(); ++i) ys.push_back(linear_matmul(x_in, ws[i], bias_of(i), variant));
+    if (residual.defined()) ys[0] = ys[0] + residual;
     return ys;
   }
+  auto res = residual.defined() ? residual.contiguous() : residual;
   auto x = x_in.contiguous();
   const int64_t in = x.size(-1), n = x.numel() / in;
   std::vector<GemvArgs> args;
@@ -92,6 +103,7 @@ std::vector<torch::Tensor> linear_many(const torch::Tensor& x_in, const std::vec
     a.n = n, a.in = in, a.x = x.data_ptr(), a.w = w.data_ptr(), a.w_stride = w.stride(0);
     a.bias = bias.defined() ? bias.data_ptr() : nullptr;
     a.y = ys.back().data_ptr(), a.out = w.size(0);
+    a.residual = res.defined() ? res.data_ptr() : nullptr;
     args.push_back(a);
     biases.push_back(bias);
     start.push_back(start.back() + w.size(0));
@@ -124,6 +136,18 @@ std::vector<torch::Tensor> linear_many(const torch::Tensor& x_in, const std::vec
     });
   }
   return ys;
+}
+
+}  // namespace
+
+std::vector<torch::Tensor> linear_many(const torch::Tensor& x, const std::vector<torch::Tensor>& ws,
+                                       const std::vector<torch::Tensor>& bs, Variant variant) {
+  return run_linear(x, ws, bs, {}, variant);
+}
+
+torch::Tensor linear_add(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b,
+                         const torch::Tensor& residual, Variant variant) {
+  return run_linear(x, {w}, {b}, residual, variant)[0];
 }
 
 }  // namespace mha2mla::kernels

@@ -23,6 +23,11 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch
 std::vector<torch::Tensor> linear_many(const torch::Tensor& x, const std::vector<torch::Tensor>& ws,
                                        const std::vector<torch::Tensor>& bs, Variant variant = Variant::Auto);
 
+// linear(x, w, b) + residual, rounded as those two ops round (the product to x's dtype, then the sum): a
+// decoder layer's residual connection, added as each output is stored instead of by one more op.
+torch::Tensor linear_add(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b,
+                         const torch::Tensor& residual, Variant variant = Variant::Auto);
+
 // linear() where the GEMV kernel does not apply (prompts, autograd): torch::linear, except for bf16/f16 on
 // CPUs without AVX-512, where libtorch 1.13 has no fast 16-bit GEMM (about 5 GFLOP/s against 140 in f32 on
 // 2 Zen 3 cores): there x, W and b are widened to f32 and the result rounded once to the input type.

@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "kernels/attention_args.h"
+#include "kernels/scalar_convert.h"
 
 namespace mha2mla::kernels {
 
@@ -16,7 +17,21 @@ struct GemvArgs {
   const void* bias = nullptr; // [out] or null
   void* y = nullptr;          // [n, out] contiguous
   int64_t out = 0;
+  const void* residual = nullptr;  // [n, out] contiguous or null: added to the rounded product (y = x W^T + b + r)
 };
+
+namespace {  // internal linkage: compiled into files with different instruction sets (scalar_convert.h)
+// y[j, o] from its sum of products s: the bias added and the result rounded to the storage type, then the
+// residual added and rounded again, as linear() followed by an add rounds.
+inline void store_output(const GemvArgs& a, int64_t j, int64_t o, float s) {
+  if (a.bias) s += load_elem(a.bias, o, a.dtype);
+  if (a.residual) {
+    store_elem(a.y, j * a.out + o, a.dtype, s);
+    s = load_elem(a.y, j * a.out + o, a.dtype) + load_elem(a.residual, j * a.out + o, a.dtype);
+  }
+  store_elem(a.y, j * a.out + o, a.dtype, s);
+}
+}  // namespace
 
 // Computes output features [o0, o1) for every row of x.
 using GemvRows = void (*)(const GemvArgs&, int64_t o0, int64_t o1);

@@ -60,12 +60,11 @@ inline void block_store(const GemvArgs& a, const float* X, int64_t xs, int64_t i
   const int64_t es = elem_size(a.dtype);
   for (int r = 0; r < RB; ++r) {
     const char* w = static_cast<const char*>(a.w) + (o + r) * a.w_stride * es;
-    const float bias = a.bias ? load_elem(a.bias, o + r, a.dtype) : 0.f;
     for (int j = 0; j < N; ++j) {
       float s = out[r][j];
       const char* x = static_cast<const char*>(a.x) + (j0 + j) * a.in * es;
       for (int64_t i = in16; i < a.in; ++i) s += load_elem(w, i, a.dtype) * load_elem(x, i, a.dtype);  // tail
-      store_elem(a.y, (j0 + j) * a.out + o + r, a.dtype, s + bias);
+      store_output(a, j0 + j, o + r, s);
     }
   }
 }
@@ -104,7 +103,7 @@ void rows_seq1(const GemvArgs& a, const float* X, int64_t in16, int64_t j0, int6
     const char* w = static_cast<const char*>(a.w) + o * rs;
     float s = row_dot1(a, X, in16, w, 2 * rs);
     for (int64_t i = in16; i < a.in; ++i) s += load_elem(w, i, a.dtype) * load_elem(x, i, a.dtype);  // tail
-    store_elem(a.y, j0 * a.out + o, a.dtype, s + (a.bias ? load_elem(a.bias, o, a.dtype) : 0.f));
+    store_output(a, j0, o, s);
   }
 }
 

@@ -69,10 +69,8 @@ inline void block(const GemvArgs& a, const char* x, int64_t j0, int64_t o) {
   else
 #endif
     block_f32<RB, N>(a, x, o, out);
-  for (int r = 0; r < RB; ++r) {
-    const float bias = a.bias ? load_elem(a.bias, o + r, a.dtype) : 0.f;
-    for (int j = 0; j < N; ++j) store_elem(a.y, (j0 + j) * a.out + o + r, a.dtype, out[r][j] + bias);
-  }
+  for (int r = 0; r < RB; ++r)
+    for (int j = 0; j < N; ++j) store_output(a, j0 + j, o + r, out[r][j]);
 }
 
 template <int N>

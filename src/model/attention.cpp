@@ -109,7 +109,7 @@ GQAAttentionImpl::GQAAttentionImpl(const io::ModelConfig& c, const torch::Tensor
   }
 }
 
-torch::Tensor GQAAttentionImpl::forward(const torch::Tensor& x, const AttnContext& ctx) {
+torch::Tensor GQAAttentionImpl::forward(const torch::Tensor& x, const AttnContext& ctx, const torch::Tensor& residual) {
   const int64_t B = x.size(0), T = x.size(1);
   auto qkv = kernels::linear_many(x, {q_proj->weight, k_proj->weight, v_proj->weight},
                                   {q_proj->bias, k_proj->bias, v_proj->bias});
@@ -142,7 +142,7 @@ torch::Tensor GQAAttentionImpl::forward(const torch::Tensor& x, const AttnContex
     }
     if (!o.defined()) o = attention_core(q.contiguous(), k, v, ctx, scale);
   }
-  return o_proj(o.transpose(1, 2).reshape({B, T, n_h_ * d_h_}));
+  return o_proj->forward_add(o.transpose(1, 2).reshape({B, T, n_h_ * d_h_}), residual);
 }
 
 std::vector<BufferSpec> cache_spec_for(const io::ModelConfig& cfg) {

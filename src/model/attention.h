@@ -75,8 +75,9 @@ bool reads_quantized_in_place(const AttnContext& ctx, int64_t T, const SlotBuffe
 class AttentionImpl : public torch::nn::Module {
  public:
   ~AttentionImpl() override = default;
-  // x: [B, T, d] -> [B, T, d].
-  virtual torch::Tensor forward(const torch::Tensor& x, const AttnContext& ctx) = 0;
+  // x: [B, T, d] -> [B, T, d], plus `residual` ([B, T, d]) when it is defined: the layer's residual connection,
+  // added by the output projection as it stores each value (kernels::linear_add).
+  virtual torch::Tensor forward(const torch::Tensor& x, const AttnContext& ctx, const torch::Tensor& residual) = 0;
   // The per-token buffers this layer caches, in the order forward() uses them.
   virtual std::vector<BufferSpec> cache_spec() const = 0;
 };
@@ -85,7 +86,7 @@ class AttentionImpl : public torch::nn::Module {
 class GQAAttentionImpl : public AttentionImpl {
  public:
   GQAAttentionImpl(const io::ModelConfig& cfg, const torch::TensorOptions& opt);
-  torch::Tensor forward(const torch::Tensor& x, const AttnContext& ctx) override;
+  torch::Tensor forward(const torch::Tensor& x, const AttnContext& ctx, const torch::Tensor& residual) override;
   std::vector<BufferSpec> cache_spec() const override { return spec(n_kv_, d_h_); }
   // k and v, [n_kv, d_h] each; KIVI's axes: keys per channel, values per token.
   static std::vector<BufferSpec> spec(int64_t n_kv, int64_t d_h) {

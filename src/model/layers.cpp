@@ -25,9 +25,9 @@ MLPImpl::MLPImpl(int64_t d, int64_t hidden, bool bias, const torch::TensorOption
   down_proj = register_module("down_proj", Dense(hidden, d, bias, opt));
 }
 
-torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
+torch::Tensor MLPImpl::forward(const torch::Tensor& x, const torch::Tensor& residual) {
   auto gate_up = kernels::linear_many(x, {gate_proj->weight, up_proj->weight}, {gate_proj->bias, up_proj->bias});
-  return down_proj(kernels::silu_mul(gate_up[0], gate_up[1]));
+  return down_proj->forward_add(kernels::silu_mul(gate_up[0], gate_up[1]), residual);
 }
 
 }  // namespace mha2mla::model

@@ -11,6 +11,10 @@ class DenseImpl : public torch::nn::Module {
   DenseImpl(int64_t in, int64_t out, bool bias, const torch::TensorOptions& opt);
   // Decoding (a few rows, no autograd) streams W with the GEMV kernel; everything else is torch::linear.
   torch::Tensor forward(const torch::Tensor& x) { return kernels::linear(x, weight, bias); }
+  // forward(x) + residual, or forward(x) when residual is undefined.
+  torch::Tensor forward_add(const torch::Tensor& x, const torch::Tensor& residual) {
+    return residual.defined() ? kernels::linear_add(x, weight, bias, residual) : forward(x);
+  }
   torch::Tensor weight;  // [out, in], HF layout
   torch::Tensor bias;    // undefined when absent
 };
@@ -37,7 +41,8 @@ TORCH_MODULE(Embedding);
 class MLPImpl : public torch::nn::Module {
  public:
   MLPImpl(int64_t d, int64_t hidden, bool bias, const torch::TensorOptions& opt);
-  torch::Tensor forward(const torch::Tensor& x);
+  // down(silu(gate(x)) * up(x)), plus residual when it is defined (added by the down projection).
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& residual = {});
   Dense gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
 };
 TORCH_MODULE(MLP);

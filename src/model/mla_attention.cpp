@@ -86,10 +86,10 @@ MLAAttentionImpl::MLAAttentionImpl(const io::ModelConfig& c, int64_t layer, cons
   q_dims_ = k_dims_.repeat_interleave(g, 0);  // query head j uses KV head j / g, as HF repeat_kv
 }
 
-torch::Tensor MLAAttentionImpl::forward(const torch::Tensor& x, const AttnContext& ctx) {
+torch::Tensor MLAAttentionImpl::forward(const torch::Tensor& x, const AttnContext& ctx, const torch::Tensor& residual) {
   const int64_t B = x.size(0), T = x.size(1), d_c = d_h_ - r_;
   if (folds_weights() && ctx.fused && ctx.cache && use_absorbed(ctx, T) && !torch::GradMode::is_enabled())
-    return decode_absorbed(x, ctx);
+    return decode_absorbed(x, ctx, residual);
   auto q = q_proj(x);
   auto q_r = rotated_queries(q, ctx);                                                      // [B, n_h, T, r]
   auto q_c = q.narrow(-1, n_h_ * r_, n_h_ * d_c).view({B, T, n_h_, d_c}).transpose(1, 2);  // [B, n_h, T, d_c]
@@ -113,7 +113,7 @@ torch::Tensor MLAAttentionImpl::forward(const torch::Tensor& x, const AttnContex
     if (!o.defined())
       o = use_absorbed(ctx, T) ? attend_absorbed(q_r, q_c, c, k_r, ctx) : attend_materialized(q_r, q_c, c, k_r, ctx);
   }
-  return o_proj(o.transpose(1, 2).reshape({B, T, n_h_ * d_h_}));
+  return o_proj->forward_add(o.transpose(1, 2).reshape({B, T, n_h_ * d_h_}), residual);
 }
 
 torch::Tensor MLAAttentionImpl::rotated_queries(const torch::Tensor& q, const AttnContext& ctx) const {
@@ -177,7 +177,7 @@ const MLAAttentionImpl::AbsorbedWeights& MLAAttentionImpl::absorbed_weights() {
   return absorbed_;
 }
 
-torch::Tensor MLAAttentionImpl::decode_absorbed(const torch::Tensor& x, const AttnContext& ctx) {
+torch::Tensor MLAAttentionImpl::decode_absorbed(const torch::Tensor& x, const AttnContext& ctx, const torch::Tensor& residual) {
   const int64_t B = x.size(0), T = x.size(1), L = kv_proj->latent_dim();
   const auto& aw = absorbed_weights();
   auto q = kernels::linear(x, aw.w_q, aw.b_q);                                                 // [B, T, n_h·(r + L)]
@@ -199,7 +199,7 @@ torch::Tensor MLAAttentionImpl::decode_absorbed(const torch::Tensor& x, const At
                 : kernels::mla_decode_attention(q_lat, q_r, cb.read().squeeze(1), kb.read(), ctx.start, ctx.slot_valid,
                                                 ctx.window, scale);
   }
-  return kernels::linear(o_lat.transpose(1, 2).reshape({B, T, n_h_ * L}), aw.w_o, aw.b_o);   // [B, T, hidden]
+  return kernels::linear_add(o_lat.transpose(1, 2).reshape({B, T, n_h_ * L}), aw.w_o, aw.b_o, residual);   // [B, T, hidden]
 }
 
 bool MLAAttentionImpl::use_absorbed(const AttnContext& ctx, int64_t T) const {

@@ -43,7 +43,7 @@ TORCH_MODULE(LowRankKV);
 class MLAAttentionImpl : public AttentionImpl {
  public:
   MLAAttentionImpl(const io::ModelConfig& cfg, int64_t layer, const torch::TensorOptions& opt);
-  torch::Tensor forward(const torch::Tensor& x, const AttnContext& ctx) override;
+  torch::Tensor forward(const torch::Tensor& x, const AttnContext& ctx, const torch::Tensor& residual) override;
   std::vector<BufferSpec> cache_spec() const override { return spec_; }
   // c [1, latent_dim] (shared by all heads) and k_r [n_kv, r]. Default axes chosen by measured perplexity (README).
   static std::vector<BufferSpec> spec(const io::ModelConfig& cfg) {
@@ -78,7 +78,7 @@ class MLAAttentionImpl : public AttentionImpl {
   };
   AbsorbedWeights absorbed_;
   const AbsorbedWeights& absorbed_weights();
-  torch::Tensor decode_absorbed(const torch::Tensor& x, const AttnContext& ctx);
+  torch::Tensor decode_absorbed(const torch::Tensor& x, const AttnContext& ctx, const torch::Tensor& residual);
 
   // q [B, T, n_h·r + ...] (RoPE rows first) -> rotated q_r [B, n_h, T, r]; x -> rotated k_r [B, n_kv, T, r].
   torch::Tensor rotated_queries(const torch::Tensor& q, const AttnContext& ctx) const;

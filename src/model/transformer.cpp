@@ -32,8 +32,8 @@ DecoderLayerImpl::DecoderLayerImpl(const io::ModelConfig& c, int64_t layer, cons
 torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const AttnContext& ctx) {
   auto xn = input_layernorm(x);
   if (ctx.on_attn_input && *ctx.on_attn_input) (*ctx.on_attn_input)(ctx.layer, xn);
-  auto h = x + self_attn->forward(xn, ctx);
-  return h + mlp(post_attention_layernorm(h));
+  auto h = self_attn->forward(xn, ctx, x);  // x + attention(xn)
+  return mlp->forward(post_attention_layernorm(h), h);
 }
 
 BackboneImpl::BackboneImpl(const io::ModelConfig& c, const torch::TensorOptions& opt) {
