@@ -21,6 +21,24 @@ inline void permute_x16(const float* x, float* xp) {
   for (int k = 0; k < 4; ++k) xp[k] = x[k], xp[4 + k] = x[8 + k], xp[8 + k] = x[4 + k], xp[12 + k] = x[12 + k];
 }
 
+// 16 weights at p as two f32 vectors; bf16 ones in the order of permute_x16.
+inline void load16(const char* p, DType t, __m256& w0, __m256& w1) {
+  if (t == DType::BF16) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    w0 = _mm256_castsi256_ps(_mm256_unpacklo_epi16(_mm256_setzero_si256(), v));
+    w1 = _mm256_castsi256_ps(_mm256_unpackhi_epi16(_mm256_setzero_si256(), v));
+  } else {
+    w0 = load8(p, t), w1 = load8(p + 8 * elem_size(t), t);
+  }
+}
+
+// Stores y[j, o] from the sum s over the first in16 inputs of W's row w, adding the remaining ones.
+inline void finish_output(const GemvArgs& a, const char* w, int64_t in16, int64_t j, int64_t o, float s) {
+  const char* x = static_cast<const char*>(a.x) + j * a.in * elem_size(a.dtype);
+  for (int64_t i = in16; i < a.in; ++i) s += load_elem(w, i, a.dtype) * load_elem(x, i, a.dtype);
+  store_output(a, j, o, s);
+}
+
 // acc[r][j] = sum_i W[o+r][i] x[j][i] over i in [0, in16) (a multiple of 16); X holds the N rows of x as f32,
 // permuted per 16 for bf16. Returns the sums in out.
 template <int RB, int N>
@@ -30,19 +48,11 @@ inline void block(const GemvArgs& a, const float* X, int64_t xs, int64_t in16, i
     for (int j = 0; j < N; ++j) acc[r][j] = _mm256_setzero_ps();
   const int64_t es = elem_size(a.dtype), rs = a.w_stride * es;
   const char* w = static_cast<const char*>(a.w) + o * rs;
-  const __m256i zero = _mm256_setzero_si256();
   for (int64_t i = 0; i < in16; i += 16) {
     if ((i * es) % 64 == 0) prefetch_rows(w, RB, rs, i * es);
     for (int r = 0; r < RB; ++r) {
-      const char* p = w + r * rs + i * es;
       __m256 w0, w1;
-      if (a.dtype == DType::BF16) {
-        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-        w0 = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, v));
-        w1 = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, v));
-      } else {
-        w0 = load8(p, a.dtype), w1 = load8(p + 8 * es, a.dtype);
-      }
+      load16(w + r * rs + i * es, a.dtype, w0, w1);
       for (int j = 0; j < N; ++j) {  // x from L1: 16 ymm registers do not hold x as well for N > 1
         acc[r][j] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(X + j * xs + i), acc[r][j]);
         acc[r][j] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(X + j * xs + i + 8), acc[r][j]);
@@ -60,12 +70,7 @@ inline void block_store(const GemvArgs& a, const float* X, int64_t xs, int64_t i
   const int64_t es = elem_size(a.dtype);
   for (int r = 0; r < RB; ++r) {
     const char* w = static_cast<const char*>(a.w) + (o + r) * a.w_stride * es;
-    for (int j = 0; j < N; ++j) {
-      float s = out[r][j];
-      const char* x = static_cast<const char*>(a.x) + (j0 + j) * a.in * es;
-      for (int64_t i = in16; i < a.in; ++i) s += load_elem(w, i, a.dtype) * load_elem(x, i, a.dtype);  // tail
-      store_output(a, j0 + j, o + r, s);
-    }
+    for (int j = 0; j < N; ++j) finish_output(a, w, in16, j0 + j, o + r, out[r][j]);
   }
 }
 
@@ -75,19 +80,12 @@ inline void block_store(const GemvArgs& a, const float* X, int64_t xs, int64_t i
 inline float row_dot1(const GemvArgs& a, const float* X, int64_t in16, const char* w, int64_t ahead) {
   __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
   const int64_t es = elem_size(a.dtype);
-  const __m256i zero = _mm256_setzero_si256();
   int64_t i = 0;
   auto step = [&](int64_t i, int k) {
     const char* p = w + i * es;
     if ((i * es) % 64 == 0) _mm_prefetch(p + ahead, _MM_HINT_T0);
     __m256 w0, w1;
-    if (a.dtype == DType::BF16) {
-      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-      w0 = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, v));
-      w1 = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, v));
-    } else {
-      w0 = load8(p, a.dtype), w1 = load8(p + 8 * es, a.dtype);
-    }
+    load16(p, a.dtype, w0, w1);
     acc[k] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(X + i), acc[k]);
     acc[k + 1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(X + i + 8), acc[k + 1]);
   };
@@ -98,12 +96,9 @@ inline float row_dot1(const GemvArgs& a, const float* X, int64_t in16, const cha
 
 void rows_seq1(const GemvArgs& a, const float* X, int64_t in16, int64_t j0, int64_t o0, int64_t o1) {
   const int64_t es = elem_size(a.dtype), rs = a.w_stride * es;
-  const char* x = static_cast<const char*>(a.x) + j0 * a.in * es;
   for (int64_t o = o0; o < o1; ++o) {
     const char* w = static_cast<const char*>(a.w) + o * rs;
-    float s = row_dot1(a, X, in16, w, 2 * rs);
-    for (int64_t i = in16; i < a.in; ++i) s += load_elem(w, i, a.dtype) * load_elem(x, i, a.dtype);  // tail
-    store_output(a, j0, o, s);
+    finish_output(a, w, in16, j0, o, row_dot1(a, X, in16, w, 2 * rs));
   }
 }
 
