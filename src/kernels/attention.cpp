@@ -12,6 +12,7 @@
 #include "kernels/attention_args.h"
 #include "kernels/attention_internal.h"
 #include "kernels/scalar_convert.h"
+#include "kernels/storage_dtype.h"
 
 namespace mha2mla::kernels {
 
@@ -29,12 +30,10 @@ std::string shape_str(const torch::Tensor& t) {
 }
 
 DType dtype_of(const char* fn, const torch::Tensor& t) {
-  switch (t.scalar_type()) {
-    case torch::kFloat32: return DType::F32;
-    case torch::kBFloat16: return DType::BF16;
-    case torch::kFloat16: return DType::F16;
-    default: fail(fn, std::string("unsupported dtype ") + c10::toString(t.scalar_type()));
-  }
+  const auto s = t.scalar_type();
+  if (s != torch::kFloat32 && s != torch::kBFloat16 && s != torch::kFloat16)
+    fail(fn, std::string("unsupported dtype ") + c10::toString(s));
+  return storage_dtype(s);
 }
 
 // The SIMD kernels read rows; other strides are passed through.

@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "kernels/elementwise_args.h"
+#include "kernels/storage_dtype.h"
 
 namespace mha2mla::kernels {
 
@@ -45,10 +46,6 @@ Variant elementwise_variant(Variant v) {
 
 bool use_avx2(Variant v) { return v == Variant::Avx2 || v == Variant::Avx512 || v == Variant::Avx512Bf16; }
 
-DType dtype_of(torch::ScalarType t) {
-  return t == torch::kFloat32 ? DType::F32 : t == torch::kBFloat16 ? DType::BF16 : DType::F16;
-}
-
 }  // namespace
 
 bool elementwise_applies(const torch::Tensor& x) {
@@ -78,7 +75,7 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w, double ep
   auto y = torch::empty_like(xc);
   const int64_t rows = xc.numel() / D;
   if (use_avx2(variant)) {
-    const DType t = dtype_of(x.scalar_type());
+    const DType t = storage_dtype(x.scalar_type());
     const int64_t es = static_cast<int64_t>(xc.element_size());
     const char* xp = static_cast<const char*>(xc.data_ptr());
     char* yp = static_cast<char*>(y.data_ptr());
@@ -129,7 +126,7 @@ torch::Tensor silu_mul(const torch::Tensor& gate, const torch::Tensor& up, Varia
   auto y = torch::empty_like(g);
   const int64_t n = g.numel();
   if (use_avx2(variant)) {
-    const DType t = dtype_of(g.scalar_type());
+    const DType t = storage_dtype(g.scalar_type());
     const int64_t es = static_cast<int64_t>(g.element_size());
     at::parallel_for(0, n, 16384, [&](int64_t i0, int64_t i1) {
       avx2::silu_mul_span(t, static_cast<const char*>(g.data_ptr()) + i0 * es,

@@ -9,43 +9,6 @@
 namespace mha2mla::kernels::avx2 {
 namespace {
 
-// f32 -> storage type t -> f32: round to nearest even, NaN kept NaN (as load8 of a stored value would read).
-inline __m256 round_to(__m256 v, DType t) {
-  switch (t) {
-    case DType::F32: return v;
-    case DType::F16: return _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-    case DType::BF16: {
-      const __m256i u = _mm256_castps_si256(v);
-      const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-      __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), odd));
-      r = _mm256_and_si256(r, _mm256_set1_epi32(static_cast<int>(0xffff0000u)));
-      const __m256 nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);  // a NaN stays a quiet NaN
-      return _mm256_blendv_ps(_mm256_castsi256_ps(r), _mm256_or_ps(v, _mm256_castsi256_ps(_mm256_set1_epi32(0x00400000))), nan);
-    }
-  }
-  return v;
-}
-
-inline float round_to(float v, DType t) {
-  return t == DType::F32 ? v : t == DType::BF16 ? bf16_to_f32(f32_to_bf16(v)) : f16_to_f32(f32_to_f16(v));
-}
-
-// 8 values rounded to t and stored.
-inline void store8(void* p, DType t, __m256 v) {
-  switch (t) {
-    case DType::F32: _mm256_storeu_ps(static_cast<float*>(p), v); return;
-    case DType::F16:
-      _mm_storeu_si128(static_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-      return;
-    case DType::BF16: {
-      const __m256i r = _mm256_srli_epi32(_mm256_castps_si256(round_to(v, t)), 16);  // bf16 in the low halves
-      const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
-      _mm_storeu_si128(static_cast<__m128i*>(p), packed);
-      return;
-    }
-  }
-}
-
 // e^x for x <= 0: Cody-Waite reduction x = n ln2 + r (|r| <= ln2/2, exact to f32 for |n| <= 127), e^r by its
 // Taylor series to degree 7 (error below 6e-9), times 2^n built in the exponent field. 0 below -87.3, where
 // e^x leaves the normal range (silu's product with it is then below any value a test or model can see).
@@ -82,7 +45,7 @@ void silu_mul_span(DType t, const void* g, const void* u, void* y, int64_t n) {
   }
   for (; i < n; ++i) {
     const float v = load_elem(g, i, t);
-    store_elem(y, i, t, round_to(v / (1.f + std::exp(-v)), t) * load_elem(u, i, t));
+    store_elem(y, i, t, round_to_storage(v / (1.f + std::exp(-v)), t) * load_elem(u, i, t));
   }
 }
 
@@ -112,7 +75,7 @@ void rms_norm_row(DType t, const void* x, const void* w, void* y, int64_t D, flo
   for (i = 0; i + 8 <= D; i += 8)
     store8(yp + i * es, t, _mm256_mul_ps(load8(wp + i * es, t), round_to(_mm256_mul_ps(load8(xp + i * es, t), vinv), t)));
   for (; i < D; ++i) {
-    store_elem(y, i, t, load_elem(w, i, t) * round_to(load_elem(x, i, t) * inv, t));
+    store_elem(y, i, t, load_elem(w, i, t) * round_to_storage(load_elem(x, i, t) * inv, t));
   }
 }
 

@@ -6,6 +6,7 @@
 
 #include "kernels/gemv_args.h"
 #include "kernels/scalar_convert.h"
+#include "kernels/storage_dtype.h"
 
 namespace mha2mla::kernels {
 
@@ -99,7 +100,7 @@ std::vector<torch::Tensor> run_linear(const torch::Tensor& x_in, const std::vect
     sizes.back() = w.size(0);
     ys.push_back(torch::empty(sizes, x.options()));
     GemvArgs a;
-    a.dtype = x.scalar_type() == torch::kFloat32 ? DType::F32 : x.scalar_type() == torch::kBFloat16 ? DType::BF16 : DType::F16;
+    a.dtype = storage_dtype(x.scalar_type());
     a.n = n, a.in = in, a.x = x.data_ptr(), a.w = w.data_ptr(), a.w_stride = w.stride(0);
     a.bias = bias.defined() ? bias.data_ptr() : nullptr;
     a.y = ys.back().data_ptr(), a.out = w.size(0);

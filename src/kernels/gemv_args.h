@@ -25,10 +25,7 @@ namespace {  // internal linkage: compiled into files with different instruction
 // residual added and rounded again, as linear() followed by an add rounds.
 inline void store_output(const GemvArgs& a, int64_t j, int64_t o, float s) {
   if (a.bias) s += load_elem(a.bias, o, a.dtype);
-  if (a.residual) {
-    store_elem(a.y, j * a.out + o, a.dtype, s);
-    s = load_elem(a.y, j * a.out + o, a.dtype) + load_elem(a.residual, j * a.out + o, a.dtype);
-  }
+  if (a.residual) s = round_to_storage(s, a.dtype) + load_elem(a.residual, j * a.out + o, a.dtype);
   store_elem(a.y, j * a.out + o, a.dtype, s);
 }
 }  // namespace

@@ -6,6 +6,7 @@
 
 #include "kernels/attention.h"
 #include "kernels/attention_internal.h"
+#include "kernels/storage_dtype.h"
 
 namespace mha2mla::kernels {
 namespace {
@@ -120,7 +121,7 @@ torch::Tensor quantized_decode_attention(const torch::Tensor& q_in, const Quanti
   std::vector<torch::Tensor> keep;
   const QuantDesc kq = buffer_desc(k, keep), vq = buffer_desc(v, keep);
   AttnArgs a;
-  a.dtype = q.scalar_type() == torch::kFloat32 ? DType::F32 : q.scalar_type() == torch::kBFloat16 ? DType::BF16 : DType::F16;
+  a.dtype = storage_dtype(q.scalar_type());
   if (q.scalar_type() != torch::kFloat32 && q.scalar_type() != torch::kBFloat16 && q.scalar_type() != torch::kFloat16)
     fail("q must be f32, bf16 or f16");
   a.B = B, a.Hq = Hq, a.Hkv = Hkv, a.groups = Hkv, a.T = T, a.S = S;
@@ -174,7 +175,7 @@ torch::Tensor quantized_mla_decode_attention(const torch::Tensor& q_lat_in, cons
   cq.d_sh = cq.s_sh = cq.residual.sh = 0;  // one latent head shared by every query head
   const QuantDesc kq = buffer_desc(k_r, keep);
   AttnArgs a;
-  a.dtype = q_lat.scalar_type() == torch::kFloat32 ? DType::F32 : q_lat.scalar_type() == torch::kBFloat16 ? DType::BF16 : DType::F16;
+  a.dtype = storage_dtype(q_lat.scalar_type());
   a.B = B, a.Hq = Hq, a.Hkv = Hkv, a.groups = 1, a.T = T, a.S = S;
   a.D1 = L, a.D2 = r, a.Dv = L, a.start = start, a.window = window, a.scale = static_cast<float>(scale);
   a.q1 = operand(q_lat), a.q2 = operand(q_rope);

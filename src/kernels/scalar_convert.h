@@ -68,6 +68,11 @@ inline uint16_t f32_to_f16(float f) {
   return sign | static_cast<uint16_t>(r >> 13);
 }
 
+// x rounded to storage type t and read back as f32 (what storing it and loading it again gives).
+inline float round_to_storage(float x, DType t) {
+  return t == DType::F32 ? x : t == DType::BF16 ? bf16_to_f32(f32_to_bf16(x)) : f16_to_f32(f32_to_f16(x));
+}
+
 inline float load_elem(const void* p, int64_t i, DType t) {
   switch (t) {
     case DType::F32: return static_cast<const float*>(p)[i];

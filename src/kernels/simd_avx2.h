@@ -69,6 +69,41 @@ inline __m256 load8(const void* p, DType t) {
   return _mm256_setzero_ps();
 }
 
+// 8 f32 values rounded to storage type t and widened back (what store8 then load8 give): round to nearest
+// even, a NaN kept a quiet NaN.
+inline __m256 round_to(__m256 v, DType t) {
+  switch (t) {
+    case DType::F32: return v;
+    case DType::F16: return _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    case DType::BF16: {
+      const __m256i u = _mm256_castps_si256(v);
+      const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+      __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), odd));
+      r = _mm256_and_si256(r, _mm256_set1_epi32(static_cast<int>(0xffff0000u)));
+      const __m256 nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
+      return _mm256_blendv_ps(_mm256_castsi256_ps(r), _mm256_or_ps(v, _mm256_castsi256_ps(_mm256_set1_epi32(0x00400000))),
+                              nan);
+    }
+  }
+  return v;
+}
+
+// 8 f32 values stored as storage type t, rounded as round_to.
+inline void store8(void* p, DType t, __m256 v) {
+  switch (t) {
+    case DType::F32: _mm256_storeu_ps(static_cast<float*>(p), v); return;
+    case DType::F16:
+      _mm_storeu_si128(static_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+      return;
+    case DType::BF16: {
+      const __m256i r = _mm256_srli_epi32(_mm256_castps_si256(round_to(v, t)), 16);  // bf16 in the low halves
+      _mm_storeu_si128(static_cast<__m128i*>(p),
+                       _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));
+      return;
+    }
+  }
+}
+
 // n elements of storage type t as f32 into dst[0, n), zeros in dst[n, round_up8(n)).
 inline void row_to_f32(const void* src, DType t, int64_t n, float* dst) {
   int64_t i = 0;
