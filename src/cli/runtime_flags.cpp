@@ -52,13 +52,24 @@ void add_runtime_options(OptionTable& t, model::RuntimeOptions& rt, unsigned par
               rt.reference_attention = parse_choice("attn-kernel", v, {"fused", "reference"}) == "reference";
             },
             "fused");
+  if (parts & kAttn)
+    t.value("decode-step", "S",
+            "one sequence's decode step: fused (one parallel region over all layers, no libtorch op inside;\n"
+            "MHA/GQA with a cache in the compute dtype, else layers) or layers (module by module)",
+            [&rt](const std::string& v) {
+              rt.decode_step = parse_choice("decode-step", v, {"fused", "layers"}) == "fused"
+                                   ? model::DecodeStepMode::Fused
+                                   : model::DecodeStepMode::Layers;
+            },
+            "fused");
 }
 
 nlohmann::json runtime_json(const model::RuntimeOptions& rt) {
   nlohmann::json j{{"device", rt.device.str()},
                    {"dtype", io::torch_dtype_name(rt.dtype)},
                    {"attn", model::attn_mode_name(rt.attn)},
-                   {"attn_kernel", rt.reference_attention ? "reference" : "fused"}};
+                   {"attn_kernel", rt.reference_attention ? "reference" : "fused"},
+                   {"decode_step", rt.decode_step == model::DecodeStepMode::Fused ? "fused" : "layers"}};
   j["cache_type"] = rt.cache.type ? model::cache_type_name(*rt.cache.type) : "compute dtype";
   if (rt.cache.type && model::is_quantized(*rt.cache.type)) {
     j["cache_residual"] = rt.cache.residual;

@@ -165,6 +165,7 @@ nlohmann::json run_bench(const BenchOptions& opt, const std::function<void(int64
     }
     m->set_attn_mode(rt.attn);
     m->set_reference_attention(rt.reference_attention);
+    m->set_decode_step(rt.decode_step);
     m->eval();
     // A decode step reads every weight once, except the embedding table (one row per token) when it is not
     // also the output head.

@@ -11,6 +11,7 @@
 
 #include "kernels/attention_args.h"
 #include "kernels/attention_internal.h"
+#include "kernels/decode_splits.h"
 #include "kernels/scalar_convert.h"
 #include "kernels/storage_dtype.h"
 
@@ -118,43 +119,50 @@ const AttnKernels& kernels_for(Variant v) {
   }
 }
 
+DecodeSplits DecodeSplits::plan(const AttnArgs& a, int64_t threads) {
+  DecodeSplits p;
+  p.rows = a.Hq / a.groups * a.T;
+  p.groups = a.B * a.groups;
+  p.part_floats = p.rows * (a.Dv + 2);
+  p.lo = a.window > 0 ? std::max<int64_t>(0, a.start - a.window + 1) : 0;
+  p.hi = std::min(a.S, a.start + a.T);
+  const int64_t span = std::max<int64_t>(p.hi - p.lo, 1);
+  int64_t nsplit = std::max<int64_t>(1, (4 * threads + p.groups - 1) / std::max<int64_t>(p.groups, 1));
+  nsplit = std::min(nsplit, std::max<int64_t>(1, span / 256));
+  p.chunk = ((span + nsplit - 1) / nsplit + 31) / 32 * 32;
+  p.nsplit = (span + p.chunk - 1) / p.chunk;
+  return p;
+}
+
+void DecodeSplits::run(const AttnArgs& a, const AttnKernels& kern, int64_t i, float* partials,
+                       std::atomic<int64_t>* done, float* scratch) const {
+  const int64_t sp = i % nsplit, bg = i / nsplit, b = bg / a.groups, grp = bg % a.groups;
+  float* base = partials + i * part_floats;
+  const int64_t s0 = lo + sp * chunk, s1 = std::min(hi, s0 + chunk);
+  kern.decode_split(a, b, grp, s0, s1, Partial{base, base + rows, base + 2 * rows});
+  if (done[bg].fetch_add(1, std::memory_order_acq_rel) != nsplit - 1) return;
+  // out [B, Hq, T, Dv]: rows of a group are (head, t), so each group's block is contiguous.
+  merge_partials(partials + bg * nsplit * part_floats, nsplit, rows, a.Dv, a.dtype,
+                 static_cast<char*>(a.out) + bg * rows * a.Dv * elem_size(a.dtype), scratch);
+}
+
 torch::Tensor run_decode(AttnArgs& a, const AttnKernels& kern, const torch::TensorOptions& opt) {
-  const int64_t g = a.Hq / a.groups, R = g * a.T;
-  // Keys any row of a (batch, group) can see; split them so every thread has work.
-  const int64_t lo = a.window > 0 ? std::max<int64_t>(0, a.start - a.window + 1) : 0;
-  const int64_t hi = std::min(a.S, a.start + a.T);
-  const int64_t span = std::max<int64_t>(hi - lo, 1);
   const int64_t threads = at::get_num_threads();
-  int64_t nsplit = std::max<int64_t>(1, (4 * threads + a.B * a.groups - 1) / (a.B * a.groups));
-  nsplit = std::min(nsplit, std::max<int64_t>(1, span / 256));  // keep splits long enough to stream
-  // Whole 32-key blocks per split: blocks then start on multiples of 32 (where lo does), so 4-bit tiles stay
-  // inside one per-channel scale group (the AVX2 kernel's q4_block_T).
-  const int64_t chunk = ((span + nsplit - 1) / nsplit + 31) / 32 * 32;
-  nsplit = (span + chunk - 1) / chunk;
-  const int64_t ngroups = a.B * a.groups, part_size = R * (a.Dv + 2);
+  const auto p = DecodeSplits::plan(a, threads);
   // One buffer: the partials, then f32 scratch of Dv per thread for the merge.
   thread_local std::vector<float> buf;
   const int64_t threads_max = threads + 1;
-  const size_t need = static_cast<size_t>(ngroups * nsplit * part_size + threads_max * a.Dv);
+  const size_t need = static_cast<size_t>(p.partial_floats() + threads_max * a.Dv);
   if (buf.size() < need) buf.resize(need);
-  float* pp = buf.data();
-  float* scratch = pp + ngroups * nsplit * part_size;
-  // out [B, Hq, T, Dv]: rows of a group are (head, t), so each group's block is contiguous.
+  float* partials = buf.data();  // buf is the calling thread's: the workers get the pointer
+  float* scratch = partials + p.partial_floats();
   auto out = torch::empty({a.B, a.Hq, a.T, a.Dv}, opt);
-  char* op = static_cast<char*>(out.data_ptr());
-  const int64_t es = elem_size(a.dtype);
-  // The last split of a group to finish merges it, in the same parallel region.
-  std::vector<std::atomic<int64_t>> done(static_cast<size_t>(ngroups));
+  a.out = out.data_ptr();
+  std::vector<std::atomic<int64_t>> done(static_cast<size_t>(p.groups));
   for (auto& d : done) d.store(0, std::memory_order_relaxed);
-  run_items(ngroups * nsplit, [&](int64_t i) {
-    const int64_t sp = i % nsplit, bg = i / nsplit, b = bg / a.groups, grp = bg % a.groups;
-    float* base = pp + i * part_size;
-    const int64_t s0 = lo + sp * chunk, s1 = std::min(hi, s0 + chunk);
-    kern.decode_split(a, b, grp, s0, s1, Partial{base, base + R, base + 2 * R});
-    if (done[bg].fetch_add(1, std::memory_order_acq_rel) != nsplit - 1) return;
+  run_items(p.items(), [&](int64_t i) {
     const int64_t tid = std::min<int64_t>(at::get_thread_num(), threads_max - 1);
-    merge_partials(pp + bg * nsplit * part_size, nsplit, R, a.Dv, a.dtype, op + bg * R * a.Dv * es,
-                   scratch + tid * a.Dv);
+    p.run(a, kern, i, partials, done.data(), scratch + tid * a.Dv);
   });
   return out;
 }

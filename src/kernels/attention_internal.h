@@ -4,11 +4,11 @@
 
 #include "kernels/attention_args.h"
 #include "kernels/cpu_features.h"
+#include "kernels/decode_splits.h"
 
 namespace mha2mla::kernels {
 
 Operand operand(const torch::Tensor& t);  // [B, H, rows, dim], last dim contiguous
-const AttnKernels& kernels_for(Variant v);
 // Split-KV decoding: `a` filled except `out`; returns [B, Hq, T, Dv] in opt's dtype.
 torch::Tensor run_decode(AttnArgs& a, const AttnKernels& kern, const torch::TensorOptions& opt);
 

@@ -1,37 +1,22 @@
 #include "kernels/elementwise.h"
 
 #include <ATen/Parallel.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
 
 #include <cmath>
 
 #include "kernels/elementwise_args.h"
+#include "kernels/scalar_convert.h"
 #include "kernels/storage_dtype.h"
 
 namespace mha2mla::kernels {
 
 namespace {
 
-// Calls f with a null pointer of the C++ type that stores x's dtype (f32, bf16 or f16).
-template <typename F>
-void with_type(torch::ScalarType t, F&& f) {
-  if (t == torch::kFloat32) f(static_cast<float*>(nullptr));
-  else if (t == torch::kBFloat16) f(static_cast<c10::BFloat16*>(nullptr));
-  else f(static_cast<c10::Half*>(nullptr));
-}
-
-// Rounds through the storage type T, as a libtorch op that writes a T tensor does.
-template <typename T>
-inline float round_to(float v) {
-  return static_cast<float>(static_cast<T>(v));
-}
-
 // Rows of a [..., D] tensor per parallel task: enough work to pay for a thread.
 int64_t row_grain(int64_t D) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(D, 1)); }
 
-// The loops below are scalar: they win where libtorch's dispatch dominates (decode, a few rows), and lose to
-// its vectorised kernels on a prompt (512-token prefill: 12 % slower overall), which therefore keeps them.
+// The fused rows win where libtorch's dispatch dominates (decode, a few rows), and the scalar ones lose to its
+// vectorised kernels on a prompt (512-token prefill: 12 % slower overall), which therefore keeps them.
 constexpr int64_t kFusedMaxRows = 64;
 
 // The fused ops' variant: the AVX2 rows serve every CPU with AVX2 (AVX-512 ones included), the portable
@@ -47,6 +32,46 @@ Variant elementwise_variant(Variant v) {
 bool use_avx2(Variant v) { return v == Variant::Avx2 || v == Variant::Avx512 || v == Variant::Avx512Bf16; }
 
 }  // namespace
+
+namespace generic {
+
+void silu_mul_span(DType t, const void* g, const void* u, void* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = load_elem(g, i, t);
+    store_elem(y, i, t, round_to_storage(v / (1.f + std::exp(-v)), t) * load_elem(u, i, t));
+  }
+}
+
+void rms_norm_row(DType t, const void* x, const void* w, void* y, int64_t D, float eps) {
+  // f64 sum: a sequential f32 sum drifts from libtorch's blocked one by ~D ulps.
+  double ss = 0.0;
+  for (int64_t i = 0; i < D; ++i) {
+    const float v = load_elem(x, i, t);
+    ss += static_cast<double>(v * v);
+  }
+  const float var = static_cast<float>(ss / static_cast<double>(D));
+  const float inv = 1.f / std::sqrt(var + eps);
+  for (int64_t i = 0; i < D; ++i) store_elem(y, i, t, load_elem(w, i, t) * round_to_storage(load_elem(x, i, t) * inv, t));
+}
+
+}  // namespace generic
+
+void rope_row(DType t, const void* x, const void* cos, const void* sin, void* y, int64_t D) {
+  const int64_t h = D / 2;
+  for (int64_t i = 0; i < D; ++i) {
+    // rotate_half: (-x[h..D), x[0..h)); negation is exact, so only the products and the sum round.
+    const float rot = i < h ? -load_elem(x, i + h, t) : load_elem(x, i - h, t);
+    const float a = round_to_storage(load_elem(x, i, t) * load_elem(cos, i, t), t);
+    const float b = round_to_storage(rot * load_elem(sin, i, t), t);
+    store_elem(y, i, t, a + b);
+  }
+}
+
+ElementwiseRows elementwise_rows(Variant v) {
+  v = elementwise_variant(v);
+  if (use_avx2(v)) return {avx2::rms_norm_row, avx2::silu_mul_span};
+  return {generic::rms_norm_row, generic::silu_mul_span};
+}
 
 bool elementwise_applies(const torch::Tensor& x) {
   const auto t = x.scalar_type();
@@ -74,37 +99,13 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w, double ep
   auto wc = w.contiguous();
   auto y = torch::empty_like(xc);
   const int64_t rows = xc.numel() / D;
-  if (use_avx2(variant)) {
-    const DType t = storage_dtype(x.scalar_type());
-    const int64_t es = static_cast<int64_t>(xc.element_size());
-    const char* xp = static_cast<const char*>(xc.data_ptr());
-    char* yp = static_cast<char*>(y.data_ptr());
-    for (int64_t r = 0; r < rows; ++r)  // a few rows of at most a few thousand values: one thread
-      avx2::rms_norm_row(t, xp + r * D * es, wc.data_ptr(), yp + r * D * es, D, static_cast<float>(eps));
-    return y;
-  }
-  with_type(x.scalar_type(), [&](auto* tag) {
-    using T = std::remove_pointer_t<decltype(tag)>;
-    const T* xp = xc.data_ptr<T>();
-    const T* wp = wc.data_ptr<T>();
-    T* yp = y.data_ptr<T>();
-    at::parallel_for(0, rows, row_grain(D), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const T* xr = xp + r * D;
-        T* yr = yp + r * D;
-        // f64 sum: a sequential f32 sum drifts from libtorch's blocked one by ~D ulps.
-        double ss = 0.0;
-        for (int64_t i = 0; i < D; ++i) {
-          const float v = static_cast<float>(xr[i]);
-          ss += static_cast<double>(v * v);
-        }
-        const float var = static_cast<float>(ss / static_cast<double>(D));
-        const float inv = 1.f / std::sqrt(var + static_cast<float>(eps));
-        for (int64_t i = 0; i < D; ++i)
-          yr[i] = static_cast<T>(static_cast<float>(wp[i]) * round_to<T>(static_cast<float>(xr[i]) * inv));
-      }
-    });
-  });
+  const DType t = storage_dtype(x.scalar_type());
+  const int64_t es = static_cast<int64_t>(xc.element_size());
+  const char* xp = static_cast<const char*>(xc.data_ptr());
+  char* yp = static_cast<char*>(y.data_ptr());
+  const RmsNormRow row = elementwise_rows(variant).rms_norm;
+  for (int64_t r = 0; r < rows; ++r)  // a few rows of at most a few thousand values: one thread
+    row(t, xp + r * D * es, wc.data_ptr(), yp + r * D * es, D, static_cast<float>(eps));
   return y;
 }
 
@@ -125,27 +126,12 @@ torch::Tensor silu_mul(const torch::Tensor& gate, const torch::Tensor& up, Varia
   auto g = gate.contiguous(), u = up.contiguous();
   auto y = torch::empty_like(g);
   const int64_t n = g.numel();
-  if (use_avx2(variant)) {
-    const DType t = storage_dtype(g.scalar_type());
-    const int64_t es = static_cast<int64_t>(g.element_size());
-    at::parallel_for(0, n, 16384, [&](int64_t i0, int64_t i1) {
-      avx2::silu_mul_span(t, static_cast<const char*>(g.data_ptr()) + i0 * es,
-                          static_cast<const char*>(u.data_ptr()) + i0 * es, static_cast<char*>(y.data_ptr()) + i0 * es,
-                          i1 - i0);
-    });
-    return y;
-  }
-  with_type(g.scalar_type(), [&](auto* tag) {
-    using T = std::remove_pointer_t<decltype(tag)>;
-    const T* gp = g.data_ptr<T>();
-    const T* up_ = u.data_ptr<T>();
-    T* yp = y.data_ptr<T>();
-    at::parallel_for(0, n, 16384, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        const float v = static_cast<float>(gp[i]);
-        yp[i] = static_cast<T>(round_to<T>(v / (1.f + std::exp(-v))) * static_cast<float>(up_[i]));
-      }
-    });
+  const DType t = storage_dtype(g.scalar_type());
+  const int64_t es = static_cast<int64_t>(g.element_size());
+  const SiluMulSpan span = elementwise_rows(variant).silu_mul;
+  at::parallel_for(0, n, 16384, [&](int64_t i0, int64_t i1) {
+    span(t, static_cast<const char*>(g.data_ptr()) + i0 * es, static_cast<const char*>(u.data_ptr()) + i0 * es,
+         static_cast<char*>(y.data_ptr()) + i0 * es, i1 - i0);
   });
   return y;
 }
@@ -165,34 +151,24 @@ torch::Tensor rope(const torch::Tensor& x, const torch::Tensor& cos, const torch
       sin.scalar_type() != x.scalar_type() || !cos.device().is_cpu() || !sin.device().is_cpu() ||
       x.size(0) * x.size(2) > kFusedMaxRows)
     return rope_reference(x, cos, sin);
-  const int64_t B = x.size(0), H = x.size(1), T = x.size(2), D = x.size(3), h = D / 2;
+  const int64_t B = x.size(0), H = x.size(1), T = x.size(2), D = x.size(3);
   auto xs = x.stride(3) == 1 ? x : x.contiguous();
   auto c = cos.contiguous(), s = sin.contiguous();
   auto y = torch::empty_like(xs);  // keeps x's layout ([B, T, H, D] memory under a transposed view)
-  with_type(x.scalar_type(), [&](auto* tag) {
-    using T_ = std::remove_pointer_t<decltype(tag)>;
-    const T_* xp = xs.data_ptr<T_>();
-    const T_* cp = c.data_ptr<T_>();
-    const T_* sp = s.data_ptr<T_>();
-    T_* yp = y.data_ptr<T_>();
-    const int64_t xb = xs.stride(0), xh = xs.stride(1), xt = xs.stride(2);
-    const int64_t yb = y.stride(0), yh = y.stride(1), yt = y.stride(2);
-    at::parallel_for(0, B * H * T, row_grain(D), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t b = r / (H * T), hh = r / T % H, t = r % T;
-        const T_* xr = xp + b * xb + hh * xh + t * xt;
-        T_* yr = yp + b * yb + hh * yh + t * yt;
-        const T_* cr = cp + (b * T + t) * D;
-        const T_* sr = sp + (b * T + t) * D;
-        for (int64_t i = 0; i < D; ++i) {
-          // rotate_half: (-x[h..D), x[0..h)); negation is exact, so only the products and the sum round.
-          const float rot = i < h ? -static_cast<float>(xr[i + h]) : static_cast<float>(xr[i - h]);
-          const float a = round_to<T_>(static_cast<float>(xr[i]) * static_cast<float>(cr[i]));
-          const float bsin = round_to<T_>(rot * static_cast<float>(sr[i]));
-          yr[i] = static_cast<T_>(a + bsin);
-        }
-      }
-    });
+  const DType dt = storage_dtype(x.scalar_type());
+  const int64_t es = static_cast<int64_t>(xs.element_size());
+  const char* xp = static_cast<const char*>(xs.data_ptr());
+  const char* cp = static_cast<const char*>(c.data_ptr());
+  const char* sp = static_cast<const char*>(s.data_ptr());
+  char* yp = static_cast<char*>(y.data_ptr());
+  const int64_t xb = xs.stride(0), xh = xs.stride(1), xt = xs.stride(2);
+  const int64_t yb = y.stride(0), yh = y.stride(1), yt = y.stride(2);
+  at::parallel_for(0, B * H * T, row_grain(D), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / (H * T), hh = r / T % H, t = r % T;
+      rope_row(dt, xp + (b * xb + hh * xh + t * xt) * es, cp + (b * T + t) * D * es, sp + (b * T + t) * D * es,
+               yp + (b * yb + hh * yh + t * yt) * es, D);
+    }
   });
   return y;
 }

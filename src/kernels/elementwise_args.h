@@ -6,7 +6,22 @@
 
 #include "kernels/attention_args.h"
 
-namespace mha2mla::kernels::avx2 {
+namespace mha2mla::kernels {
+
+// The row functions of one variant (elementwise_rows() in elementwise.h picks them).
+using SiluMulSpan = void (*)(DType t, const void* g, const void* u, void* y, int64_t n);
+using RmsNormRow = void (*)(DType t, const void* x, const void* w, void* y, int64_t D, float eps);
+
+// Rotary embedding of one row of D values, rotate-half form: y[i] = x[i]·cos[i] + rot[i]·sin[i] with
+// rot = (−x[D/2..D), x[0..D/2)), each product rounded to t and then their sum. y must not overlap x.
+void rope_row(DType t, const void* x, const void* cos, const void* sin, void* y, int64_t D);
+
+namespace generic {  // portable loops, the same roundings as the AVX2 rows below
+void silu_mul_span(DType t, const void* g, const void* u, void* y, int64_t n);
+void rms_norm_row(DType t, const void* x, const void* w, void* y, int64_t D, float eps);
+}  // namespace generic
+
+namespace avx2 {
 
 // y[i] = silu(g[i]) rounded to t, times u[i], rounded to t; i in [0, n).
 void silu_mul_span(DType t, const void* g, const void* u, void* y, int64_t n);
@@ -15,4 +30,5 @@ void silu_mul_span(DType t, const void* g, const void* u, void* y, int64_t n);
 // summed in f64.
 void rms_norm_row(DType t, const void* x, const void* w, void* y, int64_t D, float eps);
 
-}  // namespace mha2mla::kernels::avx2
+}  // namespace avx2
+}  // namespace mha2mla::kernels

@@ -65,6 +65,36 @@ torch::Tensor linear_matmul(const torch::Tensor& x, const torch::Tensor& w, cons
   return torch::linear(f(x), f(w), f(b)).to(t);
 }
 
+GemvRows gemv_rows_for(Variant variant) {
+  variant = resolve_variant(variant);
+  return variant == Variant::Avx512Bf16 ? avx512bf16::gemv_rows
+         : variant == Variant::Avx512   ? avx512::gemv_rows
+         : variant == Variant::Avx2     ? avx2::gemv_rows
+                                        : generic::gemv_rows;
+}
+
+int64_t GemvGroup::threads(int64_t available) const {
+  const int64_t in = args.empty() ? 1 : std::max<int64_t>(args[0].in, 1);
+  const int64_t grain = std::max<int64_t>(24, (1 << 16) / in / 24 * 24);
+  return std::max<int64_t>(1, std::min<int64_t>(available, total() / grain));
+}
+
+int64_t GemvGroup::tail_start(int64_t threads) const { return total() * 3 / 4 / threads * threads; }
+
+void GemvGroup::run_rows(int64_t o0, int64_t o1) const {
+  for (size_t i = 0; i < args.size(); ++i) {
+    const int64_t lo = std::max(o0, start[i]), hi = std::min(o1, start[i + 1]);
+    if (lo < hi) rows(args[i], lo - start[i], hi - start[i]);
+  }
+}
+
+void GemvGroup::run_thread(int64_t t, int64_t threads, std::atomic<int64_t>& next) const {
+  const int64_t share = total() * 3 / 4 / threads, n = total();
+  const int64_t chunk = std::max<int64_t>(8, (1 << 15) / std::max<int64_t>(args.empty() ? 1 : args[0].in, 1));
+  run_rows(t * share, (t + 1) * share);
+  for (int64_t o; (o = next.fetch_add(chunk)) < n;) run_rows(o, std::min(n, o + chunk));
+}
+
 namespace {
 
 // linear_many(), with `residual` (when defined) added to the single matrix's output.
@@ -90,9 +120,9 @@ std::vector<torch::Tensor> run_linear(const torch::Tensor& x_in, const std::vect
   auto res = residual.defined() ? residual.contiguous() : residual;
   auto x = x_in.contiguous();
   const int64_t in = x.size(-1), n = x.numel() / in;
-  std::vector<GemvArgs> args;
+  GemvGroup group;
+  group.rows = gemv_rows_for(variant);
   std::vector<torch::Tensor> biases;  // keeps contiguous copies alive
-  std::vector<int64_t> start{0};      // matrix i owns rows [start[i], start[i+1]) of the stacked outputs
   for (size_t i = 0; i < ws.size(); ++i) {
     const auto& w = ws[i];
     auto bias = bias_of(i).defined() ? bias_of(i).contiguous() : torch::Tensor();
@@ -105,35 +135,17 @@ std::vector<torch::Tensor> run_linear(const torch::Tensor& x_in, const std::vect
     a.bias = bias.defined() ? bias.data_ptr() : nullptr;
     a.y = ys.back().data_ptr(), a.out = w.size(0);
     a.residual = res.defined() ? res.data_ptr() : nullptr;
-    args.push_back(a);
+    group.add(a);
     biases.push_back(bias);
-    start.push_back(start.back() + w.size(0));
   }
-  GemvRows f = variant == Variant::Avx512Bf16 ? avx512bf16::gemv_rows
-               : variant == Variant::Avx512   ? avx512::gemv_rows
-               : variant == Variant::Avx2     ? avx2::gemv_rows
-                                              : generic::gemv_rows;
-  // One parallel region for all the matrices (q, k and v; gate and up): the threads meet once, not per
-  // matrix. Each thread first streams a large contiguous share of the stacked rows; the last quarter is handed
-  // out in chunks to whichever thread is free, so a thread that started late or runs slower does not keep the
-  // others waiting at the join.
-  const int64_t total = start.back();
-  auto run = [&](int64_t o0, int64_t o1) {
-    for (size_t i = 0; i < args.size(); ++i) {
-      const int64_t lo = std::max(o0, start[i]), hi = std::min(o1, start[i + 1]);
-      if (lo < hi) f(args[i], lo - start[i], hi - start[i]);
-    }
-  };
-  const int64_t grain = std::max<int64_t>(24, (1 << 16) / std::max<int64_t>(in, 1) / 24 * 24);
-  const int64_t threads = std::min<int64_t>(at::get_num_threads(), total / grain);
+  const int64_t threads = group.threads(at::get_num_threads());
   if (threads <= 1) {
-    run(0, total);
+    group.run_rows(0, group.total());
   } else {
-    const int64_t share = total * 3 / 4 / threads, chunk = std::max<int64_t>(8, (1 << 15) / std::max<int64_t>(in, 1));
-    std::atomic<int64_t> next{share * threads};
+    // One parallel region for all the matrices (q, k and v; gate and up): the threads meet once, not per matrix.
+    std::atomic<int64_t> next{group.tail_start(threads)};
     at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) run(t * share, (t + 1) * share);
-      for (int64_t o; (o = next.fetch_add(chunk)) < total;) run(o, std::min(total, o + chunk));
+      for (int64_t t = t0; t < t1; ++t) group.run_thread(t, threads, next);
     });
   }
   return ys;

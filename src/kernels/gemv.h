@@ -2,7 +2,11 @@
 // Weight-bound linear layer for decoding: y = x W^T (+ b) with few rows of x, streaming W once.
 #include <torch/torch.h>
 
+#include <atomic>
+#include <vector>
+
 #include "kernels/cpu_features.h"
+#include "kernels/gemv_args.h"
 
 namespace mha2mla::kernels {
 
@@ -34,6 +38,32 @@ torch::Tensor linear_add(const torch::Tensor& x, const torch::Tensor& w, const t
 // Variant::Reference keeps torch::linear as it is.
 torch::Tensor linear_matmul(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b,
                             Variant variant = Variant::Auto);
+
+// The GEMV kernel of a variant (Auto resolved first; Reference has none and takes the portable loops).
+GemvRows gemv_rows_for(Variant variant);
+
+// Matrices that read one x, their output rows stacked (q, k and v; gate and up), shared out among threads that
+// the caller owns: each thread streams a contiguous share of the first three quarters of the rows, then takes
+// chunks of the rest from a shared counter as it comes free, so a thread that started late or runs slower
+// does not keep the others waiting at the join.
+struct GemvGroup {
+  GemvRows rows = nullptr;
+  std::vector<GemvArgs> args;
+  std::vector<int64_t> start{0};  // matrix i owns stacked rows [start[i], start[i + 1])
+
+  void add(const GemvArgs& a) {
+    args.push_back(a);
+    start.push_back(start.back() + a.out);
+  }
+  int64_t total() const { return start.back(); }
+  // Threads worth starting out of `available`: each needs enough rows to pay for its start.
+  int64_t threads(int64_t available) const;
+  // Where the shared counter starts for `threads` threads: the first row of the last quarter.
+  int64_t tail_start(int64_t threads) const;
+  // Thread t of `threads` (each calls it once): its share, then chunks from `next`.
+  void run_thread(int64_t t, int64_t threads, std::atomic<int64_t>& next) const;
+  void run_rows(int64_t o0, int64_t o1) const;  // stacked rows [o0, o1)
+};
 
 // torch::linear.
 torch::Tensor linear_reference(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b);

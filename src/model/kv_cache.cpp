@@ -97,10 +97,7 @@ void SlotBuffer::append(const torch::Tensor& x) {
         "cache buffer \"" + spec_.name + "\": appended tensor has the wrong shape");
   const int64_t t = x.size(2);
   if (!is_quantized(st_.type)) {
-    if (!full_.defined() || full_.size(2) < full_n_ + t) {
-      auto opts = torch::TensorOptions().dtype(float_storage(st_.type)).device(device_);
-      full_ = grow(full_, torch::empty({batch_, spec_.heads, 1, spec_.width}, opts), full_n_ + t, full_n_, 64);
-    }
+    reserve(t);
     if (!copy_rows(x, full_, full_n_)) full_.narrow(2, full_n_, t).copy_(x);
     full_n_ += t;
     return;
@@ -121,6 +118,18 @@ void SlotBuffer::append(const torch::Tensor& x) {
       residual_n_ = 0;
     }
   }
+}
+
+void SlotBuffer::reserve(int64_t t) {
+  check(!is_quantized(st_.type), "cache buffer \"" + spec_.name + "\": reserve() is for float storage");
+  if (full_.defined() && full_.size(2) >= full_n_ + t) return;
+  auto opts = torch::TensorOptions().dtype(float_storage(st_.type)).device(device_);
+  full_ = grow(full_, torch::empty({batch_, spec_.heads, 1, spec_.width}, opts), full_n_ + t, full_n_, 64);
+}
+
+void SlotBuffer::advance(int64_t t) {
+  check(full_.defined() && full_n_ + t <= full_.size(2), "cache buffer \"" + spec_.name + "\": advance() past the reserved slots");
+  full_n_ += t;
 }
 
 void SlotBuffer::quantize_and_append(const torch::Tensor& block) {

@@ -55,6 +55,11 @@ class SlotBuffer {
   int64_t bytes() const;           // what holds the cached slots, for the whole batch
   int64_t capacity_bytes() const;  // what is allocated
 
+  // For callers that write slots themselves (model/decode_step), float types only: reserve(t) makes room for t
+  // more slots in full() (which may move), then advance(t) counts the t slots written after the last one.
+  void reserve(int64_t t);
+  void advance(int64_t t);
+
   // For fused kernels. Float types: full() [B, heads, capacity, width], the first tokens() slots valid.
   const torch::Tensor& full() const { return full_; }
   // Integer types: blocks [0, quantized_tokens()) and the residual [B, heads, residual, width].

@@ -21,6 +21,10 @@ enum class QuantAxis { Token, Channel };
 // materialize: rebuild K/V from the latent (the reference path); auto: absorbed when it does less work.
 enum class AttnMode { Auto, Absorbed, Materialize };
 
+// How a decode step of one sequence runs: fused (one parallel region over the layer stack, model/decode_step.h,
+// where it applies) or layers (the modules, op by op, as every other step runs).
+enum class DecodeStepMode { Fused, Layers };
+
 struct CacheOptions {
   std::optional<CacheType> type;  // unset: the compute dtype
   // Per-buffer overrides by buffer name ("k", "v", "c", "k_r"): storage type and quantization axis.
@@ -38,6 +42,7 @@ struct RuntimeOptions {
   // Attention through the libtorch reference (explicit mask, T×S scores) instead of the fused kernels
   // (src/kernels): the baseline that benchmarks compare against. Training always uses the reference.
   bool reference_attention = false;
+  DecodeStepMode decode_step = DecodeStepMode::Fused;
 };
 
 // Names as the flags spell them; parse_* fail with a clear message naming the accepted values.

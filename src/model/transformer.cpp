@@ -124,6 +124,14 @@ torch::Tensor TransformerImpl::hidden(const torch::Tensor& ids, KVCache* cache, 
   ctx.new_tokens = T, ctx.dtype = dtype_, ctx.device = device_;
   std::tie(ctx.cos, ctx.sin) = rope_cos_sin(inv_freq_, positions, dtype_);
 
+  if (cache && B == 1 && T == 1 && runtime_.decode_step == DecodeStepMode::Fused &&
+      DecodeStep::unsupported(*this, *cache, ctx).empty()) {
+    if (!decode_step_) decode_step_ = std::make_unique<DecodeStep>();
+    auto out = decode_step_->run(*this, dev_ids.item<int64_t>(), *cache, ctx);
+    cache->end_step(T);
+    ++fused_decode_steps;
+    return out;
+  }
   auto h = model->embed_tokens(dev_ids);
   for (int64_t i = 0; i < cfg_.num_layers; ++i) {
     ctx.layer = i;
@@ -176,6 +184,7 @@ Transformer load_model(const std::string& dir, const RuntimeOptions& rt) {
   m->set_cache_options(rt.cache);
   m->set_attn_mode(rt.attn);
   m->set_reference_attention(rt.reference_attention);
+  m->set_decode_step(rt.decode_step);
   // Reject a cache layout the model cannot hold before any work starts.
   for (const auto& layer : m->cache_specs())
     for (const auto& spec : layer) resolve_storage(spec, rt.cache, rt.dtype);

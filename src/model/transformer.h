@@ -9,6 +9,7 @@
 #include "io/config.h"
 #include "io/safetensors.h"
 #include "model/attention.h"
+#include "model/decode_step.h"
 #include "model/kv_cache.h"
 #include "model/layers.h"
 #include "model/runtime_options.h"
@@ -57,6 +58,7 @@ class TransformerImpl : public torch::nn::Module {
   void set_cache_options(const CacheOptions& c) { runtime_.cache = c; }
   void set_attn_mode(AttnMode a) { runtime_.attn = a; }
   void set_reference_attention(bool r) { runtime_.reference_attention = r; }
+  void set_decode_step(DecodeStepMode s) { runtime_.decode_step = s; }
   const io::ModelConfig& config() const { return cfg_; }
   torch::ScalarType dtype() const { return dtype_; }
   torch::Device device() const { return device_; }
@@ -68,6 +70,8 @@ class TransformerImpl : public torch::nn::Module {
   std::function<void(int64_t layer, const torch::Tensor& x)> attn_input_hook;
   // When set, accumulates the seconds spent in attention over the cache (see AttnTimer); null = off.
   double* attn_seconds = nullptr;
+  // Decode steps that ran as one fused step (DecodeStep) rather than layer by layer.
+  int64_t fused_decode_steps = 0;
 
  private:
   io::ModelConfig cfg_;
@@ -75,6 +79,7 @@ class TransformerImpl : public torch::nn::Module {
   torch::Device device_;
   RuntimeOptions runtime_;
   torch::Tensor inv_freq_;
+  std::unique_ptr<DecodeStep> decode_step_;  // made on the first step it serves
 };
 TORCH_MODULE(Transformer);
 
