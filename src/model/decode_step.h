@@ -26,9 +26,10 @@ class TransformerImpl;
 class DecodeStep {
  public:
   // Empty when the step can decode one token of m into `cache` under `ctx` (as hidden() built it); otherwise
-  // the reason, e.g. "layer 0 is MLA". Covered: CPU; batch 1; MHA/GQA layers with or without biases; float
-  // caches stored in the compute dtype; any sliding window and padding; variants whose kernels are not the
-  // libtorch reference.
+  // the reason, e.g. "the cache is not stored in the compute dtype". Covered: CPU; batch 1; MHA/GQA layers with
+  // or without biases (not qk-norm), and MLA layers that decode absorbed (joint or split latent); float caches
+  // stored in the compute dtype; any sliding window and padding; variants whose kernels are not the libtorch
+  // reference. Quantized caches, batches and CUDA run layer by layer.
   static std::string unsupported(const TransformerImpl& m, const KVCache& cache, const AttnContext& ctx);
 
   // Runs token `id` through every layer, appending its keys and values to the cache (the caller has called

@@ -63,11 +63,6 @@ class MLAAttentionImpl : public AttentionImpl {
   const torch::Tensor& q_rope_dims() const { return q_dims_; }
   const torch::Tensor& k_rope_dims() const { return k_dims_; }
 
- private:
-  int64_t n_h_, n_kv_, d_h_, r_;
-  torch::Tensor q_dims_, k_dims_;
-  std::vector<BufferSpec> spec_;
-
   // Inference decoding with the weights absorbed once, as DeepSeek serves MLA: W_uk folded into the query
   // projection and W_uv into the output projection, so a step runs two GEMVs around the latent kernel instead
   // of q_proj, two per-head matmuls and o_proj. Rebuilt when a source weight changes (fine-tuning, .to()).
@@ -76,8 +71,17 @@ class MLAAttentionImpl : public AttentionImpl {
     torch::Tensor w_o, b_o;      // [hidden, n_h·L]: W_o,h W_uv per head; b_o also carries W_o b_uv
     std::vector<int64_t> stamp;  // version, address and dtype of each source weight
   };
-  AbsorbedWeights absorbed_;
   const AbsorbedWeights& absorbed_weights();
+  // Whether a decode step of one token under ctx (with a cache) runs absorbed over folded weights: the path
+  // the fused decode step (model/decode_step.h) reproduces.
+  bool decodes_absorbed(const AttnContext& ctx) const { return folds_weights() && use_absorbed(ctx, 1); }
+
+ private:
+  int64_t n_h_, n_kv_, d_h_, r_;
+  torch::Tensor q_dims_, k_dims_;
+  std::vector<BufferSpec> spec_;
+
+  AbsorbedWeights absorbed_;
   torch::Tensor decode_absorbed(const torch::Tensor& x, const AttnContext& ctx, const torch::Tensor& residual);
 
   // q [B, T, n_h·r + ...] (RoPE rows first) -> rotated q_r [B, n_h, T, r]; x -> rotated k_r [B, n_kv, T, r].

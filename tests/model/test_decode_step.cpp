@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 
+#include "convert/mla_convert.h"
 #include "model/decode_step.h"
 #include "model/transformer.h"
 #include "testing/tiny_model.h"
@@ -91,6 +92,59 @@ INSTANTIATE_TEST_SUITE_P(Tiny, FusedStep,
                            for (auto& ch : s)
                              if (ch == '-') ch = '_';
                            return s;
+                         });
+
+// A tiny GQA model converted to MLA (RoPE on 4 of 16 dims per head, latent of dkv per KV head), loaded in
+// `dtype`; the folder is removed once loaded.
+Transformer converted(const std::string& svd, int64_t dkv, torch::ScalarType dtype) {
+  auto base = testutil::temp_dir("fused-step-mla-" + svd);
+  auto m = make_random_model(tiny_config("llama-gqa"), 25);
+  save_model(*m, base + "/src");
+  convert::ConvertOptions o;
+  o.rope = convert::RopeStrategy::High;
+  o.rope_dims = 4;
+  o.svd = svd;
+  o.dkv = dkv;
+  o.algo = convert::SvdAlgo::Exact;
+  convert::convert_model(base + "/src", base + "/mla", o, "");
+  // Every KV head keeps other frequencies, so that a query head rotated as the wrong KV head shows ("high"
+  // keeps the same ones everywhere). The weights were converted for the old ones: both paths run the same model.
+  auto cfg = nlohmann::json::parse(testutil::slurp(base + "/mla/config.json"));
+  for (auto& layer : cfg["mha2mla"]["rope_freq_indices"])
+    for (size_t h = 0; h < layer.size(); ++h) layer[h] = {h, 5 + 2 * h};
+  testutil::write_file(base + "/mla/config.json", cfg.dump());
+  auto mla = load_model(base + "/mla", dtype);
+  std::filesystem::remove_all(base);
+  return mla;
+}
+
+class FusedStepMla : public ::testing::TestWithParam<std::tuple<std::string, torch::ScalarType, int>> {};
+
+TEST_P(FusedStepMla, AbsorbedMatchesLayersBitForBit) {
+  const auto [svd, dtype, threads] = GetParam();
+  ThreadScope ts(threads);
+  torch::NoGradGuard ng;
+  auto m = converted(svd, 3, dtype);
+  ASSERT_TRUE(m->config().is_mla);
+  auto layers = decode(m, DecodeStepMode::Layers, 60, 0, 12);
+  auto fused = decode(m, DecodeStepMode::Fused, 60, 0, 12);
+  EXPECT_EQ(m->fused_decode_steps, 12) << "the fused step did not run";
+  EXPECT_TRUE(torch::equal(fused, layers)) << svd << ": max abs diff " << (fused - layers).abs().max().item<double>();
+  // Materialised decoding is not what the fused step runs: it must leave it to the layers.
+  m->set_attn_mode(AttnMode::Materialize);
+  decode(m, DecodeStepMode::Fused, 5, 0, 3);
+  EXPECT_EQ(m->fused_decode_steps, 12);
+}
+
+INSTANTIATE_TEST_SUITE_P(Tiny, FusedStepMla,
+                         ::testing::Values(std::make_tuple("joint", torch::kFloat32, 1),
+                                           std::make_tuple("joint", torch::kBFloat16, 3),
+                                           std::make_tuple("split", torch::kFloat32, 3),
+                                           std::make_tuple("split", torch::kBFloat16, 1)),
+                         [](const auto& info) {
+                           return std::get<0>(info.param) +
+                                  (std::get<1>(info.param) == torch::kFloat32 ? "_f32" : "_bf16") + "_t" +
+                                  std::to_string(std::get<2>(info.param));
                          });
 
 AttnContext decode_context() {
