@@ -146,6 +146,7 @@ nlohmann::json run_bench(const BenchOptions& opt, const std::function<void(int64
                        {"bf16", measure_matmul_gflops(torch::kBFloat16, rt.device)}}},
                      {"shape", opt.model_dir.empty() ? opt.shape : opt.model_dir},
                      {"dtype", io::torch_dtype_name(rt.dtype)},
+                     {"decode_step", rt.decode_step == model::DecodeStepMode::Fused ? "fused" : "layers"},
                      {"device", rt.device.str()},
                      {"cells", nlohmann::json::array()}};
   int64_t done = 0;
@@ -249,7 +250,8 @@ std::string bench_markdown(const nlohmann::json& r) {
   o << "Read bandwidth " << std::setprecision(1) << r["read_bandwidth_gbs"].get<double>() << " GB/s; matmul "
     << std::setprecision(0) << r["matmul_gflops"]["f32"].get<double>() << " GFLOP/s f32, "
     << r["matmul_gflops"]["bf16"].get<double>() << " GFLOP/s bf16; " << r["shape"].get<std::string>() << ", "
-    << r["dtype"].get<std::string>() << " on " << r["device"].get<std::string>() << ".\n\n";
+    << r["dtype"].get<std::string>() << " on " << r["device"].get<std::string>() << ", decode step "
+    << r.value("decode_step", std::string("layers")) << ".\n\n";
   o << "| model | cache | context | batch | KV bytes/token | prefill tok/s | prefill % of matmul | decode tok/s | attn ms/step | attn GB/s | attn % of read BW | step % of roofline |\n";
   o << "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
   const double bw = r["read_bandwidth_gbs"].get<double>();

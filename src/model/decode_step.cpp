@@ -80,10 +80,6 @@ struct LayerPlan {
   kernels::GemvGroup down;      // act -> x = h + down_proj(act)
 };
 
-// Rebuilt at every step (weights may be reloaded and cache buffers move as they grow), into vectors kept per
-// thread so that a warm step allocates nothing.
-thread_local std::vector<LayerPlan> t_plans;
-
 // Slot `slot` of head h of a float cache buffer [1, heads, capacity, width].
 char* slot_of(const SlotBuffer& b, int64_t h, int64_t slot, int64_t es) {
   const auto& f = b.full();
@@ -96,6 +92,13 @@ kernels::Operand operand_of(const SlotBuffer& b, bool shared_head) {
 }
 
 }  // namespace
+
+struct DecodeStep::Plans {
+  std::vector<LayerPlan> layers;
+};
+
+DecodeStep::DecodeStep() : plans_(std::make_unique<Plans>()) {}
+DecodeStep::~DecodeStep() = default;
 
 std::string DecodeStep::unsupported(const TransformerImpl& m, const KVCache& cache, const AttnContext& ctx) {
   if (!ctx.device.is_cpu()) return "the model is not on the CPU";
@@ -175,7 +178,7 @@ torch::Tensor DecodeStep::run(TransformerImpl& m, int64_t id, KVCache& cache, co
   auto valid = ctx.slot_valid.defined() ? ctx.slot_valid.contiguous() : torch::Tensor();  // [1, S] bool
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
 
-  auto& plans = t_plans;
+  auto& plans = plans_->layers;
   plans.resize(static_cast<size_t>(L));
   int64_t max_groups = 1;
   size_t max_partials = 0;

@@ -25,6 +25,9 @@ class TransformerImpl;
 
 class DecodeStep {
  public:
+  DecodeStep();
+  ~DecodeStep();
+
   // Empty when the step can decode one token of m into `cache` under `ctx` (as hidden() built it); otherwise
   // the reason, e.g. "the cache is not stored in the compute dtype". Covered: CPU; batch 1; MHA/GQA layers with
   // or without biases (not qk-norm), and MLA layers that decode absorbed (joint or split latent); float caches
@@ -38,6 +41,9 @@ class DecodeStep {
   torch::Tensor run(TransformerImpl& m, int64_t id, KVCache& cache, const AttnContext& ctx);
 
  private:
+  struct Plans;                  // per layer: pointers, GEMV groups, row ops, attention arguments
+  std::unique_ptr<Plans> plans_; // rebuilt at every step (weights may be reloaded, cache buffers move as they
+                                 // grow) into vectors kept between steps, so a warm step allocates nothing
   torch::Tensor scratch_;                      // the activations of one layer, compute dtype (see run())
   std::vector<float> partials_;                // attention's per-split partial softmaxes, then merge scratch
   std::unique_ptr<std::atomic<int64_t>[]> counters_;  // per layer: GEMV tails, attention items and groups
