@@ -8,6 +8,7 @@
 #include "infer/generate.h"
 #include "model/mla_attention.h"
 #include "model/transformer.h"
+#include "testing/mla_model.h"
 #include "testing/tiny_model.h"
 
 using namespace mha2mla;
@@ -19,15 +20,7 @@ std::string converted(const std::string& kind, const std::string& svd, uint64_t 
   auto cfg = testutil::tiny_config(kind);
   cfg["max_position_embeddings"] = 512;
   auto base = testutil::temp_dir("absorb-" + kind + "-" + svd + "-" + std::to_string(dkv));
-  auto m = testutil::make_random_model(cfg, seed);
-  model::save_model(*m, base + "/src");
-  convert::ConvertOptions o;
-  o.rope = convert::RopeStrategy::High;
-  o.rope_dims = 4;
-  o.svd = svd;
-  o.dkv = dkv;
-  o.algo = convert::SvdAlgo::Exact;
-  convert::convert_model(base + "/src", base + "/mla", o, "");
+  testutil::convert_tiny_mla(cfg, seed, base, svd, dkv);
   return base;
 }
 

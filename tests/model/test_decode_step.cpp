@@ -4,9 +4,9 @@
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 
-#include "convert/mla_convert.h"
 #include "model/decode_step.h"
 #include "model/transformer.h"
+#include "testing/mla_model.h"
 #include "testing/tiny_model.h"
 
 namespace mha2mla::model {
@@ -98,15 +98,7 @@ INSTANTIATE_TEST_SUITE_P(Tiny, FusedStep,
 // `dtype`; the folder is removed once loaded.
 Transformer converted(const std::string& svd, int64_t dkv, torch::ScalarType dtype) {
   auto base = testutil::temp_dir("fused-step-mla-" + svd);
-  auto m = make_random_model(tiny_config("llama-gqa"), 25);
-  save_model(*m, base + "/src");
-  convert::ConvertOptions o;
-  o.rope = convert::RopeStrategy::High;
-  o.rope_dims = 4;
-  o.svd = svd;
-  o.dkv = dkv;
-  o.algo = convert::SvdAlgo::Exact;
-  convert::convert_model(base + "/src", base + "/mla", o, "");
+  testutil::convert_tiny_mla(tiny_config("llama-gqa"), 25, base, svd, dkv);
   // Every KV head keeps other frequencies, so that a query head rotated as the wrong KV head shows ("high"
   // keeps the same ones everywhere). The weights were converted for the old ones: both paths run the same model.
   auto cfg = nlohmann::json::parse(testutil::slurp(base + "/mla/config.json"));
