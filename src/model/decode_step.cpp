@@ -111,25 +111,26 @@ std::string DecodeStep::unsupported(const TransformerImpl& m, const KVCache& cac
   if (t != torch::kFloat32 && t != torch::kBFloat16 && t != torch::kFloat16) return "the dtype has no kernels";
   if (m.config().head_dim % 2 != 0) return "the head dimension is odd";
   if (m.model->embed_tokens->weight.stride(1) != 1) return "the embedding rows are not contiguous";
+  // Runs before every step: no allocation unless it fails.
+  auto layer = [](int64_t i) { return "layer " + std::to_string(i); };
   for (int64_t i = 0; i < m.config().num_layers; ++i) {
-    const std::string layer = "layer " + std::to_string(i);
     const auto& mlp = m.model->layers->at<DecoderLayerImpl>(i).mlp;
-    std::vector<const Dense*> mats{&mlp->gate_proj, &mlp->up_proj, &mlp->down_proj};
+    bool ok = streamable(mlp->gate_proj, t) && streamable(mlp->up_proj, t) && streamable(mlp->down_proj, t);
     if (const auto* a = gqa_of(m, i)) {
-      if (a->q_norm) return layer + " normalises q and k per head";
-      for (const auto* d : {&a->q_proj, &a->k_proj, &a->v_proj, &a->o_proj}) mats.push_back(d);
+      if (a->q_norm) return layer(i) + " normalises q and k per head";
+      ok = ok && streamable(a->q_proj, t) && streamable(a->k_proj, t) && streamable(a->v_proj, t) &&
+           streamable(a->o_proj, t);
     } else if (const auto* a = mla_of(m, i)) {
       AttnContext c = ctx;
       c.cache = const_cast<KVCache*>(&cache);
-      if (!a->decodes_absorbed(c)) return layer + " decodes MLA without absorbed weights";
-      mats.push_back(&a->k_r_proj);
-      for (const auto* d : {&a->kv_proj->down_kv, &a->kv_proj->down_k, &a->kv_proj->down_v})
-        if (*d) mats.push_back(d);
+      if (!a->decodes_absorbed(c)) return layer(i) + " decodes MLA without absorbed weights";
+      const auto& kv = a->kv_proj;
+      ok = ok && streamable(a->k_r_proj, t);
+      for (const auto* d : {&kv->down_kv, &kv->down_k, &kv->down_v}) ok = ok && (!*d || streamable(*d, t));
     } else {
-      return layer + " is neither MHA/GQA nor MLA";
+      return layer(i) + " is neither MHA/GQA nor MLA";
     }
-    for (const auto* d : mats)
-      if (!streamable(*d, t)) return layer + " has a matrix the GEMV cannot stream";
+    if (!ok) return layer(i) + " has a matrix the GEMV cannot stream";
     for (const auto& b : cache.layer(i))
       if (!float_storage_of(b.storage().type, t)) return "the cache is not stored in the compute dtype";
   }
