@@ -14,6 +14,9 @@
 #include "kernels/decode_splits.h"
 #include "kernels/scalar_convert.h"
 #include "kernels/storage_dtype.h"
+#ifdef MHA2MLA_CUDA_KERNELS
+#include "kernels/cuda/attention_cuda.h"
+#endif
 
 namespace mha2mla::kernels {
 
@@ -75,6 +78,8 @@ Checked check_qkv(const char* fn, const torch::Tensor& q, const torch::Tensor& k
                  shape_str(valid));
   return c;
 }
+
+thread_local const char* last_decode = "";
 
 bool on_cpu(std::initializer_list<const torch::Tensor*> ts) {
   for (const auto* t : ts)
@@ -167,6 +172,45 @@ torch::Tensor run_decode(AttnArgs& a, const AttnKernels& kern, const torch::Tens
   return out;
 }
 
+bool cuda_kernels_built() {
+#ifdef MHA2MLA_CUDA_KERNELS
+  return true;
+#else
+  return false;
+#endif
+}
+
+const char* last_decode_kernel() { return last_decode; }
+
+namespace {
+// Decoding on a CUDA device: `a` filled with device pointers except `out`. Returns an undefined tensor when
+// this build or these shapes have no CUDA kernel (the caller takes the reference).
+torch::Tensor run_decode_cuda(AttnArgs& a, const torch::TensorOptions& opt) {
+#ifdef MHA2MLA_CUDA_KERNELS
+  cuda::DecodePlan p;
+  const int device = opt.device().index();
+  if (!cuda::plan_decode(a, device, &p).empty()) return {};
+  auto out = torch::empty({a.B, a.Hq, a.T, a.Dv}, opt);
+  auto workspace = torch::empty({p.workspace_floats(a)}, opt.dtype(torch::kFloat32));
+  a.out = out.data_ptr();
+  const std::string err = cuda::run_decode(a, p, device, workspace.data_ptr<float>());
+  if (!err.empty()) throw std::runtime_error("kernels: CUDA decode attention: " + err);
+  last_decode = "cuda";
+  return out;
+#else
+  (void)a, (void)opt;
+  return {};
+#endif
+}
+
+// Every defined tensor on q's CUDA device, so that one kernel launch can read them all.
+bool on_device_of(const torch::Tensor& q, std::initializer_list<const torch::Tensor*> ts) {
+  for (const auto* t : ts)
+    if (t->defined() && t->device() != q.device()) return false;
+  return q.device().is_cuda();
+}
+}  // namespace
+
 torch::Tensor visibility(int64_t T, int64_t S, int64_t start, const torch::Tensor& valid, int64_t window,
                          torch::Device device) {
   auto opt = torch::TensorOptions().dtype(torch::kInt64).device(device);
@@ -210,12 +254,7 @@ torch::Tensor flash_attention(const torch::Tensor& q_in, const torch::Tensor& k_
   auto valid = valid_in.defined() ? valid_in.contiguous() : valid_in;
   auto out = torch::empty({c.B, c.Hq, c.T, c.Dv}, q.options());
   if (c.B * c.Hq * c.T == 0 || c.Dv == 0) return out;
-  AttnArgs a;
-  a.dtype = dtype_of("flash_attention", q);
-  a.B = c.B, a.Hq = c.Hq, a.Hkv = c.Hkv, a.groups = c.Hkv, a.T = c.T, a.S = c.S;
-  a.D1 = c.D, a.Dv = c.Dv, a.start = start, a.window = window, a.scale = static_cast<float>(scale);
-  a.q1 = operand(q), a.k1 = operand(k), a.v = operand(v);
-  a.valid = valid.defined() ? valid.data_ptr<bool>() : nullptr;
+  AttnArgs a = attention_args("flash_attention", q, k, v, valid, start, window, scale);
   a.out = out.data_ptr();
   // vdpbf16ps works on pairs along D.
   if (variant == Variant::Avx512Bf16 && a.dtype == DType::BF16 && c.D % 2 != 0) variant = Variant::Avx512;
@@ -242,17 +281,21 @@ torch::Tensor decode_attention(const torch::Tensor& q_in, const torch::Tensor& k
                                Variant variant) {
   const auto c = check_qkv("decode_attention", q_in, k_in, v_in, valid_in);
   variant = resolve_variant(variant);
-  if (variant == Variant::Reference || !on_cpu({&q_in, &k_in, &v_in, &valid_in}))
+  const bool cuda = variant != Variant::Reference && on_device_of(q_in, {&k_in, &v_in, &valid_in});
+  if (variant == Variant::Reference || (!cuda && !on_cpu({&q_in, &k_in, &v_in, &valid_in}))) {
+    last_decode = "reference";
     return attention_reference(q_in, k_in, v_in, start, valid_in, window, scale);
+  }
   auto q = rows_contiguous(q_in), k = rows_contiguous(k_in), v = rows_contiguous(v_in);
   auto valid = valid_in.defined() ? valid_in.contiguous() : valid_in;
   if (c.B * c.Hq * c.T == 0 || c.Dv == 0) return torch::zeros({c.B, c.Hq, c.T, c.Dv}, q.options());
-  AttnArgs a;
-  a.dtype = dtype_of("decode_attention", q);
-  a.B = c.B, a.Hq = c.Hq, a.Hkv = c.Hkv, a.groups = c.Hkv, a.T = c.T, a.S = c.S;
-  a.D1 = c.D, a.Dv = c.Dv, a.start = start, a.window = window, a.scale = static_cast<float>(scale);
-  a.q1 = operand(q), a.k1 = operand(k), a.v = operand(v);
-  a.valid = valid.defined() ? valid.data_ptr<bool>() : nullptr;
+  AttnArgs a = attention_args("decode_attention", q, k, v, valid, start, window, scale);
+  if (cuda) {
+    if (auto out = run_decode_cuda(a, q.options()); out.defined()) return out;
+    last_decode = "reference";
+    return attention_reference(q_in, k_in, v_in, start, valid_in, window, scale);
+  }
+  last_decode = "cpu";
   return run_decode(a, kernels_for(variant), q.options());
 }
 
@@ -295,6 +338,34 @@ MlaChecked check_mla(const char* fn, const torch::Tensor& q_lat, const torch::Te
 }
 }  // namespace
 
+AttnArgs attention_args(const char* fn, const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                        const torch::Tensor& valid, int64_t start, int64_t window, double scale) {
+  const auto c = check_qkv(fn, q, k, v, valid);
+  AttnArgs a;
+  a.dtype = dtype_of(fn, q);
+  a.B = c.B, a.Hq = c.Hq, a.Hkv = c.Hkv, a.groups = c.Hkv, a.T = c.T, a.S = c.S;
+  a.D1 = c.D, a.Dv = c.Dv, a.start = start, a.window = window, a.scale = static_cast<float>(scale);
+  a.q1 = operand(q), a.k1 = operand(k), a.v = operand(v);
+  a.valid = valid.defined() ? valid.data_ptr<bool>() : nullptr;
+  return a;
+}
+
+AttnArgs mla_decode_args(const torch::Tensor& q_lat, const torch::Tensor& q_rope, const torch::Tensor& c,
+                         const torch::Tensor& k_r, const torch::Tensor& valid, int64_t start, int64_t window,
+                         double scale) {
+  const auto m = check_mla("mla_decode_attention", q_lat, q_rope, c, k_r, valid);
+  AttnArgs a;
+  a.dtype = dtype_of("mla_decode_attention", q_lat);
+  a.B = m.B, a.Hq = m.Hq, a.Hkv = m.Hkv, a.groups = 1, a.T = m.T, a.S = m.S;
+  a.D1 = m.L, a.D2 = m.r, a.Dv = m.L, a.start = start, a.window = window, a.scale = static_cast<float>(scale);
+  a.q1 = operand(q_lat);
+  a.k1 = Operand{c.data_ptr(), c.stride(0), 0, c.stride(1)};  // one latent head shared by all query heads
+  a.v = a.k1;
+  if (q_rope.defined()) a.q2 = operand(q_rope), a.k2 = operand(k_r);
+  a.valid = valid.defined() ? valid.data_ptr<bool>() : nullptr;
+  return a;
+}
+
 torch::Tensor mla_decode_reference(const torch::Tensor& q_lat, const torch::Tensor& q_rope, const torch::Tensor& c,
                                    const torch::Tensor& k_r, int64_t start, const torch::Tensor& valid,
                                    int64_t window, double scale) {
@@ -317,22 +388,23 @@ torch::Tensor mla_decode_attention(const torch::Tensor& q_lat_in, const torch::T
                                    const torch::Tensor& valid_in, int64_t window, double scale, Variant variant) {
   const auto m = check_mla("mla_decode_attention", q_lat_in, q_rope_in, c_in, k_r_in, valid_in);
   variant = resolve_variant(variant);
-  if (variant == Variant::Reference || !on_cpu({&q_lat_in, &q_rope_in, &c_in, &k_r_in, &valid_in}))
+  const bool cuda = variant != Variant::Reference && on_device_of(q_lat_in, {&q_rope_in, &c_in, &k_r_in, &valid_in});
+  if (variant == Variant::Reference || (!cuda && !on_cpu({&q_lat_in, &q_rope_in, &c_in, &k_r_in, &valid_in}))) {
+    last_decode = "reference";
     return mla_decode_reference(q_lat_in, q_rope_in, c_in, k_r_in, start, valid_in, window, scale);
+  }
   auto q_lat = rows_contiguous(q_lat_in), c = rows_contiguous(c_in);
   auto q_rope = q_rope_in.defined() ? rows_contiguous(q_rope_in) : q_rope_in;
   auto k_r = k_r_in.defined() ? rows_contiguous(k_r_in) : k_r_in;
   auto valid = valid_in.defined() ? valid_in.contiguous() : valid_in;
   if (m.B * m.Hq * m.T == 0 || m.L == 0) return torch::zeros({m.B, m.Hq, m.T, m.L}, q_lat.options());
-  AttnArgs a;
-  a.dtype = dtype_of("mla_decode_attention", q_lat);
-  a.B = m.B, a.Hq = m.Hq, a.Hkv = m.Hkv, a.groups = 1, a.T = m.T, a.S = m.S;
-  a.D1 = m.L, a.D2 = m.r, a.Dv = m.L, a.start = start, a.window = window, a.scale = static_cast<float>(scale);
-  a.q1 = operand(q_lat);
-  a.k1 = Operand{c.data_ptr(), c.stride(0), 0, c.stride(1)};  // one latent head shared by all query heads
-  a.v = a.k1;
-  if (q_rope.defined()) a.q2 = operand(q_rope), a.k2 = operand(k_r);
-  a.valid = valid.defined() ? valid.data_ptr<bool>() : nullptr;
+  AttnArgs a = mla_decode_args(q_lat, q_rope, c, k_r, valid, start, window, scale);
+  if (cuda) {
+    if (auto out = run_decode_cuda(a, q_lat.options()); out.defined()) return out;
+    last_decode = "reference";
+    return mla_decode_reference(q_lat_in, q_rope_in, c_in, k_r_in, start, valid_in, window, scale);
+  }
+  last_decode = "cpu";
   return run_decode(a, kernels_for(variant), q_lat.options());
 }
 

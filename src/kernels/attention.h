@@ -9,7 +9,8 @@
 // A query row that sees no key at all (a padding row) gets an all-zero output, never NaN.
 // Softmax runs in f32 whatever the storage type; outputs have q's dtype.
 //
-// CUDA (non-CPU) tensors go to the reference. The SIMD variants need the last dim of every operand
+// CUDA tensors go to the CUDA decode kernels where they are built (see cuda_kernels_built), else to the
+// reference. The SIMD variants need the last dim of every operand
 // contiguous (other strides are free, so cache views can be passed as they are).
 #include <torch/torch.h>
 
@@ -47,6 +48,14 @@ torch::Tensor mla_decode_attention(const torch::Tensor& q_lat, const torch::Tens
 torch::Tensor mla_decode_reference(const torch::Tensor& q_lat, const torch::Tensor& q_rope, const torch::Tensor& c,
                                    const torch::Tensor& k_r, int64_t start, const torch::Tensor& valid,
                                    int64_t window, double scale);
+
+// Whether this build has the CUDA decode kernels (src/kernels/cuda, CMake option MHA2MLA_CUDA_KERNELS). CUDA
+// tensors go to them in decode_attention and mla_decode_attention (same arguments, same rules); prefill, the
+// quantized caches and builds without them take the reference on the device.
+bool cuda_kernels_built();
+// Which implementation the calling thread's last decode_attention / mla_decode_attention ran: "cpu", "cuda"
+// or "reference" (for tests that must know a kernel ran, not its fallback).
+const char* last_decode_kernel();
 
 // [B or 1, T, S] bool: which key slots each new token sees (the rules above).
 torch::Tensor visibility(int64_t T, int64_t S, int64_t start, const torch::Tensor& valid, int64_t window,

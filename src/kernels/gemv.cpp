@@ -73,13 +73,22 @@ GemvRows gemv_rows_for(Variant variant) {
                                         : generic::gemv_rows;
 }
 
+GemvArgs gemv_args(DType t, int64_t n, const void* x, const torch::Tensor& w, const void* bias, void* y,
+                   const void* residual) {
+  GemvArgs a;
+  a.dtype = t;
+  a.n = n, a.in = w.size(1), a.x = x, a.w = w.data_ptr(), a.w_stride = w.stride(0);
+  a.bias = bias, a.y = y, a.out = w.size(0), a.residual = residual;
+  return a;
+}
+
 int64_t GemvGroup::threads(int64_t available) const {
   const int64_t in = args.empty() ? 1 : std::max<int64_t>(args[0].in, 1);
   const int64_t grain = std::max<int64_t>(24, (1 << 16) / in / 24 * 24);
   return std::max<int64_t>(1, std::min<int64_t>(available, total() / grain));
 }
 
-int64_t GemvGroup::tail_start(int64_t threads) const { return total() * 3 / 4 / threads * threads; }
+int64_t GemvGroup::tail_start(int64_t threads) const { return share(threads) * threads; }
 
 void GemvGroup::run_rows(int64_t o0, int64_t o1) const {
   for (size_t i = 0; i < args.size(); ++i) {
@@ -89,9 +98,9 @@ void GemvGroup::run_rows(int64_t o0, int64_t o1) const {
 }
 
 void GemvGroup::run_thread(int64_t t, int64_t threads, std::atomic<int64_t>& next) const {
-  const int64_t share = total() * 3 / 4 / threads, n = total();
+  const int64_t n = total(), rows_each = share(threads);
   const int64_t chunk = std::max<int64_t>(8, (1 << 15) / std::max<int64_t>(args.empty() ? 1 : args[0].in, 1));
-  run_rows(t * share, (t + 1) * share);
+  run_rows(t * rows_each, (t + 1) * rows_each);
   for (int64_t o; (o = next.fetch_add(chunk)) < n;) run_rows(o, std::min(n, o + chunk));
 }
 
@@ -129,13 +138,8 @@ std::vector<torch::Tensor> run_linear(const torch::Tensor& x_in, const std::vect
     auto sizes = x.sizes().vec();
     sizes.back() = w.size(0);
     ys.push_back(torch::empty(sizes, x.options()));
-    GemvArgs a;
-    a.dtype = storage_dtype(x.scalar_type());
-    a.n = n, a.in = in, a.x = x.data_ptr(), a.w = w.data_ptr(), a.w_stride = w.stride(0);
-    a.bias = bias.defined() ? bias.data_ptr() : nullptr;
-    a.y = ys.back().data_ptr(), a.out = w.size(0);
-    a.residual = res.defined() ? res.data_ptr() : nullptr;
-    group.add(a);
+    group.add(gemv_args(storage_dtype(x.scalar_type()), n, x.data_ptr(), w, bias.defined() ? bias.data_ptr() : nullptr,
+                        ys.back().data_ptr(), res.defined() ? res.data_ptr() : nullptr));
     biases.push_back(bias);
   }
   const int64_t threads = group.threads(at::get_num_threads());

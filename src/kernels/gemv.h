@@ -42,6 +42,10 @@ torch::Tensor linear_matmul(const torch::Tensor& x, const torch::Tensor& w, cons
 // The GEMV kernel of a variant (Auto resolved first; Reference has none and takes the portable loops).
 GemvRows gemv_rows_for(Variant variant);
 
+// The GEMV arguments for y [n, out] = x [n, in] W^T (+ bias) (+ residual), W [out, in] with rows strided.
+GemvArgs gemv_args(DType t, int64_t n, const void* x, const torch::Tensor& w, const void* bias, void* y,
+                   const void* residual);
+
 // Matrices that read one x, their output rows stacked (q, k and v; gate and up), shared out among threads that
 // the caller owns: each thread streams a contiguous share of the first three quarters of the rows, then takes
 // chunks of the rest from a shared counter as it comes free, so a thread that started late or runs slower
@@ -63,6 +67,9 @@ struct GemvGroup {
   // Thread t of `threads` (each calls it once): its share, then chunks from `next`.
   void run_thread(int64_t t, int64_t threads, std::atomic<int64_t>& next) const;
   void run_rows(int64_t o0, int64_t o1) const;  // stacked rows [o0, o1)
+
+ private:
+  int64_t share(int64_t threads) const { return total() * 3 / 4 / threads; }  // rows each thread starts with
 };
 
 // torch::linear.

@@ -25,11 +25,6 @@ MLAAttentionImpl* mla_of(const TransformerImpl& m, int64_t layer) {
   return dynamic_cast<MLAAttentionImpl*>(m.model->layers->at<DecoderLayerImpl>(layer).self_attn.get());
 }
 
-bool float_storage_of(CacheType c, torch::ScalarType t) {
-  return (c == CacheType::F32 && t == torch::kFloat32) || (c == CacheType::BF16 && t == torch::kBFloat16) ||
-         (c == CacheType::F16 && t == torch::kFloat16);
-}
-
 // A matrix the GEMV kernel can stream: rows contiguous, in the compute dtype (parameters always are, unless
 // a caller swapped in a view of another layout).
 bool streamable(const Dense& d, torch::ScalarType t) {
@@ -39,12 +34,7 @@ bool streamable(const Dense& d, torch::ScalarType t) {
 
 kernels::GemvArgs gemv(const torch::Tensor& w, const torch::Tensor& b, kernels::DType t, const void* x, void* y,
                        const void* residual = nullptr) {
-  kernels::GemvArgs a;
-  a.dtype = t;
-  a.n = 1, a.in = w.size(1), a.x = x, a.w = w.data_ptr(), a.w_stride = w.stride(0);
-  a.bias = b.defined() ? b.data_ptr() : nullptr;
-  a.y = y, a.out = w.size(0), a.residual = residual;
-  return a;
+  return kernels::gemv_args(t, 1, x, w, b.defined() ? b.data_ptr() : nullptr, y, residual);
 }
 kernels::GemvArgs gemv(const Dense& d, kernels::DType t, const void* x, void* y, const void* residual = nullptr) {
   return gemv(d->weight, d->bias, t, x, y, residual);
@@ -132,7 +122,7 @@ std::string DecodeStep::unsupported(const TransformerImpl& m, const KVCache& cac
     }
     if (!ok) return layer(i) + " has a matrix the GEMV cannot stream";
     for (const auto& b : cache.layer(i))
-      if (!float_storage_of(b.storage().type, t)) return "the cache is not stored in the compute dtype";
+      if (b.storage().type != compute_cache_type(t)) return "the cache is not stored in the compute dtype";
   }
   return "";
 }

@@ -11,10 +11,6 @@ torch::ScalarType float_storage(CacheType t) {
   return t == CacheType::F32 ? torch::kFloat32 : t == CacheType::BF16 ? torch::kBFloat16 : torch::kFloat16;
 }
 
-CacheType compute_cache_type(torch::ScalarType t) {
-  return t == torch::kFloat32 ? CacheType::F32 : t == torch::kBFloat16 ? CacheType::BF16 : CacheType::F16;
-}
-
 // `buf` with room for at least `need` entries on dim 2 (shaped like `like` otherwise), copying the first
 // `keep`; capacity doubles, so appends are amortised O(1).
 torch::Tensor grow(const torch::Tensor& buf, const torch::Tensor& like, int64_t need, int64_t keep, int64_t min_cap) {
@@ -50,6 +46,10 @@ bool copy_rows(const torch::Tensor& x, const torch::Tensor& dst, int64_t at) {
 int64_t nbytes(const torch::Tensor& t) { return t.defined() ? t.numel() * static_cast<int64_t>(t.element_size()) : 0; }
 
 }  // namespace
+
+CacheType compute_cache_type(torch::ScalarType t) {
+  return t == torch::kFloat32 ? CacheType::F32 : t == torch::kBFloat16 ? CacheType::BF16 : CacheType::F16;
+}
 
 Storage resolve_storage(const BufferSpec& spec, const CacheOptions& opt, torch::ScalarType compute) {
   Storage s;

@@ -30,6 +30,9 @@ struct Storage {
   int64_t residual = 128;
 };
 
+// The float cache type that stores `t` as it is (f32, bf16 or f16).
+CacheType compute_cache_type(torch::ScalarType t);
+
 // Resolves a buffer's storage: its own type/axis override, else --cache-type, else the compute dtype.
 // Checks the combination (a per-channel axis needs a residual that is a positive multiple of the group).
 Storage resolve_storage(const BufferSpec& spec, const CacheOptions& opt, torch::ScalarType compute);

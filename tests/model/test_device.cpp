@@ -1,6 +1,5 @@
 // --device plumbing: a forward pass, its cache and generation stay on the model's device and agree with the
-// CPU. The devices come from MHA2MLA_TEST_DEVICES (default "cpu"; scripts/gpu_check.sh sets "cpu,cuda"); a
-// device asked for but absent is a failure, not a skip.
+// CPU, on the devices of testing/devices.h.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -9,20 +8,13 @@
 #include "convert/mla_convert.h"
 #include "infer/generate.h"
 #include "model/transformer.h"
+#include "testing/devices.h"
 #include "testing/tiny_model.h"
 
 using namespace mha2mla;
+using testutil::test_devices;
 
 namespace {
-
-std::vector<torch::Device> test_devices() {
-  const char* env = std::getenv("MHA2MLA_TEST_DEVICES");
-  std::vector<torch::Device> out;
-  std::istringstream in(env && *env ? env : "cpu");
-  std::string d;
-  while (std::getline(in, d, ',')) out.push_back(model::parse_device(d));  // fails if CUDA is absent
-  return out;
-}
 
 void expect_on(const torch::Tensor& t, const torch::Device& d, const std::string& what) {
   if (!t.defined()) return;

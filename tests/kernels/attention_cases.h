@@ -1,0 +1,121 @@
+#pragma once
+// Shapes, inputs and tolerances shared by the attention kernel tests (CPU variants, the CUDA kernels on the
+// device and under the CPU emulation of CUDA).
+#include <torch/torch.h>
+
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace mha2mla::testutil {
+
+// Per dtype: |got - want| <= atol + rtol * |want|. bf16 outputs are rounded to 8 bits of mantissa and the
+// bf16 kernels also round the probabilities to bf16 before P·V.
+struct Tol {
+  double atol, rtol;
+};
+inline Tol tol_for(torch::ScalarType t) {
+  if (t == torch::kBFloat16) return {2e-2, 2e-2};
+  if (t == torch::kFloat16) return {2e-3, 4e-3};
+  return {2e-5, 1e-4};
+}
+
+inline void expect_close(const torch::Tensor& got, const torch::Tensor& want, Tol tol, const std::string& what) {
+  ASSERT_EQ(got.sizes(), want.sizes()) << what;
+  ASSERT_EQ(got.scalar_type(), want.scalar_type()) << what;
+  auto g = got.to(torch::kFloat64), w = want.to(torch::kFloat64);
+  ASSERT_FALSE(g.isnan().any().item<bool>()) << what << ": NaN in the output";
+  auto excess = (g - w).abs() - (tol.atol + tol.rtol * w.abs());
+  const double worst = excess.max().item<double>();
+  EXPECT_LE(worst, 0.0) << what << ": max |diff| " << (g - w).abs().max().item<double>();
+}
+
+struct Case {
+  int64_t B, Hq, Hkv, T, S, start, D, Dv, window;
+  int pad;  // 0: no valid mask; 1: left padding of different lengths, one row fully padded in the new tokens
+  std::string name() const {
+    return "B" + std::to_string(B) + "_Hq" + std::to_string(Hq) + "_Hkv" + std::to_string(Hkv) + "_T" +
+           std::to_string(T) + "_S" + std::to_string(S) + "_start" + std::to_string(start) + "_D" + std::to_string(D) +
+           "_Dv" + std::to_string(Dv) + "_w" + std::to_string(window) + "_pad" + std::to_string(pad);
+  }
+};
+
+inline torch::Tensor make_valid(const Case& c) {
+  if (!c.pad) return {};
+  auto valid = torch::ones({c.B, c.S}, torch::kBool);
+  for (int64_t b = 0; b < c.B; ++b) {
+    // Row b is left-padded by pad_len slots; the last row pads past start + 1, so its first new
+    // tokens see nothing at all.
+    const int64_t pad_len = b == c.B - 1 ? std::min(c.S, c.start + 2) : (b * 5) % (c.start + c.T);
+    valid[b].narrow(0, 0, pad_len).fill_(false);
+  }
+  return valid;
+}
+
+struct Inputs {
+  torch::Tensor q, k, v, valid;
+};
+
+inline Inputs make_inputs(const Case& c, torch::ScalarType dt, uint64_t seed) {
+  torch::manual_seed(seed);
+  // q scaled up so the softmax is peaked in places (exercises the running-max rescaling).
+  auto q = (torch::randn({c.B, c.Hq, c.T, c.D}) * 2.0).to(dt);
+  auto k = torch::randn({c.B, c.Hkv, c.S, c.D}).to(dt);
+  auto v = torch::randn({c.B, c.Hkv, c.S, c.Dv}).to(dt);
+  return {q, k, v, make_valid(c)};
+}
+
+// Decode: few query rows over a long cache.
+inline const std::vector<Case> kDecodeCases = {
+    {1, 9, 3, 1, 300, 299, 64, 64, 0, 0},    // one token after a long prompt: several splits
+    {1, 2, 2, 1, 1, 0, 64, 64, 0, 0},        // the very first token
+    {1, 8, 1, 1, 1000, 999, 64, 64, 0, 0},   // group of 8
+    {3, 6, 2, 1, 45, 44, 64, 64, 0, 1},      // padded batch (last row all padding up to start+2)
+    {2, 4, 2, 3, 600, 597, 64, 64, 100, 0},  // a few tokens with a window
+    {2, 3, 1, 2, 77, 75, 40, 24, 0, 1},      // D and Dv tails
+    {1, 6, 2, 1, 200, 199, 64, 48, 0, 0},    // Dv != D on the bf16 pairs path (D a multiple of 32)
+};
+
+struct MlaCase {
+  int64_t B, Hq, Hkv, T, S, start, L, r, window;
+  int pad;  // the last batch row sees only its 3 newest slots
+  std::string name() const {
+    return "B" + std::to_string(B) + "_Hq" + std::to_string(Hq) + "_Hkv" + std::to_string(Hkv) + "_T" +
+           std::to_string(T) + "_S" + std::to_string(S) + "_L" + std::to_string(L) + "_r" + std::to_string(r) +
+           "_w" + std::to_string(window) + "_pad" + std::to_string(pad);
+  }
+};
+
+inline const std::vector<MlaCase> kMlaCases = {
+    {1, 9, 3, 1, 300, 299, 64, 16, 0, 0},   // SmolLM-shaped: 3 RoPE key heads
+    {2, 8, 1, 1, 77, 76, 128, 32, 0, 1},    // one RoPE head for all, padded batch
+    {1, 3, 3, 2, 50, 48, 80, 8, 20, 0},     // L and r not multiples of 16, window, T = 2
+    {1, 4, 1, 1, 600, 599, 32, 0, 0, 0},    // no RoPE part
+    // The SmolLM ladder's shapes (query rows as SIMD lanes): -87.5 % (L 24, r 8), 360M (15/5 heads, L 40),
+    // S not a multiple of the 64-key block, a padded batch, a window, odd L and r.
+    {1, 9, 3, 1, 1000, 999, 24, 8, 0, 0},
+    {2, 15, 5, 1, 333, 332, 40, 8, 0, 1},
+    {1, 9, 3, 1, 200, 199, 24, 8, 70, 0},
+    {1, 6, 2, 2, 130, 128, 7, 3, 0, 0},
+};
+
+// q_lat, q_rope, c, k_r and valid of an MLA case (q_rope and k_r undefined when r = 0).
+inline std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> make_mla_inputs(
+    const MlaCase& m, torch::ScalarType dt, uint64_t seed) {
+  torch::manual_seed(seed);
+  auto q_lat = (torch::randn({m.B, m.Hq, m.T, m.L}) * 0.5).to(dt);
+  auto c = torch::randn({m.B, m.S, m.L}).to(dt);
+  torch::Tensor q_rope, k_r;
+  if (m.r) {
+    q_rope = torch::randn({m.B, m.Hq, m.T, m.r}).to(dt);
+    k_r = torch::randn({m.B, m.Hkv, m.S, m.r}).to(dt);
+  }
+  torch::Tensor valid;
+  if (m.pad) {
+    valid = torch::ones({m.B, m.S}, torch::kBool);
+    valid[m.B - 1].narrow(0, 0, m.S - 3).fill_(false);
+  }
+  return {q_lat, q_rope, c, k_r, valid};
+}
+
+}  // namespace mha2mla::testutil

@@ -1,0 +1,150 @@
+// The CUDA decode kernels (src/kernels/cuda) against the libtorch reference, twice:
+//   - emulated: their device code run by tests/kernels/cuda_emulator.h on this CPU, block by block, so that
+//     every build checks their indexing, masking, splits and merge, with or without a GPU;
+//   - on each device of MHA2MLA_TEST_DEVICES through the public front ends, which must pick the CUDA kernel
+//     (not the reference) for CUDA tensors, as the CPU kernel for CPU tensors.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "kernels/attention.h"
+#include "kernels/attention_cases.h"
+#include "kernels/attention_internal.h"
+#include "testing/devices.h"
+// After libtorch: the emulator defines the CUDA qualifiers away for the kernel header that follows it.
+#include "kernels/cuda_emulator.h"
+#include "kernels/cuda/attention_cuda_kernels.cuh"
+
+using namespace mha2mla;
+using namespace mha2mla::testutil;
+
+namespace {
+
+// Shapes the ladders of the tests above do not reach: several row blocks per group (a wide latent), RoPE key
+// heads that change inside a row block, and values wider than the 256 threads of a block.
+const std::vector<MlaCase> kWideMlaCases = {
+    {1, 20, 2, 1, 300, 299, 520, 16, 0, 1},  // 15 rows per block: blocks of rows [0, 15) and [15, 20)
+    {1, 16, 1, 2, 97, 95, 512, 64, 0, 0},    // the DeepSeek latent (512 + 64), T = 2
+};
+
+constexpr int64_t kEmuSms = 4;                 // few multiprocessors: several splits, few blocks to emulate
+constexpr int64_t kEmuSmem = 227 * 1024;       // an H100/H200's opt-in shared memory per block
+
+template <class T>
+torch::Tensor emulate(kernels::AttnArgs a, const torch::TensorOptions& opt, const std::string& what) {
+  namespace kc = kernels::cuda;
+  kc::DecodePlan p;
+  const std::string why = kc::plan_for(a, kEmuSms, kEmuSmem, &p);
+  EXPECT_EQ(why, "") << what;
+  if (!why.empty()) return {};
+  auto out = torch::full({a.B, a.Hq, a.T, a.Dv}, std::nan(""), opt);
+  a.out = out.data_ptr();
+  // NaN everywhere a block should write before anything reads: a missed write shows in the output.
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  std::vector<float> workspace(p.workspace_floats(a), nan), smem(p.smem / sizeof(float));
+  const EmuDim3 grid{static_cast<unsigned>(p.nsplit), static_cast<unsigned>(p.row_blocks),
+                     static_cast<unsigned>(a.B * a.groups)};
+  cuda_emu::launch(
+      grid, kc::kThreads, [&] { kc::decode_split_block<T>(a, p, workspace.data(), smem.data()); },
+      [&] { std::fill(smem.begin(), smem.end(), nan); });
+  cuda_emu::launch(EmuDim3{static_cast<unsigned>(p.rows), static_cast<unsigned>(a.B * a.groups), 1},
+                   kc::merge_threads(a), [&] { kc::merge_row<T>(a, p, workspace.data()); });
+  return out;
+}
+
+torch::Tensor emulate_any(const kernels::AttnArgs& a, const torch::TensorOptions& opt, const std::string& what) {
+  switch (a.dtype) {
+    case kernels::DType::F32: return emulate<float>(a, opt, what);
+    case kernels::DType::BF16: return emulate<__nv_bfloat16>(a, opt, what);
+    case kernels::DType::F16: return emulate<__half>(a, opt, what);
+  }
+  return {};
+}
+
+const std::vector<torch::ScalarType> kDtypes = {torch::kFloat32, torch::kBFloat16, torch::kFloat16};
+
+}  // namespace
+
+TEST(CudaKernelEmulated, PlanCoversTheKeysInTiles) {
+  kernels::AttnArgs a;
+  a.B = 1, a.Hq = 9, a.Hkv = 3, a.groups = 3, a.T = 1, a.S = 5000, a.start = 4999, a.D1 = a.Dv = 64;
+  a.v.p = &a;  // values apart from the keys
+  kernels::cuda::DecodePlan p;
+  ASSERT_EQ(kernels::cuda::plan_for(a, 132, kEmuSmem, &p), "");
+  EXPECT_EQ(p.chunk % 32, 0);
+  EXPECT_GE(p.nsplit * p.chunk, p.hi - p.lo);
+  EXPECT_LT((p.nsplit - 1) * p.chunk, p.hi - p.lo);
+  EXPECT_GE(p.chunk, 128);  // a split is long enough to stream
+  EXPECT_EQ(p.rows, 3);
+  // A shape whose tile does not fit in shared memory has no plan (the front end then takes the reference).
+  a.D1 = a.Dv = 4000;
+  EXPECT_NE(kernels::cuda::plan_for(a, 132, 48 * 1024, &p), "");
+}
+
+TEST(CudaKernelEmulated, DecodeMatchesReference) {
+  for (auto dt : kDtypes)
+    for (const auto& c : kDecodeCases) {
+      auto in = make_inputs(c, dt, 11);
+      const double scale = 1.0 / std::sqrt(static_cast<double>(c.D));
+      auto want = kernels::attention_reference(in.q, in.k, in.v, c.start, in.valid, c.window, scale);
+      const std::string what = std::string("emulated cuda decode ") + c10::toString(dt) + " " + c.name();
+      auto got = emulate_any(kernels::attention_args("decode_attention", in.q, in.k, in.v, in.valid, c.start, c.window, scale),
+                             in.q.options(), what);
+      if (got.defined()) expect_close(got, want, tol_for(dt), what);
+    }
+}
+
+TEST(CudaKernelEmulated, MlaDecodeMatchesReference) {
+  std::vector<MlaCase> cases = kMlaCases;
+  cases.insert(cases.end(), kWideMlaCases.begin(), kWideMlaCases.end());
+  for (auto dt : kDtypes)
+    for (const auto& m : cases) {
+      auto [q_lat, q_rope, c, k_r, valid] = make_mla_inputs(m, dt, 13);
+      const double scale = 1.0 / std::sqrt(static_cast<double>(m.L + m.r));
+      auto want = kernels::mla_decode_reference(q_lat, q_rope, c, k_r, m.start, valid, m.window, scale);
+      const std::string what = std::string("emulated cuda mla ") + c10::toString(dt) + " " + m.name();
+      auto got = emulate_any(kernels::mla_decode_args(q_lat, q_rope, c, k_r, valid, m.start, m.window, scale),
+                             q_lat.options(), what);
+      if (got.defined()) expect_close(got, want, tol_for(dt), what);
+    }
+}
+
+// The front ends on every test device: CUDA tensors must run the CUDA kernel and agree with the reference.
+TEST(KernelAttentionDevice, DecodeRunsTheDevicesKernel) {
+  for (const auto& dev : test_devices()) {
+    const std::string expect_kernel = dev.is_cuda() ? "cuda" : "cpu";
+    if (dev.is_cuda()) {
+      EXPECT_TRUE(kernels::cuda_kernels_built()) << "a CUDA build without its decode kernels";
+    }
+    for (auto dt : kDtypes) {
+      for (const auto& c : kDecodeCases) {
+        auto in = make_inputs(c, dt, 17);
+        const double scale = 1.0 / std::sqrt(static_cast<double>(c.D));
+        auto want = kernels::attention_reference(in.q, in.k, in.v, c.start, in.valid, c.window, scale);
+        auto on = [&](const torch::Tensor& t) { return t.defined() ? t.to(dev) : t; };
+        auto got = kernels::decode_attention(on(in.q), on(in.k), on(in.v), c.start, on(in.valid), c.window, scale);
+        const std::string what = dev.str() + " decode " + c10::toString(dt) + " " + c.name();
+        EXPECT_EQ(kernels::last_decode_kernel(), expect_kernel) << what;
+        EXPECT_EQ(got.device(), dev) << what;
+        expect_close(got.cpu(), want, tol_for(dt), what);
+      }
+      std::vector<MlaCase> cases = kMlaCases;
+      cases.insert(cases.end(), kWideMlaCases.begin(), kWideMlaCases.end());
+      for (const auto& m : cases) {
+        auto [q_lat, q_rope, c, k_r, valid] = make_mla_inputs(m, dt, 19);
+        const double scale = 1.0 / std::sqrt(static_cast<double>(m.L + m.r));
+        auto want = kernels::mla_decode_reference(q_lat, q_rope, c, k_r, m.start, valid, m.window, scale);
+        auto on = [&](const torch::Tensor& t) { return t.defined() ? t.to(dev) : t; };
+        auto got = kernels::mla_decode_attention(on(q_lat), on(q_rope), on(c), on(k_r), m.start, on(valid), m.window,
+                                                 scale);
+        const std::string what = dev.str() + " mla " + c10::toString(dt) + " " + m.name();
+        EXPECT_EQ(kernels::last_decode_kernel(), expect_kernel) << what;
+        expect_close(got.cpu(), want, tol_for(dt), what);
+      }
+    }
+  }
+}
