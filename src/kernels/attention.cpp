@@ -152,6 +152,7 @@ void DecodeSplits::run(const AttnArgs& a, const AttnKernels& kern, int64_t i, fl
 }
 
 torch::Tensor run_decode(AttnArgs& a, const AttnKernels& kern, const torch::TensorOptions& opt) {
+  last_decode = "cpu";
   const int64_t threads = at::get_num_threads();
   const auto p = DecodeSplits::plan(a, threads);
   // One buffer: the partials, then f32 scratch of Dv per thread for the merge.
@@ -182,9 +183,8 @@ bool cuda_kernels_built() {
 
 const char* last_decode_kernel() { return last_decode; }
 
-namespace {
-// Decoding on a CUDA device: `a` filled with device pointers except `out`. Returns an undefined tensor when
-// this build or these shapes have no CUDA kernel (the caller takes the reference).
+void note_reference_decode() { last_decode = "reference"; }
+
 torch::Tensor run_decode_cuda(AttnArgs& a, const torch::TensorOptions& opt) {
 #ifdef MHA2MLA_CUDA_KERNELS
   cuda::DecodePlan p;
@@ -203,6 +203,7 @@ torch::Tensor run_decode_cuda(AttnArgs& a, const torch::TensorOptions& opt) {
 #endif
 }
 
+namespace {
 // Every defined tensor on q's CUDA device, so that one kernel launch can read them all.
 bool on_device_of(const torch::Tensor& q, std::initializer_list<const torch::Tensor*> ts) {
   for (const auto* t : ts)
@@ -283,7 +284,7 @@ torch::Tensor decode_attention(const torch::Tensor& q_in, const torch::Tensor& k
   variant = resolve_variant(variant);
   const bool cuda = variant != Variant::Reference && on_device_of(q_in, {&k_in, &v_in, &valid_in});
   if (variant == Variant::Reference || (!cuda && !on_cpu({&q_in, &k_in, &v_in, &valid_in}))) {
-    last_decode = "reference";
+    note_reference_decode();
     return attention_reference(q_in, k_in, v_in, start, valid_in, window, scale);
   }
   auto q = rows_contiguous(q_in), k = rows_contiguous(k_in), v = rows_contiguous(v_in);
@@ -292,10 +293,9 @@ torch::Tensor decode_attention(const torch::Tensor& q_in, const torch::Tensor& k
   AttnArgs a = attention_args("decode_attention", q, k, v, valid, start, window, scale);
   if (cuda) {
     if (auto out = run_decode_cuda(a, q.options()); out.defined()) return out;
-    last_decode = "reference";
+    note_reference_decode();
     return attention_reference(q_in, k_in, v_in, start, valid_in, window, scale);
   }
-  last_decode = "cpu";
   return run_decode(a, kernels_for(variant), q.options());
 }
 
@@ -390,7 +390,7 @@ torch::Tensor mla_decode_attention(const torch::Tensor& q_lat_in, const torch::T
   variant = resolve_variant(variant);
   const bool cuda = variant != Variant::Reference && on_device_of(q_lat_in, {&q_rope_in, &c_in, &k_r_in, &valid_in});
   if (variant == Variant::Reference || (!cuda && !on_cpu({&q_lat_in, &q_rope_in, &c_in, &k_r_in, &valid_in}))) {
-    last_decode = "reference";
+    note_reference_decode();
     return mla_decode_reference(q_lat_in, q_rope_in, c_in, k_r_in, start, valid_in, window, scale);
   }
   auto q_lat = rows_contiguous(q_lat_in), c = rows_contiguous(c_in);
@@ -401,10 +401,9 @@ torch::Tensor mla_decode_attention(const torch::Tensor& q_lat_in, const torch::T
   AttnArgs a = mla_decode_args(q_lat, q_rope, c, k_r, valid, start, window, scale);
   if (cuda) {
     if (auto out = run_decode_cuda(a, q_lat.options()); out.defined()) return out;
-    last_decode = "reference";
+    note_reference_decode();
     return mla_decode_reference(q_lat_in, q_rope_in, c_in, k_r_in, start, valid_in, window, scale);
   }
-  last_decode = "cpu";
   return run_decode(a, kernels_for(variant), q_lat.options());
 }
 

@@ -2,6 +2,8 @@
 // Shared by the attention front ends (attention.cpp, quant_attention.cpp); not a public interface.
 #include <torch/torch.h>
 
+#include <vector>
+
 #include "kernels/attention_args.h"
 #include "kernels/cpu_features.h"
 #include "kernels/decode_splits.h"
@@ -17,7 +19,29 @@ AttnArgs attention_args(const char* fn, const torch::Tensor& q, const torch::Ten
 AttnArgs mla_decode_args(const torch::Tensor& q_lat, const torch::Tensor& q_rope, const torch::Tensor& c,
                          const torch::Tensor& k_r, const torch::Tensor& valid, int64_t start, int64_t window,
                          double scale);
+// The arguments of quantized_decode_attention / quantized_mla_decode_attention over checked inputs. `a` points
+// at k, v and k2 (so the struct is neither copied nor moved) and `keep` holds the contiguous copies they read.
+struct QuantizedKV;
+struct QuantArgs {
+  AttnArgs a;
+  QuantDesc k, v, k2;
+  std::vector<torch::Tensor> keep;
+  QuantArgs() = default;
+  QuantArgs(const QuantArgs&) = delete;
+  QuantArgs& operator=(const QuantArgs&) = delete;
+};
+void quantized_decode_args(QuantArgs& out, const torch::Tensor& q, const QuantizedKV& k, const QuantizedKV& v,
+                           const torch::Tensor& valid, int64_t start, int64_t window, double scale);
+void quantized_mla_decode_args(QuantArgs& out, const torch::Tensor& q_lat, const torch::Tensor& q_rope,
+                               const QuantizedKV& c, const QuantizedKV& k_r, const torch::Tensor& valid,
+                               int64_t start, int64_t window, double scale);
+
 // Split-KV decoding: `a` filled except `out`; returns [B, Hq, T, Dv] in opt's dtype.
 torch::Tensor run_decode(AttnArgs& a, const AttnKernels& kern, const torch::TensorOptions& opt);
+// The same on a CUDA device (pointers in `a` on opt's device); undefined when this build or these shapes have
+// no CUDA kernel, and the caller takes its reference.
+torch::Tensor run_decode_cuda(AttnArgs& a, const torch::TensorOptions& opt);
+// Records that a decode call took its reference (last_decode_kernel()).
+void note_reference_decode();
 
 }  // namespace mha2mla::kernels

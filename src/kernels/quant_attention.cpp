@@ -60,6 +60,17 @@ void check_valid(const torch::Tensor& valid, int64_t B, int64_t S) {
     fail("valid must be bool [B, S] with S = " + std::to_string(S));
 }
 
+// Every defined tensor and every tensor of the buffers on `device`.
+bool on_device(std::initializer_list<const torch::Tensor*> ts, std::initializer_list<const QuantizedKV*> kvs,
+               const torch::Device& device) {
+  for (const auto* t : ts)
+    if (t->defined() && t->device() != device) return false;
+  for (const auto* kv : kvs)
+    for (const auto* t : {&kv->data, &kv->scale, &kv->zero, &kv->residual})
+      if (t->device() != device) return false;
+  return true;
+}
+
 // A buffer's descriptor over tensors whose rows are contiguous; `keep` holds any copies made for that.
 QuantDesc buffer_desc(const QuantizedKV& kv, std::vector<torch::Tensor>& keep) {
   auto last_contig = [](const torch::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); };
@@ -113,23 +124,40 @@ torch::Tensor quantized_decode_attention(const torch::Tensor& q_in, const Quanti
     fail("residual buffers must have q's dtype");
   check_valid(valid_in, B, S);
   variant = resolve_variant(variant);
-  const bool cpu = q_in.device().is_cpu() && k.data.device().is_cpu() && v.data.device().is_cpu();
-  if (variant == Variant::Reference || !cpu)
+  const bool cpu = on_device({&q_in, &valid_in}, {&k, &v}, torch::kCPU);
+  const bool cuda = q_in.device().is_cuda() && on_device({&q_in, &valid_in}, {&k, &v}, q_in.device());
+  if (variant == Variant::Reference || !(cpu || cuda)) {
+    note_reference_decode();
     return quantized_decode_reference(q_in, k, v, start, valid_in, window, scale);
-  auto q = q_in.stride(-1) == 1 ? q_in : q_in.contiguous();
-  auto valid = valid_in.defined() ? valid_in.contiguous() : valid_in;
-  std::vector<torch::Tensor> keep;
-  const QuantDesc kq = buffer_desc(k, keep), vq = buffer_desc(v, keep);
-  AttnArgs a;
-  a.dtype = storage_dtype(q.scalar_type());
-  if (q.scalar_type() != torch::kFloat32 && q.scalar_type() != torch::kBFloat16 && q.scalar_type() != torch::kFloat16)
+  }
+  if (q_in.scalar_type() != torch::kFloat32 && q_in.scalar_type() != torch::kBFloat16 &&
+      q_in.scalar_type() != torch::kFloat16)
     fail("q must be f32, bf16 or f16");
-  a.B = B, a.Hq = Hq, a.Hkv = Hkv, a.groups = Hkv, a.T = T, a.S = S;
-  a.D1 = D, a.Dv = Dv, a.start = start, a.window = window, a.scale = static_cast<float>(scale);
+  QuantArgs qa;
+  quantized_decode_args(qa, q_in, k, v, valid_in, start, window, scale);
+  if (cuda) {
+    if (auto out = run_decode_cuda(qa.a, q_in.options()); out.defined()) return out;
+    note_reference_decode();
+    return quantized_decode_reference(q_in, k, v, start, valid_in, window, scale);
+  }
+  return run_decode(qa.a, kernels_for(variant), q_in.options());
+}
+
+void quantized_decode_args(QuantArgs& qa, const torch::Tensor& q_in, const QuantizedKV& k, const QuantizedKV& v,
+                           const torch::Tensor& valid_in, int64_t start, int64_t window, double scale) {
+  const auto q = q_in.stride(-1) == 1 ? q_in : q_in.contiguous();
+  const auto valid = valid_in.defined() ? valid_in.contiguous() : valid_in;
+  qa.keep = {q, valid};
+  qa.k = buffer_desc(k, qa.keep), qa.v = buffer_desc(v, qa.keep);
+  AttnArgs& a = qa.a;
+  a.dtype = storage_dtype(q.scalar_type());
+  a.B = q.size(0), a.Hq = q.size(1), a.Hkv = k.residual.size(1), a.groups = a.Hkv, a.T = q.size(2);
+  a.S = k.n_quant + k.residual.size(2);
+  a.D1 = k.residual.size(3), a.Dv = v.residual.size(3), a.start = start, a.window = window;
+  a.scale = static_cast<float>(scale);
   a.q1 = operand(q);
-  a.kq = &kq, a.vq = &vq;
+  a.kq = &qa.k, a.vq = &qa.v;
   a.valid = valid.defined() ? valid.data_ptr<bool>() : nullptr;
-  return run_decode(a, kernels_for(variant), q.options());
 }
 
 torch::Tensor quantized_mla_decode_reference(const torch::Tensor& q_lat, const torch::Tensor& q_rope,
@@ -161,27 +189,45 @@ torch::Tensor quantized_mla_decode_attention(const torch::Tensor& q_lat_in, cons
     fail("q_lat, q_rope and the residual buffers must share one dtype");
   check_valid(valid_in, B, S);
   variant = resolve_variant(variant);
-  const bool cpu = q_lat_in.device().is_cpu() && c.data.device().is_cpu() && k_r.data.device().is_cpu();
-  if (variant == Variant::Reference || !cpu)
+  const bool cpu = on_device({&q_lat_in, &q_rope_in, &valid_in}, {&c, &k_r}, torch::kCPU);
+  const bool cuda =
+      q_lat_in.device().is_cuda() && on_device({&q_lat_in, &q_rope_in, &valid_in}, {&c, &k_r}, q_lat_in.device());
+  if (variant == Variant::Reference || !(cpu || cuda)) {
+    note_reference_decode();
     return quantized_mla_decode_reference(q_lat_in, q_rope_in, c, k_r, start, valid_in, window, scale);
+  }
   if (q_lat_in.scalar_type() != torch::kFloat32 && q_lat_in.scalar_type() != torch::kBFloat16 &&
       q_lat_in.scalar_type() != torch::kFloat16)
     fail("q must be f32, bf16 or f16");
+  QuantArgs qa;
+  quantized_mla_decode_args(qa, q_lat_in, q_rope_in, c, k_r, valid_in, start, window, scale);
+  if (cuda) {
+    if (auto out = run_decode_cuda(qa.a, q_lat_in.options()); out.defined()) return out;
+    note_reference_decode();
+    return quantized_mla_decode_reference(q_lat_in, q_rope_in, c, k_r, start, valid_in, window, scale);
+  }
+  return run_decode(qa.a, kernels_for(variant), q_lat_in.options());
+}
+
+void quantized_mla_decode_args(QuantArgs& qa, const torch::Tensor& q_lat_in, const torch::Tensor& q_rope_in,
+                               const QuantizedKV& c, const QuantizedKV& k_r, const torch::Tensor& valid_in,
+                               int64_t start, int64_t window, double scale) {
   auto last_contig = [](const torch::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); };
-  auto q_lat = last_contig(q_lat_in), q_rope = last_contig(q_rope_in);
-  auto valid = valid_in.defined() ? valid_in.contiguous() : valid_in;
-  std::vector<torch::Tensor> keep;
-  QuantDesc cq = buffer_desc(c, keep);
-  cq.d_sh = cq.s_sh = cq.residual.sh = 0;  // one latent head shared by every query head
-  const QuantDesc kq = buffer_desc(k_r, keep);
-  AttnArgs a;
+  const auto q_lat = last_contig(q_lat_in), q_rope = last_contig(q_rope_in);
+  const auto valid = valid_in.defined() ? valid_in.contiguous() : valid_in;
+  qa.keep = {q_lat, q_rope, valid};
+  qa.k = buffer_desc(c, qa.keep);
+  qa.k.d_sh = qa.k.s_sh = qa.k.residual.sh = 0;  // one latent head shared by every query head
+  qa.k2 = buffer_desc(k_r, qa.keep);
+  AttnArgs& a = qa.a;
   a.dtype = storage_dtype(q_lat.scalar_type());
-  a.B = B, a.Hq = Hq, a.Hkv = Hkv, a.groups = 1, a.T = T, a.S = S;
-  a.D1 = L, a.D2 = r, a.Dv = L, a.start = start, a.window = window, a.scale = static_cast<float>(scale);
+  a.B = q_lat.size(0), a.Hq = q_lat.size(1), a.Hkv = k_r.residual.size(1), a.groups = 1, a.T = q_lat.size(2);
+  a.S = c.n_quant + c.residual.size(2);
+  a.D1 = c.residual.size(3), a.D2 = k_r.residual.size(3), a.Dv = a.D1, a.start = start, a.window = window;
+  a.scale = static_cast<float>(scale);
   a.q1 = operand(q_lat), a.q2 = operand(q_rope);
-  a.kq = &cq, a.vq = &cq, a.k2q = &kq;
+  a.kq = &qa.k, a.vq = &qa.k, a.k2q = &qa.k2;
   a.valid = valid.defined() ? valid.data_ptr<bool>() : nullptr;
-  return run_decode(a, kernels_for(variant), q_lat.options());
 }
 
 }  // namespace mha2mla::kernels

@@ -38,6 +38,7 @@ inline float __bfloat162float(__nv_bfloat16 h) { return mha2mla::kernels::bf16_t
 inline __nv_bfloat16 __float2bfloat16(float f) { return {mha2mla::kernels::f32_to_bf16(f)}; }
 inline float __half2float(__half h) { return mha2mla::kernels::f16_to_f32(h.bits); }
 inline __half __float2half(float f) { return {mha2mla::kernels::f32_to_f16(f)}; }
+inline __half __ushort_as_half(uint16_t bits) { return {bits}; }
 
 namespace cuda_emu {
 

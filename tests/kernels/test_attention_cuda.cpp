@@ -1,4 +1,5 @@
 // The CUDA decode kernels (src/kernels/cuda) against the libtorch reference, twice:
+// Plain and quantized caches (8/4/2-bit codes, per token and per channel, with a residual), MHA/GQA and MLA:
 //   - emulated: their device code run by tests/kernels/cuda_emulator.h on this CPU, block by block, so that
 //     every build checks their indexing, masking, splits and merge, with or without a GPU;
 //   - on each device of MHA2MLA_TEST_DEVICES through the public front ends, which must pick the CUDA kernel
@@ -46,10 +47,11 @@ torch::Tensor emulate(kernels::AttnArgs a, const torch::TensorOptions& opt, cons
   // NaN everywhere a block should write before anything reads: a missed write shows in the output.
   const float nan = std::numeric_limits<float>::quiet_NaN();
   std::vector<float> workspace(p.workspace_floats(a), nan), smem(p.smem / sizeof(float));
+  const kc::QuantSet qs = kc::quant_set(a);  // by value, as the kernel's parameter
   const EmuDim3 grid{static_cast<unsigned>(p.nsplit), static_cast<unsigned>(p.row_blocks),
                      static_cast<unsigned>(a.B * a.groups)};
   cuda_emu::launch(
-      grid, kc::kThreads, [&] { kc::decode_split_block<T>(a, p, workspace.data(), smem.data()); },
+      grid, kc::kThreads, [&] { kc::decode_split_block<T>(a, qs, p, workspace.data(), smem.data()); },
       [&] { std::fill(smem.begin(), smem.end(), nan); });
   cuda_emu::launch(EmuDim3{static_cast<unsigned>(p.rows), static_cast<unsigned>(a.B * a.groups), 1},
                    kc::merge_threads(a), [&] { kc::merge_row<T>(a, p, workspace.data()); });
@@ -66,6 +68,54 @@ torch::Tensor emulate_any(const kernels::AttnArgs& a, const torch::TensorOptions
 }
 
 const std::vector<torch::ScalarType> kDtypes = {torch::kFloat32, torch::kBFloat16, torch::kFloat16};
+
+// Quantized caches: MHA/GQA with keys per channel (KIVI) or per token and values per token, and the MLA latent
+// per token with rotary keys per channel, each with a residual of the newest slots.
+struct QuantCase {
+  int64_t B, Hq, Hkv, T, S, n_quant, D, r, group, window;
+  bool pad;
+  std::string name() const {
+    return "B" + std::to_string(B) + "_Hq" + std::to_string(Hq) + "_Hkv" + std::to_string(Hkv) + "_T" +
+           std::to_string(T) + "_S" + std::to_string(S) + "_nq" + std::to_string(n_quant) + "_D" + std::to_string(D) +
+           "_r" + std::to_string(r) + "_g" + std::to_string(group) + "_w" + std::to_string(window);
+  }
+};
+const std::vector<QuantCase> kQuantCases = {
+    {1, 9, 3, 1, 300, 288, 64, 0, 32, 0, false},  // SmolLM-shaped GQA
+    {2, 8, 1, 1, 77, 64, 40, 0, 8, 0, true},      // group of 8, D = 40, padded batch
+    {1, 3, 1, 2, 130, 128, 64, 0, 24, 50, false}, // T = 2, window, last per-token group shorter
+};
+const std::vector<QuantCase> kQuantMlaCases = {
+    {1, 9, 3, 1, 1000, 896, 24, 8, 64, 0, false},  // SmolLM -87.5 %: one scale group per latent row
+    {2, 6, 3, 1, 330, 300, 48, 8, 16, 0, true},    // latent and rotary codes end at different slots
+    {1, 9, 3, 1, 500, 448, 24, 8, 8, 123, false},  // window
+};
+
+struct QuantInputs {
+  torch::Tensor q, q_rope, valid;
+  kernels::QuantizedKV k, v;  // MLA: the latent and the rotary keys
+};
+QuantInputs make_quant_inputs(const QuantCase& c, int bits, torch::ScalarType dt, bool mla) {
+  torch::manual_seed(c.S + bits + (mla ? 1000 : 0));
+  QuantInputs in;
+  in.q = torch::randn({c.B, c.Hq, c.T, c.D}).to(dt);
+  if (mla) {
+    in.q_rope = torch::randn({c.B, c.Hq, c.T, c.r}).to(dt);
+    in.k = quantize(torch::randn({c.B, 1, c.S, c.D}), bits, c.group, false, c.n_quant, dt);
+    in.v = quantize(torch::randn({c.B, c.Hkv, c.S, c.r}), bits, 16, true, c.n_quant / 16 * 16, dt);
+  } else {
+    in.k = quantize(torch::randn({c.B, c.Hkv, c.S, c.D}), bits, 16, true, c.n_quant / 16 * 16, dt);
+    in.v = quantize(torch::randn({c.B, c.Hkv, c.S, c.D}), bits, c.group, false, c.n_quant, dt);
+  }
+  if (c.pad) in.valid = left_padded(c.B, c.S, 5);
+  return in;
+}
+
+kernels::QuantizedKV quant_to(const kernels::QuantizedKV& kv, const torch::Device& d) {
+  kernels::QuantizedKV out = kv;
+  out.data = kv.data.to(d), out.scale = kv.scale.to(d), out.zero = kv.zero.to(d), out.residual = kv.residual.to(d);
+  return out;
+}
 
 }  // namespace
 
@@ -113,6 +163,31 @@ TEST(CudaKernelEmulated, MlaDecodeMatchesReference) {
     }
 }
 
+TEST(CudaKernelEmulated, QuantizedDecodeMatchesReference) {
+  for (auto dt : kDtypes)
+    for (int bits : {8, 4, 2})
+      for (bool mla : {false, true})
+        for (const auto& c : mla ? kQuantMlaCases : kQuantCases) {
+          auto in = make_quant_inputs(c, bits, dt, mla);
+          const double scale = 1.0 / std::sqrt(static_cast<double>(c.D + c.r));
+          const int64_t start = c.S - c.T;
+          const std::string what = std::string("emulated cuda ") + (mla ? "mla " : "") + c10::toString(dt) +
+                                   " int" + std::to_string(bits) + " " + c.name();
+          kernels::QuantArgs qa;
+          torch::Tensor want;
+          if (mla) {
+            want = kernels::quantized_mla_decode_reference(in.q, in.q_rope, in.k, in.v, start, in.valid, c.window,
+                                                           scale);
+            kernels::quantized_mla_decode_args(qa, in.q, in.q_rope, in.k, in.v, in.valid, start, c.window, scale);
+          } else {
+            want = kernels::quantized_decode_reference(in.q, in.k, in.v, start, in.valid, c.window, scale);
+            kernels::quantized_decode_args(qa, in.q, in.k, in.v, in.valid, start, c.window, scale);
+          }
+          auto got = emulate_any(qa.a, in.q.options(), what);
+          if (got.defined()) expect_close(got, want, tol_for(dt), what);
+        }
+}
+
 // The front ends on every test device: CUDA tensors must run the CUDA kernel and agree with the reference.
 TEST(KernelAttentionDevice, DecodeRunsTheDevicesKernel) {
   for (const auto& dev : test_devices()) {
@@ -146,5 +221,35 @@ TEST(KernelAttentionDevice, DecodeRunsTheDevicesKernel) {
         expect_close(got.cpu(), want, tol_for(dt), what);
       }
     }
+  }
+}
+
+TEST(KernelAttentionDevice, QuantizedDecodeRunsTheDevicesKernel) {
+  for (const auto& dev : test_devices()) {
+    const std::string expect_kernel = dev.is_cuda() ? "cuda" : "cpu";
+    for (auto dt : {torch::kFloat32, torch::kBFloat16})
+      for (int bits : {8, 4})
+        for (bool mla : {false, true})
+          for (const auto& c : mla ? kQuantMlaCases : kQuantCases) {
+            auto in = make_quant_inputs(c, bits, dt, mla);
+            const double scale = 1.0 / std::sqrt(static_cast<double>(c.D + c.r));
+            const int64_t start = c.S - c.T;
+            auto on = [&](const torch::Tensor& t) { return t.defined() ? t.to(dev) : t; };
+            torch::Tensor want, got;
+            if (mla) {
+              want = kernels::quantized_mla_decode_reference(in.q, in.q_rope, in.k, in.v, start, in.valid, c.window,
+                                                             scale);
+              got = kernels::quantized_mla_decode_attention(on(in.q), on(in.q_rope), quant_to(in.k, dev),
+                                                            quant_to(in.v, dev), start, on(in.valid), c.window, scale);
+            } else {
+              want = kernels::quantized_decode_reference(in.q, in.k, in.v, start, in.valid, c.window, scale);
+              got = kernels::quantized_decode_attention(on(in.q), quant_to(in.k, dev), quant_to(in.v, dev), start,
+                                                        on(in.valid), c.window, scale);
+            }
+            const std::string what = dev.str() + (mla ? " mla " : " ") + c10::toString(dt) + " int" +
+                                     std::to_string(bits) + " " + c.name();
+            EXPECT_EQ(kernels::last_decode_kernel(), expect_kernel) << what;
+            expect_close(got.cpu(), want, tol_for(dt), what);
+          }
   }
 }

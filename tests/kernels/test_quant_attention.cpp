@@ -7,64 +7,19 @@
 #include <string>
 #include <vector>
 
-#include "kernels/variants.h"
 #include "kernels/attention.h"
+#include "kernels/attention_cases.h"
 #include "kernels/quant_attention.h"
+#include "kernels/variants.h"
 
 using namespace mha2mla;
 using kernels::QuantizedKV;
 using kernels::Variant;
 using testutil::cpu_variants;
+using testutil::left_padded;
+using testutil::quantize;
 
 namespace {
-
-// Asymmetric min/max quantization of slots [0, n_quant) of x [B, H, S, D] (f32), the rest kept as residual.
-QuantizedKV quantize(const torch::Tensor& x, int bits, int64_t group, bool per_channel, int64_t n_quant,
-                     torch::ScalarType dt) {
-  const int64_t B = x.size(0), H = x.size(1), S = x.size(2), D = x.size(3);
-  const double qmax = (1 << bits) - 1;
-  auto xq = x.narrow(2, 0, n_quant);
-  auto codes = torch::zeros({B, H, n_quant, D}, torch::kInt32);
-  QuantizedKV kv;
-  kv.bits = bits, kv.group = group, kv.per_channel = per_channel, kv.n_quant = n_quant;
-  auto code_of = [&](const torch::Tensor& slice, const torch::Tensor& mn, const torch::Tensor& sc) {
-    // scale and zero as stored (f16), so codes are the nearest under the stored values
-    return torch::where(sc > 0, ((slice - mn) / sc).round(), torch::zeros_like(slice)).clamp(0, qmax).to(torch::kInt32);
-  };
-  if (per_channel) {
-    const int64_t ng = n_quant / group;
-    kv.scale = torch::empty({B, H, ng, D}, torch::kFloat16);
-    kv.zero = torch::empty({B, H, ng, D}, torch::kFloat16);
-    for (int64_t g = 0; g < ng; ++g) {
-      auto sl = xq.narrow(2, g * group, group);
-      auto mn = sl.amin(2, true).to(torch::kFloat16).to(torch::kFloat32);
-      auto sc = ((sl.amax(2, true) - mn) / qmax).to(torch::kFloat16).to(torch::kFloat32);
-      kv.zero.narrow(2, g, 1).copy_(mn);
-      kv.scale.narrow(2, g, 1).copy_(sc);
-      codes.narrow(2, g * group, group).copy_(code_of(sl, mn, sc));
-    }
-  } else {
-    const int64_t ng = (D + group - 1) / group;
-    kv.scale = torch::empty({B, H, n_quant, ng}, torch::kFloat16);
-    kv.zero = torch::empty({B, H, n_quant, ng}, torch::kFloat16);
-    for (int64_t g = 0; g < ng; ++g) {
-      auto sl = xq.narrow(3, g * group, std::min(group, D - g * group));
-      auto mn = sl.amin(3, true).to(torch::kFloat16).to(torch::kFloat32);
-      auto sc = ((sl.amax(3, true) - mn) / qmax).to(torch::kFloat16).to(torch::kFloat32);
-      kv.zero.narrow(3, g, 1).copy_(mn);
-      kv.scale.narrow(3, g, 1).copy_(sc);
-      codes.narrow(3, g * group, sl.size(3)).copy_(code_of(sl, mn, sc));
-    }
-  }
-  // Pack: value i of a row in byte i / (8 / bits) at bit (i % (8 / bits)) * bits.
-  const int64_t per_byte = 8 / bits, nbytes = (D * bits + 7) / 8;
-  auto padded = torch::zeros({B, H, n_quant, nbytes * per_byte}, torch::kInt32);
-  padded.narrow(3, 0, D).copy_(codes);
-  auto shifts = torch::arange(0, 8, bits, torch::kInt32);
-  kv.data = padded.view({B, H, n_quant, nbytes, per_byte}).bitwise_left_shift(shifts).sum(-1).to(torch::kUInt8);
-  kv.residual = x.narrow(2, n_quant, S - n_quant).to(dt);
-  return kv;
-}
 
 // Same dequantized values, f32 softmax: only summation order and output rounding differ.
 void expect_close(const torch::Tensor& got, const torch::Tensor& want, torch::ScalarType dt, const std::string& what) {
@@ -74,13 +29,6 @@ void expect_close(const torch::Tensor& got, const torch::Tensor& want, torch::Sc
   auto g = got.to(torch::kFloat64), w = want.to(torch::kFloat64);
   EXPECT_LE(((g - w).abs() - (atol + rtol * w.abs())).max().item<double>(), 0.0)
       << what << ": max |diff| " << (g - w).abs().max().item<double>();
-}
-
-// Validity [B, S] where the last batch row holds only its newest `real` slots (a left-padded prompt).
-torch::Tensor left_padded(int64_t B, int64_t S, int64_t real) {
-  auto valid = torch::ones({B, S}, torch::kBool);
-  valid[B - 1].narrow(0, 0, S - real).fill_(false);
-  return valid;
 }
 
 struct QCase {

@@ -10,9 +10,10 @@ namespace mha2mla::kernels::cuda {
 namespace {
 
 template <class T>
-__global__ void __launch_bounds__(kThreads) decode_split_kernel(AttnArgs a, DecodePlan p, float* part) {
+__global__ void __launch_bounds__(kThreads) decode_split_kernel(AttnArgs a, QuantSet qs, DecodePlan p,
+                                                                float* part) {
   extern __shared__ float sm[];
-  decode_split_block<T>(a, p, part, sm);
+  decode_split_block<T>(a, qs, p, part, sm);
 }
 
 template <class T>
@@ -46,7 +47,7 @@ std::string launch(const AttnArgs& a, const DecodePlan& p, float* workspace) {
   }
   const dim3 grid(static_cast<unsigned>(p.nsplit), static_cast<unsigned>(p.row_blocks),
                   static_cast<unsigned>(a.B * a.groups));
-  split<<<grid, kThreads, p.smem>>>(a, p, workspace);
+  split<<<grid, kThreads, p.smem>>>(a, quant_set(a), p, workspace);
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return cuda_error("decode_split_kernel", e);
   merge_kernel<T><<<dim3(static_cast<unsigned>(p.rows), static_cast<unsigned>(a.B * a.groups)), merge_threads(a)>>>(

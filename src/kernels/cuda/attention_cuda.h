@@ -1,7 +1,7 @@
 #pragma once
 // CUDA split-KV decode attention over the same plain description as the CPU kernels (kernels/attention_args.h),
 // with device pointers: MHA/GQA (one work item per KV head) and absorbed MLA (one latent shared by every query
-// head, sh = 0), f32/bf16/f16 storage. Compiled when MHA2MLA_CUDA_KERNELS is defined (CMake option of that
+// head, sh = 0), f32/bf16/f16 storage or 8/4/2-bit codes with f16 scales (QuantDesc). Compiled when MHA2MLA_CUDA_KERNELS is defined (CMake option of that
 // name); this header includes neither libtorch nor CUDA, so attention.cpp sees it in every build.
 #include <cstddef>
 #include <cstdint>
@@ -21,6 +21,7 @@ struct DecodePlan {
   int64_t chunk = 0;       // keys per split, a multiple of the 32-key tile
   int64_t nsplit = 1;
   size_t smem = 0;         // dynamic shared memory per block, bytes
+  bool v_is_k = false;     // the values are the keys (the MLA latent): loaded once per tile
   int64_t workspace_floats(const AttnArgs& a) const { return a.B * a.groups * nsplit * rows * (a.Dv + 2); }
 };
 

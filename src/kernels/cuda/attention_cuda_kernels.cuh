@@ -43,8 +43,43 @@ template <> __device__ inline __nv_bfloat16 from_f<__nv_bfloat16>(float x) { ret
 template <> __device__ inline __half from_f<__half>(float x) { return __float2half(x); }
 
 // Whether the value rows are the key rows (MLA: the latent is key and value, loaded once per tile).
-__host__ __device__ inline bool values_are_keys(const AttnArgs& a) {
-  return a.Dv == a.D1 && a.v.p == a.k1.p && a.v.sb == a.k1.sb && a.v.sh == a.k1.sh && a.v.sr == a.k1.sr;
+inline bool values_are_keys(const AttnArgs& a) {
+  return a.Dv == a.D1 && (a.kq ? a.vq == a.kq
+                               : !a.vq && a.v.p == a.k1.p && a.v.sb == a.k1.sb && a.v.sh == a.k1.sh &&
+                                     a.v.sr == a.k1.sr);
+}
+
+// The quantized buffers of a call by value, for the kernel's parameters (AttnArgs points to host copies).
+struct QuantSet {
+  QuantDesc k1, v, k2;
+  bool has_k1 = false, has_v = false, has_k2 = false;
+};
+inline QuantSet quant_set(const AttnArgs& a) {
+  QuantSet q;
+  if (a.kq) q.k1 = *a.kq, q.has_k1 = true;
+  if (a.vq) q.v = *a.vq, q.has_v = true;
+  if (a.k2q) q.k2 = *a.k2q, q.has_k2 = true;
+  return q;
+}
+
+__device__ inline float f16_bits_to_f(uint16_t x) { return __half2float(__ushort_as_half(x)); }
+
+// Element d of slot s of head h of batch b: from the plain operand o, or, when `quant`, from the codes of q
+// (slots below n_quant) or its residual (layout in kernels/quant_attention.h).
+template <class T>
+__device__ inline float kv_elem(const Operand& o, const QuantDesc& q, bool quant, int64_t b, int64_t h, int64_t s,
+                                int64_t d) {
+  if (!quant) return to_f(static_cast<const T*>(o.p)[b * o.sb + h * o.sh + s * o.sr + d]);
+  if (s >= q.n_quant) {
+    const Operand& r = q.residual;
+    return to_f(static_cast<const T*>(r.p)[b * r.sb + h * r.sh + (s - q.n_quant) * r.sr + d]);
+  }
+  const uint8_t* row = q.data + b * q.d_sb + h * q.d_sh + s * q.d_sr;
+  const int per_byte = 8 / q.bits;
+  const int code = (row[d / per_byte] >> ((d % per_byte) * q.bits)) & ((1 << q.bits) - 1);
+  const int64_t si =
+      b * q.s_sb + h * q.s_sh + (q.per_channel ? (s / q.group) * q.s_sr + d : s * q.s_sr + d / q.group);
+  return static_cast<float>(code) * f16_bits_to_f(q.scale[si]) + f16_bits_to_f(q.zero[si]);
 }
 
 // Shared memory of a block, in floats: Q1 [nr][D1], Q2 [nr][D2], K1 [32][D1+1], K2 [nkv2][32][D2+1],
@@ -78,7 +113,8 @@ __device__ inline float warp_sum(float x) {
 // Rows [r0, r0 + nr) of `rows` per (batch, group) x keys of one split -> their partial softmax. The body of
 // one thread of the block (blockIdx.x: split, .y: row block, .z: batch * groups); sm: the block's shared memory.
 template <class T>
-__device__ void decode_split_block(const AttnArgs& a, const DecodePlan& p, float* part, float* sm) {
+__device__ void decode_split_block(const AttnArgs& a, const QuantSet& qs, const DecodePlan& p, float* part,
+                                   float* sm) {
   const int64_t sp = blockIdx.x, bg = blockIdx.z;
   const int64_t b = bg / a.groups, grp = bg % a.groups;
   const int64_t g = a.Hq / a.groups, per_kv = a.Hq / a.Hkv, h0 = grp * g;
@@ -89,7 +125,7 @@ __device__ void decode_split_block(const AttnArgs& a, const DecodePlan& p, float
   const int64_t nkv2 = rope_heads(a, grp, r0, nr, &kv2_first);
   const int D1 = static_cast<int>(a.D1), D2 = static_cast<int>(a.D2), Dv = static_cast<int>(a.Dv);
   const int ld1 = D1 + 1, ld2 = D2 + 1;
-  const bool v_is_k = values_are_keys(a);
+  const bool v_is_k = p.v_is_k;
   const int ldv = v_is_k ? ld1 : Dv + 1;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 
@@ -106,9 +142,6 @@ __device__ void decode_split_block(const AttnArgs& a, const DecodePlan& p, float
 
   const T* q1 = static_cast<const T*>(a.q1.p);
   const T* q2 = static_cast<const T*>(a.q2.p);
-  const T* k1 = static_cast<const T*>(a.k1.p);
-  const T* k2 = static_cast<const T*>(a.k2.p);
-  const T* vp = static_cast<const T*>(a.v.p);
   const float c = a.scale * kLog2e;
   for (int64_t i = tid; i < nr * D1; i += kThreads) {
     const int64_t r = r0 + i / D1, h = h0 + r / a.T, t = r % a.T;
@@ -129,18 +162,18 @@ MHA2MLA_UNROLL
     __syncthreads();  // the previous tile's P·V has read K1/V and P
     for (int i = tid; i < kTile * D1; i += kThreads) {
       const int j = i / D1, d = i % D1;
-      K1[j * ld1 + d] = j < nb ? to_f(k1[b * a.k1.sb + kv1 * a.k1.sh + (j0 + j) * a.k1.sr + d]) : 0.f;
+      K1[j * ld1 + d] = j < nb ? kv_elem<T>(a.k1, qs.k1, qs.has_k1, b, kv1, j0 + j, d) : 0.f;
     }
     for (int64_t kv = 0; kv < nkv2; ++kv)
       for (int i = tid; i < kTile * D2; i += kThreads) {
         const int j = i / D2, d = i % D2;
         K2[(kv * kTile + j) * ld2 + d] =
-            j < nb ? to_f(k2[b * a.k2.sb + (kv2_first + kv) * a.k2.sh + (j0 + j) * a.k2.sr + d]) : 0.f;
+            j < nb ? kv_elem<T>(a.k2, qs.k2, qs.has_k2, b, kv2_first + kv, j0 + j, d) : 0.f;
       }
     if (!v_is_k)
       for (int i = tid; i < kTile * Dv; i += kThreads) {
         const int j = i / Dv, d = i % Dv;
-        Vt[j * ldv + d] = j < nb ? to_f(vp[b * a.v.sb + kv1 * a.v.sh + (j0 + j) * a.v.sr + d]) : 0.f;
+        Vt[j * ldv + d] = j < nb ? kv_elem<T>(a.v, qs.v, qs.has_v, b, kv1, j0 + j, d) : 0.f;
       }
     __syncthreads();
     // Scores: a warp takes 32 keys of one row; key j's row is j * (D + 1) floats in, so the lanes hit distinct
@@ -233,7 +266,6 @@ inline int merge_threads(const AttnArgs& a) {
 
 // plan_decode for a device of `sms` multiprocessors and `smem_max` bytes of shared memory per block.
 inline std::string plan_for(const AttnArgs& a, int64_t sms, int64_t smem_max, DecodePlan* out) {
-  if (a.kq || a.vq || a.k2q) return "quantized caches have no CUDA kernel yet";
   if (a.Dv > kThreads * kMaxAcc) return "value width above " + std::to_string(kThreads * kMaxAcc);
   DecodePlan p;
   p.rows = a.Hq / a.groups * a.T;
@@ -248,7 +280,8 @@ inline std::string plan_for(const AttnArgs& a, int64_t sms, int64_t smem_max, De
   nsplit = std::min(nsplit, std::max<int64_t>(1, span / 128));
   p.chunk = ((span + nsplit - 1) / nsplit + kTile - 1) / kTile * kTile;
   p.nsplit = (span + p.chunk - 1) / p.chunk;
-  const bool v_is_k = values_are_keys(a);
+  p.v_is_k = values_are_keys(a);
+  const bool v_is_k = p.v_is_k;
   int64_t floats = 0;
   for (int64_t grp = 0; grp < a.groups; ++grp)
     for (int64_t rb = 0; rb < p.row_blocks; ++rb) {
