@@ -249,6 +249,14 @@ torch::Tensor flash_attention(const torch::Tensor& q_in, const torch::Tensor& k_
                               Variant variant) {
   const auto c = check_qkv("flash_attention", q_in, k_in, v_in, valid_in);
   variant = resolve_variant(variant);
+  const bool cuda = variant != Variant::Reference && on_device_of(q_in, {&k_in, &v_in, &valid_in});
+  if (cuda && c.B * c.Hq * c.T > 0 && c.Dv > 0) {
+    // The decode kernel with every query row: its blocks of rows skip the keys after their last token.
+    auto q = rows_contiguous(q_in), k = rows_contiguous(k_in), v = rows_contiguous(v_in);
+    auto valid = valid_in.defined() ? valid_in.contiguous() : valid_in;
+    AttnArgs a = attention_args("flash_attention", q, k, v, valid, start, window, scale);
+    if (auto out = run_decode_cuda(a, q.options()); out.defined()) return out;
+  }
   if (variant == Variant::Reference || !on_cpu({&q_in, &k_in, &v_in, &valid_in}))
     return attention_reference(q_in, k_in, v_in, start, valid_in, window, scale);
   auto q = rows_contiguous(q_in), k = rows_contiguous(k_in), v = rows_contiguous(v_in);

@@ -19,18 +19,6 @@ using namespace testutil;
 
 namespace {
 
-const std::vector<Case> kPrefillCases = {
-    {1, 3, 1, 37, 37, 0, 64, 64, 0, 0},      // GQA group of 3, odd length
-    {1, 2, 2, 77, 77, 0, 64, 64, 0, 0},      // group of 1, S not a multiple of the tile
-    {2, 8, 1, 20, 20, 0, 32, 32, 0, 0},      // group of 8
-    {1, 9, 3, 130, 130, 0, 64, 64, 0, 0},    // SmolLM-shaped, several query tiles
-    {1, 3, 1, 13, 33, 20, 64, 64, 0, 0},     // chunked prefill: new tokens after a filled cache
-    {3, 6, 2, 19, 29, 10, 64, 64, 0, 1},     // padded batch with a fully padded row
-    {2, 4, 2, 50, 50, 0, 64, 64, 16, 0},     // sliding window
-    {2, 4, 2, 25, 40, 15, 64, 64, 7, 1},     // window, start and padding together
-    {1, 2, 1, 21, 21, 0, 40, 24, 0, 0},      // D and Dv not multiples of 16, D != Dv
-    {1, 2, 1, 1, 9, 8, 64, 48, 0, 0},        // a single query
-};
 
 }  // namespace
 

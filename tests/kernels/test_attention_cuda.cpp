@@ -148,6 +148,21 @@ TEST(CudaKernelEmulated, DecodeMatchesReference) {
     }
 }
 
+// Prefill runs the same kernel with every query row; its row blocks skip the keys after their last token.
+TEST(CudaKernelEmulated, PrefillMatchesReference) {
+  for (auto dt : kDtypes)
+    for (const auto& c : kPrefillCases) {
+      auto in = make_inputs(c, dt, 7);
+      const double scale = 1.0 / std::sqrt(static_cast<double>(c.D));
+      auto want = kernels::attention_reference(in.q, in.k, in.v, c.start, in.valid, c.window, scale);
+      const std::string what = std::string("emulated cuda prefill ") + c10::toString(dt) + " " + c.name();
+      auto got = emulate_any(kernels::attention_args("flash_attention", in.q, in.k, in.v, in.valid, c.start, c.window,
+                                                     scale),
+                             in.q.options(), what);
+      if (got.defined()) expect_close(got, want, tol_for(dt), what);
+    }
+}
+
 TEST(CudaKernelEmulated, MlaDecodeMatchesReference) {
   std::vector<MlaCase> cases = kMlaCases;
   cases.insert(cases.end(), kWideMlaCases.begin(), kWideMlaCases.end());
@@ -206,6 +221,15 @@ TEST(KernelAttentionDevice, DecodeRunsTheDevicesKernel) {
         EXPECT_EQ(kernels::last_decode_kernel(), expect_kernel) << what;
         EXPECT_EQ(got.device(), dev) << what;
         expect_close(got.cpu(), want, tol_for(dt), what);
+      }
+      for (const auto& c : kPrefillCases) {
+        auto in = make_inputs(c, dt, 23);
+        const double scale = 1.0 / std::sqrt(static_cast<double>(c.D));
+        auto want = kernels::attention_reference(in.q, in.k, in.v, c.start, in.valid, c.window, scale);
+        auto on = [&](const torch::Tensor& t) { return t.defined() ? t.to(dev) : t; };
+        auto got = kernels::flash_attention(on(in.q), on(in.k), on(in.v), c.start, on(in.valid), c.window, scale);
+        EXPECT_EQ(got.device(), dev);
+        expect_close(got.cpu(), want, tol_for(dt), dev.str() + " prefill " + c10::toString(dt) + " " + c.name());
       }
       std::vector<MlaCase> cases = kMlaCases;
       cases.insert(cases.end(), kWideMlaCases.begin(), kWideMlaCases.end());

@@ -119,7 +119,14 @@ __device__ void decode_split_block(const AttnArgs& a, const QuantSet& qs, const 
   const int64_t b = bg / a.groups, grp = bg % a.groups;
   const int64_t g = a.Hq / a.groups, per_kv = a.Hq / a.Hkv, h0 = grp * g;
   const int64_t r0 = blockIdx.y * p.row_block, nr = imin(p.row_block, p.rows - r0);
-  const int64_t s0 = p.lo + sp * p.chunk, s1 = imin(p.hi, s0 + p.chunk);
+  // The split's keys, clipped to those the block's rows can see: rows are (head, token) head-major, so a block
+  // of fewer than T rows holds one run of tokens unless it wraps into the next head. In a prefill, blocks of
+  // early tokens so skip the keys after them.
+  int64_t t_lo = 0, t_hi = a.T - 1;
+  if (nr < a.T && r0 % a.T <= (r0 + nr - 1) % a.T) t_lo = r0 % a.T, t_hi = (r0 + nr - 1) % a.T;
+  const int64_t split0 = p.lo + sp * p.chunk;
+  const int64_t s0 = a.window > 0 ? imax(split0, a.start + t_lo - a.window + 1) : split0;
+  const int64_t s1 = imin(imin(p.hi, split0 + p.chunk), a.start + t_hi + 1);
   const int64_t kv1 = h0 / per_kv;  // the K1/V head (MLA: shared, sh = 0)
   int64_t kv2_first = 0;
   const int64_t nkv2 = rope_heads(a, grp, r0, nr, &kv2_first);
