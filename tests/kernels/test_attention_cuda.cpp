@@ -133,6 +133,9 @@ TEST(CudaKernelEmulated, PlanCoversTheKeysInTiles) {
   // A shape whose tile does not fit in shared memory has no plan (the front end then takes the reference).
   a.D1 = a.Dv = 4000;
   EXPECT_NE(kernels::cuda::plan_for(a, 132, 48 * 1024, &p), "");
+  a.D1 = a.Dv = 64;
+  a.B = 30000;  // 90,000 (batch, group) pairs: more than a grid's z dimension
+  EXPECT_NE(kernels::cuda::plan_for(a, 132, kEmuSmem, &p), "");
 }
 
 TEST(CudaKernelEmulated, DecodeMatchesReference) {

@@ -278,6 +278,7 @@ inline std::string plan_for(const AttnArgs& a, int64_t sms, int64_t smem_max, De
   p.rows = a.Hq / a.groups * a.T;
   p.row_block = std::max<int64_t>(1, std::min<int64_t>(p.rows, kThreads * kMaxAcc / std::max<int64_t>(a.Dv, 1)));
   p.row_blocks = (p.rows + p.row_block - 1) / p.row_block;
+  if (p.row_blocks > 65535 || a.B * a.groups > 65535) return "more blocks than a grid's y and z dimensions hold";
   p.lo = a.window > 0 ? std::max<int64_t>(0, a.start - a.window + 1) : 0;
   p.hi = std::min(a.S, a.start + a.T);
   const int64_t span = std::max<int64_t>(p.hi - p.lo, 1);
