@@ -1,9 +1,11 @@
-// CPU kernels against their references, measured in the same process (the machine is shared, so
-// only ratios are meaningful), with the machine's read bandwidth and matmul rate measured alongside.
-// Reference and kernel runs alternate; each side reports its fastest run.
+// Kernels against their references, measured in the same process (the machine is shared, so only ratios
+// are meaningful), with the machine's read bandwidth and matmul rate measured alongside. Reference and
+// kernel runs alternate; each side reports its fastest run. The CPU kernels by default; with --device cuda
+// the CUDA attention kernels against the libtorch reference on the GPU, and the GPU's own bandwidth.
 //
-//   bench_kernels [--quick] [--json] [--only prefill|decode|mla|mla_q4|quant|gemv|model]
+//   bench_kernels [--quick] [--json] [--only prefill|decode|mla|mla_q4|quant|gemv|model] [--device cuda]
 #include <ATen/Parallel.h>
+#include <torch/cuda.h>
 
 #include <algorithm>
 #include <chrono>
@@ -21,6 +23,7 @@
 #include "kernels/gemv.h"
 #include "kernels/quant_attention.h"
 #include "model/attention.h"
+#include "model/runtime_options.h"
 #include "model/transformer.h"
 
 using namespace mha2mla;
@@ -31,15 +34,24 @@ double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
+torch::Device device = torch::kCPU;  // where the measured tensors live (--device)
+
+// Waits for the device's queued work, so that a timed run ends when its kernels do.
+void sync() {
+  if (device.is_cuda()) torch::cuda::synchronize();
+}
+
 // Fastest of `reps` timed runs of each function, alternating between them.
 std::vector<double> race(const std::vector<std::function<void()>>& fs, int reps, double min_time = 0.0) {
   std::vector<double> best(fs.size(), 1e30);
   for (auto& f : fs) f();  // warm-up
+  sync();
   const double t_start = now_s();
   for (int r = 0; r < reps || now_s() - t_start < min_time; ++r) {
     for (size_t i = 0; i < fs.size(); ++i) {
       const double t0 = now_s();
       fs[i]();
+      sync();
       best[i] = std::min(best[i], now_s() - t0);
     }
     if (r > 1000) break;
@@ -77,9 +89,19 @@ const char* dname(torch::ScalarType t) {
 double read_bw_gbs = 0, mm_gflops = 0;
 
 void machine() {
-  auto big = torch::ones({64 << 20}, torch::kFloat32);  // 256 MiB, far beyond the caches
+  // 256 MiB, far beyond the CPU's caches; 2 GiB on a GPU, far beyond its L2.
+  auto big = torch::ones({device.is_cuda() ? int64_t{512} << 20 : int64_t{64} << 20}, torch::TensorOptions(device));
   auto t = race({[&] { auto s = big.sum(); (void)s; }}, 5)[0];
   read_bw_gbs = big.numel() * 4.0 / t / 1e9;
+  if (device.is_cuda()) {
+    auto a = torch::randn({4096, 4096}, torch::TensorOptions(device)), b = torch::randn({4096, 4096}, torch::TensorOptions(device));
+    auto tm = race({[&] { auto c = torch::mm(a, b); (void)c; }}, 5)[0];
+    mm_gflops = 2.0 * 4096 * 4096 * 4096 / tm / 1e9;
+    if (!json)
+      std::printf("machine: %s, read bandwidth %.0f GB/s (sum of 2 GiB), f32 matmul %.0f GFLOP/s, CUDA kernels %s\n",
+                  device.str().c_str(), read_bw_gbs, mm_gflops, kernels::cuda_kernels_built() ? "built" : "absent");
+    return;
+  }
   auto a = torch::randn({1024, 1024}), b = torch::randn({1024, 1024});
   auto tm = race({[&] { auto c = torch::mm(a, b); (void)c; }}, 5)[0];
   mm_gflops = 2.0 * 1024 * 1024 * 1024 / tm / 1e9;
@@ -370,6 +392,65 @@ void model_decode(bool quick) {
   }
 }
 
+// --- CUDA: the attention kernels against the libtorch reference on the GPU ------------------------------------
+void cuda_attention(bool quick) {
+  const auto on = torch::TensorOptions(device);
+  const auto bf16 = torch::kBFloat16;
+  auto pct = [](double bytes, double t) {
+    char note[64];
+    std::snprintf(note, sizeof note, "%.0f%% of read bandwidth", 100.0 * bytes / t / 1e9 / read_bw_gbs);
+    return std::string(note);
+  };
+  // MHA/GQA decode, a SmolLM-135M layer (9 heads over 3 KV heads, d_h 64).
+  for (int64_t S : quick ? std::vector<int64_t>{32768} : std::vector<int64_t>{4096, 32768, 131072}) {
+    torch::manual_seed(2);
+    auto q = torch::randn({1, 9, 1, 64}, on).to(bf16), k = torch::randn({1, 3, S, 64}, on).to(bf16),
+         v = torch::randn({1, 3, S, 64}, on).to(bf16);
+    torch::Tensor o;
+    auto t = race({[&] { o = kernels::attention_reference(q, k, v, S - 1, {}, 0, 0.125); },
+                   [&] { o = kernels::decode_attention(q, k, v, S - 1, {}, 0, 0.125); }},
+                  quick ? 5 : 20, 0.2);
+    const double bytes = 2.0 * 3 * S * 64 * 2;
+    report({"cuda_decode", "SmolLM layer S=" + std::to_string(S), "bf16", t[0] * 1e3, t[1] * 1e3, bytes / t[1] / 1e9, 0,
+            pct(bytes, t[1])});
+  }
+  // Absorbed MLA decode: SmolLM at -87.5 % (L 24, r 8, 9 heads), and the DeepSeek latent (L 512, r 64) with 16
+  // and 128 query heads, FlashMLA's shape.
+  struct M {
+    int64_t B, Hq, Hkv, L, r, S;
+  };
+  const std::vector<M> mla = quick ? std::vector<M>{{1, 9, 3, 24, 8, 32768}, {1, 128, 1, 512, 64, 4096}}
+                                   : std::vector<M>{{1, 9, 3, 24, 8, 32768}, {1, 9, 3, 24, 8, 131072},
+                                                    {1, 16, 1, 512, 64, 32768}, {1, 128, 1, 512, 64, 4096},
+                                                    {16, 128, 1, 512, 64, 4096}};
+  for (const auto& m : mla) {
+    torch::manual_seed(3);
+    auto q_lat = torch::randn({m.B, m.Hq, 1, m.L}, on).to(bf16), q_rope = torch::randn({m.B, m.Hq, 1, m.r}, on).to(bf16);
+    auto c = torch::randn({m.B, m.S, m.L}, on).to(bf16), k_r = torch::randn({m.B, m.Hkv, m.S, m.r}, on).to(bf16);
+    torch::Tensor o;
+    auto t = race({[&] { o = kernels::mla_decode_reference(q_lat, q_rope, c, k_r, m.S - 1, {}, 0, 0.1); },
+                   [&] { o = kernels::mla_decode_attention(q_lat, q_rope, c, k_r, m.S - 1, {}, 0, 0.1); }},
+                  quick ? 5 : 20, 0.2);
+    const double bytes = 2.0 * m.B * m.S * (m.L + m.Hkv * m.r);
+    report({"cuda_mla", "B" + std::to_string(m.B) + " Hq" + std::to_string(m.Hq) + " L" + std::to_string(m.L) + " r" +
+                            std::to_string(m.r) + " S=" + std::to_string(m.S),
+            "bf16", t[0] * 1e3, t[1] * 1e3, bytes / t[1] / 1e9, 0, pct(bytes, t[1])});
+  }
+  // Prefill of a SmolLM layer: the reference materialises [9, T, T] scores.
+  for (int64_t T : quick ? std::vector<int64_t>{4096} : std::vector<int64_t>{4096, 16384}) {
+    torch::manual_seed(4);
+    auto q = torch::randn({1, 9, T, 64}, on).to(bf16), k = torch::randn({1, 3, T, 64}, on).to(bf16),
+         v = torch::randn({1, 3, T, 64}, on).to(bf16);
+    torch::Tensor o;
+    auto t = race({[&] { o = kernels::attention_reference(q, k, v, 0, {}, 0, 0.125); },
+                   [&] { o = kernels::flash_attention(q, k, v, 0, {}, 0, 0.125); }},
+                  3, 0.2);
+    const double flops = 2.0 * 2 * 9 * 64 * T * (T + 1) / 2.0;  // causal: QK and PV over the visible half
+    report({"cuda_prefill", "SmolLM layer T=" + std::to_string(T), "bf16", t[0] * 1e3, t[1] * 1e3, 0,
+            flops / t[1] / 1e9, ""});
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -383,12 +464,20 @@ int main(int argc, char** argv) {
           "  --quick        fewer shapes and repetitions\n"
           "  --json         one JSON object on stdout instead of the table\n"
           "  --only NAME    prefill | decode | mla | mla_q4 | quant | gemv | model\n"
+          "  --device cuda  the CUDA attention kernels against the reference on the GPU (instead of the CPU)\n"
           "MHA2MLA_THREADS sets the thread count; MHA2MLA_KERNELS=generic|avx2|avx512 caps the variant.\n");
       return 0;
     } else if (a == "--quick") {
       quick = true;
     } else if (a == "--json") {
       json = true;
+    } else if (a == "--device" && i + 1 < argc) {
+      try {
+        device = model::parse_device(argv[++i]);
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "bench_kernels: %s\n", e.what());
+        return 2;
+      }
     } else if (a == "--only" && i + 1 < argc) {
       only = argv[++i];
     } else {
@@ -399,6 +488,10 @@ int main(int argc, char** argv) {
   infer::init_runtime();
   torch::NoGradGuard ng;
   machine();
+  if (device.is_cuda()) {
+    cuda_attention(quick);
+    only = "none";  // the sections below measure CPU tensors
+  }
   if (only.empty() || only == "gemv") gemv(quick);
   if (only.empty() || only == "gemv") gemv_dram(quick);
   if (only.empty() || only == "gemv") gemv_many(quick);

@@ -35,6 +35,8 @@ MHA2MLA_TEST_DEVICES=cpu,cuda ctest --test-dir build-cuda --output-on-failure -j
 rc=$?
 set -e
 tail -15 "$out/ctest.log"
+log "benchmark: the CUDA attention kernels against the libtorch reference on the GPU"
+timeout 180 build-cuda/bench_kernels --device cuda --quick 2>&1 | tee "$out/bench_kernels_cuda.txt" || rc=1
 log "benchmark: decode on the GPU"
 for cache in bf16 int4; do
   build-cuda/mha2mla generate --model models/kjv-mha --prompt "And God said" --max-new 256 --device cuda \
