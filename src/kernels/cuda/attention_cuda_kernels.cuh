@@ -1,5 +1,5 @@
 #pragma once
-// The CUDA decode kernels' device code and their plan, apart from the launches (attention_cuda.cu): the bodies
+// The CUDA attention kernels' device code and their plan, apart from the launches (attention_cuda.cu): the bodies
 // read threadIdx/blockIdx and call __syncthreads and warp shuffles only, so tests/kernels/cuda_emulator.h can run
 // them thread block by thread block on a CPU, in CI, against the reference. Read by nvcc or by that emulator,
 // which provide the CUDA built-ins and the 16-bit types.
@@ -12,7 +12,8 @@
 //      memory, and `alpha` rescales what the row has summed so far;
 //   4. P·V: each thread owns up to kMaxAcc (row, channel) accumulators in registers.
 // Each split writes its rows' (max, sum, accumulator) in the CPU kernels' layout (DecodeSplits), and a second
-// kernel merges the splits of every row into the output. Masking follows kernels/attention.h.
+// kernel merges the splits of every row into the output. Masking follows kernels/attention.h. A prefill is the
+// same kernel with every prompt token as a query row.
 #include <algorithm>
 #include <cmath>
 #include <string>
