@@ -46,13 +46,19 @@ torch::Tensor emulate(kernels::AttnArgs a, const torch::TensorOptions& opt, cons
   a.out = out.data_ptr();
   // NaN everywhere a block should write before anything reads: a missed write shows in the output.
   const float nan = std::numeric_limits<float>::quiet_NaN();
-  std::vector<float> workspace(p.workspace_floats(a), nan), smem(p.smem / sizeof(float));
+  // Shared memory as planned, then a guard band that the blocks must leave alone (on a GPU an overrun would
+  // read or corrupt a neighbour's memory).
+  const size_t planned = p.smem / sizeof(float), guard = 4096;
+  constexpr float kGuard = 12345.f;
+  std::vector<float> workspace(p.workspace_floats(a), nan), smem(planned + guard, kGuard);
   const kc::QuantSet qs = kc::quant_set(a);  // by value, as the kernel's parameter
   const EmuDim3 grid{static_cast<unsigned>(p.nsplit), static_cast<unsigned>(p.row_blocks),
                      static_cast<unsigned>(a.B * a.groups)};
   cuda_emu::launch(
       grid, kc::kThreads, [&] { kc::decode_split_block<T>(a, qs, p, workspace.data(), smem.data()); },
-      [&] { std::fill(smem.begin(), smem.end(), nan); });
+      [&] { std::fill(smem.begin(), smem.begin() + planned, nan); });
+  EXPECT_TRUE(std::all_of(smem.begin() + planned, smem.end(), [&](float x) { return x == kGuard; }))
+      << what << ": a block wrote past its planned shared memory";
   cuda_emu::launch(EmuDim3{static_cast<unsigned>(p.rows), static_cast<unsigned>(a.B * a.groups), 1},
                    kc::merge_threads(a), [&] { kc::merge_row<T>(a, p, workspace.data()); });
   return out;
