@@ -53,8 +53,9 @@ torch::Tensor mla_decode_reference(const torch::Tensor& q_lat, const torch::Tens
 // tensors go to them in decode_attention and mla_decode_attention (same arguments, same rules); prefill, the
 // quantized caches and builds without them take the reference on the device.
 bool cuda_kernels_built();
-// Which implementation the calling thread's last decode_attention / mla_decode_attention ran: "cpu", "cuda"
-// or "reference" (for tests that must know a kernel ran, not its fallback).
+// Which implementation the calling thread's last decode call (decode_attention, mla_decode_attention and
+// their quantized forms) ran: "cpu", "cuda" or "reference"; flash_attention on CUDA tensors sets "cuda" too.
+// For tests that must know a kernel ran, not its fallback.
 const char* last_decode_kernel();
 
 // [B or 1, T, S] bool: which key slots each new token sees (the rules above).

@@ -238,6 +238,9 @@ TEST(KernelAttentionDevice, DecodeRunsTheDevicesKernel) {
         auto on = [&](const torch::Tensor& t) { return t.defined() ? t.to(dev) : t; };
         auto got = kernels::flash_attention(on(in.q), on(in.k), on(in.v), c.start, on(in.valid), c.window, scale);
         EXPECT_EQ(got.device(), dev);
+        if (dev.is_cuda()) {
+          EXPECT_EQ(std::string(kernels::last_decode_kernel()), "cuda") << "prefill " << c.name();
+        }
         expect_close(got.cpu(), want, tol_for(dt), dev.str() + " prefill " + c10::toString(dt) + " " + c.name());
       }
       std::vector<MlaCase> cases = kMlaCases;
