@@ -67,6 +67,13 @@ inline void visible_range(const AttnArgs& a, int64_t pos, int64_t* lo, int64_t* 
   *hi = h;
 }
 
+// Whether the value rows are the key rows (MLA: the latent is key and value, converted once per block).
+inline bool values_are_keys(const AttnArgs& a) {
+  return a.Dv == a.D1 && (a.kq ? a.vq == a.kq
+                               : !a.vq && a.v.p == a.k1.p && a.v.sb == a.k1.sb && a.v.sh == a.k1.sh &&
+                                     a.v.sr == a.k1.sr);
+}
+
 // One implementation variant. Each entry runs a piece of work; the front end owns the threads.
 struct AttnKernels {
   // Prefill: query rows t in [t0, t0+tq) of all g heads of KV head kvh, over every visible key; writes out.

@@ -97,13 +97,6 @@ void write_partial(const AttnArgs& a, const RowSet& rs, const Partial& out) {
   }
 }
 
-// Whether the value rows are the key rows (MLA: the latent is key and value, converted once).
-bool values_are_keys(const AttnArgs& a) {
-  return a.Dv == a.D1 && (a.kq ? a.vq == a.kq
-                               : !a.vq && a.v.p == a.k1.p && a.v.sb == a.k1.sb && a.v.sh == a.k1.sh &&
-                                     a.v.sr == a.k1.sr);
-}
-
 // The geometry of one work item (the g heads of group grp, nt tokens each): its query rows, the padded widths
 // and the KV heads its rows read.
 struct Item {

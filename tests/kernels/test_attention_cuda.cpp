@@ -73,6 +73,13 @@ torch::Tensor emulate_any(const kernels::AttnArgs& a, const torch::TensorOptions
   return {};
 }
 
+// The CPU tests' MLA cases and the wide ones.
+std::vector<MlaCase> all_mla_cases() {
+  std::vector<MlaCase> cases = kMlaCases;
+  cases.insert(cases.end(), kWideMlaCases.begin(), kWideMlaCases.end());
+  return cases;
+}
+
 const std::vector<torch::ScalarType> kDtypes = {torch::kFloat32, torch::kBFloat16, torch::kFloat16};
 
 // Quantized caches: MHA/GQA with keys per channel (KIVI) or per token and values per token, and the MLA latent
@@ -144,39 +151,28 @@ TEST(CudaKernelEmulated, PlanCoversTheKeysInTiles) {
   EXPECT_NE(kernels::cuda::plan_for(a, 132, kEmuSmem, &p), "");
 }
 
-TEST(CudaKernelEmulated, DecodeMatchesReference) {
+// The emulated kernel over MHA/GQA cases, as `fn` (decode_attention or flash_attention) hands them to it.
+void expect_emulated_matches(const std::vector<Case>& cases, const char* fn, uint64_t seed) {
   for (auto dt : kDtypes)
-    for (const auto& c : kDecodeCases) {
-      auto in = make_inputs(c, dt, 11);
+    for (const auto& c : cases) {
+      auto in = make_inputs(c, dt, seed);
       const double scale = 1.0 / std::sqrt(static_cast<double>(c.D));
       auto want = kernels::attention_reference(in.q, in.k, in.v, c.start, in.valid, c.window, scale);
-      const std::string what = std::string("emulated cuda decode ") + c10::toString(dt) + " " + c.name();
-      auto got = emulate_any(kernels::attention_args("decode_attention", in.q, in.k, in.v, in.valid, c.start, c.window, scale),
+      const std::string what = std::string("emulated cuda ") + fn + " " + c10::toString(dt) + " " + c.name();
+      auto got = emulate_any(kernels::attention_args(fn, in.q, in.k, in.v, in.valid, c.start, c.window, scale),
                              in.q.options(), what);
       if (got.defined()) expect_close(got, want, tol_for(dt), what);
     }
 }
+
+TEST(CudaKernelEmulated, DecodeMatchesReference) { expect_emulated_matches(kDecodeCases, "decode_attention", 11); }
 
 // Prefill runs the same kernel with every query row; its row blocks skip the keys after their last token.
-TEST(CudaKernelEmulated, PrefillMatchesReference) {
-  for (auto dt : kDtypes)
-    for (const auto& c : kPrefillCases) {
-      auto in = make_inputs(c, dt, 7);
-      const double scale = 1.0 / std::sqrt(static_cast<double>(c.D));
-      auto want = kernels::attention_reference(in.q, in.k, in.v, c.start, in.valid, c.window, scale);
-      const std::string what = std::string("emulated cuda prefill ") + c10::toString(dt) + " " + c.name();
-      auto got = emulate_any(kernels::attention_args("flash_attention", in.q, in.k, in.v, in.valid, c.start, c.window,
-                                                     scale),
-                             in.q.options(), what);
-      if (got.defined()) expect_close(got, want, tol_for(dt), what);
-    }
-}
+TEST(CudaKernelEmulated, PrefillMatchesReference) { expect_emulated_matches(kPrefillCases, "flash_attention", 7); }
 
 TEST(CudaKernelEmulated, MlaDecodeMatchesReference) {
-  std::vector<MlaCase> cases = kMlaCases;
-  cases.insert(cases.end(), kWideMlaCases.begin(), kWideMlaCases.end());
   for (auto dt : kDtypes)
-    for (const auto& m : cases) {
+    for (const auto& m : all_mla_cases()) {
       auto [q_lat, q_rope, c, k_r, valid] = make_mla_inputs(m, dt, 13);
       const double scale = 1.0 / std::sqrt(static_cast<double>(m.L + m.r));
       auto want = kernels::mla_decode_reference(q_lat, q_rope, c, k_r, m.start, valid, m.window, scale);
@@ -243,9 +239,7 @@ TEST(KernelAttentionDevice, DecodeRunsTheDevicesKernel) {
         }
         expect_close(got.cpu(), want, tol_for(dt), dev.str() + " prefill " + c10::toString(dt) + " " + c.name());
       }
-      std::vector<MlaCase> cases = kMlaCases;
-      cases.insert(cases.end(), kWideMlaCases.begin(), kWideMlaCases.end());
-      for (const auto& m : cases) {
+      for (const auto& m : all_mla_cases()) {
         auto [q_lat, q_rope, c, k_r, valid] = make_mla_inputs(m, dt, 19);
         const double scale = 1.0 / std::sqrt(static_cast<double>(m.L + m.r));
         auto want = kernels::mla_decode_reference(q_lat, q_rope, c, k_r, m.start, valid, m.window, scale);

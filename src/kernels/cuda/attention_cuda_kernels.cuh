@@ -43,13 +43,6 @@ template <> __device__ inline float from_f<float>(float x) { return x; }
 template <> __device__ inline __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
 template <> __device__ inline __half from_f<__half>(float x) { return __float2half(x); }
 
-// Whether the value rows are the key rows (MLA: the latent is key and value, loaded once per tile).
-inline bool values_are_keys(const AttnArgs& a) {
-  return a.Dv == a.D1 && (a.kq ? a.vq == a.kq
-                               : !a.vq && a.v.p == a.k1.p && a.v.sb == a.k1.sb && a.v.sh == a.k1.sh &&
-                                     a.v.sr == a.k1.sr);
-}
-
 // The quantized buffers of a call by value, for the kernel's parameters (AttnArgs points to host copies).
 struct QuantSet {
   QuantDesc k1, v, k2;
