@@ -113,9 +113,10 @@ torch::Tensor quantized_decode_attention(const torch::Tensor& q_in, const Quanti
                                          int64_t start, const torch::Tensor& valid_in, int64_t window, double scale,
                                          Variant variant) {
   if (!q_in.defined() || q_in.dim() != 4) fail("q must be [B, Hq, T, D]");
-  const int64_t B = q_in.size(0), Hq = q_in.size(1), T = q_in.size(2);
+  const int64_t B = q_in.size(0), Hq = q_in.size(1);
   const int64_t Hkv = k.residual.defined() && k.residual.dim() == 4 ? k.residual.size(1) : 0;
-  const int64_t D = check_quant("k", k, B, Hkv), Dv = check_quant("v", v, B, Hkv);
+  const int64_t D = check_quant("k", k, B, Hkv);
+  check_quant("v", v, B, Hkv);
   if (Hkv == 0 || Hq % Hkv != 0) fail("query heads must be a multiple of KV heads");
   if (q_in.size(3) != D) fail("q's last dim must equal the key width " + std::to_string(D));
   const int64_t S = k.n_quant + k.residual.size(2);
