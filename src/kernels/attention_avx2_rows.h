@@ -242,6 +242,21 @@ inline void transpose_block(const WideRows& k, int64_t n, float* KT) {
     }
 }
 
+// The f16 scales and zeros of scale group g of 8 keys quantized per token, from the first key's scale row (the
+// keys' rows s_sr apart; s_sr = 1: one group per row).
+inline void token_scales8(const uint16_t* sc, const uint16_t* zp, int64_t s_sr, int64_t g, __m256* scv, __m256* zv) {
+  if (s_sr == 1) {
+    *scv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc)));
+    *zv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(zp)));
+    return;
+  }
+  const int64_t s = s_sr;
+  *scv = _mm256_cvtph_ps(_mm_setr_epi16(sc[g], sc[s + g], sc[2 * s + g], sc[3 * s + g], sc[4 * s + g],
+                                        sc[5 * s + g], sc[6 * s + g], sc[7 * s + g]));
+  *zv = _mm256_cvtph_ps(_mm_setr_epi16(zp[g], zp[s + g], zp[2 * s + g], zp[3 * s + g], zp[4 * s + g],
+                                       zp[5 * s + g], zp[6 * s + g], zp[7 * s + g]));
+}
+
 // A whole block of 32 quantized keys with 4-bit codes straight into KT (keys as lanes), with no float
 // transpose: an 8-key tile's row chunks (4 bytes each) are read as one vector, so lane i holds key i's 8 codes,
 // and value k of every key is one shift and mask away. Dequantized with the keys' scales (per token: a vector
@@ -273,15 +288,8 @@ inline bool q4_block_T(const QuantDesc& q, int64_t b, int64_t h, int64_t j0, int
       if (!per_token) {  // the 8 channels' scales; lane k is broadcast for channel d + k below
         scv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + d)));
         zv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(zp + d)));
-      } else if (q.s_sr == 1) {  // one group per row: the 8 keys' scales are adjacent
-        scv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc)));
-        zv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(zp)));
       } else {
-        const int64_t gi = d / q.group, ss = q.s_sr;
-        scv = _mm256_cvtph_ps(_mm_setr_epi16(sc[gi], sc[ss + gi], sc[2 * ss + gi], sc[3 * ss + gi], sc[4 * ss + gi],
-                                             sc[5 * ss + gi], sc[6 * ss + gi], sc[7 * ss + gi]));
-        zv = _mm256_cvtph_ps(_mm_setr_epi16(zp[gi], zp[ss + gi], zp[2 * ss + gi], zp[3 * ss + gi], zp[4 * ss + gi],
-                                            zp[5 * ss + gi], zp[6 * ss + gi], zp[7 * ss + gi]));
+        token_scales8(sc, zp, q.s_sr, d / q.group, &scv, &zv);
       }
       const uint8_t* base = rows + jb * q.d_sr + d / 2;
       const __m256i v = q.d_sr == 4 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(base))  // 8-value rows

@@ -186,3 +186,43 @@ TEST(KernelQuantAttention, MlaDecodeMatchesReference) {
     }
   }
 }
+
+// The AVX2 kernel scores whole 32-key blocks of a 4-bit latent and 4-bit rotary keys by integer dot products
+// (bf16/f16 compute: each query row as two int8 terms, about 15 bits below its largest value). Shapes that take
+// that path: one scale group per latent row (the runtime's int4 cache), several groups, more than 4 chunks per
+// group, per-token rotary keys, splits and windows whose blocks straddle a per-channel slot group (those blocks
+// take the f32 path beside integer ones), a latent with fewer slots as codes than k_r, a padded batch, T = 2.
+// Checked by mutation: dropping the query's second int8 term, a zero or a scale group, the per-channel
+// re-scaling of the RoPE query, or the straddle and residual checks each fails it.
+TEST(KernelQuantAttention, MlaInt4IntegerScoresMatchReference) {
+  struct M {
+    int64_t B, Hq, Hkv, T, S, n_quant, L, r, c_group, k_group, window;
+    int64_t c_lag;  // the latent holds this many fewer slots as codes than k_r
+    bool k_per_channel, pad;
+    torch::ScalarType dt;
+  };
+  const std::vector<M> cases = {
+      {1, 9, 3, 1, 1000, 896, 24, 8, 64, 64, 0, 0, true, false, torch::kBFloat16},   // SmolLM −87.5 %, runtime layout
+      {1, 9, 3, 1, 1000, 896, 24, 8, 64, 64, 333, 0, true, false, torch::kFloat16},  // window: blocks off the grid
+      {2, 6, 3, 2, 420, 384, 64, 16, 16, 8, 0, 40, false, true, torch::kBFloat16},   // 4 latent groups, per-token k_r
+      {1, 8, 2, 1, 700, 640, 40, 16, 40, 32, 0, 16, true, false, torch::kBFloat16},  // 5 chunks in one group
+      {1, 4, 4, 1, 260, 256, 8, 8, 8, 128, 100, 0, true, false, torch::kFloat16},    // one chunk each, MHA-shaped
+  };
+  for (const auto& c : cases) {
+    torch::manual_seed(c.S + c.L);
+    // Queries of real models: a few channels much larger than the rest.
+    auto q_lat = (torch::randn({c.B, c.Hq, c.T, c.L}) * (1 + 4 * torch::rand({1, 1, 1, c.L}))).to(c.dt);
+    auto q_rope = torch::randn({c.B, c.Hq, c.T, c.r}).to(c.dt);
+    auto cq = quantize(torch::randn({c.B, 1, c.S, c.L}), 4, c.c_group, false, c.n_quant - c.c_lag, c.dt);
+    auto kq = quantize(torch::randn({c.B, c.Hkv, c.S, c.r}) * 2, 4, c.k_group, c.k_per_channel, c.n_quant, c.dt);
+    auto valid = c.pad ? left_padded(c.B, c.S, 7) : torch::Tensor();
+    const double scale = 1.0 / std::sqrt(static_cast<double>(c.L + c.r));
+    const int64_t start = c.S - c.T;
+    auto want = kernels::quantized_mla_decode_reference(q_lat, q_rope, cq, kq, start, valid, c.window, scale);
+    for (auto var : cpu_variants()) {
+      auto got = kernels::quantized_mla_decode_attention(q_lat, q_rope, cq, kq, start, valid, c.window, scale, var);
+      testutil::expect_close(got, want, testutil::tol_for(c.dt), kernels::variant_name(var) + " " + c10::toString(c.dt) + " S " + std::to_string(c.S) +
+                                        " L " + std::to_string(c.L) + " latent group " + std::to_string(c.c_group));
+    }
+  }
+}
