@@ -20,6 +20,12 @@
 
 namespace mha2mla::kernels {
 
+bool all_on(const torch::Device& device, std::initializer_list<const torch::Tensor*> ts) {
+  for (const auto* t : ts)
+    if (t->defined() && t->device() != device) return false;
+  return true;
+}
+
 namespace {
 
 [[noreturn]] void fail(const char* fn, const std::string& what) {
@@ -81,11 +87,7 @@ Checked check_qkv(const char* fn, const torch::Tensor& q, const torch::Tensor& k
 
 thread_local const char* last_decode = "";
 
-bool on_cpu(std::initializer_list<const torch::Tensor*> ts) {
-  for (const auto* t : ts)
-    if (t->defined() && !t->device().is_cpu()) return false;
-  return true;
-}
+bool on_cpu(std::initializer_list<const torch::Tensor*> ts) { return all_on(torch::kCPU, ts); }
 
 // Merges the per-split partial softmaxes of one (batch, group): part [nsplit][R][Dv + 2] (m, l, acc), into
 // out [R][Dv] of storage type t. o is f32 scratch of Dv values.
@@ -206,9 +208,7 @@ torch::Tensor run_decode_cuda(AttnArgs& a, const torch::TensorOptions& opt) {
 namespace {
 // Every defined tensor on q's CUDA device, so that one kernel launch can read them all.
 bool on_device_of(const torch::Tensor& q, std::initializer_list<const torch::Tensor*> ts) {
-  for (const auto* t : ts)
-    if (t->defined() && t->device() != q.device()) return false;
-  return q.device().is_cuda();
+  return q.device().is_cuda() && all_on(q.device(), ts);
 }
 }  // namespace
 

@@ -11,6 +11,8 @@
 namespace mha2mla::kernels {
 
 Operand operand(const torch::Tensor& t);  // [B, H, rows, dim], last dim contiguous
+// Whether every defined tensor of ts is on `device`.
+bool all_on(const torch::Device& device, std::initializer_list<const torch::Tensor*> ts);
 // The arguments of flash/decode_attention (fn: which, for errors) and of mla_decode_attention, checked as they
 // check them, over tensors whose last dim is contiguous and `valid` contiguous; `out` is left unset. The
 // tensors must outlive the arguments.

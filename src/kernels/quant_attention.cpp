@@ -63,12 +63,9 @@ void check_valid(const torch::Tensor& valid, int64_t B, int64_t S) {
 // Every defined tensor and every tensor of the buffers on `device`.
 bool on_device(std::initializer_list<const torch::Tensor*> ts, std::initializer_list<const QuantizedKV*> kvs,
                const torch::Device& device) {
-  for (const auto* t : ts)
-    if (t->defined() && t->device() != device) return false;
   for (const auto* kv : kvs)
-    for (const auto* t : {&kv->data, &kv->scale, &kv->zero, &kv->residual})
-      if (t->device() != device) return false;
-  return true;
+    if (!all_on(device, {&kv->data, &kv->scale, &kv->zero, &kv->residual})) return false;
+  return all_on(device, ts);
 }
 
 // A buffer's descriptor over tensors whose rows are contiguous; `keep` holds any copies made for that.
