@@ -9,15 +9,13 @@
 //     transposed once, so scores and the weighted sum are two small register-tiled matrix products with no
 //     horizontal sums (see wide_rows).
 // Prefill runs the wide path over g heads x a tile of query tokens (prefill_tile). Both keep an online softmax
-// per row in the log2 domain. How a block's rows are read (plain or quantized) is in attention_avx2_rows.h;
-// whole blocks of a 4-bit MLA cache are scored by integer dot products (attention_avx2_int4.h).
+// per row in the log2 domain. How a block's rows are read (plain or quantized) is in attention_avx2_rows.h.
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
 
 #include "kernels/attention_args.h"
-#include "kernels/attention_avx2_int4.h"
 #include "kernels/attention_avx2_rows.h"
 #include "kernels/simd_avx2.h"
 
@@ -287,7 +285,6 @@ inline void pvT_rows(const float* P, const float* VT, int64_t Dvp, float* AccT) 
 // Latent widths up to which a 4-bit latent's P·V reads the transposed block (pvT_tile): AccT is 8 times Acc,
 // so wider latents keep the row form.
 constexpr int64_t kPvTMaxWidth = 64;
-static_assert(kInt4Keys == kWide && kPvTMaxWidth <= kInt4MaxChunks * 8, "the integer scores fill the wide path's blocks");
 
 // The wide path over keys [s0, s1) for the rows of `it`, tokens t0 .. t0 + nt - 1 of each head: returns the
 // rows' running max, sum and accumulator (pointing into this thread's scratch, valid until the next call).
@@ -318,48 +315,35 @@ RowSet wide_rows(const AttnArgs& a, const Item& it, int64_t b, int64_t t0, int64
   for (int64_t i = 0; i < R * 8; ++i) Lsum[i] = 0.f;
   if (pv_T) std::fill(AccT, AccT + R * Dvp * 8, 0.f);
   load_rows(a, b, h0, t0, nt, s0, s1, rs);
-  // Rows of each RoPE key head i: [rope_r0[i], rope_r1[i]).
-  thread_local std::vector<int64_t> rope_r0, rope_r1;
-  rope_r0.resize(nk2), rope_r1.resize(nk2);
-  for (int64_t i = 0; i < nk2; ++i) {
-    rope_r0[i] = std::max<int64_t>(0, ((kv0 + i) * per_kv - h0) * nt);
-    rope_r1[i] = std::min<int64_t>(R, ((kv0 + i + 1) * per_kv - h0) * nt);
-  }
-  // Whole blocks of 4-bit codes are scored by integer dot products (attention_avx2_int4.h).
-  thread_local Int4Scorer int4;
-  const bool int4_scores = pv_T && Int4Scorer::applies(a);
-  if (int4_scores) int4.prepare(a, b, R, rs.Q1, D1p, rs.Q2, D2p, kv0, nk2, rope_r0.data(), rope_r1.data());
   const __m256 iota = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
   WideRows K1, V, K2;
   for (int64_t j0 = s0; j0 < s1; j0 += kWide) {
     const int64_t nb = s1 - j0 < kWide ? s1 - j0 : kWide;
     __m256 key_ok[4];
     key_masks(a, b, j0, nb, 4, key_ok);
-    if (int4_scores && int4.whole_block(j0, nb)) {
-      int4.block(j0, K1T, S);
+    // Keys (and the latent values) as f32: in one pass where rows split into 8-value chunks, else row by row.
+    if (chunked(it.k1, a.D1)) {
+      load_block_T(it.k1, a.dtype, b, kv0, j0, nb, a.D1, zeros, K1T, K1b, it.v_is_k && !pv_T ? &K1 : nullptr);
     } else {
-      // Keys (and the latent values) as f32: in one pass where rows split into 8-value chunks, else row by row.
-      if (chunked(it.k1, a.D1)) {
-        load_block_T(it.k1, a.dtype, b, kv0, j0, nb, a.D1, zeros, K1T, K1b, it.v_is_k && !pv_T ? &K1 : nullptr);
-      } else {
-        block_rows(it.k1, a.dtype, b, kv0, j0, nb, a.D1, K1b, zeros, &K1);
-        transpose_block(K1, D1p, K1T);
-      }
-      if (it.v_is_k) V = K1;
-      else block_rows(it.v, a.dtype, b, kv0, j0, nb, a.Dv, Vb, zeros, &V);
-      // S = Q1·K1ᵀ + Q2·K2ᵀ, the second term over the rows of each RoPE key head.
-      for (int64_t i = 0; i < nk2; ++i) {
-        float* kt = K2T + i * D2p * kWide;
-        if (chunked(it.k2, a.D2)) {
-          load_block_T(it.k2, a.dtype, b, kv0 + i, j0, nb, a.D2, zeros, kt, nullptr, nullptr);
-        } else {
-          block_rows(it.k2, a.dtype, b, kv0 + i, j0, nb, a.D2, K2b, zeros, &K2);
-          transpose_block(K2, D2p, kt);
-        }
-        score_rows(rs, rope_r0[i], rope_r1[i], K1T, D1p, kt, D2p, S);
-      }
-      if (!nk2) score_rows(rs, 0, R, K1T, D1p, nullptr, 0, S);
+      block_rows(it.k1, a.dtype, b, kv0, j0, nb, a.D1, K1b, zeros, &K1);
+      transpose_block(K1, D1p, K1T);
     }
+    if (it.v_is_k) V = K1;
+    else block_rows(it.v, a.dtype, b, kv0, j0, nb, a.Dv, Vb, zeros, &V);
+    // S = Q1·K1ᵀ + Q2·K2ᵀ, the second term over the rows of each RoPE key head.
+    for (int64_t i = 0; i < nk2; ++i) {
+      float* kt = K2T + i * D2p * kWide;
+      if (chunked(it.k2, a.D2)) {
+        load_block_T(it.k2, a.dtype, b, kv0 + i, j0, nb, a.D2, zeros, kt, nullptr, nullptr);
+      } else {
+        block_rows(it.k2, a.dtype, b, kv0 + i, j0, nb, a.D2, K2b, zeros, &K2);
+        transpose_block(K2, D2p, kt);
+      }
+      const int64_t r0 = std::max<int64_t>(0, ((kv0 + i) * per_kv - h0) * nt);
+      const int64_t r1 = std::min<int64_t>(R, ((kv0 + i + 1) * per_kv - h0) * nt);
+      score_rows(rs, r0, r1, K1T, D1p, kt, D2p, S);
+    }
+    if (!nk2) score_rows(rs, 0, R, K1T, D1p, nullptr, 0, S);
     // Online softmax per row; P overwrites S.
     for (int64_t r = 0; r < R; ++r) {
       float* Pr = S + r * kWide;

@@ -187,14 +187,11 @@ TEST(KernelQuantAttention, MlaDecodeMatchesReference) {
   }
 }
 
-// The AVX2 kernel scores whole 32-key blocks of a 4-bit latent and 4-bit rotary keys by integer dot products
-// (bf16/f16 compute: each query row as two int8 terms, about 15 bits below its largest value). Shapes that take
-// that path: one scale group per latent row (the runtime's int4 cache), several groups, more than 4 chunks per
-// group, per-token rotary keys, splits and windows whose blocks straddle a per-channel slot group (those blocks
-// take the f32 path beside integer ones), a latent with fewer slots as codes than k_r, a padded batch, T = 2.
-// Checked by mutation: dropping the query's second int8 term, a zero or a scale group, the per-channel
-// re-scaling of the RoPE query, or the straddle and residual checks each fails it.
-TEST(KernelQuantAttention, MlaInt4IntegerScoresMatchReference) {
+// A 4-bit latent and 4-bit rotary keys in the layouts the runtime and its variants write, bf16 and f16 compute:
+// one scale group per latent row (the runtime's int4 cache), several groups, 5 chunks of 8 values in one group,
+// per-token rotary keys, windows whose 32-key blocks straddle a per-channel slot group, a latent with fewer slots
+// as codes than k_r (blocks that mix codes and residual rows), a padded batch, T = 2.
+TEST(KernelQuantAttention, MlaInt4LayoutsMatchReference) {
   struct M {
     int64_t B, Hq, Hkv, T, S, n_quant, L, r, c_group, k_group, window;
     int64_t c_lag;  // the latent holds this many fewer slots as codes than k_r
