@@ -189,6 +189,7 @@ TEST(KernelQuantAttention, MlaDecodeMatchesReference) {
 
 // A 4-bit latent and 4-bit rotary keys in the layouts the runtime and its variants write, bf16 and f16 compute:
 // one scale group per latent row (the runtime's int4 cache), several groups, 5 chunks of 8 values in one group,
+// rows of 1 to 5 and 8 chunks,
 // per-token rotary keys, windows whose 32-key blocks straddle a per-channel slot group, a latent with fewer slots
 // as codes than k_r (blocks that mix codes and residual rows), a padded batch, T = 2.
 TEST(KernelQuantAttention, MlaInt4LayoutsMatchReference) {
@@ -204,6 +205,8 @@ TEST(KernelQuantAttention, MlaInt4LayoutsMatchReference) {
       {2, 6, 3, 2, 420, 384, 64, 16, 16, 8, 0, 40, false, true, torch::kBFloat16},   // 4 latent groups, per-token k_r
       {1, 8, 2, 1, 700, 640, 40, 16, 40, 32, 0, 16, true, false, torch::kBFloat16},  // 5 chunks in one group
       {1, 4, 4, 1, 260, 256, 8, 8, 8, 128, 100, 0, true, false, torch::kFloat16},    // one chunk each, MHA-shaped
+      {1, 9, 3, 1, 600, 512, 16, 8, 16, 64, 0, 0, true, false, torch::kBFloat16},    // rows of 2 chunks (8 bytes)
+      {1, 6, 2, 1, 600, 512, 32, 8, 32, 64, 0, 8, true, false, torch::kFloat16},     // rows of 4 chunks (16 bytes)
   };
   for (const auto& c : cases) {
     torch::manual_seed(c.S + c.L);
