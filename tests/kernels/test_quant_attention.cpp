@@ -189,9 +189,9 @@ TEST(KernelQuantAttention, MlaDecodeMatchesReference) {
 
 // A 4-bit latent and 4-bit rotary keys in the layouts the runtime and its variants write, bf16 and f16 compute:
 // one scale group per latent row (the runtime's int4 cache), several groups, 5 chunks of 8 values in one group,
-// rows of 1 to 5 and 8 chunks,
-// per-token rotary keys, windows whose 32-key blocks straddle a per-channel slot group, a latent with fewer slots
-// as codes than k_r (blocks that mix codes and residual rows), a padded batch, T = 2.
+// rows of 1 to 5 and 8 chunks, per-token rotary keys, windows whose 32-key blocks straddle a per-channel slot
+// group, a latent with fewer slots as codes than k_r (blocks that mix codes and residual rows), a padded batch,
+// T = 2.
 TEST(KernelQuantAttention, MlaInt4LayoutsMatchReference) {
   struct M {
     int64_t B, Hq, Hkv, T, S, n_quant, L, r, c_group, k_group, window;
@@ -221,8 +221,9 @@ TEST(KernelQuantAttention, MlaInt4LayoutsMatchReference) {
     auto want = kernels::quantized_mla_decode_reference(q_lat, q_rope, cq, kq, start, valid, c.window, scale);
     for (auto var : cpu_variants()) {
       auto got = kernels::quantized_mla_decode_attention(q_lat, q_rope, cq, kq, start, valid, c.window, scale, var);
-      testutil::expect_close(got, want, testutil::tol_for(c.dt), kernels::variant_name(var) + " " + c10::toString(c.dt) + " S " + std::to_string(c.S) +
-                                        " L " + std::to_string(c.L) + " latent group " + std::to_string(c.c_group));
+      const std::string what = kernels::variant_name(var) + " " + c10::toString(c.dt) + " S " + std::to_string(c.S) +
+                               " L " + std::to_string(c.L) + " latent group " + std::to_string(c.c_group);
+      testutil::expect_close(got, want, testutil::tol_for(c.dt), what);
     }
   }
 }
