@@ -12,6 +12,7 @@
 #include "io/safetensors.h"
 #include "model/transformer.h"
 #include "testing/byte_tokenizer.h"
+#include "testing/files.h"
 #include "testing/tiny_model.h"
 #include "util/error.h"
 
@@ -23,6 +24,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
+using testutil::error_of;
 using testutil::expect_one_line_error;
 using testutil::run_cli;
 
@@ -30,16 +32,6 @@ std::vector<int64_t> random_ids(int64_t n, int64_t vocab, uint64_t seed) {
   auto gen = at::detail::createCPUGenerator(seed);
   auto t = at::randint(0, vocab, {n}, gen, torch::kInt64);
   return std::vector<int64_t>(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + n);
-}
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 double rel_diff(const torch::Tensor& a, const torch::Tensor& b) {

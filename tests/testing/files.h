@@ -52,6 +52,17 @@ inline std::string slurp(const std::string& path) {
   return ss.str();
 }
 
+// The message of the mha2mla::Error that fn throws; fails the test (and returns "(no error)") if it throws none.
+inline std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "no error thrown";
+  return "(no error)";
+}
+
 // fn must throw mha2mla::Error whose message contains needle.
 inline void expect_error(const std::function<void()>& fn, const std::string& needle) {
   try {

@@ -7,12 +7,14 @@
 #include <fstream>
 #include <functional>
 
+#include "testing/files.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
 
 namespace {
 
 using mha2mla::Error;
+using mha2mla::testutil::error_of;
 using mha2mla::tok::Tokenizer;
 using nlohmann::json;
 using Ids = std::vector<int32_t>;
@@ -96,15 +98,6 @@ json sentencepiece_json() {
 Tokenizer load_json(const TempDir& d, const json& j) {
   d.write("tokenizer.json", j.dump());
   return Tokenizer::load(d.path());
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error>";
 }
 
 TEST(TokenizerUnit, ByteLevelBpeMerges) {

@@ -17,6 +17,7 @@ namespace {
 namespace fs = std::filesystem;
 using namespace mha2mla;
 using train::TokenShard;
+using mha2mla::testutil::error_of;
 using mha2mla::testutil::slurp;
 using mha2mla::testutil::temp_dir;
 using mha2mla::testutil::write_file;
@@ -31,18 +32,6 @@ std::vector<int32_t> iota_ids(int32_t n, int32_t from = 0, int32_t mod = 1 << 30
   std::vector<int32_t> v(size_t(n), 0);
   for (int32_t i = 0; i < n; ++i) v[size_t(i)] = from + i % mod;
   return v;
-}
-
-// Runs f and returns the Error message; fails the test if nothing is thrown.
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no error thrown";
-  return "";
 }
 
 #define EXPECT_CONTAINS(haystack, needle) EXPECT_NE(std::string(haystack).find(needle), std::string::npos) << (haystack)
