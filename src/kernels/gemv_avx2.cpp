@@ -1,6 +1,7 @@
 // AVX2 y = x W^T + b (f32 arithmetic for every storage type), for CPUs without AVX-512. Compiled with
 // -mavx2 -mfma -mf16c; called only when cpu_has_avx2(). Same structure as gemv_avx512_impl.h: W streamed
-// once per pass of up to 4 rows of x, blocks of output features kept in registers, rows prefetched ahead.
+// once per pass of up to 4 rows of x, blocks of output features kept in registers; passes over 2-4 rows of x
+// prefetch rows ahead, the one-row loop leaves its single stream to the hardware prefetcher.
 #include <vector>
 
 #include "kernels/gemv_args.h"
@@ -21,15 +22,22 @@ inline void permute_x16(const float* x, float* xp) {
   for (int k = 0; k < 4; ++k) xp[k] = x[k], xp[4 + k] = x[8 + k], xp[8 + k] = x[4 + k], xp[12 + k] = x[12 + k];
 }
 
-// 16 weights at p as two f32 vectors; bf16 ones in the order of permute_x16.
-inline void load16(const char* p, DType t, __m256& w0, __m256& w1) {
-  if (t == DType::BF16) {
+// 16 weights of storage type T at p as two f32 vectors; bf16 ones in the order of permute_x16.
+template <DType T>
+inline void load16_t(const char* p, __m256& w0, __m256& w1) {
+  if constexpr (T == DType::BF16) {
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
     w0 = _mm256_castsi256_ps(_mm256_unpacklo_epi16(_mm256_setzero_si256(), v));
     w1 = _mm256_castsi256_ps(_mm256_unpackhi_epi16(_mm256_setzero_si256(), v));
   } else {
-    w0 = load8(p, t), w1 = load8(p + 8 * elem_size(t), t);
+    w0 = load8(p, T), w1 = load8(p + 8 * elem_size(T), T);
   }
+}
+
+inline void load16(const char* p, DType t, __m256& w0, __m256& w1) {
+  if (t == DType::BF16) load16_t<DType::BF16>(p, w0, w1);
+  else if (t == DType::F16) load16_t<DType::F16>(p, w0, w1);
+  else load16_t<DType::F32>(p, w0, w1);
 }
 
 // Stores y[j, o] from the sum s over the first in16 inputs of W's row w, adding the remaining ones.
@@ -71,22 +79,6 @@ inline void block_store(const GemvArgs& a, const float* X, int64_t xs, int64_t i
   for (int r = 0; r < RB; ++r) {
     const char* w = static_cast<const char*>(a.w) + (o + r) * a.w_stride * es;
     for (int j = 0; j < N; ++j) finish_output(a, w, in16, j0 + j, o + r, out[r][j]);
-  }
-}
-
-// load16 with the storage type fixed at compile time, for the one-row loop below.
-template <DType T>
-inline void load16_t(const char* p, __m256& w0, __m256& w1) {
-  if constexpr (T == DType::BF16) {
-    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-    w0 = _mm256_castsi256_ps(_mm256_unpacklo_epi16(_mm256_setzero_si256(), v));
-    w1 = _mm256_castsi256_ps(_mm256_unpackhi_epi16(_mm256_setzero_si256(), v));
-  } else if constexpr (T == DType::F16) {
-    w0 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    w1 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16)));
-  } else {
-    w0 = _mm256_loadu_ps(reinterpret_cast<const float*>(p));
-    w1 = _mm256_loadu_ps(reinterpret_cast<const float*>(p + 32));
   }
 }
 
