@@ -107,7 +107,7 @@ jq -rs --arg commit "$commit" --arg shape "$shape" --argjson threads "$threads" 
   "|---|---|---|---|",
   (map(select(.context == 0)) | group_by([.weights, .engine])[] |
     "| \(.[0].weights) | \(.[0].engine) | \(rounds) | " +
-    (map(.tokens_per_s * .weight_bytes / (.read_bandwidth_gbs * 1e9) * 100 | round | tostring + " %") | join(" / ")) + " |"),
+    (map(.tokens_per_s * .weight_bytes / (.read_bandwidth_gbs * 1e9) * 100 | r1 + " %") | join(" / ")) + " |"),
   "",
   "Decode after a prompt of N tokens, bf16 weights (llama.cpp: llama-batched-bench -ntg 16; mha2mla: synthetic caches):",
   "",

@@ -85,13 +85,12 @@ int main(int argc, char** argv) {
   }
   std::vector<std::atomic<int64_t>> next(ws.size());
   auto run_ours = [&] {
-    for (size_t i = 0; i < ws.size(); ++i) next[i] = groups[i].tail_start(groups[i].threads(threads));
+    for (size_t i = 0; i < ws.size(); ++i) next[i] = groups[i].next_start(threads);
 #pragma omp parallel num_threads(threads)
     {
       const int tid = omp_get_thread_num(), team = omp_get_num_threads();
       for (size_t i = 0; i < ws.size(); ++i) {
-        const int64_t k = groups[i].threads(threads);
-        for (int64_t s = tid; s < k; s += team) groups[i].run_thread(s, k, next[i]);
+        groups[i].run_team(tid, team, threads, next[i]);
 #pragma omp barrier
       }
     }

@@ -66,6 +66,14 @@ struct GemvGroup {
   int64_t tail_start(int64_t threads) const;
   // Thread t of `threads` (each calls it once): its share, then chunks from `next`.
   void run_thread(int64_t t, int64_t threads, std::atomic<int64_t>& next) const;
+  // For a parallel region the caller owns, planned for `available` threads: where `next` starts, and the part
+  // of member tid of a team of `team` (the shares of threads(available) threads, dealt out in turn, so a smaller
+  // team than planned still covers every row).
+  int64_t next_start(int64_t available) const { return tail_start(threads(available)); }
+  void run_team(int64_t tid, int64_t team, int64_t available, std::atomic<int64_t>& next) const {
+    const int64_t k = threads(available);
+    for (int64_t s = tid; s < k; s += team) run_thread(s, k, next);
+  }
   void run_rows(int64_t o0, int64_t o1) const;  // stacked rows [o0, o1)
 
  private:

@@ -269,7 +269,7 @@ torch::Tensor DecodeStep::run(TransformerImpl& m, int64_t id, KVCache& cache, co
     const auto& p = plans[static_cast<size_t>(i)];
     std::atomic<int64_t>* c = counters_.get() + i * per_layer;
     const kernels::GemvGroup* groups[4] = {&p.qkv, &p.o, &p.gate_up, &p.down};
-    for (int k = 0; k < 4; ++k) c[k].store(groups[k]->tail_start(groups[k]->threads(threads)), std::memory_order_relaxed);
+    for (int k = 0; k < 4; ++k) c[k].store(groups[k]->next_start(threads), std::memory_order_relaxed);
     for (int64_t j = 4; j < per_layer; ++j) c[j].store(0, std::memory_order_relaxed);
   }
 
@@ -288,8 +288,7 @@ torch::Tensor DecodeStep::run(TransformerImpl& m, int64_t id, KVCache& cache, co
     // of the missing ones, so the results stay the same.
     const int64_t tid = omp_get_thread_num(), team = omp_get_num_threads();
     auto gemv_phase = [&](const kernels::GemvGroup& grp, std::atomic<int64_t>& next) {
-      const int64_t k = grp.threads(threads);
-      for (int64_t s = tid; s < k; s += team) grp.run_thread(s, k, next);
+      grp.run_team(tid, team, threads, next);
     };
     Clock::time_point t0;
     for (int64_t i = 0; i < L; ++i) {
