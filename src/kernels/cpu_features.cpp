@@ -2,6 +2,7 @@
 
 #include <ATen/Parallel.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <mutex>
 #include <set>
@@ -52,22 +53,59 @@ std::string variant_name(Variant v) {
   return "?";
 }
 
+Variant parse_variant(const std::string& name) {
+  for (auto v : {Variant::Auto, Variant::Reference, Variant::Generic, Variant::Avx2, Variant::Avx512,
+                 Variant::Avx512Bf16})
+    if (name == variant_name(v)) return v;
+  throw std::runtime_error("kernels: unknown variant '" + name +
+                           "' (expected auto, reference, generic, avx2, avx512 or avx512bf16)");
+}
+
+namespace {
+std::atomic<int> g_cap{static_cast<int>(Variant::Auto)};  // set_variant_cap(); Auto: none set
+
+// The order in which variants gain instructions; Reference stands apart (libtorch's own code).
+int rank(Variant v) {
+  switch (v) {
+    case Variant::Generic: return 1;
+    case Variant::Avx2: return 2;
+    case Variant::Avx512: return 3;
+    case Variant::Avx512Bf16: return 4;
+    default: return 0;
+  }
+}
+}  // namespace
+
+void set_variant_cap(Variant cap) { g_cap.store(static_cast<int>(cap)); }
+
+Variant variant_cap() {
+  const auto set = static_cast<Variant>(g_cap.load());
+  if (set != Variant::Auto) return set;
+  const char* env = std::getenv("MHA2MLA_KERNELS");
+  if (!env || !*env) return Variant::Auto;
+  try {
+    return parse_variant(env);
+  } catch (const std::runtime_error&) {
+    throw std::runtime_error(std::string("MHA2MLA_KERNELS: unknown variant '") + env +
+                             "' (expected auto, reference, generic, avx2, avx512 or avx512bf16)");
+  }
+}
+
+VariantCapScope::VariantCapScope(Variant cap) : saved_(g_cap.load()) { set_variant_cap(cap); }
+VariantCapScope::~VariantCapScope() { g_cap.store(saved_); }
+
 Variant resolve_variant(Variant v) {
   if (v == Variant::Auto) {
     // Without AVX2 the libtorch reference (vectorised BLAS) beats the scalar portable kernels,
-    // which remain for correctness checks (MHA2MLA_KERNELS=generic).
-    Variant best = cpu_has_avx512_bf16() ? Variant::Avx512Bf16
-                   : cpu_has_avx512()    ? Variant::Avx512
-                   : cpu_has_avx2()      ? Variant::Avx2
-                                         : Variant::Reference;
-    if (const char* env = std::getenv("MHA2MLA_KERNELS")) {
-      std::string e(env);
-      if (e == "reference") return Variant::Reference;
-      if (e == "generic") return Variant::Generic;
-      if (e == "avx512" && best == Variant::Avx512Bf16) return Variant::Avx512;
-      if (e == "avx2" && best != Variant::Reference) return Variant::Avx2;
-    }
-    return best;
+    // which remain for correctness checks (cap: generic).
+    const Variant best = cpu_has_avx512_bf16() ? Variant::Avx512Bf16
+                         : cpu_has_avx512()    ? Variant::Avx512
+                         : cpu_has_avx2()      ? Variant::Avx2
+                                               : Variant::Reference;
+    const Variant cap = variant_cap();
+    if (cap == Variant::Reference || cap == Variant::Generic) return cap;
+    if (cap == Variant::Auto || best == Variant::Reference) return best;
+    return rank(cap) < rank(best) ? cap : best;
   }
   if ((v == Variant::Avx2 && !cpu_has_avx2()) || (v == Variant::Avx512 && !cpu_has_avx512()) ||
       (v == Variant::Avx512Bf16 && !cpu_has_avx512_bf16()))

@@ -118,11 +118,13 @@ torch::Tensor silu_mul_reference(const torch::Tensor& gate, const torch::Tensor&
 torch::Tensor silu_mul(const torch::Tensor& gate, const torch::Tensor& up, Variant variant) {
   // Autograd (training) and prompts keep libtorch's own op. For bf16 it rounds inside silu as well (exp, 1 + e and the
   // quotient each go through bf16 in libtorch 1.13), so it sits a few units from the single rounding here.
+  // libtorch 1.13 has no f16 silu on the CPU: there silu runs in f32 and is rounded once, as the kernels round it.
   variant = elementwise_variant(variant);
   if (variant == Variant::Reference || !elementwise_applies(gate) || !elementwise_applies(up) ||
       up.scalar_type() != gate.scalar_type() || up.sizes() != gate.sizes() ||
       gate.numel() > kFusedMaxRows * gate.size(-1))
-    return torch::silu(gate) * up;
+    return gate.scalar_type() == torch::kFloat16 && gate.device().is_cpu() ? silu_mul_reference(gate, up)
+                                                                            : torch::silu(gate) * up;
   auto g = gate.contiguous(), u = up.contiguous();
   auto y = torch::empty_like(g);
   const int64_t n = g.numel();

@@ -53,16 +53,28 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch
   return linear_many(x, {w}, {b}, variant)[0];
 }
 
+bool linear_matmul_widens(torch::ScalarType t) {
+  // libtorch 1.13 has no f16 GEMM on the CPU at all ("addmm_impl_cpu_" not implemented for 'Half'), and a fast
+  // bf16 one (oneDNN) only on AVX-512 CPUs. The CPU's capability decides, not the variant a cap selects: the
+  // cap chooses among our kernels, and this is libtorch's.
+  return t == torch::kFloat16 || (t == torch::kBFloat16 && !cpu_has_avx512());
+}
+
 torch::Tensor linear_matmul(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, Variant variant) {
   const auto t = x.scalar_type();
-  const bool half = t == torch::kBFloat16 || t == torch::kFloat16;
-  if (!half || !x.device().is_cpu() || w.scalar_type() != t || cpu_has_avx512() ||
-      resolve_variant(variant) == Variant::Reference)
+  if (!x.device().is_cpu() || w.scalar_type() != t || !linear_matmul_widens(t) ||
+      (t == torch::kBFloat16 && resolve_variant(variant) == Variant::Reference))
     return torch::linear(x, w, b);
-  // Exact products of 16-bit values, summed in f32 and rounded once: what a bf16 GEMM with f32 accumulation
+  // Exact products of 16-bit values, summed in f32 and rounded once: what a 16-bit GEMM with f32 accumulation
   // computes, at f32 GEMM speed.
   auto f = [](const torch::Tensor& u) { return u.defined() ? u.to(torch::kFloat32) : u; };
   return torch::linear(f(x), f(w), f(b)).to(t);
+}
+
+torch::Tensor matmul(const torch::Tensor& a, const torch::Tensor& b) {
+  if (a.scalar_type() != torch::kFloat16 || b.scalar_type() != torch::kFloat16 || !a.device().is_cpu())
+    return torch::matmul(a, b);
+  return torch::matmul(a.to(torch::kFloat32), b.to(torch::kFloat32)).to(torch::kFloat16);
 }
 
 GemvRows gemv_rows_for(Variant variant) {

@@ -32,12 +32,21 @@ std::vector<torch::Tensor> linear_many(const torch::Tensor& x, const std::vector
 torch::Tensor linear_add(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b,
                          const torch::Tensor& residual, Variant variant = Variant::Auto);
 
-// linear() where the GEMV kernel does not apply (prompts, autograd): torch::linear, except for bf16/f16 on
-// CPUs without AVX-512, where libtorch 1.13 has no fast 16-bit GEMM (about 5 GFLOP/s against 140 in f32 on
-// 2 Zen 3 cores): there x, W and b are widened to f32 and the result rounded once to the input type.
-// Variant::Reference keeps torch::linear as it is.
+// linear() where the GEMV kernel does not apply (prompts, autograd): torch::linear, except where
+// linear_matmul_widens(): there x, W and b are widened to f32 and the result rounded once to the input type.
+// Variant::Reference keeps torch::linear for bf16 (libtorch's own bf16 GEMM); f16 has none to keep.
 torch::Tensor linear_matmul(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b,
                             Variant variant = Variant::Auto);
+
+// True where linear_matmul() widens a CPU GEMM of dtype t to f32: f16 always (libtorch 1.13 has no f16 CPU
+// GEMM), bf16 on CPUs without AVX-512 (libtorch's bf16 GEMM there runs at about 5 GFLOP/s against 140 in f32
+// on 2 Zen 3 cores). Decided by the CPU, whichever kernel variant is capped.
+bool linear_matmul_widens(torch::ScalarType t);
+
+// torch::matmul, except f16 on the CPU, where libtorch 1.13 has no mm or bmm at all: there both sides are widened
+// to f32 and the result rounded once to f16, as linear_matmul() does. For the attention paths that run on
+// libtorch ops (the reference kernels, materialised MLA, training).
+torch::Tensor matmul(const torch::Tensor& a, const torch::Tensor& b);
 
 // The GEMV kernel of a variant (Auto resolved first; Reference has none and takes the portable loops).
 GemvRows gemv_rows_for(Variant variant);

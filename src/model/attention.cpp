@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "kernels/attention.h"
+#include "kernels/gemv.h"
 #include "model/causal_attention.h"
 #include "model/mla_attention.h"
 #include "model/rope.h"
@@ -57,12 +58,12 @@ torch::Tensor grouped_attention(const torch::Tensor& q, const torch::Tensor& k, 
   const int64_t g = Hq / Hkv;
   // [B, Hkv, g*T, D]: the g query heads of a group become extra rows, so K/V are never copied per head.
   auto qg = q.reshape({B, Hkv, g * T, D});
-  auto scores = torch::matmul(qg, k.transpose(2, 3)) * scale;  // [B, Hkv, g*T, S]
+  auto scores = kernels::matmul(qg, k.transpose(2, 3)) * scale;  // [B, Hkv, g*T, S]
   if (mask.defined()) {
     scores = (scores.view({B, Hkv, g, T, S}) + mask.view({mask.size(0), 1, 1, T, S})).view({B, Hkv, g * T, S});
   }
   auto probs = torch::softmax(scores, -1, torch::kFloat32).to(q.scalar_type());
-  auto out = torch::matmul(probs, v);  // [B, Hkv, g*T, Dv]
+  auto out = kernels::matmul(probs, v);  // [B, Hkv, g*T, Dv]
   return out.view({B, Hq, T, Dv});
 }
 

@@ -2,6 +2,8 @@
 
 #include <limits>
 
+#include "kernels/gemv.h"
+
 namespace mha2mla::model {
 
 namespace {
@@ -20,7 +22,7 @@ torch::Tensor diagonal_mask(int64_t n, const torch::Device& device) {
 torch::Tensor block_scores(const torch::Tensor& qb, const torch::Tensor& kb, int64_t g, int64_t t0, int64_t n,
                            double scale, const torch::Tensor& diag) {
   const int64_t B = qb.size(0), Hkv = qb.size(1), t1 = t0 + n;
-  auto s = torch::matmul(qb, kb.transpose(2, 3)).to(torch::kFloat32).mul_(scale).view({B, Hkv, g, n, t1});
+  auto s = kernels::matmul(qb, kb.transpose(2, 3)).to(torch::kFloat32).mul_(scale).view({B, Hkv, g, n, t1});
   s.narrow(-1, t0, n).add_(diag.narrow(0, 0, n).narrow(1, 0, n));
   return s;
 }
@@ -46,7 +48,7 @@ class BlockwiseCausal : public torch::autograd::Function<BlockwiseCausal> {
       auto s = block_scores(query_block(qg, t0, n), k.narrow(2, 0, t1), g, t0, n, scale, diag);  // [B, Hkv, g, n, t1]
       auto m = torch::logsumexp(s, -1, /*keepdim=*/true);                                   // [B, Hkv, g, n, 1]
       auto p = s.sub_(m).exp_().to(v.scalar_type()).view({B, Hkv, g * n, t1});
-      out.narrow(3, t0, n).copy_(torch::matmul(p, v.narrow(2, 0, t1)).view({B, Hkv, g, n, Dv}));
+      out.narrow(3, t0, n).copy_(kernels::matmul(p, v.narrow(2, 0, t1)).view({B, Hkv, g, n, Dv}));
       lse.narrow(3, t0, n).copy_(m.squeeze(-1));
     }
     ctx->saved_data["scale"] = scale;
@@ -79,12 +81,12 @@ class BlockwiseCausal : public torch::autograd::Function<BlockwiseCausal> {
                    .sub_(lse.narrow(3, t0, n).unsqueeze(-1))
                    .exp_();                                              // [B, Hkv, g, n, t1] fp32
       auto dob = dout.narrow(3, t0, n).reshape({B, Hkv, g * n, Dv});
-      auto dp = torch::matmul(dob, vb.transpose(2, 3)).to(torch::kFloat32).view({B, Hkv, g, n, t1});
+      auto dp = kernels::matmul(dob, vb.transpose(2, 3)).to(torch::kFloat32).view({B, Hkv, g, n, t1});
       auto ds = dp.sub_(delta.narrow(3, t0, n).unsqueeze(-1)).mul_(p).mul_(scale).to(t).view({B, Hkv, g * n, t1});
       auto pt = p.to(t).view({B, Hkv, g * n, t1});
-      dq.narrow(3, t0, n).copy_(torch::matmul(ds, kb).view({B, Hkv, g, n, D}));
-      dk.narrow(2, 0, t1).add_(torch::matmul(ds.transpose(2, 3), qb));
-      dv.narrow(2, 0, t1).add_(torch::matmul(pt.transpose(2, 3), dob));
+      dq.narrow(3, t0, n).copy_(kernels::matmul(ds, kb).view({B, Hkv, g, n, D}));
+      dk.narrow(2, 0, t1).add_(kernels::matmul(ds.transpose(2, 3), qb));
+      dv.narrow(2, 0, t1).add_(kernels::matmul(pt.transpose(2, 3), dob));
     }
     return {dq.view({B, Hq, T, D}).to(t), dk.to(k.scalar_type()), dv.to(v.scalar_type()), torch::Tensor(),
             torch::Tensor()};

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "kernels/attention.h"
+#include "kernels/gemv.h"
 #include "model/rope.h"
 #include "util/error.h"
 
@@ -231,7 +232,7 @@ torch::Tensor MLAAttentionImpl::attend_absorbed(const torch::Tensor& q_r, const 
   auto w_uk = kv_proj->up_k->weight.view({n_kv_, d_c, Lk});  // per KV head: k_nope = W_uk c
   auto w_uv = kv_proj->up_v->weight.view({n_kv_, d_h_, Lv});  // per KV head: v = W_uv c
   // Query heads of a group become rows of their KV head, as in grouped_attention.
-  auto q_nope_absorbed = torch::matmul(q_c.reshape({B, n_kv_, g * T, d_c}), w_uk);         // [B, n_kv, g·T, Lk]
+  auto q_nope_absorbed = kernels::matmul(q_c.reshape({B, n_kv_, g * T, d_c}), w_uk);         // [B, n_kv, g·T, Lk]
   const double scale = 1.0 / std::sqrt(static_cast<double>(d_h_));
   torch::Tensor o_latent;  // [B, n_kv, g·T, Lv]
   if (ctx.fused) {
@@ -249,17 +250,17 @@ torch::Tensor MLAAttentionImpl::attend_absorbed(const torch::Tensor& q_r, const 
     const int64_t S = c.size(1);
     auto c_k = kv_proj->key_part(c);    // [B, S, Lk]
     auto c_v = kv_proj->value_part(c);  // [B, S, Lv]
-    auto scores_nope = torch::matmul(q_nope_absorbed.reshape({B, n_h_ * T, Lk}), c_k.transpose(1, 2))
+    auto scores_nope = kernels::matmul(q_nope_absorbed.reshape({B, n_h_ * T, Lk}), c_k.transpose(1, 2))
                            .view({B, n_kv_, g * T, S});                                         // [B, n_kv, g·T, S]
-    auto scores_rope = torch::matmul(q_r.reshape({B, n_kv_, g * T, r_}), k_r.transpose(2, 3));  // [B, n_kv, g·T, S]
+    auto scores_rope = kernels::matmul(q_r.reshape({B, n_kv_, g * T, r_}), k_r.transpose(2, 3));  // [B, n_kv, g·T, S]
     auto scores = (scores_nope + scores_rope) * scale;
     const auto& mask = ctx.mask();
     if (mask.defined())
       scores = (scores.view({B, n_kv_, g, T, S}) + mask.view({mask.size(0), 1, 1, T, S})).view({B, n_kv_, g * T, S});
     auto probs = torch::softmax(scores, -1, torch::kFloat32).to(c.scalar_type());
-    o_latent = torch::matmul(probs.view({B, n_h_ * T, S}), c_v).view({B, n_kv_, g * T, Lv});
+    o_latent = kernels::matmul(probs.view({B, n_h_ * T, S}), c_v).view({B, n_kv_, g * T, Lv});
   }
-  auto o = torch::matmul(o_latent, w_uv.transpose(1, 2));                                       // [B, n_kv, g·T, d_h]
+  auto o = kernels::matmul(o_latent, w_uv.transpose(1, 2));                                       // [B, n_kv, g·T, d_h]
   if (kv_proj->up_v->bias.defined()) o = o + kv_proj->up_v->bias.view({1, n_kv_, 1, d_h_});
   return o.view({B, n_h_, T, d_h_});
 }

@@ -73,3 +73,44 @@ TEST(KernelVariants, FollowTheCpuFlags) {
     else EXPECT_THROW(kernels::resolve_variant(v), std::runtime_error) << kernels::variant_name(v);
   }
 }
+
+// The cap set in the process lowers Auto as MHA2MLA_KERNELS does, wins over the variable, and is restored by its
+// scope; a cap above the CPU leaves the CPU's best; unknown names are one clear error.
+TEST(KernelVariants, CapLowersAuto) {
+  using kernels::Variant;
+  const auto best = kernels::resolve_variant(Variant::Auto);
+  {
+    kernels::VariantCapScope cap(Variant::Generic);
+    EXPECT_EQ(kernels::resolve_variant(Variant::Auto), Variant::Generic);
+    {
+      kernels::VariantCapScope inner(Variant::Reference);
+      EXPECT_EQ(kernels::resolve_variant(Variant::Auto), Variant::Reference);
+    }
+    EXPECT_EQ(kernels::resolve_variant(Variant::Auto), Variant::Generic) << "the inner scope must restore the cap";
+    EnvGuard g("avx2");
+    EXPECT_EQ(kernels::resolve_variant(Variant::Auto), Variant::Generic) << "the process's cap wins over the variable";
+  }
+  EXPECT_EQ(kernels::resolve_variant(Variant::Auto), best);
+  {
+    kernels::VariantCapScope cap(Variant::Avx512Bf16);  // above every CPU's best or equal to it
+    EXPECT_EQ(kernels::resolve_variant(Variant::Auto), best);
+  }
+  if (kernels::cpu_has_avx2()) {
+    kernels::VariantCapScope cap(Variant::Avx2);
+    EXPECT_EQ(kernels::resolve_variant(Variant::Auto), Variant::Avx2);
+    EXPECT_EQ(kernels::resolve_variant(Variant::Generic), Variant::Generic) << "an explicit variant is not capped";
+  }
+  for (const char* name : {"auto", "reference", "generic", "avx2", "avx512", "avx512bf16"})
+    EXPECT_EQ(kernels::variant_name(kernels::parse_variant(name)), name);
+  EXPECT_THROW(kernels::parse_variant("avx3"), std::runtime_error);
+  {
+    EnvGuard g("avx-512");
+    try {
+      kernels::resolve_variant(Variant::Auto);
+      ADD_FAILURE() << "an unknown MHA2MLA_KERNELS was accepted";
+    } catch (const std::runtime_error& e) {
+      EXPECT_NE(std::string(e.what()).find("MHA2MLA_KERNELS"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("avx512bf16"), std::string::npos) << e.what();
+    }
+  }
+}

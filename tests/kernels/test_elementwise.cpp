@@ -84,6 +84,28 @@ TEST(KernelElementwise, SiluMulMatchesReference) {
   }
 }
 
+// Prompts (more rows than the kernels take) and the reference variant go to libtorch ops, which in 1.13 have no
+// f16 silu on the CPU: every dtype must still work there, on every variant, with and without autograd.
+TEST(KernelElementwise, SiluMulOfAPromptInEveryDtype) {
+  auto variants = testutil::cpu_variants();
+  variants.insert(variants.begin(), kernels::Variant::Reference);
+  for (auto dt : kTypes) {
+    torch::manual_seed(5);
+    auto g = (torch::randn({1, 300, 64}) * 4).to(dt), u = torch::randn({1, 300, 64}).to(dt);
+    // bf16 keeps libtorch's own op, which rounds inside silu too (see silu_mul); f16 and f32 round as the reference.
+    auto want = dt == torch::kBFloat16 ? torch::silu(g) * u : kernels::silu_mul_reference(g, u);
+    for (auto var : variants) {
+      kernels::VariantCapScope cap(var);
+      const std::string what = "prompt silu_mul " + kernels::variant_name(var) + " " + name(dt);
+      expect_close(kernels::silu_mul(g, u, var), want, what);
+      auto gg = g.detach().requires_grad_();
+      kernels::silu_mul(gg, u).to(torch::kFloat32).sum().backward();
+      ASSERT_TRUE(gg.grad().defined()) << what;
+      EXPECT_FALSE(gg.grad().isnan().any().item<bool>()) << what;
+    }
+  }
+}
+
 TEST(KernelElementwise, SiluMulRoundsProductsToNearestEven) {
   // Gates above 20 give silu(v) = v exactly in 16-bit types, so each variant's output is the product v * u rounded
   // once; products of two 16-bit values often sit exactly halfway between two of them, where only round-half-even

@@ -145,3 +145,36 @@ TEST(KernelGemv, LinearAddRoundsAsLinearThenAdd) {
   ASSERT_TRUE(r.grad().defined());
   EXPECT_TRUE(torch::equal(r.grad(), torch::ones({1, 3})));
 }
+
+// Prompts and training take linear_matmul (more rows than the GEMV takes, or autograd). Every dtype must work on
+// every variant the project dispatches to, whatever the CPU: libtorch 1.13 has no f16 GEMM on the CPU, so f16
+// failed wherever linear_matmul handed it to torch::linear (AVX-512 CPUs, and the reference variant everywhere).
+// The products and gradients are checked against f32 on the same rounded inputs.
+TEST(KernelLinearMatmul, EveryDtypeOnEveryVariant) {
+  auto variants = cpu_variants();
+  variants.insert(variants.begin(), Variant::Reference);
+  for (auto dt : {torch::kFloat32, torch::kBFloat16, torch::kFloat16}) {
+    torch::manual_seed(7);
+    auto x = torch::randn({3, 11, 96}).to(dt);  // 33 rows: a matmul, not a GEMV
+    auto w = (torch::randn({40, 96}) * 0.1).to(dt);
+    auto b = torch::randn({40}).to(dt);
+    auto f32 = [](const torch::Tensor& u) { return u.to(torch::kFloat32); };
+    auto want = torch::linear(f32(x), f32(w), f32(b)).to(dt);
+    for (auto var : variants) {
+      kernels::VariantCapScope cap(var);
+      const std::string what = kernels::variant_name(var) + " " + c10::toString(dt);
+      expect_close(kernels::linear_matmul(x, w, b, var), want, dt, what);
+      expect_close(kernels::linear(x, w, b), want, dt, what + " through linear()");
+
+      // Autograd: the gradients of sum(y · g) reach x, W and b in their own dtype.
+      auto xg = x.detach().requires_grad_(), wg = w.detach().requires_grad_(), bg = b.detach().requires_grad_();
+      auto g = torch::randn({3, 11, 40}).to(dt);
+      (kernels::linear(xg, wg, bg).to(torch::kFloat32) * f32(g)).sum().backward();
+      ASSERT_EQ(xg.grad().scalar_type(), dt) << what;
+      auto gx = torch::matmul(f32(g), f32(w)), gw = torch::matmul(f32(g).reshape({-1, 40}).t(), f32(x).reshape({-1, 96}));
+      expect_close(xg.grad(), gx.to(dt), dt, what + " dL/dx");
+      expect_close(wg.grad(), gw.to(dt), dt, what + " dL/dW");
+      expect_close(bg.grad(), f32(g).sum(std::vector<int64_t>{0, 1}).to(dt), dt, what + " dL/db");
+    }
+  }
+}

@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 
+#include "kernels/variants.h"
 #include "model/decode_step.h"
 #include "model/transformer.h"
 #include "testing/mla_model.h"
@@ -42,16 +43,32 @@ torch::Tensor decode(Transformer& m, DecodeStepMode mode, int64_t prompt, int64_
   return torch::cat(out, 0);
 }
 
+std::string dtype_name(torch::ScalarType t) {
+  return t == torch::kFloat32 ? "f32" : t == torch::kBFloat16 ? "bf16" : "f16";
+}
+
+// Each case runs on every kernel variant this CPU can run (the cap lowers Auto for the whole model, as
+// MHA2MLA_KERNELS does), so an AVX-512 machine also checks the AVX2 and portable paths, and an AVX2 machine the
+// portable one.
+template <class C>
+std::vector<std::pair<C, kernels::Variant>> on_each_variant(const std::vector<C>& cases) {
+  std::vector<std::pair<C, kernels::Variant>> out;
+  for (const auto& c : cases)
+    for (auto v : testutil::cpu_variants()) out.emplace_back(c, v);
+  return out;
+}
+
 struct Case {
   std::string kind;
   torch::ScalarType dtype;
   int threads;
 };
 
-class FusedStep : public ::testing::TestWithParam<Case> {};
+class FusedStep : public ::testing::TestWithParam<std::pair<Case, kernels::Variant>> {};
 
 TEST_P(FusedStep, MatchesLayersBitForBit) {
-  const auto c = GetParam();
+  const auto c = GetParam().first;
+  kernels::VariantCapScope cap(GetParam().second);
   ThreadScope ts(c.threads);
   torch::NoGradGuard ng;
   auto cfg = tiny_config(c.kind);
@@ -65,7 +82,8 @@ TEST_P(FusedStep, MatchesLayersBitForBit) {
 }
 
 TEST_P(FusedStep, PaddingAndSlidingWindowMatchLayers) {
-  const auto c = GetParam();
+  const auto c = GetParam().first;
+  kernels::VariantCapScope cap(GetParam().second);
   ThreadScope ts(c.threads);
   torch::NoGradGuard ng;
   auto cfg = tiny_config(c.kind);
@@ -80,15 +98,14 @@ TEST_P(FusedStep, PaddingAndSlidingWindowMatchLayers) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Tiny, FusedStep,
-                         ::testing::Values(Case{"llama-mha", torch::kFloat32, 1}, Case{"llama-mha", torch::kBFloat16, 3},
-                                           Case{"llama-gqa", torch::kFloat32, 3}, Case{"llama-gqa", torch::kFloat16, 1},
-                                           Case{"qwen2", torch::kBFloat16, 1}, Case{"qwen2", torch::kFloat32, 3}),
+                         ::testing::ValuesIn(on_each_variant<Case>(
+                             {{"llama-mha", torch::kFloat32, 1}, {"llama-mha", torch::kBFloat16, 3},
+                              {"llama-gqa", torch::kFloat32, 3}, {"llama-gqa", torch::kFloat16, 1},
+                              {"qwen2", torch::kBFloat16, 1}, {"qwen2", torch::kFloat32, 3}})),
                          [](const auto& info) {
-                           std::string s = info.param.kind + "_" +
-                                           (info.param.dtype == torch::kFloat32    ? "f32"
-                                            : info.param.dtype == torch::kBFloat16 ? "bf16"
-                                                                                   : "f16") +
-                                           "_t" + std::to_string(info.param.threads);
+                           const auto& c = info.param.first;
+                           std::string s = c.kind + "_" + dtype_name(c.dtype) + "_t" + std::to_string(c.threads) +
+                                           "_" + kernels::variant_name(info.param.second);
                            for (auto& ch : s)
                              if (ch == '-') ch = '_';
                            return s;
@@ -110,10 +127,12 @@ Transformer converted(const std::string& svd, int64_t dkv, torch::ScalarType dty
   return mla;
 }
 
-class FusedStepMla : public ::testing::TestWithParam<std::tuple<std::string, torch::ScalarType, int>> {};
+using MlaCase = std::tuple<std::string, torch::ScalarType, int>;
+class FusedStepMla : public ::testing::TestWithParam<std::pair<MlaCase, kernels::Variant>> {};
 
 TEST_P(FusedStepMla, AbsorbedMatchesLayersBitForBit) {
-  const auto [svd, dtype, threads] = GetParam();
+  const auto [svd, dtype, threads] = GetParam().first;
+  kernels::VariantCapScope cap(GetParam().second);
   ThreadScope ts(threads);
   torch::NoGradGuard ng;
   auto m = converted(svd, 3, dtype);
@@ -129,14 +148,14 @@ TEST_P(FusedStepMla, AbsorbedMatchesLayersBitForBit) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Tiny, FusedStepMla,
-                         ::testing::Values(std::make_tuple("joint", torch::kFloat32, 1),
-                                           std::make_tuple("joint", torch::kBFloat16, 3),
-                                           std::make_tuple("split", torch::kFloat32, 3),
-                                           std::make_tuple("split", torch::kBFloat16, 1)),
+                         ::testing::ValuesIn(on_each_variant<MlaCase>(
+                             {{"joint", torch::kFloat32, 1}, {"joint", torch::kBFloat16, 3},
+                              {"split", torch::kFloat32, 3}, {"split", torch::kBFloat16, 1},
+                              {"joint", torch::kFloat16, 1}})),
                          [](const auto& info) {
-                           return std::get<0>(info.param) +
-                                  (std::get<1>(info.param) == torch::kFloat32 ? "_f32" : "_bf16") + "_t" +
-                                  std::to_string(std::get<2>(info.param));
+                           const auto& c = info.param.first;
+                           return std::get<0>(c) + "_" + dtype_name(std::get<1>(c)) + "_t" +
+                                  std::to_string(std::get<2>(c)) + "_" + kernels::variant_name(info.param.second);
                          });
 
 AttnContext decode_context() {
