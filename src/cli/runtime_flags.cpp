@@ -3,6 +3,7 @@
 #include <sstream>
 
 #include "io/safetensors.h"
+#include "kernels/cpu_features.h"
 #include "util/error.h"
 
 namespace mha2mla::cli {
@@ -11,6 +12,16 @@ void add_runtime_options(OptionTable& t, model::RuntimeOptions& rt, unsigned par
   if (parts & kDevice)
     t.value("device", "D", "cpu, cuda or cuda:N", [&rt](const std::string& v) { rt.device = model::parse_device(v); },
             rt.device.str());
+  if (parts & kDevice)
+    t.value("kernels", "V",
+            "CPU kernels: auto (the best this CPU runs), avx512bf16, avx512, avx2, generic (portable loops)\n"
+            "or reference (libtorch ops); a variant this CPU cannot run is an error. MHA2MLA_KERNELS sets the same",
+            [](const std::string& v) {
+              const auto variant = kernels::parse_variant(v);
+              kernels::resolve_variant(variant);  // refuses what the CPU lacks
+              kernels::set_variant_cap(variant);
+            },
+            "auto");
   if (parts & kDtype)
     t.value("dtype", "T", "weights and compute: f32, bf16 or f16",
             [&rt](const std::string& v) { rt.dtype = model::parse_compute_dtype(v); },
@@ -24,6 +35,10 @@ void add_runtime_options(OptionTable& t, model::RuntimeOptions& rt, unsigned par
     t.integer("cache-residual", "N", "most recent tokens kept in the compute dtype by integer cache types",
               rt.cache.residual, 0);
     t.integer("cache-group", "G", "values per quantization group", rt.cache.group, 1);
+    t.value("cache-quant", "Q",
+            "how integer cache types fit each group's zero point: minmax (the group's minimum) or hqq\n"
+            "(half-quadratic fit under an lp error, robust to outliers; same layout, same decoding speed)",
+            [&rt](const std::string& v) { rt.cache.quant = model::parse_quant_method(v); }, "minmax");
     t.value("cache-axis", "B=A,...",
             "quantization axis per buffer: k, v (MHA/GQA), c, k_r (MLA) = token or channel",
             [&rt](const std::string& v) {
@@ -69,11 +84,13 @@ nlohmann::json runtime_json(const model::RuntimeOptions& rt) {
                    {"dtype", io::torch_dtype_name(rt.dtype)},
                    {"attn", model::attn_mode_name(rt.attn)},
                    {"attn_kernel", rt.reference_attention ? "reference" : "fused"},
-                   {"decode_step", rt.decode_step == model::DecodeStepMode::Fused ? "fused" : "layers"}};
+                   {"decode_step", rt.decode_step == model::DecodeStepMode::Fused ? "fused" : "layers"},
+                   {"kernels", kernels::variant_name(kernels::resolve_variant(kernels::Variant::Auto))}};
   j["cache_type"] = rt.cache.type ? model::cache_type_name(*rt.cache.type) : "compute dtype";
   if (rt.cache.type && model::is_quantized(*rt.cache.type)) {
     j["cache_residual"] = rt.cache.residual;
     j["cache_group"] = rt.cache.group;
+    j["cache_quant"] = model::quant_method_name(rt.cache.quant);
   }
   return j;
 }

@@ -1,6 +1,7 @@
 #pragma once
-// The runtime rows shared by every command that runs a model: --device, --dtype, and for the commands
-// that decode through a cache --cache-type, --cache-residual, --cache-group, --cache-axis and --attn.
+// The runtime rows shared by every command that runs a model: --device, --kernels, --dtype, and for the
+// commands that decode through a cache --cache-type, --cache-residual, --cache-group, --cache-axis,
+// --cache-quant and --attn.
 #include <nlohmann/json.hpp>
 
 #include "cli/options.h"
@@ -9,9 +10,9 @@
 namespace mha2mla::cli {
 
 enum RuntimeParts : unsigned {
-  kDevice = 1,
+  kDevice = 1,  // --device, --kernels
   kDtype = 2,
-  kCache = 4,  // --cache-type, --cache-type-kr, --cache-residual, --cache-group, --cache-axis
+  kCache = 4,  // --cache-type, --cache-type-kr, --cache-residual, --cache-group, --cache-axis, --cache-quant
   kAttn = 8,
   kAllRuntime = kDevice | kDtype | kCache | kAttn,
 };
@@ -20,7 +21,8 @@ enum RuntimeParts : unsigned {
 // that is no multiple of the group for a per-channel axis, ...) happen where the cache is built.
 void add_runtime_options(OptionTable& t, model::RuntimeOptions& rt, unsigned parts);
 
-// The runtime as JSON ({device, dtype, cache_type, ...}), for the commands' --json reports.
+// The runtime as JSON ({device, dtype, cache_type, ..., kernels: the CPU variant in effect}), for the
+// commands' --json reports.
 nlohmann::json runtime_json(const model::RuntimeOptions& rt);
 
 }  // namespace mha2mla::cli

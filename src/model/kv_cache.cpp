@@ -59,6 +59,7 @@ Storage resolve_storage(const BufferSpec& spec, const CacheOptions& opt, torch::
   s.axis = a != opt.axis_of.end() ? a->second : spec.axis;
   s.group = opt.group;
   s.residual = opt.residual;
+  s.quant = opt.quant;
   check(s.group >= 1, "--cache-group must be at least 1");
   check(s.residual >= 0, "--cache-residual must not be negative");
   if (is_quantized(s.type) && s.axis == QuantAxis::Channel)
@@ -134,7 +135,7 @@ void SlotBuffer::advance(int64_t t) {
 
 void SlotBuffer::quantize_and_append(const torch::Tensor& block) {
   const int64_t n = block.size(2);
-  auto q = quantize(block, bits_, st_.group, st_.axis);
+  auto q = quantize(block, bits_, st_.group, st_.axis, st_.quant);
   const int64_t rows = meta_rows(quantized_), new_rows = q.scale.size(2);
   data_ = grow(data_, q.data, quantized_ + n, quantized_, 64);
   scale_ = grow(scale_, q.scale, rows + new_rows, rows, 64);

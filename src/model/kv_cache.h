@@ -28,6 +28,7 @@ struct Storage {
   QuantAxis axis = QuantAxis::Token;
   int64_t group = 64;
   int64_t residual = 128;
+  QuantMethod quant = QuantMethod::MinMax;
 };
 
 // The float cache type that stores `t` as it is (f32, bf16 or f16).

@@ -1,5 +1,7 @@
 #include "model/quant.h"
 
+#include <limits>
+
 #include "util/error.h"
 
 namespace mha2mla::model {
@@ -47,15 +49,52 @@ torch::Tensor unpack(const torch::Tensor& data, int bits, int64_t width) {  // -
 int64_t packed_row_bytes(int64_t width, int bits) { return (width * bits + 7) / 8; }
 int64_t quant_groups(int64_t width, int64_t group) { return (width + group - 1) / group; }
 
-QuantBlock quantize(const torch::Tensor& x, int bits, int64_t group, QuantAxis axis) {
+namespace {
+
+// HQQ's zero point for fixed scales (hqq's optimize_weights_proximal, in value space: x ≈ q·s + z). Each round
+// quantizes with the current zero, treats the part of the error that the lp shrinkage keeps (p < 1: the large
+// errors, outliers) as not the zero's to fix, and refits the zero to the rest by least squares; the shrinkage's
+// threshold 1/β falls as β grows by κ each round. Each group keeps the zero of its lowest mean absolute error
+// (hqq stops the whole tensor at the first round that does not improve it).
+//   x [..] f32; s, s_safe: the scales spread over x's shape (s_safe: 1 where s is 0); z0: the min-max zeros,
+//   one per group; spread: one value per group -> x's shape; group_sum: x's shape -> one sum per group.
+template <class Spread, class GroupSum>
+torch::Tensor hqq_zero(const torch::Tensor& x, const torch::Tensor& s, const torch::Tensor& s_safe,
+                       const torch::Tensor& z0, double qmax, const Spread& spread, const GroupSum& group_sum) {
+  constexpr double p = 0.7, kappa = 1.01;
+  constexpr int kRounds = 20;
+  double beta = 10.0;
+  const torch::Tensor count = group_sum(torch::ones_like(x));
+  torch::Tensor z = z0, best_z = z0;
+  auto best_err = torch::full_like(z0, std::numeric_limits<float>::infinity());
+  for (int i = 0; i < kRounds; ++i) {
+    const torch::Tensor zx = spread(z);
+    const torch::Tensor qs = ((x - zx) / s_safe).round().clamp(0, qmax) * s;
+    const torch::Tensor d = x - qs - zx;  // x minus its dequantized value
+    const torch::Tensor err = group_sum(d.abs()) / count;
+    const torch::Tensor better = err < best_err;
+    if (!better.any().item<bool>()) break;
+    best_err = torch::where(better, err, best_err);
+    best_z = torch::where(better, z, best_z);
+    const torch::Tensor a = d.abs();
+    const torch::Tensor e = d.sign() * torch::relu(a - (a + 1e-8).pow(p - 1) / beta);
+    z = group_sum(x - e - qs) / count;
+    beta *= kappa;
+  }
+  return best_z;
+}
+
+}  // namespace
+
+QuantBlock quantize(const torch::Tensor& x, int bits, int64_t group, QuantAxis axis, QuantMethod method) {
   check(bits == 8 || bits == 4 || bits == 2, "quantize: bits must be 8, 4 or 2");
   check(x.dim() == 4, "quantize: expects [B, H, N, D]");
   const double qmax = (1 << bits) - 1;
   const int64_t B = x.size(0), H = x.size(1), N = x.size(2), D = x.size(3);
   auto xf = x.to(torch::kFloat32);
+  const int64_t ng = quant_groups(D, group);
   torch::Tensor mn, mx;
   if (axis == QuantAxis::Token) {
-    const int64_t ng = quant_groups(D, group);
     auto g = pad_repeat_last(xf, ng * group).view({B, H, N, ng, group});
     mn = g.amin(-1);
     mx = g.amax(-1);
@@ -65,21 +104,25 @@ QuantBlock quantize(const torch::Tensor& x, int bits, int64_t group, QuantAxis a
     mn = g.amin(3);
     mx = g.amax(3);
   }
+  // One value per group -> x's shape, and x's shape -> one sum per group (the padding of a short last group of
+  // channels adds nothing).
+  auto spread = [&](const torch::Tensor& t) {
+    if (axis == QuantAxis::Channel) return t.repeat_interleave(group, 2);
+    return t.unsqueeze(-1).expand({B, H, N, ng, group}).reshape({B, H, N, ng * group}).narrow(-1, 0, D);
+  };
+  auto group_sum = [&](const torch::Tensor& t) {
+    if (axis == QuantAxis::Channel) return t.view({B, H, N / group, group, D}).sum(3);
+    return torch::constant_pad_nd(t, {0, ng * group - D}, 0).view({B, H, N, ng, group}).sum(-1);
+  };
   auto zero = mn.clamp(-kF16Max, kF16Max).to(torch::kFloat16);
   auto scale = ((mx - zero.to(torch::kFloat32)) / qmax).clamp(0, kF16Max).to(torch::kFloat16);
-  auto s = scale.to(torch::kFloat32), z = zero.to(torch::kFloat32);
-  auto s_safe = torch::where(s > 0, s, torch::ones_like(s));
-  torch::Tensor q;
-  if (axis == QuantAxis::Token) {
-    const int64_t ng = s.size(-1);
-    auto expand = [&](const torch::Tensor& t) {
-      return t.unsqueeze(-1).expand({B, H, N, ng, group}).reshape({B, H, N, ng * group}).narrow(-1, 0, D);
-    };
-    q = ((xf - expand(z)) / expand(s_safe)).round().clamp(0, qmax);
-  } else {
-    auto expand = [&](const torch::Tensor& t) { return t.repeat_interleave(group, 2); };
-    q = ((xf - expand(z)) / expand(s_safe)).round().clamp(0, qmax);
-  }
+  auto s = scale.to(torch::kFloat32);
+  auto s_safe = spread(torch::where(s > 0, s, torch::ones_like(s)));
+  if (method == QuantMethod::Hqq)
+    zero = hqq_zero(xf, spread(s), s_safe, zero.to(torch::kFloat32), qmax, spread, group_sum)
+               .clamp(-kF16Max, kF16Max)
+               .to(torch::kFloat16);
+  auto q = ((xf - spread(zero.to(torch::kFloat32))) / s_safe).round().clamp(0, qmax);
   return {pack(q, bits).contiguous(), scale.contiguous(), zero.contiguous()};
 }
 

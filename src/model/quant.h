@@ -5,7 +5,9 @@
 //   scale, zero f16: per token  [B, H, N, ceil(D/G)]  (groups of G channels of one token, the last shorter),
 //                    per channel [B, H, N/G, D]       (groups of G tokens of one channel; N a multiple of G).
 // x ≈ q·scale + zero with q = round((x − zero)/scale) clamped to [0, 2^bits − 1]; zero = min, scale = (max − min)/(2^bits − 1),
-// both rounded to f16 before q is computed, so dequantization uses exactly the stored values.
+// both rounded to f16 before q is computed, so dequantization uses exactly the stored values. With
+// QuantMethod::Hqq the zero is fitted instead (HQQ: half-quadratic splitting under an lp error, p = 0.7, as the
+// hqq library does for Hugging Face's quantized cache), the scale staying min-max; the layout is the same.
 #include <torch/torch.h>
 
 #include "model/runtime_options.h"
@@ -19,7 +21,8 @@ struct QuantBlock {
 int64_t packed_row_bytes(int64_t width, int bits);
 int64_t quant_groups(int64_t width, int64_t group);  // per-token groups of one row: ceil(D/G)
 
-QuantBlock quantize(const torch::Tensor& x, int bits, int64_t group, QuantAxis axis);
+QuantBlock quantize(const torch::Tensor& x, int bits, int64_t group, QuantAxis axis,
+                    QuantMethod method = QuantMethod::MinMax);
 // Back to `dtype`, [B, H, N, width].
 torch::Tensor dequantize(const QuantBlock& q, int bits, int64_t group, QuantAxis axis, int64_t width,
                          torch::ScalarType dtype);

@@ -48,6 +48,14 @@ QuantAxis parse_quant_axis(const std::string& s) {
 
 std::string quant_axis_name(QuantAxis a) { return a == QuantAxis::Token ? "token" : "channel"; }
 
+QuantMethod parse_quant_method(const std::string& s) {
+  if (s == "minmax") return QuantMethod::MinMax;
+  if (s == "hqq") return QuantMethod::Hqq;
+  fail("unknown cache quantizer \"" + s + "\" (use minmax or hqq)");
+}
+
+std::string quant_method_name(QuantMethod m) { return m == QuantMethod::MinMax ? "minmax" : "hqq"; }
+
 AttnMode parse_attn_mode(const std::string& s) {
   if (s == "auto") return AttnMode::Auto;
   if (s == "absorbed") return AttnMode::Absorbed;

@@ -17,6 +17,11 @@ enum class CacheType { F32, BF16, F16, Int8, Int4, Int2 };
 // values per token (groups of G channels of one token).
 enum class QuantAxis { Token, Channel };
 
+// How an integer cache type picks each group's zero point (the scale is min-max either way): minmax, the group's
+// minimum; hqq, Half-Quadratic Quantization's zero, fitted by half-quadratic splitting under an lp error
+// (p = 0.7), robust to the few outliers that min-max spends its range on. Decoding reads the same layout.
+enum class QuantMethod { MinMax, Hqq };
+
 // absorbed: MLA scores against the cached latent directly (K and V never materialised);
 // materialize: rebuild K/V from the latent (the reference path); auto: absorbed when it does less work.
 enum class AttnMode { Auto, Absorbed, Materialize };
@@ -32,6 +37,7 @@ struct CacheOptions {
   std::map<std::string, QuantAxis> axis_of;
   int64_t residual = 128;  // most recent tokens kept in the compute dtype (integer types only)
   int64_t group = 64;      // values per scale/zero-point group
+  QuantMethod quant = QuantMethod::MinMax;
 };
 
 struct RuntimeOptions {
@@ -52,6 +58,8 @@ int cache_type_bits(CacheType t);  // 32, 16, 8, 4, 2
 bool is_quantized(CacheType t);
 QuantAxis parse_quant_axis(const std::string& s);
 std::string quant_axis_name(QuantAxis a);
+QuantMethod parse_quant_method(const std::string& s);
+std::string quant_method_name(QuantMethod m);
 AttnMode parse_attn_mode(const std::string& s);
 std::string attn_mode_name(AttnMode a);
 torch::Device parse_device(const std::string& s);  // cpu | cuda | cuda:N, checked against what is present
