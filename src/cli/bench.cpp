@@ -22,7 +22,7 @@ std::vector<std::string> split_list(const std::string& option, const std::string
   std::string item;
   while (std::getline(in, item, ','))
     if (!item.empty()) out.push_back(item);
-  check(!out.empty(), "--" + option + " needs at least one value");
+  usage_check(!out.empty(), "--" + option + " needs at least one value");
   return out;
 }
 
@@ -34,7 +34,7 @@ int64_t parse_tokens(const std::string& option, std::string v) {
     v.pop_back();
   }
   const int64_t n = parse_int(option, v) * mult;
-  check(n >= 1, "--" + option + " values must be positive");
+  usage_check(n >= 1, "--" + option + " values must be positive");
   return n;
 }
 
