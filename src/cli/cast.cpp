@@ -28,7 +28,10 @@ int cmd_cast(const Args& a) {
                 "weights (scripts/pretrain_default.sh extends the default models to 4,096 positions this way).");
   t.required("model", "DIR", "source model folder", [&](auto& v) { dir = v; })
       .required("out", "DIR", "output folder", [&](auto& v) { out = v; })
-      .required("dtype", "T", "f32, bf16 or f16", [&](auto& v) { dtype_name = v; })
+      .required("dtype", "T", "f32, bf16 or f16", [&](auto& v) {
+        model::parse_compute_dtype(v);
+        dtype_name = v;
+      })
       .integer("max-positions", "N", "new max_position_embeddings (0 = keep)", max_positions, 0)
       .number("rope-theta", "X", "new rope_theta (0 = keep)", rope_theta);
   if (!t.parse(a)) return 0;

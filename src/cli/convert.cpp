@@ -41,7 +41,7 @@ int cmd_convert(const Args& a) {
                 "joint: one SVD of [W_k nope; W_v]; split: one each (latent 2·D·n_kv);\n"
                 "activation: joint, weighted by the calibration inputs' covariance;\n"
                 "none: partial RoPE only, full-rank K/V",
-                [&](auto& v) { opt.svd = v; })
+                [&](auto& v) { opt.svd = parse_choice("svd", v, {"joint", "split", "activation", "none"}); })
       .text("calib", "FILE", "from 'mha2mla calibrate' (2-norm scores, covariances, held-out error)", calib, "none")
       .value("dtype", "T", "output dtype f32 | bf16 | f16", [&](auto& v) {
         model::parse_compute_dtype(v);

@@ -83,7 +83,11 @@ int cmd_generate(const Args& a) {
          "an integer --cache-type how many are quantized and how many are still in the compute dtype.");
   if (!t.parse(a)) return 0;
   opt.sampling.seed = static_cast<uint64_t>(seed);
-  infer::Sampler validate_only(opt.sampling);  // rejects bad values before the model loads
+  try {
+    infer::Sampler validate_only(opt.sampling);  // rejects bad values before the model loads
+  } catch (const Error& e) {
+    usage_fail(e.what());  // a bad --temperature or --top-p
+  }
 
   io::check_model_folder(dir, io::kModelAll);
   auto tok = tok::Tokenizer::load(dir);

@@ -29,6 +29,8 @@ TEST(Main, ExitStatusTellsUsageErrorsFromFailures) {
                             "generate --model M --prompt hi --max-new 0",          // out of range
                             "generate --model M --prompt hi --cache-type int3",    // rejected by a setter
                             "generate --model M --prompt hi --json 1",             // value given to a flag
+                            "generate --model M --prompt hi --top-p 1.5",          // checked after parsing
+                            "convert --model M --out O --rope high --rope-dims 8 --dkv 4 --svd jiont",
                             "ppl --model M --text t --cache-type int8 --chunk 0",  // options that contradict
                             "convert --model M --out O --rope high --rope-dims 8 --svd joint"}) {  // no --dkv
     auto r = run_cli(usage);
