@@ -21,9 +21,9 @@ namespace {
 
 // The --json keys, as --help lists them (a test compares the two).
 constexpr const char* kJsonKeys =
-    "text, tokens, prompt_tokens, new_tokens, stop_reason, prefill_s, decode_s, decode_tokens_per_s,\n"
-    "runtime, peak_rss_bytes, cache_bytes, cache_bytes_per_token, cache_capacity_bytes, cache_tokens,\n"
-    "cache_residual_tokens";
+    "text, tokens, prompt_tokens, new_tokens,\n"
+    "stop_reason, prefill_s, decode_s, decode_tokens_per_s, runtime, peak_rss_bytes, cache_bytes,\n"
+    "cache_bytes_per_token, cache_capacity_bytes, cache_tokens, cache_residual_tokens";
 
 std::string stop_text(infer::StopReason r, int64_t max_new, int64_t max_pos) {
   switch (r) {
