@@ -120,7 +120,8 @@ int cmd_convert(const Args& a) {
               "(about twice, for -81%% of the cache on models/kjv-mha); fine-tuning brings it back close to it.\n"
               "  mha2mla ppl --model %s --text HELD_OUT.txt\n"
               "  mha2mla data --tokenizer %s --in TRAIN.txt --val-in HELD_OUT.txt --out SHARDS\n"
-              "  mha2mla finetune --model %s --mla %s --data SHARDS --val SHARDS --out %s --steps 200 --lr 5e-4\n"
+              "  mha2mla finetune --model %s --mla %s --data SHARDS --val SHARDS --out %s --steps 200 --seq-len 512 \\\n"
+              "    --lr 5e-4 --precision bf16\n"
               "  mha2mla ppl --model %s/mla/model --text HELD_OUT.txt\n"
               "(docs/converting.md walks through these on the shipped models/kjv-mha)\n",
               mla_out.c_str(), model.c_str(), model.c_str(), mla_out.c_str(), ft.c_str(), ft.c_str());
