@@ -22,7 +22,7 @@ std::vector<std::string> split_list(const std::string& option, const std::string
   std::string item;
   while (std::getline(in, item, ','))
     if (!item.empty()) out.push_back(item);
-  check(!out.empty(), "--" + option + " needs at least one value");
+  usage_check(!out.empty(), "--" + option + " needs at least one value");
   return out;
 }
 
@@ -34,7 +34,7 @@ int64_t parse_tokens(const std::string& option, std::string v) {
     v.pop_back();
   }
   const int64_t n = parse_int(option, v) * mult;
-  check(n >= 1, "--" + option + " values must be positive");
+  usage_check(n >= 1, "--" + option + " values must be positive");
   return n;
 }
 
@@ -72,14 +72,17 @@ int cmd_bench(const Args& a) {
       }, "1")
       .toggle("no-prefill", "fill the caches with synthetic values instead of running the prompt", o.no_prefill)
       .integer("prefill-chunk", "N", "prompt tokens per forward during prefill", o.prefill_chunk, 1)
-      .integer("steps", "N", "decode steps timed per cell", o.decode_steps, 1);
+      .integer("steps", "N", "decode steps timed per run", o.decode_steps, 1)
+      .integer("repeats", "N", "timed decode runs per cell; the table, plot and JSON give their median and range",
+               o.repeats, 1);
   add_runtime_options(t, o.rt, kDevice | kDtype | kAttn);
   t.integer("cache-residual", "N", "full-precision residual of integer cache types", o.rt.cache.residual, 0)
       .integer("cache-group", "G", "values per quantization group", o.rt.cache.group, 1)
       .text("out", "PREFIX", "also write PREFIX.json, PREFIX.md and PREFIX.svg", out_prefix, "none")
       .toggle("json", "print the result as one JSON object {read_bandwidth_gbs, matmul_gflops: {f32, bf16},\n"
-                      "shape, dtype, device, cells: [{model, cache_type, context, batch, kv_bytes_per_token,\n"
-                      "prefill_tokens_per_s, prefill_matmul_fraction, decode_tokens_per_s, attn_step_ms, attn_gbs,\n"
+                      "shape, dtype, decode_step, device, cells: [{model, cache_type, context, batch, kv_bytes_per_token,\n"
+                      "prefill_tokens_per_s, prefill_matmul_fraction, decode_tokens_per_s (the median),\n"
+                      "decode_tokens_per_s_min, decode_tokens_per_s_max, repeats, attn_step_ms, attn_gbs,\n"
                       "weight_bytes, decode_roofline}], peak_rss_bytes}",
               json);
   if (!t.parse(a)) return 0;

@@ -6,6 +6,7 @@
 #include "cli/cli.h"
 #include "cli/options.h"
 #include "cli/runtime_flags.h"
+#include "io/model_folder.h"
 #include "convert/calibrate.h"
 #include "convert/rope_select.h"
 #include "model/transformer.h"
@@ -65,6 +66,7 @@ int cmd_calibrate(const Args& a) {
   t.toggle("json", "print {out, tokens, heldout_tokens, samples, ctx, layers, seconds, peak_rss_bytes, runtime} as\n"
                    "JSON; the statistics are accumulated in fp64 whatever --dtype computes in", json);
   if (!t.parse(a)) return 0;
+  io::check_model_folder(dir, io::kModelAll);
   // Look at the raw config first: a converted model's weights would not even load as a standard one.
   nlohmann::json raw;
   try {
@@ -98,8 +100,12 @@ int cmd_calibrate(const Args& a) {
                      {"seconds", secs},      {"peak_rss_bytes", peak_rss_bytes()}, {"runtime", runtime_json(rt)}};
     std::cout << j.dump() << "\n";
   } else {
-    std::printf("calibrated on %lld tokens (%lld windows of %lld, %lld tokens held out) -> %s\n",
-                static_cast<long long>(s.tokens), static_cast<long long>(s.samples), static_cast<long long>(s.ctx),
+    // Windows and tokens both split into statistics + held out, so the numbers add up as printed.
+    const int64_t held = s.heldout_tokens / s.ctx;
+    std::printf("calibrated on %lld windows of %lld tokens: %lld for the statistics (%lld tokens), %lld held out "
+                "(%lld tokens) -> %s\n",
+                static_cast<long long>(s.samples), static_cast<long long>(s.ctx),
+                static_cast<long long>(s.samples - held), static_cast<long long>(s.tokens), static_cast<long long>(held),
                 static_cast<long long>(s.heldout_tokens), out.c_str());
     auto ranks = convert::ranks_from_scores(convert::two_norm_scores(s, m->config().num_kv_heads));
     print_best(ranks, 0);

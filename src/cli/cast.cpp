@@ -6,6 +6,7 @@
 
 #include "cli/cli.h"
 #include "cli/options.h"
+#include "io/model_folder.h"
 #include "io/model_files.h"
 #include "io/safetensors.h"
 #include "model/transformer.h"
@@ -27,14 +28,18 @@ int cmd_cast(const Args& a) {
                 "weights (scripts/pretrain_default.sh extends the default models to 4,096 positions this way).");
   t.required("model", "DIR", "source model folder", [&](auto& v) { dir = v; })
       .required("out", "DIR", "output folder", [&](auto& v) { out = v; })
-      .required("dtype", "T", "f32, bf16 or f16", [&](auto& v) { dtype_name = v; })
+      .required("dtype", "T", "f32, bf16 or f16", [&](auto& v) {
+        model::parse_compute_dtype(v);
+        dtype_name = v;
+      })
       .integer("max-positions", "N", "new max_position_embeddings (0 = keep)", max_positions, 0)
       .number("rope-theta", "X", "new rope_theta (0 = keep)", rope_theta);
   if (!t.parse(a)) return 0;
-  check(rope_theta >= 0 && std::isfinite(rope_theta), "--rope-theta must be a positive number");
+  usage_check(rope_theta >= 0 && std::isfinite(rope_theta), "--rope-theta must be a positive number");
   auto dtype = model::parse_compute_dtype(dtype_name);
   check(!fs::exists(out) || (fs::is_directory(out) && fs::is_empty(out)), out + " already exists and is not empty");
-  auto m = model::load_model(dir, torch::kFloat32);  // validates the folder
+  io::check_model_folder(dir, io::kModelConfig | io::kModelWeights);
+  auto m = model::load_model(dir, torch::kFloat32);
   publish_dir(out, [&](const std::string& tmp) {
     io::NamedTensors w;
     for (auto& [n, t] : model::named_weights(*m)) w.emplace_back(n, t.to(dtype));

@@ -5,6 +5,7 @@
 
 #include "cli/cli.h"
 #include "cli/options.h"
+#include "io/model_folder.h"
 #include "model/runtime_options.h"
 #include "convert/mla_convert.h"
 #include "util/error.h"
@@ -40,7 +41,7 @@ int cmd_convert(const Args& a) {
                 "joint: one SVD of [W_k nope; W_v]; split: one each (latent 2·D·n_kv);\n"
                 "activation: joint, weighted by the calibration inputs' covariance;\n"
                 "none: partial RoPE only, full-rank K/V",
-                [&](auto& v) { opt.svd = v; })
+                [&](auto& v) { opt.svd = parse_choice("svd", v, {"joint", "split", "activation", "none"}); })
       .text("calib", "FILE", "from 'mha2mla calibrate' (2-norm scores, covariances, held-out error)", calib, "none")
       .value("dtype", "T", "output dtype f32 | bf16 | f16", [&](auto& v) {
         model::parse_compute_dtype(v);
@@ -65,7 +66,8 @@ int cmd_convert(const Args& a) {
             "kept_frequencies{slots, same_for_all_heads, frequencies, count_per_frequency, most_kept}, seconds,\n"
             "peak_rss_bytes.");
   if (!t.parse(a)) return 0;
-  if (opt.svd != "none") check(has_dkv, "convert: missing --dkv");
+  if (opt.svd != "none") usage_check(has_dkv, "missing --dkv (see mha2mla convert --help)");
+  io::check_model_folder(model, io::kModelConfig | io::kModelWeights);
   const auto t0 = std::chrono::steady_clock::now();
   Progress bar("convert", 1);
   std::unique_ptr<Progress> layers_bar;
@@ -111,6 +113,18 @@ int cmd_convert(const Args& a) {
     std::printf("kept frequencies vary per layer/head; most kept [index, count]: %s\n", kf["most_kept"].dump().c_str());
   }
   std::printf("%.1fs, peak memory %s\n", report["seconds"].get<double>(), format_bytes(peak_rss_bytes()).c_str());
+  // A converted model predicts clearly worse until it is fine-tuned; say so, and how, before anyone concludes
+  // that the conversion failed.
+  const std::string mla_out = out, ft = out + "-ft";
+  std::printf("\nnext: until the recovery fine-tune, the converted model's perplexity is well above the original's\n"
+              "(about twice, for -81%% of the cache on models/kjv-mha); fine-tuning brings it back close to it.\n"
+              "  mha2mla ppl --model %s --text HELD_OUT.txt\n"
+              "  mha2mla data --tokenizer %s --in TRAIN.txt --val-in HELD_OUT.txt --out SHARDS\n"
+              "  mha2mla finetune --model %s --mla %s --data SHARDS --val SHARDS --out %s --steps 200 --seq-len 512 \\\n"
+              "    --lr 5e-4 --precision bf16\n"
+              "  mha2mla ppl --model %s/mla/model --text HELD_OUT.txt\n"
+              "(docs/converting.md walks through these on the shipped models/kjv-mha)\n",
+              mla_out.c_str(), model.c_str(), model.c_str(), mla_out.c_str(), ft.c_str(), ft.c_str());
   return 0;
 }
 

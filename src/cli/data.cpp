@@ -40,7 +40,7 @@ int cmd_data(const Args& a) {
       .toggle("json", "print meta.json as one line", json);
   if (!t.parse(a)) return 0;
   if (val_fraction < 0) val_fraction = o.val_inputs.empty() ? 0.01 : 0.0;
-  check(val_fraction <= 1, "--val-fraction must be in [0, 1]");
+  usage_check(val_fraction <= 1, "--val-fraction must be in [0, 1]");
   o.val_fraction = val_fraction;
   o.doc_sep = sep == "line" ? train::DocSep::Line : train::DocSep::Blank;
   o.seed = static_cast<uint64_t>(seed);

@@ -9,6 +9,7 @@
 #include "cli/cli.h"
 #include "cli/options.h"
 #include "cli/runtime_flags.h"
+#include "io/model_folder.h"
 #include "eval/jsonl.h"
 #include "eval/longbench.h"
 #include "eval/mc_formats.h"
@@ -272,9 +273,10 @@ int cmd_eval(const Args& args) {
   t.toggle("json", "one JSON object: {task, samples, metrics: {NAME, NAME_stderr, ...}, ...; longbench adds\ndatasets}",
            a.json);
   if (!t.parse(args)) return 0;
-  check(a.predictions.empty() || a.task == "longbench", "--predictions applies to --task longbench only");
-  check(a.predictions.empty() || a.nproc == 1, "--predictions needs no --nproc (nothing is generated)");
-  check(!a.dir.empty() || !a.predictions.empty(), "eval: missing --model (see mha2mla eval --help)");
+  usage_check(a.predictions.empty() || a.task == "longbench", "--predictions applies to --task longbench only");
+  usage_check(a.predictions.empty() || a.nproc == 1, "--predictions needs no --nproc (nothing is generated)");
+  usage_check(!a.dir.empty() || !a.predictions.empty(), "missing --model (see mha2mla eval --help)");
+  if (a.predictions.empty()) io::check_model_folder(a.dir, io::kModelAll);
   if (a.nproc > 1 && !std::getenv("WORLD_SIZE")) {
     std::vector<std::string> argv{"mha2mla", "eval"};
     for (size_t i = 0; i < args.raw().size(); ++i) {

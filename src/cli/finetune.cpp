@@ -6,6 +6,7 @@
 
 #include "cli/cli.h"
 #include "cli/options.h"
+#include "io/model_folder.h"
 #include "train/recipe.h"
 #include "util/error.h"
 #include "util/memory.h"
@@ -40,8 +41,9 @@ int cmd_finetune(const Args& a) {
   t.toggle("json", "print the report as one JSON object", json);
   if (!t.parse(a)) return 0;
   finish_train_options(o, f);
-  check(distill >= 0 && std::isfinite(distill), "--distill must be a non-negative number");
+  usage_check(distill >= 0 && std::isfinite(distill), "--distill must be a non-negative number");
   o.device = train::rank_device(o.device);
+  for (const auto& d : {orig, mla}) io::check_model_folder(d, io::kModelConfig | io::kModelWeights);
   auto ocfg = io::ModelConfig::load(orig);
   auto mcfg = io::ModelConfig::load(mla);
   check(!ocfg.is_mla, orig + " is already an MLA model: --model takes the original");

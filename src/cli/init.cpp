@@ -35,7 +35,7 @@ int cmd_init(const Args& a) {
   const nlohmann::json j = read_json_file(cfg_path);
   auto cfg = io::ModelConfig::from_json(j, cfg_path);
   if (!a.flag("std")) std_dev = j.value("initializer_range", 0.02);
-  check(std_dev > 0, "--std must be positive");
+  usage_check(std_dev > 0, "--std must be positive");
   std::string tok_src;
   if (!tok_arg.empty()) {
     tok_src = fs::is_directory(tok_arg) ? (fs::path(tok_arg) / "tokenizer.json").string() : tok_arg;

@@ -5,6 +5,7 @@
 #include "cli/cli.h"
 #include "cli/options.h"
 #include "cli/runtime_flags.h"
+#include "io/model_folder.h"
 #include "model/attention.h"
 #include "io/config.h"
 #include "io/safetensors.h"
@@ -24,6 +25,7 @@ int cmd_inspect(const Args& a) {
                    "for integer types, scales and zero points included), across all layers",
            json);
   if (!t.parse(a)) return 0;
+  io::check_model_folder(dir, io::kModelConfig | io::kModelWeights);
   auto cfg = io::ModelConfig::load(dir);
   auto ckpt = io::Checkpoint::open(dir);
   int64_t params = 0;

@@ -113,18 +113,57 @@ bool OptionTable::parse(const Args& a) const {
   for (const auto& r : rows_) {
     if (r.name == "help") continue;
     if (!a.flag(r.name)) {
-      check(!r.required, command_ + ": missing --" + r.name + " (see mha2mla " + command_ + " --help)");
+      usage_check(!r.required, "missing --" + r.name + " (see mha2mla " + command_ + " --help)");
       continue;
     }
-    if (r.hint.empty()) {
-      r.set({});
-    } else if (r.multi) {
-      r.set(a.get_all(r.name));
-    } else {
-      r.set({*a.get(r.name)});
+    // A setter only checks and stores its value, so whatever it rejects is a usage error.
+    try {
+      if (r.hint.empty()) {
+        r.set({});
+      } else if (r.multi) {
+        r.set(a.get_all(r.name));
+      } else {
+        r.set({*a.get(r.name)});
+      }
+    } catch (const UsageError&) {
+      throw;
+    } catch (const Error& e) {
+      usage_fail(e.what());
     }
   }
   return true;
+}
+
+namespace {
+
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diag = up;
+    }
+  }
+  return row[b.size()];
+}
+
+}  // namespace
+
+std::string did_you_mean(const std::string& word, const std::vector<std::string>& candidates,
+                         const std::string& prefix) {
+  const std::string* best = nullptr;
+  size_t best_d = 0;
+  for (const auto& c : candidates) {
+    const size_t d = edit_distance(word, c);
+    if (!best || d < best_d) best = &c, best_d = d;
+  }
+  // One edit per three letters (at least one): further than that it is another word, not a typo.
+  if (!best || best_d > std::max<size_t>(1, word.size() / 3)) return "";
+  return " (did you mean " + prefix + *best + "?)";
 }
 
 int64_t parse_int(const std::string& option, const std::string& v) {
@@ -134,7 +173,7 @@ int64_t parse_int(const std::string& option, const std::string& v) {
     if (pos == v.size()) return x;
   } catch (...) {
   }
-  fail("--" + option + " expects an integer, got \"" + v + "\"");
+  usage_fail("--" + option + " expects an integer, got \"" + v + "\"");
 }
 
 double parse_number(const std::string& option, const std::string& v) {
@@ -144,7 +183,7 @@ double parse_number(const std::string& option, const std::string& v) {
     if (pos == v.size()) return x;
   } catch (...) {
   }
-  fail("--" + option + " expects a number, got \"" + v + "\"");
+  usage_fail("--" + option + " expects a number, got \"" + v + "\"");
 }
 
 const std::string& parse_choice(const std::string& option, const std::string& v,
@@ -153,7 +192,7 @@ const std::string& parse_choice(const std::string& option, const std::string& v,
     if (s == v) return s;
   std::string list;
   for (size_t i = 0; i < allowed.size(); ++i) list += (i ? (i + 1 == allowed.size() ? " or " : ", ") : "") + allowed[i];
-  fail("--" + option + " must be " + list + ", got \"" + v + "\"");
+  usage_fail("--" + option + " must be " + list + ", got \"" + v + "\"");
 }
 
 }  // namespace mha2mla::cli

@@ -8,8 +8,26 @@
 #include <vector>
 
 #include "cli/cli.h"
+#include "util/error.h"
 
 namespace mha2mla::cli {
+
+// Exit status: 0 success, 1 the command failed (bad input files, a model that cannot load, ...), 2 the
+// command line itself is wrong. UsageError marks the last: unknown commands and options, missing or malformed
+// values, options that contradict each other. main() maps it to 2.
+constexpr int kExitFailure = 1, kExitUsage = 2;
+struct UsageError : Error {
+  using Error::Error;
+};
+[[noreturn]] inline void usage_fail(const std::string& msg) { throw UsageError(msg); }
+inline void usage_check(bool ok, const std::string& msg) {
+  if (!ok) usage_fail(msg);
+}
+
+// " (did you mean X?)" for the candidate nearest to `word` in edits, when it is close enough to be a typo;
+// else "".
+std::string did_you_mean(const std::string& word, const std::vector<std::string>& candidates,
+                         const std::string& prefix = "");
 
 struct OptionRow {
   std::string name;  // without the dashes
@@ -52,6 +70,7 @@ class OptionTable {
   std::string help() const;
   // --help: prints help() and returns false. Otherwise rejects unknown options, values given to flags,
   // missing values and missing required options, then runs the setters in table order; returns true.
+  // Every error it raises, a setter's included, is a UsageError.
   bool parse(const Args& a) const;
 
  private:

@@ -5,6 +5,7 @@
 #include "cli/cli.h"
 #include "cli/options.h"
 #include "cli/runtime_flags.h"
+#include "io/model_folder.h"
 #include "eval/perplexity.h"
 #include "model/transformer.h"
 #include "tokenizer/tokenizer.h"
@@ -14,6 +15,11 @@
 #include "util/text.h"
 
 namespace mha2mla::cli {
+
+namespace {
+// Below this many predicted tokens a perplexity is mostly noise (one token is one draw), so ppl warns.
+constexpr int64_t kFewTokens = 100;
+}  // namespace
 
 int cmd_ppl(const Args& a) {
   std::string dir, text_path;
@@ -35,15 +41,17 @@ int cmd_ppl(const Args& a) {
                po.chunk, 0, "0, or 64 when a --cache-* option is given");
   add_runtime_options(t, rt, kAllRuntime);
   t.toggle("json", "one JSON object: {ppl, nll, tokens, windows, ctx, stride, chunk, seconds, tokens_per_s,\n"
-                   "runtime, and with a cache cache_bytes, cache_bytes_per_token, cache_capacity_bytes,\n"
-                   "cache_tokens, cache_residual_tokens}",
+                   "runtime, peak_rss_bytes, and with a cache cache_bytes, cache_bytes_per_token,\n"
+                   "cache_capacity_bytes, cache_tokens, cache_residual_tokens}",
            json);
+  t.note("Fewer than " + std::to_string(kFewTokens) + " predicted tokens give a warning on stderr: so few say little.");
   if (!t.parse(a)) return 0;
   for (const auto& o : {"cache-type", "cache-type-kr", "cache-residual", "cache-group", "cache-axis"})
     through_cache = through_cache || a.flag(o);
   if (through_cache && !a.flag("chunk")) po.chunk = 64;
-  check(!through_cache || po.chunk > 0, "--cache-* options need --chunk N > 0 (the cache is used only with chunks)");
+  usage_check(!through_cache || po.chunk > 0, "--cache-* options need --chunk N > 0 (the cache is used only with chunks)");
 
+  io::check_model_folder(dir, io::kModelAll);
   auto ids = tok::encode_text_file(tok::Tokenizer::load(dir), text_path);
   auto m = model::load_model(dir, rt);
   if (po.ctx < 0) po.ctx = std::min<int64_t>(m->config().max_position_embeddings, 2048);
@@ -51,6 +59,9 @@ int cmd_ppl(const Args& a) {
   Progress bar("ppl", static_cast<int64_t>(ids.size()));
   auto r = eval::perplexity(*m, ids, po, [&](int64_t d, int64_t) { bar.update(d); });
   bar.finish();
+  if (r.tokens < kFewTokens)
+    std::fprintf(stderr, "warning: %s gives only %lld predicted token%s: this perplexity says little about the model\n",
+                 text_path.c_str(), static_cast<long long>(r.tokens), r.tokens == 1 ? "" : "s");
   if (json) {
     nlohmann::json out{{"ppl", r.ppl},         {"nll", r.nll},         {"tokens", r.tokens},
                        {"windows", r.windows}, {"ctx", po.ctx},        {"stride", po.stride},

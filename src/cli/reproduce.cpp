@@ -10,6 +10,7 @@
 
 #include "cli/cli.h"
 #include "cli/options.h"
+#include "io/model_folder.h"
 #include "convert/calibrate.h"
 #include "convert/mla_convert.h"
 #include "eval/ablation_report.h"
@@ -396,9 +397,10 @@ int cmd_reproduce(const Args& a) {
   s.o.save_every = s.o.steps;
   s.o.progress = true;
   s.o.device = train::rank_device(s.o.device);
+  io::check_model_folder(s.model, io::kModelAll);
   auto cfg = io::ModelConfig::load(s.model);
   check(!cfg.is_mla, s.model + " is already an MLA model: --model takes the original");
-  check(s.distill > 0 && std::isfinite(s.distill), "--distill must be positive");
+  usage_check(s.distill > 0 && std::isfinite(s.distill), "--distill must be positive");
 
   auto vs = variants(s, cfg);
   fs::create_directories(fs::path(s.out) / "rows");

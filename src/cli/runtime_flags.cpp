@@ -25,7 +25,7 @@ void add_runtime_options(OptionTable& t, model::RuntimeOptions& rt, unsigned par
   if (parts & kDtype)
     t.value("dtype", "T", "weights and compute: f32, bf16 or f16",
             [&rt](const std::string& v) { rt.dtype = model::parse_compute_dtype(v); },
-            std::string(rt.dtype == torch::kFloat32 ? "f32" : rt.dtype == torch::kBFloat16 ? "bf16" : "f16"));
+            dtype_flag_name(rt.dtype));
   if (parts & kCache) {
     t.value("cache-type", "T",
             "KV cache storage: f32, bf16, f16, or int8, int4, int2 (group-wise, f16 scale and zero point)",
@@ -77,6 +77,10 @@ void add_runtime_options(OptionTable& t, model::RuntimeOptions& rt, unsigned par
                                    : model::DecodeStepMode::Layers;
             },
             "fused");
+}
+
+std::string dtype_flag_name(torch::ScalarType t) {
+  return t == torch::kFloat32 ? "f32" : t == torch::kBFloat16 ? "bf16" : "f16";
 }
 
 nlohmann::json runtime_json(const model::RuntimeOptions& rt) {

@@ -21,6 +21,9 @@ enum RuntimeParts : unsigned {
 // that is no multiple of the group for a per-channel axis, ...) happen where the cache is built.
 void add_runtime_options(OptionTable& t, model::RuntimeOptions& rt, unsigned parts);
 
+// A compute dtype as --dtype spells it: f32, bf16 or f16.
+std::string dtype_flag_name(torch::ScalarType t);
+
 // The runtime as JSON ({device, dtype, cache_type, ..., kernels: the CPU variant in effect}), for the
 // commands' --json reports.
 nlohmann::json runtime_json(const model::RuntimeOptions& rt);

@@ -6,6 +6,7 @@
 
 #include "cli/cli.h"
 #include "cli/options.h"
+#include "io/model_folder.h"
 #include "model/runtime_options.h"
 #include "train/recipe.h"
 #include "util/error.h"
@@ -88,7 +89,7 @@ int cmd_train(const Args& a) {
   finish_train_options(o, f);
   o.out = out;
   if (nproc > 1 && !std::getenv("WORLD_SIZE")) {
-    check(o.batch % (nproc * o.accum) == 0,
+    usage_check(o.batch % (nproc * o.accum) == 0,
           "--nproc " + std::to_string(nproc) + " is more than the work allows: --batch " + std::to_string(o.batch) +
               " must split evenly into nproc × accum = " + std::to_string(nproc * o.accum) + " micro-batches");
     std::vector<std::string> argv{"mha2mla", "train"};
@@ -107,6 +108,7 @@ int cmd_train(const Args& a) {
   o.progress = dist.is_main() && !json;
   std::vector<train::DataSource> data;
   for (const auto& s : data_specs) data.push_back(train::parse_source(s));
+  io::check_model_folder(model, io::kModelConfig | io::kModelWeights);
   auto cfg = io::ModelConfig::load(model);
   auto val = train::load_val_batches(val_path, o.seq_len, std::max<int64_t>(1, o.batch / dist.world()),
                                      f.val_windows, cfg.vocab_size);

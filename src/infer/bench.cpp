@@ -2,8 +2,10 @@
 
 #include <chrono>
 #include <cmath>
+#include <algorithm>
 #include <iomanip>
 #include <map>
+#include <set>
 #include <sstream>
 
 #include "kernels/gemv.h"
@@ -85,6 +87,9 @@ nlohmann::json BenchCell::to_json() const {
                    {"batch", batch},
                    {"kv_bytes_per_token", kv_bytes_per_token},
                    {"decode_tokens_per_s", decode_tokens_per_s},
+                   {"decode_tokens_per_s_min", decode_tokens_per_s_min},
+                   {"decode_tokens_per_s_max", decode_tokens_per_s_max},
+                   {"repeats", repeats},
                    {"attn_step_ms", attn_step_ms},
                    {"attn_gbs", attn_gbs},
                    {"weight_bytes", weight_bytes},
@@ -135,6 +140,7 @@ nlohmann::json run_bench(const BenchOptions& opt, const std::function<void(int64
   for (auto ctx : opt.contexts) check(ctx >= 1, "--contexts must be positive");
   for (auto b : opt.batches) check(b >= 1, "--batch must be positive");
   check(opt.decode_steps >= 1, "decode steps must be at least 1");
+  check(opt.repeats >= 1, "repeats must be at least 1");
   // A real model folder runs as it is (its MHA/GQA or converted MLA form); shapes run the whole ladder.
   const std::vector<std::string> variants = opt.model_dir.empty() ? opt.models : std::vector<std::string>{"model"};
   std::vector<io::ModelConfig> configs;  // built first, so a bad variant fails before any measurement
@@ -157,7 +163,8 @@ nlohmann::json run_bench(const BenchOptions& opt, const std::function<void(int64
     io::ModelConfig cfg = configs[vi];
     int64_t max_ctx = 0;
     for (auto c : opt.contexts) max_ctx = std::max(max_ctx, c);
-    cfg.max_position_embeddings = std::max(cfg.max_position_embeddings, max_ctx + opt.decode_steps + 1);
+    cfg.max_position_embeddings =
+        std::max(cfg.max_position_embeddings, max_ctx + opt.repeats * opt.decode_steps + 1);
     model::Transformer m(cfg, rt.dtype, rt.device);
     if (opt.model_dir.empty()) {
       model::init_weights(*m, 0);
@@ -218,18 +225,28 @@ nlohmann::json run_bench(const BenchOptions& opt, const std::function<void(int64
           const double read_bytes = static_cast<double>(cache->stats().bytes);
           auto tok = torch::randint(0, cfg.vocab_size, {batch, 1}, torch::kInt64);
           m->logits(m->hidden(tok, cache.get()).select(1, 0));  // warm-up step
-          double attn = 0;
-          m->attn_seconds = &attn;
-          sync(rt.device);
-          auto t0 = Clock::now();
-          for (int64_t i = 0; i < opt.decode_steps; ++i) {
-            auto logits = m->logits(m->hidden(tok, cache.get()).select(1, 0));
-            tok = logits.argmax(-1, true).to(torch::kCPU);
+          // Runs seconds apart differ by a third on a shared machine: time several, report the median and range.
+          std::vector<std::pair<double, double>> runs;  // (seconds, attention seconds)
+          for (int64_t r = 0; r < opt.repeats; ++r) {
+            double attn = 0;
+            m->attn_seconds = &attn;
+            sync(rt.device);
+            auto t0 = Clock::now();
+            for (int64_t i = 0; i < opt.decode_steps; ++i) {
+              auto logits = m->logits(m->hidden(tok, cache.get()).select(1, 0));
+              tok = logits.argmax(-1, true).to(torch::kCPU);
+            }
+            sync(rt.device);
+            runs.emplace_back(seconds_since(t0), attn);
+            m->attn_seconds = nullptr;
           }
-          sync(rt.device);
-          const double secs = seconds_since(t0);
-          m->attn_seconds = nullptr;
-          cell.decode_tokens_per_s = static_cast<double>(batch * opt.decode_steps) / secs;
+          std::sort(runs.begin(), runs.end());
+          const auto [secs, attn] = runs[runs.size() / 2];
+          const double steps_tokens = static_cast<double>(batch * opt.decode_steps);
+          cell.repeats = opt.repeats;
+          cell.decode_tokens_per_s = steps_tokens / secs;
+          cell.decode_tokens_per_s_min = steps_tokens / runs.back().first;
+          cell.decode_tokens_per_s_max = steps_tokens / runs.front().first;
           cell.attn_step_ms = 1e3 * attn / static_cast<double>(opt.decode_steps);
           cell.attn_gbs = read_bytes / (attn / static_cast<double>(opt.decode_steps)) / 1e9;
           cell.weight_bytes = weight_bytes;
@@ -252,6 +269,11 @@ std::string bench_markdown(const nlohmann::json& r) {
     << r["matmul_gflops"]["bf16"].get<double>() << " GFLOP/s bf16; " << r["shape"].get<std::string>() << ", "
     << r["dtype"].get<std::string>() << " on " << r["device"].get<std::string>() << ", decode step "
     << r.value("decode_step", std::string("layers")) << ".\n\n";
+  int64_t repeats = 1;
+  for (const auto& c : r["cells"]) repeats = std::max<int64_t>(repeats, c.value("repeats", 1));
+  if (repeats > 1)
+    o << "Decode: the median of " << repeats << " timed runs per cell, their range in parentheses; the other\n"
+      << "decode columns are from the median run.\n\n";
   o << "| model | cache | context | batch | KV bytes/token | prefill tok/s | prefill % of matmul | decode tok/s | attn ms/step | attn GB/s | attn % of read BW | step % of roofline |\n";
   o << "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
   const double bw = r["read_bandwidth_gbs"].get<double>();
@@ -263,7 +285,10 @@ std::string bench_markdown(const nlohmann::json& r) {
     else
       o << std::setprecision(0) << c["prefill_tokens_per_s"].get<double>() << " | "
         << 100.0 * c["prefill_matmul_fraction"].get<double>() << "% | ";
-    o << std::setprecision(1) << c["decode_tokens_per_s"].get<double>() << " | " << std::setprecision(2)
+    o << std::setprecision(1) << c["decode_tokens_per_s"].get<double>();
+    if (c.value("repeats", 1) > 1)
+      o << " (" << c["decode_tokens_per_s_min"].get<double>() << "–" << c["decode_tokens_per_s_max"].get<double>() << ")";
+    o << " | " << std::setprecision(2)
       << c["attn_step_ms"].get<double>() << " | " << std::setprecision(1) << c["attn_gbs"].get<double>() << " | "
       << std::setprecision(0) << 100.0 * c["attn_gbs"].get<double>() / bw << "% | "
       << 100.0 * c["decode_roofline"].get<double>() << "% |\n";
@@ -274,6 +299,8 @@ std::string bench_markdown(const nlohmann::json& r) {
 std::string bench_svg(const nlohmann::json& r) {
   std::map<std::string, ChartSeries> by_config;
   std::vector<std::string> order;
+  std::set<int64_t> contexts;
+  BarChart bars;
   for (const auto& c : r["cells"]) {
     std::string key = c["model"].get<std::string>() + " " + c["cache_type"].get<std::string>();
     if (c["batch"].get<int64_t>() != 1) key += " b" + std::to_string(c["batch"].get<int64_t>());
@@ -282,15 +309,25 @@ std::string bench_svg(const nlohmann::json& r) {
       by_config[key].name = key;
       by_config[key].markers = true;
     }
-    by_config[key].points.emplace_back(static_cast<double>(c["context"].get<int64_t>()),
-                                       c["decode_tokens_per_s"].get<double>());
+    const double tps = c["decode_tokens_per_s"].get<double>();
+    by_config[key].points.emplace_back(static_cast<double>(c["context"].get<int64_t>()), tps);
+    contexts.insert(c["context"].get<int64_t>());
+    bars.bars.push_back({key, tps, c.value("decode_tokens_per_s_min", tps), c.value("decode_tokens_per_s_max", tps)});
+  }
+  const std::string what = r["shape"].get<std::string>() + ", " + r["dtype"].get<std::string>() + ", " +
+                           r["device"].get<std::string>();
+  // One context gives no line to draw: a bar per configuration instead, with the repeats' range.
+  if (contexts.size() == 1) {
+    bars.title = "decode tokens/s at context " + std::to_string(*contexts.begin()) + " (" + what + ")";
+    bars.y_label = "decode tokens/s (median, range)";
+    return bars.svg();
   }
   Chart ch;
-  ch.title = "decode tokens/s against context (" + r["shape"].get<std::string>() + ", " + r["dtype"].get<std::string>() +
-             ", " + r["device"].get<std::string>() + ")";
+  ch.title = "decode tokens/s against context (" + what + ")";
   ch.x_label = "context (tokens, log scale)";
   ch.y_label = "decode tokens/s";
   ch.log_x = true;
+  ch.y_from_zero = true;
   for (const auto& k : order) ch.series.push_back(by_config[k]);
   return ch.svg();
 }

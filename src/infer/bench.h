@@ -30,6 +30,7 @@ struct BenchOptions {
   bool no_prefill = false;     // fill caches with synthetic values instead of running the prompt
   int64_t prefill_chunk = 512; // prompt tokens per forward (chunked prefill bounds the score matrix)
   int64_t decode_steps = 8;
+  int64_t repeats = 3;         // timed decode runs per cell: the median is reported, with the range
   model::RuntimeOptions rt;    // device, dtype, residual, group, attention
 };
 
@@ -38,8 +39,10 @@ struct BenchCell {
   int64_t context = 0, batch = 0;
   double kv_bytes_per_token = 0;      // across layers, per sequence, at this cache type
   double prefill_tokens_per_s = -1;   // -1: not measured (--no-prefill)
-  double decode_tokens_per_s = 0;     // batch × steps / time
-  double attn_step_ms = 0;            // attention over the cache, all layers, per decode step
+  double decode_tokens_per_s = 0;     // batch × steps / time: the median over the repeats
+  double decode_tokens_per_s_min = 0, decode_tokens_per_s_max = 0;  // their range
+  int64_t repeats = 1;
+  double attn_step_ms = 0;            // attention over the cache, all layers, per decode step (median run)
   double attn_gbs = 0;                // cache bytes read per step / attention time
   double weight_bytes = 0;            // weights a decode step reads (all but the embedding table's other rows)
   double decode_roofline = 0;         // decode_tokens_per_s / (batch · read bandwidth / (weight + cache bytes))
@@ -55,7 +58,8 @@ double measure_matmul_gflops(torch::ScalarType dtype, const torch::Device& devic
 nlohmann::json run_bench(const BenchOptions& opt,
                          const std::function<void(int64_t, int64_t, const BenchCell&)>& progress = {});
 
-// A Markdown table of the cells and an SVG plot of decode tokens/s against context for every configuration.
+// A Markdown table of the cells, and an SVG plot of decode tokens/s against context for every configuration (a bar
+// chart per configuration, with the repeats' range, when there is one context).
 std::string bench_markdown(const nlohmann::json& result);
 std::string bench_svg(const nlohmann::json& result);
 

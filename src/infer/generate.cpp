@@ -6,10 +6,19 @@
 
 namespace mha2mla::infer {
 
+const char* stop_reason_name(StopReason r) {
+  switch (r) {
+    case StopReason::Eos: return "eos";
+    case StopReason::MaxNew: return "max_new";
+    case StopReason::Context: return "context_limit";
+  }
+  return "?";
+}
+
 std::vector<std::vector<int64_t>> generate(model::TransformerImpl& m, const std::vector<std::vector<int64_t>>& prompts,
                                            const GenerateOptions& opt,
                                            const std::function<void(int64_t, int64_t)>& on_token,
-                                           model::CacheStats* stats) {
+                                           model::CacheStats* stats, std::vector<StopReason>* stops) {
   torch::NoGradGuard ng;
   const int64_t B = static_cast<int64_t>(prompts.size());
   check(B > 0, "no prompts to generate from");
@@ -41,6 +50,7 @@ std::vector<std::vector<int64_t>> generate(model::TransformerImpl& m, const std:
   auto cache = m.make_cache(B);
   std::vector<std::vector<int64_t>> out(B);
   std::vector<bool> done(B, false);
+  std::vector<StopReason> why(B, StopReason::MaxNew);  // rows still running at the end ran out of max_new
   auto h = m.hidden(ids, cache.get(), valid);
   auto last = m.logits(h.select(1, T - 1));  // [B, V]
   for (int64_t step = 0; step < opt.max_new; ++step) {
@@ -54,11 +64,13 @@ std::vector<std::vector<int64_t>> generate(model::TransformerImpl& m, const std:
       if (on_token) on_token(b, tok);
       if (std::find(opt.stop_ids.begin(), opt.stop_ids.end(), tok) != opt.stop_ids.end()) {
         done[b] = true;
+        why[b] = StopReason::Eos;
         continue;
       }
       int64_t pos = cache->next_positions()[b].item<int64_t>();
       if (pos >= max_pos) {  // the next token would have no position left
         done[b] = true;
+        why[b] = StopReason::Context;
         continue;
       }
       next[b][0] = tok;
@@ -69,6 +81,7 @@ std::vector<std::vector<int64_t>> generate(model::TransformerImpl& m, const std:
     last = m.logits(m.hidden(next.to(m.device()), cache.get(), next_valid).select(1, 0));
   }
   if (stats) *stats = cache->stats();
+  if (stops) *stops = why;
   return out;
 }
 

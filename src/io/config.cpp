@@ -2,6 +2,7 @@
 
 #include <filesystem>
 
+#include "io/model_folder.h"
 #include "util/error.h"
 #include "util/json_read.h"
 
@@ -240,7 +241,7 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& src) {
 ModelConfig ModelConfig::load(const std::string& dir) {
   namespace fs = std::filesystem;
   fs::path p = fs::path(dir) / "config.json";
-  check(fs::is_directory(dir), "model folder not found: " + dir);
+  check_model_folder(dir, kModelConfig);
   return from_json(read_json_file(p.string()), p.string());
 }
 

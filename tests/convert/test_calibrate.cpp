@@ -307,7 +307,10 @@ TEST(CalibrateCli, JsonSummaryAndErrors) {
 
   auto plain = run_cli(base + " --ctx 16 --samples 3 --out " + dir + "/d.safetensors");
   ASSERT_EQ(plain.code, 0) << plain.err;
-  EXPECT_NE(plain.out.find("calibrated on 32 tokens (3 windows of 16, 16 tokens held out)"), std::string::npos)
+  // Windows and tokens both add up: 3 = 2 + 1 windows, and 2 × 16 = 32, 1 × 16 = 16 tokens.
+  EXPECT_NE(plain.out.find("calibrated on 3 windows of 16 tokens: 2 for the statistics (32 tokens), 1 held out "
+                           "(16 tokens)"),
+            std::string::npos)
       << plain.out;
   EXPECT_NE(plain.out.find("layer 1 best frequencies"), std::string::npos) << plain.out;
 
