@@ -4,8 +4,12 @@
 #
 #   scripts/cache_quality.sh [OUT_DIR]     (default runs/cache-quality; run after scripts/build.sh)
 #
+# Environment: TYPES (cache types of the main table, default "f32 bf16 int8 int4 int2"; empty: none), AXES=0 skips the MLA
+# axis table, STEPS (recovery fine-tune steps of the converted models, default 200; 0 keeps them as converted).
+# The quantizer table (min-max against HQQ zero points, --cache-quant) always covers int4 and int2.
+#
 # Windows of 512 tokens advance by 511 (each held-out token is scored once, with 1-511 tokens of context).
-# Writes OUT_DIR/cache_quality.md (the README's table), OUT_DIR/*.json (one ppl report per cell) and, when
+# Writes OUT_DIR/cache_quality.md (docs/serving.md's table), OUT_DIR/*.json (one ppl report per cell) and, when
 # missing, the converted models under OUT_DIR/mla-{mha,gqa}/ (calibrate -> convert 2-norm r=8 d_kv=16 joint ->
 # finetune --skip-baseline 200 steps, as scripts/mla_demo.sh does).
 set -euo pipefail
@@ -13,6 +17,8 @@ cd "$(dirname "$0")/.."
 B=${MHA2MLA:-build/mha2mla}
 out=${1:-runs/cache-quality}
 ctx=${CTX:-512}
+steps=${STEPS:-200}
+types=${TYPES-f32 bf16 int8 int4 int2}
 mkdir -p "$out"
 bash scripts/kjv.sh data/kjv >/dev/null
 [ -f data/kjv/tok/train.bin ] ||
@@ -26,8 +32,9 @@ for kind in mha gqa; do
   $B calibrate --model models/kjv-$kind --text data/kjv/train.txt --samples 64 --ctx 512 --out "$mla/calib" >/dev/null
   $B convert --model models/kjv-$kind --out "$mla/converted" --rope 2-norm --rope-dims 8 --dkv 16 --svd joint \
     --calib "$mla/calib" --json >"$mla/convert.json"
+  if [ "$steps" = 0 ]; then mv "$mla/converted" "$mla/model"; continue; fi
   $B finetune --model models/kjv-$kind --mla "$mla/converted" --data data/kjv/tok --val data/kjv/tok --out "$mla/ft" \
-    --steps 200 --batch 8 --seq-len 512 --lr 5e-4 --precision bf16 --val-windows -1 --skip-baseline --json \
+    --steps "$steps" --batch 8 --seq-len 512 --lr 5e-4 --precision bf16 --val-windows -1 --skip-baseline --json \
     >"$mla/finetune.json"
   mv "$mla/ft/mla/model" "$mla/model"
 done
@@ -39,10 +46,14 @@ run() {  # name model type [extra flags...]
     --cache-type "$type" --cache-residual 128 "$@" --json >"$out/$name.json"
 }
 models="kjv-mha:models/kjv-mha kjv-gqa:models/kjv-gqa mla-mha:$out/mla-mha/model mla-gqa:$out/mla-gqa/model"
-types="f32 bf16 int8 int4 int2"
 for mt in $models; do
   for t in $types; do run "${mt%%:*}-$t" "${mt#*:}" "$t"; done
+  for t in int4 int2; do
+    [ -f "$out/${mt%%:*}-$t.json" ] || run "${mt%%:*}-$t" "${mt#*:}" "$t"
+    run "${mt%%:*}-$t-hqq" "${mt#*:}" "$t" --cache-quant hqq
+  done
 done
+[ "${AXES:-1}" = 0 ] || {
 # Quantization axes of the MLA buffers (c: the latent, k_r: the rotated keys) and k_r kept in bf16.
 for kind in mha gqa; do
   for ax in "c=token,k_r=channel" "c=token,k_r=token" "c=channel,k_r=channel" "c=channel,k_r=token"; do
@@ -51,8 +62,10 @@ for kind in mha gqa; do
   done
   run "axes-mla-$kind-int4-kr-bf16" "$out/mla-$kind/model" int4 --cache-type-kr bf16
 done
+}
 
 {
+  [ -n "$types" ] && {
   echo "| model | $(echo $types | sed 's/ / | /g') |"
   echo "|---|$(for t in $types; do printf -- '---:|'; done)"
   for mt in $models; do
@@ -65,17 +78,31 @@ done
     echo
   done
   echo
-  echo "| MLA int4 axes (c, k_r) | mla-mha ppl | mla-gqa ppl |"
-  echo "|---|---:|---:|"
-  for ax in c_token_k_r_channel c_token_k_r_token c_channel_k_r_channel c_channel_k_r_token kr-bf16; do
-    printf "| %s |" "$ax"
-    for kind in mha gqa; do
-      f="$out/axes-mla-$kind-int4-$ax.json"
-      [ "$ax" = kr-bf16 ] && f="$out/axes-mla-$kind-int4-kr-bf16.json"
-      grep -o '"ppl":[0-9.e+-]*' "$f" | cut -d: -f2 | xargs printf " %.2f |"
+  }
+  echo "| model | int4 min-max | int4 HQQ | int2 min-max | int2 HQQ |"
+  echo "|---|---:|---:|---:|---:|"
+  for mt in $models; do
+    name=${mt%%:*}
+    printf "| %s |" "$name"
+    for f in int4 int4-hqq int2 int2-hqq; do
+      grep -o '"ppl":[0-9.e+-]*' "$out/$name-$f.json" | cut -d: -f2 | xargs printf " %.3f |"
     done
     echo
   done
+  if [ "${AXES:-1}" != 0 ]; then
+    echo
+    echo "| MLA int4 axes (c, k_r) | mla-mha ppl | mla-gqa ppl |"
+    echo "|---|---:|---:|"
+    for ax in c_token_k_r_channel c_token_k_r_token c_channel_k_r_channel c_channel_k_r_token kr-bf16; do
+      printf "| %s |" "$ax"
+      for kind in mha gqa; do
+        f="$out/axes-mla-$kind-int4-$ax.json"
+        [ "$ax" = kr-bf16 ] && f="$out/axes-mla-$kind-int4-kr-bf16.json"
+        grep -o '"ppl":[0-9.e+-]*' "$f" | cut -d: -f2 | xargs printf " %.2f |"
+      done
+      echo
+    done
+  fi
 } >"$out/cache_quality.md.tmp"
 mv "$out/cache_quality.md.tmp" "$out/cache_quality.md"
 cat "$out/cache_quality.md"

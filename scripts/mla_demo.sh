@@ -8,7 +8,7 @@
 # kinds (the 4,096-position models) fine-tune on 2 x 4,096-token sequences for 100 steps (the same 819k
 # tokens), so the converted model recovers at the length it serves, and add ppl-{512,4096}.json: held-out ppl
 # of the original, the fair baseline and the converted model before and after fine-tuning, at both contexts.
-# STEPS=200 BATCH=1 takes the same tokens in twice the optimizer steps (it recovers better, README).
+# STEPS=200 BATCH=1 takes the same tokens in twice the optimizer steps (it recovers better, docs/models.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=${MHA2MLA:-build/mha2mla}

@@ -19,6 +19,7 @@
 
 #include "ggml-cpu.h"
 #include "ggml.h"
+#include "kernels/cpu_kernels.h"
 #include "kernels/gemv.h"
 #include "kernels/storage_dtype.h"
 
@@ -79,7 +80,7 @@ int main(int argc, char** argv) {
   const auto sd = kernels::storage_dtype(dt);
   for (size_t i = 0; i < ws.size(); ++i) {
     ys.push_back(torch::empty({1, ws[i].size(0)}, x576d.options()));
-    groups[i].rows = kernels::gemv_rows_for(kernels::Variant::Auto);
+    groups[i].rows = kernels::cpu_kernels(kernels::Variant::Auto).gemv;
     groups[i].add(kernels::gemv_args(sd, 1, (ws[i].size(1) == 576 ? x576d : x1536d).data_ptr(), ws[i], nullptr,
                                      ys[i].data_ptr(), nullptr));
   }

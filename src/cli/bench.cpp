@@ -75,10 +75,8 @@ int cmd_bench(const Args& a) {
       .integer("steps", "N", "decode steps timed per run", o.decode_steps, 1)
       .integer("repeats", "N", "timed decode runs per cell; the table, plot and JSON give their median and range",
                o.repeats, 1);
-  add_runtime_options(t, o.rt, kDevice | kDtype | kAttn);
-  t.integer("cache-residual", "N", "full-precision residual of integer cache types", o.rt.cache.residual, 0)
-      .integer("cache-group", "G", "values per quantization group", o.rt.cache.group, 1)
-      .text("out", "PREFIX", "also write PREFIX.json, PREFIX.md and PREFIX.svg", out_prefix, "none")
+  add_runtime_options(t, o.rt, kDevice | kDtype | kCacheQuant | kAttn);  // --cache-types replaces --cache-type
+  t.text("out", "PREFIX", "also write PREFIX.json, PREFIX.md and PREFIX.svg", out_prefix, "none")
       .toggle("json", "print the result as one JSON object {read_bandwidth_gbs, matmul_gflops: {f32, bf16},\n"
                       "shape, dtype, decode_step, device, cells: [{model, cache_type, context, batch, kv_bytes_per_token,\n"
                       "prefill_tokens_per_s, prefill_matmul_fraction, decode_tokens_per_s (the median),\n"

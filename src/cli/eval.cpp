@@ -7,6 +7,7 @@
 #include <set>
 
 #include "cli/cli.h"
+#include "cli/local_ranks.h"
 #include "cli/options.h"
 #include "cli/runtime_flags.h"
 #include "io/model_folder.h"
@@ -17,7 +18,7 @@
 #include "eval/task_runs.h"
 #include "model/transformer.h"
 #include "tokenizer/tokenizer.h"
-#include "train/distributed.h"
+#include "dist/distributed.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
 #include "util/memory.h"
@@ -35,7 +36,7 @@ struct EvalArgs {
   int64_t fewshot = 0, limit = 0, batch = 16, max_length = 0, nproc = 1;
   bool json = false;
   model::RuntimeOptions rt;
-  train::Dist dist;  // samples i with i % world == rank are this process's share
+  dist::Dist dist;  // samples i with i % world == rank are this process's share
 };
 
 bool mine(const EvalArgs& a, size_t i) { return static_cast<int>(i % static_cast<size_t>(a.dist.world())) == a.dist.rank(); }
@@ -250,7 +251,7 @@ int cmd_eval(const Args& args) {
         check(eval::is_mc_task(v) || v == "longbench", "--task: unknown task \"" + v + "\" (known: " + tasks + ")");
         a.task = v;
       })
-      .required("data", "FILE", "JSON Lines, one sample per line, in the task's schema (see the README)",
+      .required("data", "FILE", "JSON Lines, one sample per line, in the task's schema (see docs/evaluation.md)",
                 [&](auto& v) { a.data = v; })
       .integer("fewshot", "K", "multiple choice: K solved samples from the same file before each query", a.fewshot, 0)
       .integer("limit", "N", "only the first N samples (0 = all)", a.limit, 0)
@@ -277,19 +278,8 @@ int cmd_eval(const Args& args) {
   usage_check(a.predictions.empty() || a.nproc == 1, "--predictions needs no --nproc (nothing is generated)");
   usage_check(!a.dir.empty() || !a.predictions.empty(), "missing --model (see mha2mla eval --help)");
   if (a.predictions.empty()) io::check_model_folder(a.dir, io::kModelAll);
-  if (a.nproc > 1 && !std::getenv("WORLD_SIZE")) {
-    std::vector<std::string> argv{"mha2mla", "eval"};
-    for (size_t i = 0; i < args.raw().size(); ++i) {
-      if (args.raw()[i] == "--nproc") {
-        ++i;  // and its value
-        continue;
-      }
-      if (args.raw()[i].rfind("--nproc=", 0) == 0) continue;
-      argv.push_back(args.raw()[i]);
-    }
-    return train::launch_local(static_cast<int>(a.nproc), argv);
-  }
-  if (a.predictions.empty()) a.dist = train::Dist::from_env(a.rt.device);
+  if (starts_local_ranks(a.nproc)) return run_local_ranks(args, a.nproc);
+  if (a.predictions.empty()) a.dist = dist::Dist::from_env(a.rt.device);
   return a.task == "longbench" ? run_longbench(a) : run_mc(a);
 }
 

@@ -52,7 +52,7 @@ int cmd_finetune(const Args& a) {
         mla + " was not converted from " + orig + " (shapes differ)");
   std::vector<train::DataSource> data;
   for (const auto& s : specs) data.push_back(train::parse_source(s));
-  train::Dist dist;
+  dist::Dist dist;
   auto val = train::load_val_batches(val_path, o.seq_len, o.batch, f.val_windows, ocfg.vocab_size);
   auto say = [&](const char* what) {
     if (!json) std::fprintf(stderr, "finetune: %s\n", what);

@@ -314,7 +314,7 @@ class Runner {
         o.teacher = model::load_model(s_.model, torch::kFloat32, o.device).ptr();
         o.distill = v.distill;
       }
-      train::Dist dist;
+      dist::Dist dist;
       train::train_folder(before, train_data_, ft_val_, o, dist);
       fs::remove_all(fs::path(o.out) / "checkpoints");  // the model is kept; the resumable state is not needed
       after = (work / "finetuned" / "model").string();

@@ -26,12 +26,14 @@ void add_runtime_options(OptionTable& t, model::RuntimeOptions& rt, unsigned par
     t.value("dtype", "T", "weights and compute: f32, bf16 or f16",
             [&rt](const std::string& v) { rt.dtype = model::parse_compute_dtype(v); },
             dtype_flag_name(rt.dtype));
-  if (parts & kCache) {
+  if (parts & kCacheType) {
     t.value("cache-type", "T",
             "KV cache storage: f32, bf16, f16, or int8, int4, int2 (group-wise, f16 scale and zero point)",
             [&rt](const std::string& v) { rt.cache.type = model::parse_cache_type(v); }, "the compute dtype");
     t.value("cache-type-kr", "T", "storage of an MLA model's RoPE keys k_r, e.g. bf16 beside an int4 latent",
             [&rt](const std::string& v) { rt.cache.type_of["k_r"] = model::parse_cache_type(v); }, "--cache-type");
+  }
+  if (parts & kCacheQuant) {
     t.integer("cache-residual", "N", "most recent tokens kept in the compute dtype by integer cache types",
               rt.cache.residual, 0);
     t.integer("cache-group", "G", "values per quantization group", rt.cache.group, 1);

@@ -12,7 +12,9 @@ namespace mha2mla::cli {
 enum RuntimeParts : unsigned {
   kDevice = 1,  // --device, --kernels
   kDtype = 2,
-  kCache = 4,  // --cache-type, --cache-type-kr, --cache-residual, --cache-group, --cache-axis, --cache-quant
+  kCacheType = 4,    // --cache-type, --cache-type-kr
+  kCacheQuant = 16,  // how integer types store: --cache-residual, --cache-group, --cache-axis, --cache-quant
+  kCache = kCacheType | kCacheQuant,
   kAttn = 8,
   kAllRuntime = kDevice | kDtype | kCache | kAttn,
 };

@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "cli/cli.h"
+#include "cli/local_ranks.h"
 #include "cli/options.h"
 #include "io/model_folder.h"
 #include "model/runtime_options.h"
@@ -88,23 +89,14 @@ int cmd_train(const Args& a) {
   if (!t.parse(a)) return 0;
   finish_train_options(o, f);
   o.out = out;
-  if (nproc > 1 && !std::getenv("WORLD_SIZE")) {
+  if (starts_local_ranks(nproc)) {
     usage_check(o.batch % (nproc * o.accum) == 0,
           "--nproc " + std::to_string(nproc) + " is more than the work allows: --batch " + std::to_string(o.batch) +
               " must split evenly into nproc × accum = " + std::to_string(nproc * o.accum) + " micro-batches");
-    std::vector<std::string> argv{"mha2mla", "train"};
-    for (size_t i = 0; i < a.raw().size(); ++i) {
-      if (a.raw()[i] == "--nproc") {
-        ++i;  // and its value
-        continue;
-      }
-      if (a.raw()[i].rfind("--nproc=", 0) == 0) continue;
-      argv.push_back(a.raw()[i]);
-    }
-    return train::launch_local(static_cast<int>(nproc), argv);
+    return run_local_ranks(a, nproc);
   }
   o.device = train::rank_device(o.device);
-  auto dist = train::Dist::from_env(o.device);
+  auto dist = dist::Dist::from_env(o.device);
   o.progress = dist.is_main() && !json;
   std::vector<train::DataSource> data;
   for (const auto& s : data_specs) data.push_back(train::parse_source(s));

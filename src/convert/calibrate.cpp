@@ -11,6 +11,7 @@
 #include "convert/rope_select.h"
 #include "io/safetensors.h"
 #include "util/error.h"
+#include "util/text.h"
 
 namespace mha2mla::convert {
 
@@ -20,12 +21,6 @@ constexpr const char* kFormat = "mha2mla-calib";
 // 2: the fingerprint describes the checkpoint (names, dtypes, shapes, a hash of some bytes).
 // 3: a layer that saw fewer inputs than its covariance's size is stored as the inputs (cov_rows.{l}).
 constexpr const char* kVersion = "3";
-
-std::string shape_str(at::IntArrayRef s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
 
 // 64-bit hash of bytes, eight at a time (a multiply-xorshift mix); the same bytes always give the same value.
 uint64_t hash_bytes(const uint8_t* p, uint64_t n, uint64_t h) {

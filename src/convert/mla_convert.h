@@ -59,7 +59,7 @@ void validate_options(const LayerShape& s, const ConvertOptions& opt);
 
 // Converts model_dir into out_dir (written under a temporary name, then renamed; nothing is left on
 // failure). Streamed: each layer is read, converted, written and its source pages released before the next, so
-// memory holds a layer or so, never the model. Returns the report as JSON (documented in the README).
+// memory holds a layer or so, never the model. Returns the report as JSON (documented in docs/architecture.md).
 nlohmann::json convert_model(const std::string& model_dir, const std::string& out_dir, const ConvertOptions& opt,
                              const std::string& calib_path,
                              const std::function<void(int64_t done, int64_t total)>& progress = {});

@@ -11,6 +11,8 @@
 
 #include "kernels/attention_args.h"
 #include "kernels/attention_internal.h"
+#include "kernels/cpu_kernels.h"
+#include "util/text.h"
 #include "kernels/decode_splits.h"
 #include "kernels/scalar_convert.h"
 #include "kernels/storage_dtype.h"
@@ -26,28 +28,23 @@ bool all_on(const torch::Device& device, std::initializer_list<const torch::Tens
   return true;
 }
 
-namespace {
-
-[[noreturn]] void fail(const char* fn, const std::string& what) {
+[[noreturn]] void fail_arg(const char* fn, const std::string& what) {
   throw std::invalid_argument(std::string("kernels::") + fn + ": " + what);
 }
 
-std::string shape_str(const torch::Tensor& t) {
-  if (!t.defined()) return "undefined";
-  std::string s = "[";
-  for (int64_t i = 0; i < t.dim(); ++i) s += (i ? ", " : "") + std::to_string(t.size(i));
-  return s + "]";
-}
+torch::Tensor rows_contiguous(const torch::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
+
+namespace {
+
+std::string shape_str(const torch::Tensor& t) { return t.defined() ? mha2mla::shape_str(t.sizes()) : "undefined"; }
 
 DType dtype_of(const char* fn, const torch::Tensor& t) {
   const auto s = t.scalar_type();
   if (s != torch::kFloat32 && s != torch::kBFloat16 && s != torch::kFloat16)
-    fail(fn, std::string("unsupported dtype ") + c10::toString(s));
+    fail_arg(fn, std::string("unsupported dtype ") + c10::toString(s));
   return storage_dtype(s);
 }
 
-// The SIMD kernels read rows; other strides are passed through.
-torch::Tensor rows_contiguous(const torch::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
 
 
 // Runs f(item) for item in [0, n) on every intra-op thread, handing items out in order; callers put
@@ -67,20 +64,20 @@ struct Checked {
 
 Checked check_qkv(const char* fn, const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                   const torch::Tensor& valid) {
-  if (!q.defined() || !k.defined() || !v.defined()) fail(fn, "q, k and v must be defined");
+  if (!q.defined() || !k.defined() || !v.defined()) fail_arg(fn, "q, k and v must be defined");
   if (q.dim() != 4 || k.dim() != 4 || v.dim() != 4)
-    fail(fn, "q, k, v must be 4-d [B, H, T|S, D]; got q " + shape_str(q) + ", k " + shape_str(k) + ", v " +
+    fail_arg(fn, "q, k, v must be 4-d [B, H, T|S, D]; got q " + shape_str(q) + ", k " + shape_str(k) + ", v " +
                  shape_str(v));
   Checked c{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3), v.size(3)};
   if (k.size(0) != c.B || v.size(0) != c.B || v.size(1) != c.Hkv || v.size(2) != c.S || k.size(3) != c.D)
-    fail(fn, "shapes disagree: q " + shape_str(q) + ", k " + shape_str(k) + ", v " + shape_str(v));
+    fail_arg(fn, "shapes disagree: q " + shape_str(q) + ", k " + shape_str(k) + ", v " + shape_str(v));
   if (c.Hkv == 0 || c.Hq % c.Hkv != 0)
-    fail(fn, "query heads (" + std::to_string(c.Hq) + ") must be a multiple of KV heads (" + std::to_string(c.Hkv) + ")");
+    fail_arg(fn, "query heads (" + std::to_string(c.Hq) + ") must be a multiple of KV heads (" + std::to_string(c.Hkv) + ")");
   if (k.scalar_type() != q.scalar_type() || v.scalar_type() != q.scalar_type())
-    fail(fn, "q, k and v must share one dtype");
+    fail_arg(fn, "q, k and v must share one dtype");
   if (valid.defined() && (valid.scalar_type() != torch::kBool || valid.dim() != 2 || valid.size(0) != c.B ||
                           valid.size(1) != c.S))
-    fail(fn, "valid must be bool [B, S] = [" + std::to_string(c.B) + ", " + std::to_string(c.S) + "]; got " +
+    fail_arg(fn, "valid must be bool [B, S] = [" + std::to_string(c.B) + ", " + std::to_string(c.S) + "]; got " +
                  shape_str(valid));
   return c;
 }
@@ -115,15 +112,6 @@ void merge_partials(const float* part, int64_t nsplit, int64_t R, int64_t Dv, DT
 
 Operand operand(const torch::Tensor& t) {  // [B, H, rows, dim]
   return Operand{t.data_ptr(), t.stride(0), t.stride(1), t.stride(2)};
-}
-
-const AttnKernels& kernels_for(Variant v) {
-  switch (v) {
-    case Variant::Avx512: return avx512::kAttnF32;
-    case Variant::Avx512Bf16: return avx512bf16::kAttn;
-    case Variant::Avx2: return avx2::kAttn;
-    default: return generic::kAttn;
-  }
 }
 
 DecodeSplits DecodeSplits::plan(const AttnArgs& a, int64_t threads) {
@@ -267,7 +255,7 @@ torch::Tensor flash_attention(const torch::Tensor& q_in, const torch::Tensor& k_
   a.out = out.data_ptr();
   // vdpbf16ps works on pairs along D.
   if (variant == Variant::Avx512Bf16 && a.dtype == DType::BF16 && c.D % 2 != 0) variant = Variant::Avx512;
-  const auto& kern = kernels_for(variant);
+  const auto& kern = *cpu_kernels(variant).attn;
   // Query tiles of about 64-96 rows (g heads x tq tokens); smaller when that leaves threads idle.
   const int64_t g = c.Hq / c.Hkv, threads = at::get_num_threads();
   // f32 tiles take twice the cache of bf16 ones: fewer rows keep Q, scores and accumulators near L1.
@@ -304,7 +292,7 @@ torch::Tensor decode_attention(const torch::Tensor& q_in, const torch::Tensor& k
     note_reference_decode();
     return attention_reference(q_in, k_in, v_in, start, valid_in, window, scale);
   }
-  return run_decode(a, kernels_for(variant), q.options());
+  return run_decode(a, *cpu_kernels(variant).attn, q.options());
 }
 
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, int64_t start,
@@ -322,26 +310,26 @@ struct MlaChecked {
 MlaChecked check_mla(const char* fn, const torch::Tensor& q_lat, const torch::Tensor& q_rope, const torch::Tensor& c,
                      const torch::Tensor& k_r, const torch::Tensor& valid) {
   if (!q_lat.defined() || !c.defined() || q_lat.dim() != 4 || c.dim() != 3)
-    fail(fn, "need q_lat [B, Hq, T, L] and c [B, S, L]; got q_lat " + shape_str(q_lat) + ", c " + shape_str(c));
+    fail_arg(fn, "need q_lat [B, Hq, T, L] and c [B, S, L]; got q_lat " + shape_str(q_lat) + ", c " + shape_str(c));
   MlaChecked m{q_lat.size(0), q_lat.size(1), q_lat.size(2), q_lat.size(3), 0, c.size(1), 1};
   if (c.size(0) != m.B || c.size(2) != m.L)
-    fail(fn, "c " + shape_str(c) + " does not match q_lat " + shape_str(q_lat));
-  if (q_rope.defined() != k_r.defined()) fail(fn, "q_rope and k_r must both be given or both be undefined");
+    fail_arg(fn, "c " + shape_str(c) + " does not match q_lat " + shape_str(q_lat));
+  if (q_rope.defined() != k_r.defined()) fail_arg(fn, "q_rope and k_r must both be given or both be undefined");
   if (q_rope.defined()) {
     if (q_rope.dim() != 4 || k_r.dim() != 4 || q_rope.size(0) != m.B || q_rope.size(1) != m.Hq ||
         q_rope.size(2) != m.T || k_r.size(0) != m.B || k_r.size(2) != m.S || k_r.size(3) != q_rope.size(3))
-      fail(fn, "q_rope " + shape_str(q_rope) + " / k_r " + shape_str(k_r) + " do not match q_lat " +
+      fail_arg(fn, "q_rope " + shape_str(q_rope) + " / k_r " + shape_str(k_r) + " do not match q_lat " +
                    shape_str(q_lat) + " and c " + shape_str(c));
     m.r = q_rope.size(3);
     m.Hkv = k_r.size(1);
-    if (m.Hkv == 0 || m.Hq % m.Hkv != 0) fail(fn, "query heads must be a multiple of k_r heads");
+    if (m.Hkv == 0 || m.Hq % m.Hkv != 0) fail_arg(fn, "query heads must be a multiple of k_r heads");
     if (q_rope.scalar_type() != q_lat.scalar_type() || k_r.scalar_type() != q_lat.scalar_type())
-      fail(fn, "all operands must share one dtype");
+      fail_arg(fn, "all operands must share one dtype");
   }
-  if (c.scalar_type() != q_lat.scalar_type()) fail(fn, "all operands must share one dtype");
+  if (c.scalar_type() != q_lat.scalar_type()) fail_arg(fn, "all operands must share one dtype");
   if (valid.defined() && (valid.scalar_type() != torch::kBool || valid.dim() != 2 || valid.size(0) != m.B ||
                           valid.size(1) != m.S))
-    fail(fn, "valid must be bool [B, S]; got " + shape_str(valid));
+    fail_arg(fn, "valid must be bool [B, S]; got " + shape_str(valid));
   return m;
 }
 }  // namespace
@@ -412,7 +400,7 @@ torch::Tensor mla_decode_attention(const torch::Tensor& q_lat_in, const torch::T
     note_reference_decode();
     return mla_decode_reference(q_lat_in, q_rope_in, c_in, k_r_in, start, valid_in, window, scale);
   }
-  return run_decode(a, kernels_for(variant), q_lat.options());
+  return run_decode(a, *cpu_kernels(variant).attn, q_lat.options());
 }
 
 }  // namespace mha2mla::kernels

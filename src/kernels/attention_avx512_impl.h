@@ -535,7 +535,7 @@ inline __m512 lanes_block_softmax(const AttnArgs& a, const bool* valid, int64_t 
 //   rotary keys (per channel): q·x = (q∘scale)·code + q·zero, q∘scale rounded to bf16 once per token group
 //   values, per latent group:  Σ_j p_j x_jd = Σ_j (p_j scale_gj) code_jd + Σ_j p_j zero_gj
 // so a key costs a bf16 key's multiply-adds plus the table lookups and scale terms, from a quarter of the bytes
-// (about 1.5x the bf16 kernel's time where both are compute-bound, README). Slots past a buffer's n_quant are
+// (about 1.5x the bf16 kernel's time where both are compute-bound, docs/performance.md). Slots past a buffer's n_quant are
 // read from its bf16 residual.
 struct Q4Tables {
   uint32_t pair[256];           // byte -> bf16(low code) | bf16(high code) << 16

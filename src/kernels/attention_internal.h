@@ -11,6 +11,10 @@
 namespace mha2mla::kernels {
 
 Operand operand(const torch::Tensor& t);  // [B, H, rows, dim], last dim contiguous
+// The SIMD kernels read rows: t itself when its last dim is contiguous, else a contiguous copy.
+torch::Tensor rows_contiguous(const torch::Tensor& t);
+// Bad arguments to a kernel front end: std::invalid_argument "kernels::FN: WHAT".
+[[noreturn]] void fail_arg(const char* fn, const std::string& what);
 // Whether every defined tensor of ts is on `device`.
 bool all_on(const torch::Device& device, std::initializer_list<const torch::Tensor*> ts);
 // The arguments of flash/decode_attention (fn: which, for errors) and of mla_decode_attention, checked as they

@@ -9,8 +9,6 @@
 
 namespace mha2mla::kernels {
 
-const AttnKernels& kernels_for(Variant v);  // the decode/prefill entries of a resolved variant
-
 struct DecodeSplits {
   int64_t lo = 0, hi = 0;   // keys any query row of a (batch, group) can see
   int64_t chunk = 0;        // keys per split, a multiple of 32

@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "kernels/cpu_kernels.h"
 #include "kernels/elementwise_args.h"
 #include "kernels/scalar_convert.h"
 #include "kernels/storage_dtype.h"
@@ -28,8 +29,6 @@ Variant elementwise_variant(Variant v) {
   }
   return resolve_variant(v);
 }
-
-bool use_avx2(Variant v) { return v == Variant::Avx2 || v == Variant::Avx512 || v == Variant::Avx512Bf16; }
 
 }  // namespace
 
@@ -67,12 +66,6 @@ void rope_row(DType t, const void* x, const void* cos, const void* sin, void* y,
   }
 }
 
-ElementwiseRows elementwise_rows(Variant v) {
-  v = elementwise_variant(v);
-  if (use_avx2(v)) return {avx2::rms_norm_row, avx2::silu_mul_span};
-  return {generic::rms_norm_row, generic::silu_mul_span};
-}
-
 bool elementwise_applies(const torch::Tensor& x) {
   const auto t = x.scalar_type();
   return x.defined() && x.device().is_cpu() &&
@@ -103,7 +96,7 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w, double ep
   const int64_t es = static_cast<int64_t>(xc.element_size());
   const char* xp = static_cast<const char*>(xc.data_ptr());
   char* yp = static_cast<char*>(y.data_ptr());
-  const RmsNormRow row = elementwise_rows(variant).rms_norm;
+  const RmsNormRow row = cpu_kernels(variant).rows.rms_norm;
   for (int64_t r = 0; r < rows; ++r)  // a few rows of at most a few thousand values: one thread
     row(t, xp + r * D * es, wc.data_ptr(), yp + r * D * es, D, static_cast<float>(eps));
   return y;
@@ -130,7 +123,7 @@ torch::Tensor silu_mul(const torch::Tensor& gate, const torch::Tensor& up, Varia
   const int64_t n = g.numel();
   const DType t = storage_dtype(g.scalar_type());
   const int64_t es = static_cast<int64_t>(g.element_size());
-  const SiluMulSpan span = elementwise_rows(variant).silu_mul;
+  const SiluMulSpan span = cpu_kernels(variant).rows.silu_mul;
   at::parallel_for(0, n, 16384, [&](int64_t i0, int64_t i1) {
     span(t, static_cast<const char*>(g.data_ptr()) + i0 * es, static_cast<const char*>(u.data_ptr()) + i0 * es,
          static_cast<char*>(y.data_ptr()) + i0 * es, i1 - i0);

@@ -26,14 +26,6 @@ torch::Tensor rms_norm_reference(const torch::Tensor& x, const torch::Tensor& w,
 torch::Tensor silu_mul(const torch::Tensor& gate, const torch::Tensor& up, Variant variant = Variant::Auto);
 torch::Tensor silu_mul_reference(const torch::Tensor& gate, const torch::Tensor& up);
 
-// The row functions behind rms_norm() and silu_mul() for a variant (Auto: AVX2 where the CPU has it, else the
-// portable loops), for callers that run their own loops over raw rows (model/decode_step).
-struct ElementwiseRows {
-  RmsNormRow rms_norm;
-  SiluMulSpan silu_mul;
-};
-ElementwiseRows elementwise_rows(Variant variant = Variant::Auto);
-
 // Rotary embedding, HF's rotate-half form: x [B, H, T, D] (any strides), cos/sin [B, T, D] ->
 // x * cos + rotate_half(x) * sin, in x's dtype and layout.
 torch::Tensor rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);

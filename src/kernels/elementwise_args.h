@@ -8,7 +8,7 @@
 
 namespace mha2mla::kernels {
 
-// The row functions of one variant (elementwise_rows() in elementwise.h picks them).
+// The row functions of one variant (cpu_kernels() in cpu_kernels.h picks them).
 using SiluMulSpan = void (*)(DType t, const void* g, const void* u, void* y, int64_t n);
 using RmsNormRow = void (*)(DType t, const void* x, const void* w, void* y, int64_t D, float eps);
 

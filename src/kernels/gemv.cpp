@@ -4,6 +4,7 @@
 
 #include <atomic>
 
+#include "kernels/cpu_kernels.h"
 #include "kernels/gemv_args.h"
 #include "kernels/scalar_convert.h"
 #include "kernels/storage_dtype.h"
@@ -77,14 +78,6 @@ torch::Tensor matmul(const torch::Tensor& a, const torch::Tensor& b) {
   return torch::matmul(a.to(torch::kFloat32), b.to(torch::kFloat32)).to(torch::kFloat16);
 }
 
-GemvRows gemv_rows_for(Variant variant) {
-  variant = resolve_variant(variant);
-  return variant == Variant::Avx512Bf16 ? avx512bf16::gemv_rows
-         : variant == Variant::Avx512   ? avx512::gemv_rows
-         : variant == Variant::Avx2     ? avx2::gemv_rows
-                                        : generic::gemv_rows;
-}
-
 GemvArgs gemv_args(DType t, int64_t n, const void* x, const torch::Tensor& w, const void* bias, void* y,
                    const void* residual) {
   GemvArgs a;
@@ -142,7 +135,7 @@ std::vector<torch::Tensor> run_linear(const torch::Tensor& x_in, const std::vect
   auto x = x_in.contiguous();
   const int64_t in = x.size(-1), n = x.numel() / in;
   GemvGroup group;
-  group.rows = gemv_rows_for(variant);
+  group.rows = cpu_kernels(variant).gemv;
   std::vector<torch::Tensor> biases;  // keeps contiguous copies alive
   for (size_t i = 0; i < ws.size(); ++i) {
     const auto& w = ws[i];

@@ -48,9 +48,6 @@ bool linear_matmul_widens(torch::ScalarType t);
 // libtorch ops (the reference kernels, materialised MLA, training).
 torch::Tensor matmul(const torch::Tensor& a, const torch::Tensor& b);
 
-// The GEMV kernel of a variant (Auto resolved first; Reference has none and takes the portable loops).
-GemvRows gemv_rows_for(Variant variant);
-
 // The GEMV arguments for y [n, out] = x [n, in] W^T (+ bias) (+ residual), W [out, in] with rows strided.
 GemvArgs gemv_args(DType t, int64_t n, const void* x, const torch::Tensor& w, const void* bias, void* y,
                    const void* residual);

@@ -6,38 +6,37 @@
 
 #include "kernels/attention.h"
 #include "kernels/attention_internal.h"
+#include "kernels/cpu_kernels.h"
 #include "kernels/storage_dtype.h"
 
 namespace mha2mla::kernels {
 namespace {
 
-[[noreturn]] void fail(const std::string& what) { throw std::invalid_argument("kernels::quantized_decode: " + what); }
-
 // Checks one buffer against its layout; returns D.
 int64_t check_quant(const char* name, const QuantizedKV& kv, int64_t B, int64_t H) {
   const std::string n(name);
   if (!kv.data.defined() || !kv.scale.defined() || !kv.zero.defined() || !kv.residual.defined())
-    fail(n + ": data, scale, zero and residual must all be given (residual may have 0 slots)");
-  if (kv.bits != 2 && kv.bits != 4 && kv.bits != 8) fail(n + ": bits must be 2, 4 or 8, got " + std::to_string(kv.bits));
-  if (kv.group <= 0) fail(n + ": group must be positive");
+    fail_arg("quantized_decode", n + ": data, scale, zero and residual must all be given (residual may have 0 slots)");
+  if (kv.bits != 2 && kv.bits != 4 && kv.bits != 8) fail_arg("quantized_decode", n + ": bits must be 2, 4 or 8, got " + std::to_string(kv.bits));
+  if (kv.group <= 0) fail_arg("quantized_decode", n + ": group must be positive");
   if (kv.residual.dim() != 4 || kv.residual.size(0) != B || kv.residual.size(1) != H)
-    fail(n + ": residual must be [B, H, R, D] with B = " + std::to_string(B) + ", H = " + std::to_string(H));
+    fail_arg("quantized_decode", n + ": residual must be [B, H, R, D] with B = " + std::to_string(B) + ", H = " + std::to_string(H));
   const int64_t D = kv.residual.size(3);
   if (kv.data.scalar_type() != torch::kUInt8 || kv.data.dim() != 4 || kv.data.size(0) != B || kv.data.size(1) != H ||
       kv.data.size(2) < kv.n_quant || kv.data.size(3) != (D * kv.bits + 7) / 8)
-    fail(n + ": data must be uint8 [B, H, >= n_quant, ceil(D * bits / 8)] = [" + std::to_string(B) + ", " +
+    fail_arg("quantized_decode", n + ": data must be uint8 [B, H, >= n_quant, ceil(D * bits / 8)] = [" + std::to_string(B) + ", " +
          std::to_string(H) + ", " + std::to_string(kv.n_quant) + ", " + std::to_string((D * kv.bits + 7) / 8) + "]");
   if (kv.scale.scalar_type() != torch::kFloat16 || kv.zero.scalar_type() != torch::kFloat16 ||
       kv.scale.sizes() != kv.zero.sizes() || kv.scale.dim() != 4 || kv.scale.size(0) != B || kv.scale.size(1) != H)
-    fail(n + ": scale and zero must be f16 [B, H, ., .] of one shape");
+    fail_arg("quantized_decode", n + ": scale and zero must be f16 [B, H, ., .] of one shape");
   if (kv.per_channel) {
-    if (kv.n_quant % kv.group != 0) fail(n + ": per-channel n_quant must be a multiple of group");
+    if (kv.n_quant % kv.group != 0) fail_arg("quantized_decode", n + ": per-channel n_quant must be a multiple of group");
     if (kv.scale.size(2) < kv.n_quant / kv.group || kv.scale.size(3) != D)
-      fail(n + ": per-channel scale must be [B, H, >= n_quant / group, D]");
+      fail_arg("quantized_decode", n + ": per-channel scale must be [B, H, >= n_quant / group, D]");
   } else if (kv.scale.size(2) < kv.n_quant || kv.scale.size(3) != (D + kv.group - 1) / kv.group) {
-    fail(n + ": per-token scale must be [B, H, >= n_quant, ceil(D / group)]");
+    fail_arg("quantized_decode", n + ": per-token scale must be [B, H, >= n_quant, ceil(D / group)]");
   }
-  if (kv.n_quant < 0) fail(n + ": n_quant must be >= 0");
+  if (kv.n_quant < 0) fail_arg("quantized_decode", n + ": n_quant must be >= 0");
   return D;
 }
 
@@ -57,7 +56,7 @@ QuantDesc desc_of(const QuantizedKV& kv, const torch::Tensor& data, const torch:
 void check_valid(const torch::Tensor& valid, int64_t B, int64_t S) {
   if (valid.defined() && (valid.scalar_type() != torch::kBool || valid.dim() != 2 || valid.size(0) != B ||
                           valid.size(1) != S))
-    fail("valid must be bool [B, S] with S = " + std::to_string(S));
+    fail_arg("quantized_decode", "valid must be bool [B, S] with S = " + std::to_string(S));
 }
 
 // Every defined tensor and every tensor of the buffers on `device`.
@@ -70,8 +69,7 @@ bool on_device(std::initializer_list<const torch::Tensor*> ts, std::initializer_
 
 // A buffer's descriptor over tensors whose rows are contiguous; `keep` holds any copies made for that.
 QuantDesc buffer_desc(const QuantizedKV& kv, std::vector<torch::Tensor>& keep) {
-  auto last_contig = [](const torch::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); };
-  auto d = last_contig(kv.data), sc = last_contig(kv.scale), z = last_contig(kv.zero), r = last_contig(kv.residual);
+  auto d = rows_contiguous(kv.data), sc = rows_contiguous(kv.scale), z = rows_contiguous(kv.zero), r = rows_contiguous(kv.residual);
   if (sc.strides() != z.strides()) z = z.contiguous(), sc = sc.contiguous();  // one stride set for both
   keep.insert(keep.end(), {d, sc, z, r});
   return desc_of(kv, d, sc, z, r);
@@ -109,17 +107,17 @@ torch::Tensor quantized_decode_reference(const torch::Tensor& q, const Quantized
 torch::Tensor quantized_decode_attention(const torch::Tensor& q_in, const QuantizedKV& k, const QuantizedKV& v,
                                          int64_t start, const torch::Tensor& valid_in, int64_t window, double scale,
                                          Variant variant) {
-  if (!q_in.defined() || q_in.dim() != 4) fail("q must be [B, Hq, T, D]");
+  if (!q_in.defined() || q_in.dim() != 4) fail_arg("quantized_decode", "q must be [B, Hq, T, D]");
   const int64_t B = q_in.size(0), Hq = q_in.size(1);
   const int64_t Hkv = k.residual.defined() && k.residual.dim() == 4 ? k.residual.size(1) : 0;
   const int64_t D = check_quant("k", k, B, Hkv);
   check_quant("v", v, B, Hkv);
-  if (Hkv == 0 || Hq % Hkv != 0) fail("query heads must be a multiple of KV heads");
-  if (q_in.size(3) != D) fail("q's last dim must equal the key width " + std::to_string(D));
+  if (Hkv == 0 || Hq % Hkv != 0) fail_arg("quantized_decode", "query heads must be a multiple of KV heads");
+  if (q_in.size(3) != D) fail_arg("quantized_decode", "q's last dim must equal the key width " + std::to_string(D));
   const int64_t S = k.n_quant + k.residual.size(2);
-  if (v.n_quant + v.residual.size(2) != S) fail("k and v must hold the same number of slots");
+  if (v.n_quant + v.residual.size(2) != S) fail_arg("quantized_decode", "k and v must hold the same number of slots");
   if (k.residual.scalar_type() != q_in.scalar_type() || v.residual.scalar_type() != q_in.scalar_type())
-    fail("residual buffers must have q's dtype");
+    fail_arg("quantized_decode", "residual buffers must have q's dtype");
   check_valid(valid_in, B, S);
   variant = resolve_variant(variant);
   const bool cpu = on_device({&q_in, &valid_in}, {&k, &v}, torch::kCPU);
@@ -130,7 +128,7 @@ torch::Tensor quantized_decode_attention(const torch::Tensor& q_in, const Quanti
   }
   if (q_in.scalar_type() != torch::kFloat32 && q_in.scalar_type() != torch::kBFloat16 &&
       q_in.scalar_type() != torch::kFloat16)
-    fail("q must be f32, bf16 or f16");
+    fail_arg("quantized_decode", "q must be f32, bf16 or f16");
   QuantArgs qa;
   quantized_decode_args(qa, q_in, k, v, valid_in, start, window, scale);
   if (cuda) {
@@ -138,12 +136,12 @@ torch::Tensor quantized_decode_attention(const torch::Tensor& q_in, const Quanti
     note_reference_decode();
     return quantized_decode_reference(q_in, k, v, start, valid_in, window, scale);
   }
-  return run_decode(qa.a, kernels_for(variant), q_in.options());
+  return run_decode(qa.a, *cpu_kernels(variant).attn, q_in.options());
 }
 
 void quantized_decode_args(QuantArgs& qa, const torch::Tensor& q_in, const QuantizedKV& k, const QuantizedKV& v,
                            const torch::Tensor& valid_in, int64_t start, int64_t window, double scale) {
-  const auto q = q_in.stride(-1) == 1 ? q_in : q_in.contiguous();
+  const auto q = rows_contiguous(q_in);
   const auto valid = valid_in.defined() ? valid_in.contiguous() : valid_in;
   qa.keep = {q, valid};
   qa.k = buffer_desc(k, qa.keep), qa.v = buffer_desc(v, qa.keep);
@@ -172,19 +170,19 @@ torch::Tensor quantized_mla_decode_attention(const torch::Tensor& q_lat_in, cons
                                              const torch::Tensor& valid_in, int64_t window, double scale,
                                              Variant variant) {
   if (!q_lat_in.defined() || q_lat_in.dim() != 4 || !q_rope_in.defined() || q_rope_in.dim() != 4)
-    fail("q_lat and q_rope must be [B, Hq, T, L] and [B, Hq, T, r]");
+    fail_arg("quantized_decode", "q_lat and q_rope must be [B, Hq, T, L] and [B, Hq, T, r]");
   const int64_t B = q_lat_in.size(0), Hq = q_lat_in.size(1), T = q_lat_in.size(2);
   const int64_t Hkv = k_r.residual.defined() && k_r.residual.dim() == 4 ? k_r.residual.size(1) : 0;
   const int64_t L = check_quant("c", c, B, 1), r = check_quant("k_r", k_r, B, Hkv);
-  if (Hkv == 0 || Hq % Hkv != 0) fail("query heads must be a multiple of the rotary key heads");
+  if (Hkv == 0 || Hq % Hkv != 0) fail_arg("quantized_decode", "query heads must be a multiple of the rotary key heads");
   if (q_lat_in.size(3) != L || q_rope_in.size(3) != r || q_rope_in.size(0) != B || q_rope_in.size(1) != Hq ||
       q_rope_in.size(2) != T)
-    fail("q_lat / q_rope do not match the latent width " + std::to_string(L) + " and rotary width " + std::to_string(r));
+    fail_arg("quantized_decode", "q_lat / q_rope do not match the latent width " + std::to_string(L) + " and rotary width " + std::to_string(r));
   const int64_t S = c.n_quant + c.residual.size(2);
-  if (k_r.n_quant + k_r.residual.size(2) != S) fail("c and k_r must hold the same number of slots");
+  if (k_r.n_quant + k_r.residual.size(2) != S) fail_arg("quantized_decode", "c and k_r must hold the same number of slots");
   if (c.residual.scalar_type() != q_lat_in.scalar_type() || k_r.residual.scalar_type() != q_lat_in.scalar_type() ||
       q_rope_in.scalar_type() != q_lat_in.scalar_type())
-    fail("q_lat, q_rope and the residual buffers must share one dtype");
+    fail_arg("quantized_decode", "q_lat, q_rope and the residual buffers must share one dtype");
   check_valid(valid_in, B, S);
   variant = resolve_variant(variant);
   const bool cpu = on_device({&q_lat_in, &q_rope_in, &valid_in}, {&c, &k_r}, torch::kCPU);
@@ -196,7 +194,7 @@ torch::Tensor quantized_mla_decode_attention(const torch::Tensor& q_lat_in, cons
   }
   if (q_lat_in.scalar_type() != torch::kFloat32 && q_lat_in.scalar_type() != torch::kBFloat16 &&
       q_lat_in.scalar_type() != torch::kFloat16)
-    fail("q must be f32, bf16 or f16");
+    fail_arg("quantized_decode", "q must be f32, bf16 or f16");
   QuantArgs qa;
   quantized_mla_decode_args(qa, q_lat_in, q_rope_in, c, k_r, valid_in, start, window, scale);
   if (cuda) {
@@ -204,14 +202,13 @@ torch::Tensor quantized_mla_decode_attention(const torch::Tensor& q_lat_in, cons
     note_reference_decode();
     return quantized_mla_decode_reference(q_lat_in, q_rope_in, c, k_r, start, valid_in, window, scale);
   }
-  return run_decode(qa.a, kernels_for(variant), q_lat_in.options());
+  return run_decode(qa.a, *cpu_kernels(variant).attn, q_lat_in.options());
 }
 
 void quantized_mla_decode_args(QuantArgs& qa, const torch::Tensor& q_lat_in, const torch::Tensor& q_rope_in,
                                const QuantizedKV& c, const QuantizedKV& k_r, const torch::Tensor& valid_in,
                                int64_t start, int64_t window, double scale) {
-  auto last_contig = [](const torch::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); };
-  const auto q_lat = last_contig(q_lat_in), q_rope = last_contig(q_rope_in);
+  const auto q_lat = rows_contiguous(q_lat_in), q_rope = rows_contiguous(q_rope_in);
   const auto valid = valid_in.defined() ? valid_in.contiguous() : valid_in;
   qa.keep = {q_lat, q_rope, valid};
   qa.k = buffer_desc(c, qa.keep);

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "kernels/cpu_kernels.h"
 #include "kernels/decode_splits.h"
 #include "kernels/elementwise.h"
 #include "kernels/gemv.h"
@@ -137,9 +138,10 @@ torch::Tensor DecodeStep::run(TransformerImpl& m, int64_t id, KVCache& cache, co
   const int64_t es = static_cast<int64_t>(c10::elementSize(m.dtype()));
   const int64_t threads = at::get_num_threads();
   const auto variant = kernels::resolve_variant(kernels::Variant::Auto);
-  const auto rows = kernels::elementwise_rows(variant);
-  const auto gemv_rows = kernels::gemv_rows_for(variant);
-  const auto& kern = kernels::kernels_for(variant);
+  const auto& cpu = kernels::cpu_kernels(variant);  // the variant's one row of kernels
+  const auto rows = cpu.rows;
+  const auto gemv_rows = cpu.gemv;
+  const auto& kern = *cpu.attn;
 
   // Scratch, compute dtype: x [d] (the residual stream), xn [d] (normed), h [d] (after attention), the
   // projections qkv (GQA: q | k | v, [(Hq + 2 Hkv) D]; MLA: q (RoPE rows, then latent queries) | k_r | c,

@@ -10,10 +10,12 @@
 #include <vector>
 
 #include "model/transformer.h"
-#include "train/distributed.h"
+#include "dist/distributed.h"
 #include "train/optim.h"
 
 namespace mha2mla::train {
+
+using dist::Dist;  // the process group that training reduces over
 
 struct TrainOptions {
   std::string out;              // run folder: model/, checkpoints/, train_log.jsonl, loss.svg

@@ -90,7 +90,7 @@ TEST(AdamWDump, StepsMatchStoredTorchAdamW) {
   o.adam.weight_decay = 0.1;
   o.clip = 0.5;
   o.progress = false;
-  train::Dist dist;
+  dist::Dist dist;
   m->train();
   train::run_training(*m, o, [&](int64_t s, int64_t mi) { return batches[s][mi].clone(); }, {}, dist);
 

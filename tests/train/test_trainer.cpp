@@ -71,7 +71,7 @@ TEST(Trainer, StepsMatchTorchAdamW) {
     bj.push_back(step);
   }
   std::ofstream(dir + "/batches.json") << bj.dump();
-  train::Dist dist;
+  dist::Dist dist;
   auto res = train::run_training(*m, opt, data, {}, dist);
   EXPECT_EQ(res.steps, 4);
   std::string cmd = testutil::debian_python() + " " MHA2MLA_SOURCE_DIR "/tests/oracle/train_ref.py --threads 2 --model " +
@@ -106,7 +106,7 @@ TEST(Trainer, ResumeFollowsTheSameTrajectory) {
   auto dir = testutil::temp_dir("train-resume");
   auto cfg = testutil::tiny_config("qwen2");
   auto data = synthetic(2, 16, 97);
-  train::Dist dist;
+  dist::Dist dist;
   auto a = testutil::make_random_model(cfg, 4);
   train::run_training(*a, small_opts(dir + "/a", 8), data, {}, dist);
 
@@ -153,7 +153,7 @@ TEST(Trainer, AttnOnlyLeavesTheRestFrozen) {
   for (auto& kv : m->named_parameters()) before[kv.key()] = kv.value().clone();
   auto o = small_opts(dir + "/run", 3);
   o.train = "attn";
-  train::Dist dist;
+  dist::Dist dist;
   train::run_training(*m, o, synthetic(2, 16, 97), {}, dist);
   for (auto& kv : m->named_parameters()) {
     bool moved = !torch::equal(kv.value(), before[kv.key()]);
@@ -165,7 +165,7 @@ TEST(Trainer, AttnOnlyLeavesTheRestFrozen) {
 
 TEST(Trainer, BadOptions) {
   auto m = testutil::make_random_model(testutil::tiny_config("llama-mha"), 5);
-  train::Dist dist;
+  dist::Dist dist;
   auto o = small_opts(testutil::temp_dir("train-bad") + "/run", 3);
   o.batch = 3;  // not a multiple of accum 2
   EXPECT_THROW(train::run_training(*m, o, synthetic(1, 16, 97), {}, dist), Error);
@@ -223,7 +223,7 @@ TEST(Distill, TrainingTowardsATeacherLowersTheKl) {
       o.teacher = teacher.ptr();
       o.distill = weight;
     }
-    train::Dist dist;
+    dist::Dist dist;
     if (weight >= 0) train::run_training(*student, o, synthetic(2, 16, 97), {}, dist);
     fs::remove_all(fs::path(o.out).parent_path());
     torch::NoGradGuard ng;
@@ -238,7 +238,7 @@ TEST(Evaluate, Bf16AutocastMatchesF32) {
   // Evaluation under bf16 autocast runs the fused inference kernels (no grad) with mixed input dtypes.
   auto m = testutil::make_random_model(testutil::tiny_config("llama-gqa"), 8);
   std::vector<torch::Tensor> val{synthetic(2, 16, 97)(0, 0), synthetic(2, 16, 97)(1, 0)};
-  train::Dist dist;
+  dist::Dist dist;
   const double f32 = train::evaluate(*m, val, dist, "f32");
   const double bf16 = train::evaluate(*m, val, dist, "bf16");
   EXPECT_NEAR(bf16, f32, 0.02 * f32);

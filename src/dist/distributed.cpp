@@ -1,4 +1,4 @@
-#include "train/distributed.h"
+#include "dist/distributed.h"
 
 #include <netinet/in.h>
 #include <signal.h>
@@ -18,7 +18,7 @@
 
 #include "util/error.h"
 
-namespace mha2mla::train {
+namespace mha2mla::dist {
 
 struct Dist::Group {
   c10::intrusive_ptr<c10d::ProcessGroup> pg;
@@ -171,4 +171,4 @@ int launch_local(int nproc, const std::vector<std::string>& args) {
   return result;
 }
 
-}  // namespace mha2mla::train
+}  // namespace mha2mla::dist

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-namespace mha2mla::train {
+namespace mha2mla::dist {
 
 class Dist {
  public:
@@ -34,4 +34,4 @@ class Dist {
 // loopback group, forwards their exit status, and stops the others when one fails.
 int launch_local(int nproc, const std::vector<std::string>& argv_without_nproc);
 
-}  // namespace mha2mla::train
+}  // namespace mha2mla::dist
