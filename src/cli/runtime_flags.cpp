@@ -14,8 +14,9 @@ void add_runtime_options(OptionTable& t, model::RuntimeOptions& rt, unsigned par
             rt.device.str());
   if (parts & kDevice)
     t.value("kernels", "V",
-            "CPU kernels: auto (the best this CPU runs), avx512bf16, avx512, avx2, generic (portable loops)\n"
-            "or reference (libtorch ops); a variant this CPU cannot run is an error. MHA2MLA_KERNELS sets the same",
+            "CPU kernels: auto (the best this CPU runs), avx512bf16, avx512, avx2, generic (portable\n"
+            "loops) or reference (libtorch ops); a variant this CPU cannot run is an error;\n"
+            "MHA2MLA_KERNELS sets the same",
             [](const std::string& v) {
               const auto variant = kernels::parse_variant(v);
               kernels::resolve_variant(variant);  // refuses what the CPU lacks
@@ -38,8 +39,9 @@ void add_runtime_options(OptionTable& t, model::RuntimeOptions& rt, unsigned par
               rt.cache.residual, 0);
     t.integer("cache-group", "G", "values per quantization group", rt.cache.group, 1);
     t.value("cache-quant", "Q",
-            "how integer cache types fit each group's zero point: minmax (the group's minimum) or hqq\n"
-            "(half-quadratic fit under an lp error, robust to outliers; same layout, same decoding speed)",
+            "how integer cache types fit each group's zero point: minmax (the group's minimum)\n"
+            "or hqq (half-quadratic fit under an lp error, robust to outliers; same layout and\n"
+            "decoding speed)",
             [&rt](const std::string& v) { rt.cache.quant = model::parse_quant_method(v); }, "minmax");
     t.value("cache-axis", "B=A,...",
             "quantization axis per buffer: k, v (MHA/GQA), c, k_r (MLA) = token or channel",
