@@ -38,13 +38,23 @@ std::set<std::string> proc_cpu_flags() {
   return flags;
 }
 
-struct EnvGuard {  // sets MHA2MLA_KERNELS for one scope
-  explicit EnvGuard(const char* v) { setenv("MHA2MLA_KERNELS", v, 1); }
-  ~EnvGuard() { unsetenv("MHA2MLA_KERNELS"); }
+struct EnvGuard {  // sets MHA2MLA_KERNELS for one scope (nullptr: unset), restoring what the suite ran under
+  explicit EnvGuard(const char* v) {
+    if (const char* old = std::getenv("MHA2MLA_KERNELS")) saved = old, had = true;
+    if (v) setenv("MHA2MLA_KERNELS", v, 1);
+    else unsetenv("MHA2MLA_KERNELS");
+  }
+  ~EnvGuard() {
+    if (had) setenv("MHA2MLA_KERNELS", saved.c_str(), 1);
+    else unsetenv("MHA2MLA_KERNELS");
+  }
+  std::string saved;
+  bool had = false;
 };
 }  // namespace
 
 TEST(KernelVariants, FollowTheCpuFlags) {
+  EnvGuard uncapped(nullptr);  // the suite may run under MHA2MLA_KERNELS; these are the uncapped choices
   const auto flags = proc_cpu_flags();
   ASSERT_FALSE(flags.empty()) << "no flags line in /proc/cpuinfo";
   auto has = [&](const char* f) { return flags.count(f) > 0; };
@@ -78,6 +88,7 @@ TEST(KernelVariants, FollowTheCpuFlags) {
 // scope; a cap above the CPU leaves the CPU's best; unknown names are one clear error.
 TEST(KernelVariants, CapLowersAuto) {
   using kernels::Variant;
+  EnvGuard uncapped(nullptr);
   const auto best = kernels::resolve_variant(Variant::Auto);
   {
     kernels::VariantCapScope cap(Variant::Generic);
