@@ -3,10 +3,25 @@
 #include <sstream>
 
 #include "io/safetensors.h"
+#include "kernels/cache_format.h"
 #include "kernels/cpu_features.h"
 #include "util/error.h"
 
 namespace mha2mla::cli {
+namespace {
+
+// --cache-type's help: a line per row of the cache-format table.
+std::string cache_type_help() {
+  std::string h = "KV cache storage (docs/serving.md):";
+  for (const auto& f : kernels::cache_formats()) {
+    std::string name = f.name;
+    name.resize(std::max<size_t>(name.size() + 1, 13), ' ');
+    h += "\n  " + name + f.summary;
+  }
+  return h;
+}
+
+}  // namespace
 
 void add_runtime_options(OptionTable& t, model::RuntimeOptions& rt, unsigned parts) {
   if (parts & kDevice)
@@ -28,14 +43,13 @@ void add_runtime_options(OptionTable& t, model::RuntimeOptions& rt, unsigned par
             [&rt](const std::string& v) { rt.dtype = model::parse_compute_dtype(v); },
             dtype_flag_name(rt.dtype));
   if (parts & kCacheType) {
-    t.value("cache-type", "T",
-            "KV cache storage: f32, bf16, f16, or int8, int4, int2 (group-wise, f16 scale and zero point)",
+    t.value("cache-type", "T", cache_type_help(),
             [&rt](const std::string& v) { rt.cache.type = model::parse_cache_type(v); }, "the compute dtype");
     t.value("cache-type-kr", "T", "storage of an MLA model's RoPE keys k_r, e.g. bf16 beside an int4 latent",
             [&rt](const std::string& v) { rt.cache.type_of["k_r"] = model::parse_cache_type(v); }, "--cache-type");
   }
   if (parts & kCacheQuant) {
-    t.integer("cache-residual", "N", "most recent tokens kept in the compute dtype by integer cache types",
+    t.integer("cache-residual", "N", "most recent tokens kept in the compute dtype by quantized cache types",
               rt.cache.residual, 0);
     t.integer("cache-group", "G", "values per quantization group", rt.cache.group, 1);
     t.value("cache-quant", "Q",
@@ -96,8 +110,9 @@ nlohmann::json runtime_json(const model::RuntimeOptions& rt) {
                    {"kernels", kernels::variant_name(kernels::resolve_variant(kernels::Variant::Auto))}};
   j["cache_type"] = rt.cache.type ? model::cache_type_name(*rt.cache.type) : "compute dtype";
   if (rt.cache.type && model::is_quantized(*rt.cache.type)) {
+    const auto& f = kernels::cache_format(*rt.cache.type);
     j["cache_residual"] = rt.cache.residual;
-    j["cache_group"] = rt.cache.group;
+    j["cache_group"] = f.group > 0 ? f.group : rt.cache.group;
     j["cache_quant"] = model::quant_method_name(rt.cache.quant);
   }
   return j;

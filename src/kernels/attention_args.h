@@ -9,21 +9,30 @@ namespace mha2mla::kernels {
 
 enum class DType : int { F32, BF16, F16 };
 
+// How a quantized cache's codes read back (kernels/cache_format.h names the formats that use each):
+//   Uint: `bits`-bit unsigned codes packed low bits first, x = code * scale + zero (f16 scale and zero);
+//   E4M3: one byte per value, OCP FP8 E4M3 (bias 7, max 448, no infinities), x = e4m3(code) * scale (f32 scale,
+//         no zero point).
+enum class Codes : int { Uint, E4M3 };
+
 // A [B, H, rows, dim] operand, last dim contiguous; strides in elements.
 struct Operand {
   const void* p = nullptr;
   int64_t sb = 0, sh = 0, sr = 0;  // sh = 0 shares one head between all heads (MLA latent)
 };
 
-// A quantized K or V cache (layout in kernels/quant_attention.h): slots [0, n_quant) are stored as
-// `bits`-bit codes with f16 scale/zero, slots [n_quant, S) in `residual` (compute dtype).
+// A quantized K or V cache (layout in kernels/quant_attention.h): slots [0, n_quant) are stored as codes with
+// their scales (and zero points), slots [n_quant, S) in `residual` (compute dtype).
 struct QuantDesc {
+  Codes codes = Codes::Uint;
   const uint8_t* data = nullptr;  // [B, H, >= n_quant, row_bytes]
   int64_t d_sb = 0, d_sh = 0, d_sr = 0;
-  const uint16_t* scale = nullptr;  // f16; per token [B, H, >= n_quant, ceil(D/group)], per channel [B, H, n_quant/group, D]
+  // Uint: f16 scale and zero; per token [B, H, >= n_quant, ceil(D/group)], per channel [B, H, n_quant/group, D].
+  const uint16_t* scale = nullptr;
   const uint16_t* zero = nullptr;
-  int64_t s_sb = 0, s_sh = 0, s_sr = 0;  // strides of scale and zero (same layout)
-  int bits = 8;
+  const float* scale32 = nullptr;        // E4M3: f32 scales in the same layout (scale and zero unset)
+  int64_t s_sb = 0, s_sh = 0, s_sr = 0;  // strides of the scales and zeros (same layout)
+  int bits = 8;                          // Uint: 2, 4 or 8; E4M3: 8
   int64_t group = 0;
   bool per_channel = false;
   int64_t n_quant = 0;

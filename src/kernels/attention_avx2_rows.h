@@ -53,8 +53,37 @@ inline void token_row_to_f32(const uint8_t* codes, const uint16_t* sc, const uin
   }
 }
 
-// A 2/4/8-bit row of a quantized cache (layout in quant_attention.h) as f32 into dst[0, round_up8(n)):
-// code * scale + zero, 8 values at a time where the scale groups allow.
+// 8 E4M3 codes as f32 divided by 256: each byte's magnitude bits become an f16's exponent and mantissa (the
+// formats differ in exponent width and bias, a factor 2^8 here), so vcvtph2ps converts subnormal codes exactly.
+// The caller multiplies the scale by 256, which keeps every product exact.
+inline __m256 e4m3x8_over256(const uint8_t* p) {
+  const __m128i b = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  const __m128i h = _mm_or_si128(_mm_slli_epi16(_mm_and_si128(b, _mm_set1_epi16(0x80)), 8),
+                                 _mm_slli_epi16(_mm_and_si128(b, _mm_set1_epi16(0x7f)), 7));
+  return _mm256_cvtph_ps(h);
+}
+
+// Values [0, n8) of an E4M3 row (n8 a multiple of 8) as e4m3(code) * scale where whole 8-value chunks share
+// what they need: per channel always, per token when the group is a multiple of 8. Returns the values done.
+inline int64_t e4m3_row_to_f32(const QuantDesc& q, const uint8_t* row, int64_t b, int64_t h, int64_t s, int64_t n8,
+                               float* dst) {
+  const float* sc = q.scale32 + b * q.s_sb + h * q.s_sh;
+  const __m256 k256 = _mm256_set1_ps(256.f);
+  if (q.per_channel) {
+    sc += (s / q.group) * q.s_sr;
+    for (int64_t d = 0; d < n8; d += 8)
+      _mm256_storeu_ps(dst + d, _mm256_mul_ps(e4m3x8_over256(row + d), _mm256_mul_ps(_mm256_loadu_ps(sc + d), k256)));
+    return n8;
+  }
+  if (q.group % 8) return 0;
+  sc += s * q.s_sr;
+  for (int64_t d = 0; d < n8; d += 8)
+    _mm256_storeu_ps(dst + d, _mm256_mul_ps(e4m3x8_over256(row + d), _mm256_set1_ps(sc[d / q.group] * 256.f)));
+  return n8;
+}
+
+// A row of a quantized cache (layout in quant_attention.h) as f32 into dst[0, round_up8(n)): code * scale + zero
+// (2/4/8-bit codes) or e4m3(code) * scale, 8 values at a time where the scale groups allow.
 inline void quant_row_to_f32(const QuantDesc& q, const CodeUnpack& u, DType t, int64_t b, int64_t h, int64_t s,
                              int64_t n, float* dst) {
   if (s >= q.n_quant) {
@@ -67,7 +96,9 @@ inline void quant_row_to_f32(const QuantDesc& q, const CodeUnpack& u, DType t, i
   const uint16_t* sc = q.scale + b * q.s_sb + h * q.s_sh;
   const uint16_t* zp = q.zero + b * q.s_sb + h * q.s_sh;
   int64_t d = 0;
-  if (q.per_channel) {  // one scale per channel of this group of slots
+  if (q.codes == Codes::E4M3) {
+    d = e4m3_row_to_f32(q, row, b, h, s, n8, dst);
+  } else if (q.per_channel) {  // one scale per channel of this group of slots
     sc += (s / q.group) * q.s_sr, zp += (s / q.group) * q.s_sr;
     for (; d < n8; d += 8) {
       const __m256 scv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + d)));
@@ -99,8 +130,9 @@ struct Source {
 };
 
 // Whether n-wide rows of src can be read in 8-value chunks (block_src), each chunk under one scale and zero.
+// E4M3 rows go row by row (quant_row_to_f32): the block paths below read integer codes.
 inline bool chunked(const Source& src, int64_t n) {
-  return n % 8 == 0 && (!src.q || src.q->per_channel || src.q->group % 8 == 0);
+  return n % 8 == 0 && (!src.q || (src.q->codes == Codes::Uint && (src.q->per_channel || src.q->group % 8 == 0)));
 }
 
 // Where each of a block's 32 rows comes from, set up once per block. Slots below n_quant hold codes, so the

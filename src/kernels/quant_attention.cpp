@@ -6,6 +6,7 @@
 
 #include "kernels/attention.h"
 #include "kernels/attention_internal.h"
+#include "kernels/cache_format.h"
 #include "kernels/cpu_kernels.h"
 #include "kernels/storage_dtype.h"
 
@@ -15,9 +16,12 @@ namespace {
 // Checks one buffer against its layout; returns D.
 int64_t check_quant(const char* name, const QuantizedKV& kv, int64_t B, int64_t H) {
   const std::string n(name);
-  if (!kv.data.defined() || !kv.scale.defined() || !kv.zero.defined() || !kv.residual.defined())
-    fail_arg("quantized_decode", n + ": data, scale, zero and residual must all be given (residual may have 0 slots)");
-  if (kv.bits != 2 && kv.bits != 4 && kv.bits != 8) fail_arg("quantized_decode", n + ": bits must be 2, 4 or 8, got " + std::to_string(kv.bits));
+  const bool e4m3 = kv.codes == Codes::E4M3;
+  if (!kv.data.defined() || !kv.scale.defined() || kv.zero.defined() == e4m3 || !kv.residual.defined())
+    fail_arg("quantized_decode", n + (e4m3 ? ": data, scale and residual must be given, and no zero point (E4M3 codes)"
+                                           : ": data, scale, zero and residual must all be given (residual may have 0 slots)"));
+  if (e4m3 ? kv.bits != 8 : kv.bits != 2 && kv.bits != 4 && kv.bits != 8)
+    fail_arg("quantized_decode", n + ": bits must be " + (e4m3 ? "8 for E4M3 codes" : "2, 4 or 8") + ", got " + std::to_string(kv.bits));
   if (kv.group <= 0) fail_arg("quantized_decode", n + ": group must be positive");
   if (kv.residual.dim() != 4 || kv.residual.size(0) != B || kv.residual.size(1) != H)
     fail_arg("quantized_decode", n + ": residual must be [B, H, R, D] with B = " + std::to_string(B) + ", H = " + std::to_string(H));
@@ -26,8 +30,12 @@ int64_t check_quant(const char* name, const QuantizedKV& kv, int64_t B, int64_t 
       kv.data.size(2) < kv.n_quant || kv.data.size(3) != (D * kv.bits + 7) / 8)
     fail_arg("quantized_decode", n + ": data must be uint8 [B, H, >= n_quant, ceil(D * bits / 8)] = [" + std::to_string(B) + ", " +
          std::to_string(H) + ", " + std::to_string(kv.n_quant) + ", " + std::to_string((D * kv.bits + 7) / 8) + "]");
-  if (kv.scale.scalar_type() != torch::kFloat16 || kv.zero.scalar_type() != torch::kFloat16 ||
-      kv.scale.sizes() != kv.zero.sizes() || kv.scale.dim() != 4 || kv.scale.size(0) != B || kv.scale.size(1) != H)
+  if (e4m3 && (kv.scale.scalar_type() != torch::kFloat32 || kv.scale.dim() != 4 || kv.scale.size(0) != B ||
+               kv.scale.size(1) != H))
+    fail_arg("quantized_decode", n + ": scale must be f32 [B, H, ., .] for E4M3 codes");
+  if (!e4m3 && (kv.scale.scalar_type() != torch::kFloat16 || kv.zero.scalar_type() != torch::kFloat16 ||
+                kv.scale.sizes() != kv.zero.sizes() || kv.scale.dim() != 4 || kv.scale.size(0) != B ||
+                kv.scale.size(1) != H))
     fail_arg("quantized_decode", n + ": scale and zero must be f16 [B, H, ., .] of one shape");
   if (kv.per_channel) {
     if (kv.n_quant % kv.group != 0) fail_arg("quantized_decode", n + ": per-channel n_quant must be a multiple of group");
@@ -40,13 +48,25 @@ int64_t check_quant(const char* name, const QuantizedKV& kv, int64_t B, int64_t 
   return D;
 }
 
+// The 256 E4M3 codes' values, f32, on `device` (NaN for the two NaN codes).
+torch::Tensor e4m3_values(const torch::Device& device) {
+  std::vector<float> v(256);
+  for (int c = 0; c < 256; ++c) v[c] = e4m3_value(static_cast<uint8_t>(c));
+  return torch::tensor(v).to(device);
+}
+
 QuantDesc desc_of(const QuantizedKV& kv, const torch::Tensor& data, const torch::Tensor& scale,
                   const torch::Tensor& zero, const torch::Tensor& residual) {
   QuantDesc d;
+  d.codes = kv.codes;
   d.data = data.data_ptr<uint8_t>();
   d.d_sb = data.stride(0), d.d_sh = data.stride(1), d.d_sr = data.stride(2);
-  d.scale = reinterpret_cast<const uint16_t*>(scale.data_ptr());
-  d.zero = reinterpret_cast<const uint16_t*>(zero.data_ptr());
+  if (kv.codes == Codes::E4M3) {
+    d.scale32 = scale.data_ptr<float>();
+  } else {
+    d.scale = reinterpret_cast<const uint16_t*>(scale.data_ptr());
+    d.zero = reinterpret_cast<const uint16_t*>(zero.data_ptr());
+  }
   d.s_sb = scale.stride(0), d.s_sh = scale.stride(1), d.s_sr = scale.stride(2);
   d.bits = static_cast<int>(kv.bits), d.group = kv.group, d.per_channel = kv.per_channel, d.n_quant = kv.n_quant;
   d.residual = operand(residual);
@@ -69,8 +89,9 @@ bool on_device(std::initializer_list<const torch::Tensor*> ts, std::initializer_
 
 // A buffer's descriptor over tensors whose rows are contiguous; `keep` holds any copies made for that.
 QuantDesc buffer_desc(const QuantizedKV& kv, std::vector<torch::Tensor>& keep) {
-  auto d = rows_contiguous(kv.data), sc = rows_contiguous(kv.scale), z = rows_contiguous(kv.zero), r = rows_contiguous(kv.residual);
-  if (sc.strides() != z.strides()) z = z.contiguous(), sc = sc.contiguous();  // one stride set for both
+  auto d = rows_contiguous(kv.data), sc = rows_contiguous(kv.scale), r = rows_contiguous(kv.residual);
+  auto z = kv.zero.defined() ? rows_contiguous(kv.zero) : kv.zero;
+  if (z.defined() && sc.strides() != z.strides()) z = z.contiguous(), sc = sc.contiguous();  // one stride set for both
   keep.insert(keep.end(), {d, sc, z, r});
   return desc_of(kv, d, sc, z, r);
 }
@@ -80,20 +101,24 @@ QuantDesc buffer_desc(const QuantizedKV& kv, std::vector<torch::Tensor>& keep) {
 torch::Tensor dequantize_reference(const QuantizedKV& kv) {
   const int64_t B = kv.residual.size(0), H = kv.residual.size(1);
   const int64_t D = check_quant("dequantize", kv, B, H);
-  const int64_t per_byte = 8 / kv.bits, Sq = kv.n_quant;
-  auto data = kv.data.narrow(2, 0, Sq).to(torch::kInt32);
-  auto shifts = torch::arange(0, 8, kv.bits, torch::kInt32);  // value i of a byte at bit i * bits
-  auto codes = data.unsqueeze(-1).bitwise_right_shift(shifts).bitwise_and((1 << kv.bits) - 1);
-  codes = codes.reshape({B, H, Sq, kv.data.size(3) * per_byte}).narrow(3, 0, D).to(torch::kFloat32);  // Sq may be 0
-  torch::Tensor scale, zero;
-  if (kv.per_channel) {
-    scale = kv.scale.narrow(2, 0, Sq / kv.group).repeat_interleave(kv.group, 2);
-    zero = kv.zero.narrow(2, 0, Sq / kv.group).repeat_interleave(kv.group, 2);
+  const int64_t Sq = kv.n_quant;
+  auto data = kv.data.narrow(2, 0, Sq).to(torch::kInt64);
+  torch::Tensor values;  // [B, H, Sq, D] f32: the codes' values before scaling
+  if (kv.codes == Codes::E4M3) {
+    values = e4m3_values(data.device()).index({data});
   } else {
-    scale = kv.scale.narrow(2, 0, Sq).repeat_interleave(kv.group, 3).narrow(3, 0, D);
-    zero = kv.zero.narrow(2, 0, Sq).repeat_interleave(kv.group, 3).narrow(3, 0, D);
+    const int64_t per_byte = 8 / kv.bits;
+    auto shifts = torch::arange(0, 8, kv.bits, data.options());  // value i of a byte at bit i * bits
+    auto codes = data.unsqueeze(-1).bitwise_right_shift(shifts).bitwise_and((1 << kv.bits) - 1);
+    values = codes.reshape({B, H, Sq, kv.data.size(3) * per_byte}).narrow(3, 0, D).to(torch::kFloat32);  // Sq may be 0
   }
-  auto x = codes * scale.to(torch::kFloat32) + zero.to(torch::kFloat32);
+  // A group's scale (and zero) spread over its values.
+  auto spread = [&](const torch::Tensor& t) {
+    if (kv.per_channel) return t.narrow(2, 0, Sq / kv.group).repeat_interleave(kv.group, 2).to(torch::kFloat32);
+    return t.narrow(2, 0, Sq).repeat_interleave(kv.group, 3).narrow(3, 0, D).to(torch::kFloat32);
+  };
+  auto x = values * spread(kv.scale);
+  if (kv.zero.defined()) x = x + spread(kv.zero);
   return torch::cat({x, kv.residual.to(torch::kFloat32)}, 2);
 }
 

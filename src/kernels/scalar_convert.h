@@ -68,6 +68,27 @@ inline uint16_t f32_to_f16(float f) {
   return sign | static_cast<uint16_t>(r >> 13);
 }
 
+// OCP FP8 E4M3 (sign, 4 exponent bits of bias 7, 3 mantissa bits; exponent 0 subnormal; 0x7f and 0xff NaN, no
+// infinities; max 448) as f32, exactly.
+inline float e4m3_to_f32(uint8_t c) {
+  const int e = (c >> 3) & 0xf, m = c & 7;
+  float v;
+  if ((c & 0x7f) == 0x7f) {
+    uint32_t nan = 0x7fc00000u;
+    std::memcpy(&v, &nan, 4);
+    return v;
+  }
+  if (e == 0) {
+    v = static_cast<float>(m) * (1.f / 512.f);  // m/8 · 2^-6
+  } else {
+    const uint32_t p = static_cast<uint32_t>(e - 10 + 127) << 23;  // 2^(e-7) / 8
+    float unit;
+    std::memcpy(&unit, &p, 4);
+    v = static_cast<float>(8 + m) * unit;
+  }
+  return c & 0x80 ? -v : v;
+}
+
 // x rounded to storage type t and read back as f32 (what storing it and loading it again gives).
 inline float round_to_storage(float x, DType t) {
   return t == DType::F32 ? x : t == DType::BF16 ? bf16_to_f32(f32_to_bf16(x)) : f16_to_f32(f32_to_f16(x));
@@ -107,9 +128,10 @@ inline const char* row_ptr(const Operand& o, DType t, int64_t b, int64_t h, int6
 inline float quant_elem(const QuantDesc& q, DType t, int64_t b, int64_t h, int64_t s, int64_t d) {
   if (s >= q.n_quant) return load_elem(row_ptr(q.residual, t, b, h, s - q.n_quant), d, t);
   const uint8_t* row = q.data + b * q.d_sb + h * q.d_sh + s * q.d_sr;
+  const int64_t si = b * q.s_sb + h * q.s_sh + (q.per_channel ? (s / q.group) * q.s_sr + d : s * q.s_sr + d / q.group);
+  if (q.codes == Codes::E4M3) return e4m3_to_f32(row[d]) * q.scale32[si];
   const int per_byte = 8 / q.bits;
   const int code = (row[d / per_byte] >> ((d % per_byte) * q.bits)) & ((1 << q.bits) - 1);
-  const int64_t si = b * q.s_sb + h * q.s_sh + (q.per_channel ? (s / q.group) * q.s_sr + d : s * q.s_sr + d / q.group);
   return static_cast<float>(code) * f16_to_f32(q.scale[si]) + f16_to_f32(q.zero[si]);
 }
 

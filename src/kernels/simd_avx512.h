@@ -91,6 +91,41 @@ inline __m512 unpack16(const uint8_t* row, int bits, int64_t i0, int64_t n) {
 
 inline __m512 load_f16x16(const uint16_t* p, __mmask16 m) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p)); }
 
+// 16 E4M3 codes (the first n valid, the rest 0) as f32 divided by 256: each byte's magnitude bits become an f16's
+// exponent and mantissa (the formats differ in exponent width and bias, a factor 2^8 here), so vcvtph2ps converts
+// subnormal codes exactly. The caller multiplies the scale by 256, which keeps every product exact.
+inline __m512 e4m3x16_over256(const uint8_t* p, int64_t n) {
+  const __m256i b = _mm256_cvtepu8_epi16(_mm_maskz_loadu_epi8(tail_mask(n), p));
+  const __m256i h = _mm256_or_si256(_mm256_slli_epi16(_mm256_and_si256(b, _mm256_set1_epi16(0x80)), 8),
+                                    _mm256_slli_epi16(_mm256_and_si256(b, _mm256_set1_epi16(0x7f)), 7));
+  return _mm512_cvtph_ps(h);
+}
+
+// An E4M3 row (see dequant_row): e4m3(code) * scale, the f32 scales per channel or per group of the row.
+inline void dequant_row_e4m3(float* dst, const QuantDesc& q, const uint8_t* row, int64_t base, int64_t s, int64_t D,
+                             const int32_t* group_of) {
+  const __m512 k256 = _mm512_set1_ps(256.f);
+  if (q.per_channel) {
+    const float* sc = q.scale32 + base + (s / q.group) * q.s_sr;
+    for (int64_t i = 0; i < D; i += 16) {
+      const __mmask16 mk = tail_mask(D - i);
+      const __m512 sv = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, sc + i), k256);
+      _mm512_storeu_ps(dst + i, _mm512_maskz_mul_ps(mk, e4m3x16_over256(row + i, D - i), sv));
+    }
+    return;
+  }
+  const float* sc = q.scale32 + base + s * q.s_sr;
+  const int64_t ngroups = (D + q.group - 1) / q.group;
+  const __m512 sv = _mm512_mul_ps(_mm512_maskz_loadu_ps(tail_mask(ngroups), sc), k256);
+  for (int64_t i = 0; i < D; i += 16) {
+    const __mmask16 mk = tail_mask(D - i);
+    const __m512i gi = _mm512_maskz_loadu_epi32(mk, group_of + i);
+    const __m512 si = ngroups <= 16 ? _mm512_permutexvar_ps(gi, sv)  // all of the row's scales in one register
+                                    : _mm512_mul_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), mk, gi, sc, 4), k256);
+    _mm512_storeu_ps(dst + i, _mm512_maskz_mul_ps(mk, e4m3x16_over256(row + i, D - i), si));
+  }
+}
+
 // Slot s of head h of a quantized cache as D f32 values (zero-padded to a multiple of 16).
 // group_of[i] = i / group (per-token groups; the caller fills it once).
 inline void dequant_row(float* dst, const QuantDesc& q, DType t, int64_t b, int64_t h, int64_t s, int64_t D,
@@ -101,6 +136,7 @@ inline void dequant_row(float* dst, const QuantDesc& q, DType t, int64_t b, int6
   }
   const uint8_t* row = q.data + b * q.d_sb + h * q.d_sh + s * q.d_sr;
   const int64_t base = b * q.s_sb + h * q.s_sh;
+  if (q.codes == Codes::E4M3) return dequant_row_e4m3(dst, q, row, base, s, D, group_of);
   if (q.per_channel) {  // scale/zero rows [D] of the slot's group of tokens
     const uint16_t* sc = q.scale + base + (s / q.group) * q.s_sr;
     const uint16_t* zr = q.zero + base + (s / q.group) * q.s_sr;

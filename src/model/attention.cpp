@@ -79,19 +79,43 @@ torch::Tensor attention_core(const torch::Tensor& q, const torch::Tensor& k, con
   return kernels::attention(q, kt, vt, ctx.start, ctx.slot_valid, ctx.window, scale);
 }
 
+namespace {
+
+// Whether the quantized decode kernels can read b where it lies: as codes, or, stored as floats in the compute dtype
+// (fp8-flashmla's bf16 rotary keys beside E4M3 latents), as a buffer that is all residual.
+bool readable_in_place(const SlotBuffer& b) {
+  return is_quantized(b.storage().type) || b.storage().type == compute_cache_type(b.compute_dtype());
+}
+
+}  // namespace
+
 bool reads_quantized_in_place(const AttnContext& ctx, int64_t T, const SlotBuffer& a, const SlotBuffer& b) {
-  return ctx.fused && T <= 4 && is_quantized(a.storage().type) && is_quantized(b.storage().type) &&
-         a.quantized_tokens() > 0 && b.quantized_tokens() > 0;
+  if (!ctx.fused || T > 4 || !readable_in_place(a) || !readable_in_place(b)) return false;
+  // Codes to read somewhere, and in each quantized buffer (with none yet, the float path is faster).
+  auto codes_or_float = [](const SlotBuffer& x) { return !is_quantized(x.storage().type) || x.quantized_tokens() > 0; };
+  return (a.quantized_tokens() > 0 || b.quantized_tokens() > 0) && codes_or_float(a) && codes_or_float(b);
 }
 
 kernels::QuantizedKV quantized_kv(const SlotBuffer& b) {
   kernels::QuantizedKV kv;
+  if (!is_quantized(b.storage().type)) {  // floats in the compute dtype: no codes, every slot in the residual
+    const auto& full = b.full();
+    const int64_t B = full.size(0), H = full.size(1), W = full.size(3);
+    kv.residual = full.narrow(2, 0, b.tokens());
+    kv.data = torch::empty({B, H, 0, W}, full.options().dtype(torch::kUInt8));
+    kv.scale = torch::empty({B, H, 0, 1}, full.options().dtype(torch::kFloat16));
+    kv.zero = kv.scale;
+    kv.group = W;
+    return kv;
+  }
   auto q = b.quantized_view();
   kv.data = q.data;
   kv.scale = q.scale;
   kv.zero = q.zero;
   kv.residual = b.residual_view();
-  kv.bits = cache_type_bits(b.storage().type);
+  const auto& f = kernels::cache_format(b.storage().type);
+  kv.codes = f.codes;
+  kv.bits = f.bits;
   kv.group = b.storage().group;
   kv.per_channel = b.storage().axis == QuantAxis::Channel;
   kv.n_quant = b.quantized_tokens();

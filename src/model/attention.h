@@ -90,7 +90,7 @@ class GQAAttentionImpl : public AttentionImpl {
   std::vector<BufferSpec> cache_spec() const override { return spec(n_kv_, d_h_); }
   // k and v, [n_kv, d_h] each; KIVI's axes: keys per channel, values per token.
   static std::vector<BufferSpec> spec(int64_t n_kv, int64_t d_h) {
-    return {{"k", n_kv, d_h, QuantAxis::Channel}, {"v", n_kv, d_h, QuantAxis::Token}};
+    return {{"k", n_kv, d_h, QuantAxis::Channel, BufferRole::Key}, {"v", n_kv, d_h, QuantAxis::Token, BufferRole::Value}};
   }
 
   Dense q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};

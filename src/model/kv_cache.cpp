@@ -8,7 +8,12 @@ namespace mha2mla::model {
 namespace {
 
 torch::ScalarType float_storage(CacheType t) {
-  return t == CacheType::F32 ? torch::kFloat32 : t == CacheType::BF16 ? torch::kBFloat16 : torch::kFloat16;
+  switch (kernels::cache_format(t).dtype) {
+    case kernels::DType::F32: return torch::kFloat32;
+    case kernels::DType::BF16: return torch::kBFloat16;
+    case kernels::DType::F16: return torch::kFloat16;
+  }
+  return torch::kFloat32;
 }
 
 // `buf` with room for at least `need` entries on dim 2 (shaped like `like` otherwise), copying the first
@@ -53,20 +58,35 @@ CacheType compute_cache_type(torch::ScalarType t) {
 
 Storage resolve_storage(const BufferSpec& spec, const CacheOptions& opt, torch::ScalarType compute) {
   Storage s;
-  auto t = opt.type_of.find(spec.name);
-  s.type = t != opt.type_of.end() ? t->second : opt.type.value_or(compute_cache_type(compute));
+  if (auto t = opt.type_of.find(spec.name); t != opt.type_of.end()) {
+    s.type = t->second;
+  } else if (opt.type) {
+    const auto& f = kernels::cache_format(*opt.type);
+    s.type = spec.role == BufferRole::RotaryKey ? f.rotary : f.type;
+  } else {
+    s.type = compute_cache_type(compute);
+  }
+  const auto& f = kernels::cache_format(s.type);
+  check(f.buffers == kernels::Buffers::Any || spec.role == BufferRole::Latent || spec.role == BufferRole::RotaryKey,
+        std::string("cache type ") + f.name + " stores MLA caches only (the latent c and rotary keys k_r), and this " +
+            "model caches \"" + spec.name + "\": use fp8 or another type");
   auto a = opt.axis_of.find(spec.name);
   s.axis = a != opt.axis_of.end() ? a->second : spec.axis;
-  s.group = opt.group;
+  s.group = f.group > 0 ? f.group : opt.group;
   s.residual = opt.residual;
   s.quant = opt.quant;
   check(s.group >= 1, "--cache-group must be at least 1");
   check(s.residual >= 0, "--cache-residual must not be negative");
+  if (f.kind == kernels::ValueKind::Fp8)
+    check(s.quant == QuantMethod::MinMax, std::string("--cache-quant hqq fits zero points, which ") + f.name +
+                                              " (symmetric, scale only) has none: use --cache-quant minmax");
   if (is_quantized(s.type) && s.axis == QuantAxis::Channel)
     check(s.residual > 0 && s.residual % s.group == 0,
           "cache buffer \"" + spec.name + "\" is quantized per channel in groups of " + std::to_string(s.group) +
               " tokens, so --cache-residual (" + std::to_string(s.residual) +
-              ") must be a positive multiple of --cache-group; or use --cache-axis " + spec.name + "=token");
+              ") must be a positive multiple of " +
+              (f.group > 0 ? std::string("the group ") + f.name + " fixes" : std::string("--cache-group")) +
+              "; or use --cache-axis " + spec.name + "=token");
   return s;
 }
 
@@ -74,16 +94,15 @@ double bytes_per_token(const std::vector<BufferSpec>& specs, const CacheOptions&
   double total = 0;
   for (const auto& b : specs) {
     auto s = resolve_storage(b, opt, compute);
-    const int bits = cache_type_bits(s.type);
-    total += is_quantized(s.type) ? quantized_bytes_per_token(b.heads, b.width, bits, s.group, s.axis)
-                                  : static_cast<double>(b.heads * b.width * bits / 8);
+    total += kernels::bytes_per_token(kernels::cache_format(s.type), b.heads, b.width, s.group,
+                                      s.axis == QuantAxis::Channel);
   }
   return total;
 }
 
 SlotBuffer::SlotBuffer(BufferSpec spec, Storage st, int64_t batch, torch::ScalarType compute, torch::Device device)
     : spec_(std::move(spec)), st_(st), batch_(batch), compute_(compute), device_(device),
-      bits_(cache_type_bits(st.type)) {
+      format_(kernels::cache_format(st.type)) {
   if (is_quantized(st_.type) && st_.residual > 0)
     residual_ = torch::empty({batch_, spec_.heads, st_.residual, spec_.width},
                              torch::TensorOptions().dtype(compute_).device(device_));
@@ -135,14 +154,16 @@ void SlotBuffer::advance(int64_t t) {
 
 void SlotBuffer::quantize_and_append(const torch::Tensor& block) {
   const int64_t n = block.size(2);
-  auto q = quantize(block, bits_, st_.group, st_.axis, st_.quant);
+  auto q = quantize(block, st_.type, st_.group, st_.axis, st_.quant);
   const int64_t rows = meta_rows(quantized_), new_rows = q.scale.size(2);
   data_ = grow(data_, q.data, quantized_ + n, quantized_, 64);
   scale_ = grow(scale_, q.scale, rows + new_rows, rows, 64);
-  zero_ = grow(zero_, q.zero, rows + new_rows, rows, 64);
   data_.narrow(2, quantized_, n).copy_(q.data);
   scale_.narrow(2, rows, new_rows).copy_(q.scale);
-  zero_.narrow(2, rows, new_rows).copy_(q.zero);
+  if (q.zero.defined()) {
+    zero_ = grow(zero_, q.zero, rows + new_rows, rows, 64);
+    zero_.narrow(2, rows, new_rows).copy_(q.zero);
+  }
   quantized_ += n;
 }
 
@@ -155,7 +176,8 @@ torch::Tensor SlotBuffer::residual_view() const {
 QuantBlock SlotBuffer::quantized_view() const {
   if (quantized_ == 0) return {};
   const int64_t rows = meta_rows(quantized_);
-  return {data_.narrow(2, 0, quantized_), scale_.narrow(2, 0, rows), zero_.narrow(2, 0, rows)};
+  return {data_.narrow(2, 0, quantized_), scale_.narrow(2, 0, rows),
+          zero_.defined() ? zero_.narrow(2, 0, rows) : torch::Tensor()};
 }
 
 torch::Tensor SlotBuffer::read() const {
@@ -164,7 +186,7 @@ torch::Tensor SlotBuffer::read() const {
     return full_.narrow(2, 0, full_n_).to(compute_);
   }
   std::vector<torch::Tensor> parts;
-  if (quantized_ > 0) parts.push_back(dequantize(quantized_view(), bits_, st_.group, st_.axis, spec_.width, compute_));
+  if (quantized_ > 0) parts.push_back(dequantize(quantized_view(), st_.type, st_.group, st_.axis, spec_.width, compute_));
   if (residual_n_ > 0) parts.push_back(residual_view());
   check(!parts.empty(), "cache buffer \"" + spec_.name + "\" is empty");
   return parts.size() == 1 ? parts[0] : torch::cat(parts, 2);
@@ -172,10 +194,11 @@ torch::Tensor SlotBuffer::read() const {
 
 int64_t SlotBuffer::bytes() const {
   const int64_t rows = batch_ * spec_.heads;
-  if (!is_quantized(st_.type)) return rows * full_n_ * spec_.width * (bits_ / 8);
-  const int64_t meta = st_.axis == QuantAxis::Token ? quant_groups(spec_.width, st_.group) * quantized_
-                                                    : spec_.width * (quantized_ / st_.group);
-  return rows * (quantized_ * packed_row_bytes(spec_.width, bits_) + 4 * meta +
+  if (!is_quantized(st_.type)) return rows * full_n_ * kernels::row_bytes(format_, spec_.width);
+  const int64_t groups = st_.axis == QuantAxis::Token ? kernels::token_groups(spec_.width, st_.group) * quantized_
+                                                      : spec_.width * (quantized_ / st_.group);
+  return rows * (quantized_ * kernels::row_bytes(format_, spec_.width) +
+                 (format_.scale_bytes + format_.zero_bytes) * groups +
                  residual_n_ * spec_.width * static_cast<int64_t>(c10::elementSize(compute_)));
 }
 

@@ -14,19 +14,23 @@
 
 namespace mha2mla::model {
 
+// What a buffer holds, for the formats that treat buffers differently (fp8-flashmla: MLA only, k_r in bf16).
+enum class BufferRole { Key, Value, Latent, RotaryKey };
+
 // A per-token buffer as an attention declares it: `heads` rows of `width` values per token.
 struct BufferSpec {
   std::string name;   // "k", "v", "c", "k_r"
   int64_t heads = 1;
   int64_t width = 0;
   QuantAxis axis = QuantAxis::Token;  // default quantization axis; --cache-axis overrides it
+  BufferRole role = BufferRole::Key;
 };
 
 // How one buffer is stored, resolved from the CacheOptions.
 struct Storage {
   CacheType type = CacheType::F32;
   QuantAxis axis = QuantAxis::Token;
-  int64_t group = 64;
+  int64_t group = 64;  // the format's own where it fixes one (fp8-flashmla: 128)
   int64_t residual = 128;
   QuantMethod quant = QuantMethod::MinMax;
 };
@@ -34,14 +38,15 @@ struct Storage {
 // The float cache type that stores `t` as it is (f32, bf16 or f16).
 CacheType compute_cache_type(torch::ScalarType t);
 
-// Resolves a buffer's storage: its own type/axis override, else --cache-type, else the compute dtype.
-// Checks the combination (a per-channel axis needs a residual that is a positive multiple of the group).
+// Resolves a buffer's storage: its own type/axis override, else --cache-type (rotary keys as that format stores
+// them), else the compute dtype. Checks the combination: a format for MLA buffers only, a per-channel axis whose
+// residual is not a positive multiple of the group.
 Storage resolve_storage(const BufferSpec& spec, const CacheOptions& opt, torch::ScalarType compute);
 // Bytes per cached token of one layer's buffers under `opt`, scales and zero points included.
 double bytes_per_token(const std::vector<BufferSpec>& specs, const CacheOptions& opt, torch::ScalarType compute);
 
 // One buffer of one layer: [B, heads, slots, width] in its storage type. Float types keep one growing tensor.
-// Integer types keep quantized blocks plus a compute-dtype residual of the newest tokens: when the residual
+// Quantized types keep quantized blocks plus a compute-dtype residual of the newest tokens: when the residual
 // reaches `residual` tokens it is quantized as one block and appended (with residual 0, every token is).
 class SlotBuffer {
  public:
@@ -53,6 +58,7 @@ class SlotBuffer {
 
   const BufferSpec& spec() const { return spec_; }
   const Storage& storage() const { return st_; }
+  torch::ScalarType compute_dtype() const { return compute_; }
   int64_t tokens() const { return full_n_ + quantized_ + residual_n_; }  // slots held per row
   int64_t quantized_tokens() const { return quantized_; }
   int64_t residual_tokens() const { return residual_n_; }
@@ -66,7 +72,7 @@ class SlotBuffer {
 
   // For fused kernels. Float types: full() [B, heads, capacity, width], the first tokens() slots valid.
   const torch::Tensor& full() const { return full_; }
-  // Integer types: blocks [0, quantized_tokens()) and the residual [B, heads, residual, width].
+  // Quantized types: blocks [0, quantized_tokens()) and the residual [B, heads, residual, width].
   QuantBlock quantized_view() const;
   torch::Tensor residual_view() const;  // [B, heads, residual_tokens(), width]; empty without a residual
 
@@ -79,9 +85,9 @@ class SlotBuffer {
   int64_t batch_;
   torch::ScalarType compute_;
   torch::Device device_;
-  int bits_;
+  const kernels::CacheFormat& format_;
   torch::Tensor full_;                   // float types
-  torch::Tensor data_, scale_, zero_;    // integer types: grown by doubling along dim 2
+  torch::Tensor data_, scale_, zero_;    // quantized types, grown by doubling along dim 2 (no zero_ for E4M3)
   torch::Tensor residual_;               // [B, heads, residual, width], compute dtype
   int64_t full_n_ = 0, quantized_ = 0, residual_n_ = 0;
 };

@@ -47,8 +47,8 @@ class MLAAttentionImpl : public AttentionImpl {
   std::vector<BufferSpec> cache_spec() const override { return spec_; }
   // c [1, latent_dim] (shared by all heads) and k_r [n_kv, r]. Default axes chosen by measured perplexity (docs/serving.md).
   static std::vector<BufferSpec> spec(const io::ModelConfig& cfg) {
-    return {{"c", 1, cfg.mla.latent_dim(cfg.num_kv_heads, cfg.head_dim), QuantAxis::Token},
-            {"k_r", cfg.num_kv_heads, cfg.mla.rope_dim, QuantAxis::Channel}};
+    return {{"c", 1, cfg.mla.latent_dim(cfg.num_kv_heads, cfg.head_dim), QuantAxis::Token, BufferRole::Latent},
+            {"k_r", cfg.num_kv_heads, cfg.mla.rope_dim, QuantAxis::Channel, BufferRole::RotaryKey}};
   }
 
   Dense q_proj{nullptr}, k_r_proj{nullptr}, o_proj{nullptr};

@@ -2,6 +2,7 @@
 
 #include <limits>
 
+#include "kernels/quant_attention.h"
 #include "util/error.h"
 
 namespace mha2mla::model {
@@ -33,21 +34,7 @@ torch::Tensor pack(const torch::Tensor& q, int bits) {  // q uint8-valued [.., D
   return torch::bitwise_left_shift(qp, shifts).sum(-1).to(torch::kUInt8);
 }
 
-torch::Tensor unpack(const torch::Tensor& data, int bits, int64_t width) {  // -> int32 [.., width]
-  const int per = 8 / bits;
-  auto d = data.to(torch::kInt32);
-  if (per == 1) return d;
-  auto shifts = torch::arange(0, per * bits, bits, d.options());
-  auto q = torch::bitwise_and(torch::bitwise_right_shift(d.unsqueeze(-1), shifts), (1 << bits) - 1);
-  auto sizes = data.sizes().vec();
-  sizes.back() *= per;
-  return q.reshape(sizes).narrow(-1, 0, width);
-}
-
 }  // namespace
-
-int64_t packed_row_bytes(int64_t width, int bits) { return (width * bits + 7) / 8; }
-int64_t quant_groups(int64_t width, int64_t group) { return (width + group - 1) / group; }
 
 namespace {
 
@@ -71,12 +58,12 @@ torch::Tensor hqq_zero(const torch::Tensor& x, const torch::Tensor& s, const tor
     const torch::Tensor zx = spread(z);
     const torch::Tensor qs = ((x - zx) / s_safe).round().clamp(0, qmax) * s;
     const torch::Tensor d = x - qs - zx;  // x minus its dequantized value
-    const torch::Tensor err = group_sum(d.abs()) / count;
+    const torch::Tensor a = d.abs();
+    const torch::Tensor err = group_sum(a) / count;
     const torch::Tensor better = err < best_err;
     if (!better.any().item<bool>()) break;
     best_err = torch::where(better, err, best_err);
     best_z = torch::where(better, z, best_z);
-    const torch::Tensor a = d.abs();
     const torch::Tensor e = d.sign() * torch::relu(a - (a + 1e-8).pow(p - 1) / beta);
     z = group_sum(x - e - qs) / count;
     beta *= kappa;
@@ -86,13 +73,62 @@ torch::Tensor hqq_zero(const torch::Tensor& x, const torch::Tensor& s, const tor
 
 }  // namespace
 
-QuantBlock quantize(const torch::Tensor& x, int bits, int64_t group, QuantAxis axis, QuantMethod method) {
-  check(bits == 8 || bits == 4 || bits == 2, "quantize: bits must be 8, 4 or 2");
+torch::Tensor e4m3_codes(const torch::Tensor& x) {
+  // Positive codes 0..126 are in increasing order of value, so a code is the number of midpoints between
+  // neighbours that lie below |x|; a value on a midpoint goes to the even neighbour.
+  static const torch::Tensor mid = [] {
+    std::vector<float> m(126);
+    for (int c = 0; c < 126; ++c)
+      m[c] = 0.5f * (kernels::e4m3_value(static_cast<uint8_t>(c)) + kernels::e4m3_value(static_cast<uint8_t>(c + 1)));
+    return torch::tensor(m);
+  }();
+  const auto mids = mid.to(x.device());
+  const auto a = x.abs().clamp_max(kernels::kE4M3Max).contiguous();
+  auto c = torch::bucketize(a, mids);  // midpoints strictly below a
+  const auto at_mid = c.lt(126) & mids.index({c.clamp_max(125)}).eq(a) & c.remainder(2).eq(1);
+  c = c + at_mid.to(c.scalar_type());
+  return (c + x.lt(0).to(c.scalar_type()) * 128).to(torch::kUInt8);
+}
+
+namespace {
+
+QuantBlock quantize_e4m3(const torch::Tensor& xf, int64_t group, QuantAxis axis) {
+  const int64_t B = xf.size(0), H = xf.size(1), N = xf.size(2), D = xf.size(3);
+  torch::Tensor amax, s_spread;
+  if (axis == QuantAxis::Token) {
+    const int64_t ng = kernels::token_groups(D, group);
+    amax = pad_repeat_last(xf.abs(), ng * group).view({B, H, N, ng, group}).amax(-1);
+  } else {
+    check(N % group == 0, "quantize: per-channel blocks need a multiple of the group size in tokens");
+    amax = xf.abs().view({B, H, N / group, group, D}).amax(3);
+  }
+  auto scale = amax / kernels::kE4M3Max;
+  auto safe = torch::where(scale > 0, scale, torch::ones_like(scale));
+  if (axis == QuantAxis::Token)
+    s_spread = safe.repeat_interleave(group, 3).narrow(3, 0, D);
+  else
+    s_spread = safe.repeat_interleave(group, 2);
+  // A zero scale (an all-zero group) stores code 0.
+  return {e4m3_codes(xf / s_spread).contiguous(), scale.contiguous(), torch::Tensor()};
+}
+
+}  // namespace
+
+QuantBlock quantize(const torch::Tensor& x, CacheType type, int64_t group, QuantAxis axis, QuantMethod method) {
+  const auto& f = kernels::cache_format(type);
+  check(f.kind != kernels::ValueKind::Float, std::string("quantize: ") + f.name + " is not a quantized cache type");
   check(x.dim() == 4, "quantize: expects [B, H, N, D]");
+  check(group >= 1, "quantize: the group must hold at least one value");
+  auto xf = x.to(torch::kFloat32);
+  if (f.kind == kernels::ValueKind::Fp8) {
+    check(method == QuantMethod::MinMax, std::string("the hqq quantizer fits zero points, which ") + f.name +
+                                             " (symmetric, scale only) has none: use --cache-quant minmax");
+    return quantize_e4m3(xf, group, axis);
+  }
+  const int bits = f.bits;
   const double qmax = (1 << bits) - 1;
   const int64_t B = x.size(0), H = x.size(1), N = x.size(2), D = x.size(3);
-  auto xf = x.to(torch::kFloat32);
-  const int64_t ng = quant_groups(D, group);
+  const int64_t ng = kernels::token_groups(D, group);
   torch::Tensor mn, mx;
   if (axis == QuantAxis::Token) {
     auto g = pad_repeat_last(xf, ng * group).view({B, H, N, ng, group});
@@ -126,26 +162,15 @@ QuantBlock quantize(const torch::Tensor& x, int bits, int64_t group, QuantAxis a
   return {pack(q, bits).contiguous(), scale.contiguous(), zero.contiguous()};
 }
 
-torch::Tensor dequantize(const QuantBlock& qb, int bits, int64_t group, QuantAxis axis, int64_t width,
+torch::Tensor dequantize(const QuantBlock& qb, CacheType type, int64_t group, QuantAxis axis, int64_t width,
                          torch::ScalarType dtype) {
-  auto q = unpack(qb.data, bits, width).to(torch::kFloat32);
-  auto s = qb.scale.to(torch::kFloat32), z = qb.zero.to(torch::kFloat32);
-  if (axis == QuantAxis::Token) {
-    const int64_t ng = s.size(-1);
-    auto sizes = s.sizes().vec();
-    auto expand = [&](const torch::Tensor& t) {
-      auto e = t.unsqueeze(-1).expand({sizes[0], sizes[1], sizes[2], ng, group});
-      return e.reshape({sizes[0], sizes[1], sizes[2], ng * group}).narrow(-1, 0, width);
-    };
-    return (q * expand(s) + expand(z)).to(dtype);
-  }
-  return (q * s.repeat_interleave(group, 2) + z.repeat_interleave(group, 2)).to(dtype);
-}
-
-double quantized_bytes_per_token(int64_t heads, int64_t width, int bits, int64_t group, QuantAxis axis) {
-  const double meta = axis == QuantAxis::Token ? 4.0 * static_cast<double>(quant_groups(width, group))
-                                               : 4.0 * static_cast<double>(width) / static_cast<double>(group);
-  return static_cast<double>(heads) * (static_cast<double>(packed_row_bytes(width, bits)) + meta);
+  const auto& f = kernels::cache_format(type);
+  kernels::QuantizedKV kv;
+  kv.codes = f.codes;
+  kv.data = qb.data, kv.scale = qb.scale, kv.zero = qb.zero;
+  kv.bits = f.bits, kv.group = group, kv.per_channel = axis == QuantAxis::Channel, kv.n_quant = qb.data.size(2);
+  kv.residual = torch::empty({qb.data.size(0), qb.data.size(1), 0, width}, qb.scale.options().dtype(dtype));
+  return kernels::dequantize_reference(kv).to(dtype);
 }
 
 }  // namespace mha2mla::model

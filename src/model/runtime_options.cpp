@@ -5,40 +5,11 @@
 namespace mha2mla::model {
 
 CacheType parse_cache_type(const std::string& s) {
-  if (s == "f32") return CacheType::F32;
-  if (s == "bf16") return CacheType::BF16;
-  if (s == "f16") return CacheType::F16;
-  if (s == "int8" || s == "q8") return CacheType::Int8;
-  if (s == "int4" || s == "q4") return CacheType::Int4;
-  if (s == "int2" || s == "q2") return CacheType::Int2;
-  fail("unknown cache type \"" + s + "\" (use f32, bf16, f16, int8, int4 or int2)");
+  if (const auto* f = kernels::find_cache_format(s)) return f->type;
+  fail("unknown cache type \"" + s + "\" (use " + kernels::cache_format_names() + ")");
 }
 
-std::string cache_type_name(CacheType t) {
-  switch (t) {
-    case CacheType::F32: return "f32";
-    case CacheType::BF16: return "bf16";
-    case CacheType::F16: return "f16";
-    case CacheType::Int8: return "int8";
-    case CacheType::Int4: return "int4";
-    case CacheType::Int2: return "int2";
-  }
-  return "?";
-}
-
-int cache_type_bits(CacheType t) {
-  switch (t) {
-    case CacheType::F32: return 32;
-    case CacheType::BF16:
-    case CacheType::F16: return 16;
-    case CacheType::Int8: return 8;
-    case CacheType::Int4: return 4;
-    case CacheType::Int2: return 2;
-  }
-  return 0;
-}
-
-bool is_quantized(CacheType t) { return cache_type_bits(t) <= 8; }
+std::string cache_type_name(CacheType t) { return kernels::cache_format(t).name; }
 
 QuantAxis parse_quant_axis(const std::string& s) {
   if (s == "token") return QuantAxis::Token;

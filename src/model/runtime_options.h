@@ -7,11 +7,12 @@
 #include <optional>
 #include <string>
 
+#include "kernels/cache_format.h"
+
 namespace mha2mla::model {
 
-// Storage of cached tokens. The integer types are asymmetric group-wise quantization (x ≈ q·scale + zero,
-// q in [0, 2^bits − 1], scale and zero in f16), packed low bits first: a byte holds 1, 2 or 4 values.
-enum class CacheType { F32, BF16, F16, Int8, Int4, Int2 };
+// Storage of cached tokens: one row of the cache-format table (kernels/cache_format.h).
+using kernels::CacheType;
 
 // Which values share a scale: KIVI quantizes keys per channel (groups of G tokens of one channel) and
 // values per token (groups of G channels of one token).
@@ -54,8 +55,7 @@ struct RuntimeOptions {
 // Names as the flags spell them; parse_* fail with a clear message naming the accepted values.
 CacheType parse_cache_type(const std::string& s);
 std::string cache_type_name(CacheType t);
-int cache_type_bits(CacheType t);  // 32, 16, 8, 4, 2
-bool is_quantized(CacheType t);
+using kernels::is_quantized;
 QuantAxis parse_quant_axis(const std::string& s);
 std::string quant_axis_name(QuantAxis a);
 QuantMethod parse_quant_method(const std::string& s);

@@ -3,6 +3,7 @@
 // device and under the CPU emulation of CUDA).
 #include <torch/torch.h>
 
+#include <cmath>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -135,8 +136,67 @@ inline std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, to
 }
 
 // Asymmetric min/max quantization of slots [0, n_quant) of x [B, H, S, D] (f32), the rest kept as residual.
+// `bits` kE4M3 asks for FP8 E4M3 codes (one byte each, f32 scale = absmax / 448, no zero point).
+constexpr int kE4M3 = 0;
+
+// The 127 non-negative finite E4M3 values in code order, from the OCP FP8 definition: exponent field e (bias 7),
+// mantissa m of 3 bits, e = 0 subnormal, code 0x7f NaN.
+inline torch::Tensor e4m3_positive_values() {
+  std::vector<double> v;
+  for (int c = 0; c < 127; ++c) {
+    const int e = c >> 3, m = c & 7;
+    v.push_back(e == 0 ? std::ldexp(m / 8.0, -6) : std::ldexp(1.0 + m / 8.0, e - 7));
+  }
+  return torch::tensor(v, torch::kFloat64);
+}
+
+// The E4M3 code of each value of y (|y| <= 448) by search: the nearest value, on a tie the even code.
+inline torch::Tensor e4m3_nearest(const torch::Tensor& y) {
+  static const torch::Tensor vals = e4m3_positive_values();
+  auto a = y.abs().to(torch::kFloat64).unsqueeze(-1);
+  auto dist = (a - vals).abs();
+  auto best = dist.eq(std::get<0>(dist.min(-1, true)));
+  auto even = torch::arange(127).remainder(2).eq(0);
+  auto pick = torch::where((best & even).any(-1, true), best & even, best).to(torch::kInt32).argmax(-1);
+  return (pick + y.lt(0).to(torch::kInt64) * 128).to(torch::kUInt8);
+}
+
+inline kernels::QuantizedKV quantize_e4m3(const torch::Tensor& x, int64_t group, bool per_channel, int64_t n_quant,
+                                          torch::ScalarType dt) {
+  const int64_t B = x.size(0), H = x.size(1), S = x.size(2), D = x.size(3);
+  kernels::QuantizedKV kv;
+  kv.codes = kernels::Codes::E4M3;
+  kv.bits = 8, kv.group = group, kv.per_channel = per_channel, kv.n_quant = n_quant;
+  auto xq = x.narrow(2, 0, n_quant).to(torch::kFloat32);
+  kv.data = torch::zeros({B, H, n_quant, D}, torch::kUInt8);
+  auto code = [](const torch::Tensor& sl, const torch::Tensor& sc) {
+    return e4m3_nearest(torch::where(sc > 0, sl / sc, torch::zeros_like(sl)).clamp(-448, 448));
+  };
+  if (per_channel) {
+    kv.scale = torch::empty({B, H, n_quant / group, D}, torch::kFloat32);
+    for (int64_t g = 0; g < n_quant / group; ++g) {
+      auto sl = xq.narrow(2, g * group, group);
+      auto sc = sl.abs().amax(2, true) / 448.f;
+      kv.scale.narrow(2, g, 1).copy_(sc);
+      kv.data.narrow(2, g * group, group).copy_(code(sl, sc));
+    }
+  } else {
+    const int64_t ng = (D + group - 1) / group;
+    kv.scale = torch::empty({B, H, n_quant, ng}, torch::kFloat32);
+    for (int64_t g = 0; g < ng; ++g) {
+      auto sl = xq.narrow(3, g * group, std::min(group, D - g * group));
+      auto sc = sl.abs().amax(3, true) / 448.f;
+      kv.scale.narrow(3, g, 1).copy_(sc);
+      kv.data.narrow(3, g * group, sl.size(3)).copy_(code(sl, sc));
+    }
+  }
+  kv.residual = x.narrow(2, n_quant, S - n_quant).to(dt);
+  return kv;
+}
+
 inline kernels::QuantizedKV quantize(const torch::Tensor& x, int bits, int64_t group, bool per_channel, int64_t n_quant,
                      torch::ScalarType dt) {
+  if (bits == kE4M3) return quantize_e4m3(x, group, per_channel, n_quant, dt);
   const int64_t B = x.size(0), H = x.size(1), S = x.size(2), D = x.size(3);
   const double qmax = (1 << bits) - 1;
   auto xq = x.narrow(2, 0, n_quant);

@@ -126,7 +126,7 @@ QuantInputs make_quant_inputs(const QuantCase& c, int bits, torch::ScalarType dt
 
 kernels::QuantizedKV quant_to(const kernels::QuantizedKV& kv, const torch::Device& d) {
   kernels::QuantizedKV out = kv;
-  out.data = kv.data.to(d), out.scale = kv.scale.to(d), out.zero = kv.zero.to(d), out.residual = kv.residual.to(d);
+  out.data = kv.data.to(d), out.scale = kv.scale.to(d), out.zero = kv.zero.defined() ? kv.zero.to(d) : kv.zero, out.residual = kv.residual.to(d);
   return out;
 }
 
@@ -185,7 +185,7 @@ TEST(CudaKernelEmulated, MlaDecodeMatchesReference) {
 
 TEST(CudaKernelEmulated, QuantizedDecodeMatchesReference) {
   for (auto dt : kDtypes)
-    for (int bits : {8, 4, 2})
+    for (int bits : {8, 4, 2, testutil::kE4M3})
       for (bool mla : {false, true})
         for (const auto& c : mla ? kQuantMlaCases : kQuantCases) {
           auto in = make_quant_inputs(c, bits, dt, mla);

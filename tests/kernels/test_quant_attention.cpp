@@ -41,16 +41,24 @@ struct QCase {
 TEST(KernelQuantAttention, QuantizerRoundTripsThroughTheReferenceDequantizer) {
   torch::manual_seed(21);
   auto x = torch::randn({2, 3, 40, 36});
-  for (int bits : {8, 4, 2})
+  for (int bits : {8, 4, 2, testutil::kE4M3})
     for (bool pc : {false, true}) {
       auto kv = quantize(x, bits, pc ? 8 : 10, pc, 32, torch::kFloat32);
       auto back = kernels::dequantize_reference(kv);
       ASSERT_EQ(back.sizes(), x.sizes());
-      // Each value within half a step of its group (+ the f16 rounding of zero), the residual exact.
-      const double range = (x.max() - x.min()).item<double>();
-      const double half_step = range / ((1 << bits) - 1) / 2;
-      auto err = (back.narrow(2, 0, 32) - x.narrow(2, 0, 32)).abs().max().item<double>();
-      EXPECT_LE(err, half_step * 1.01 + 4e-3) << "bits " << bits << " per_channel " << pc;
+      auto diff = (back.narrow(2, 0, 32) - x.narrow(2, 0, 32)).abs();
+      auto err = diff.max().item<double>();
+      if (bits == testutil::kE4M3) {
+        // Within half a unit of the last place: 2^-4 of the value (3 mantissa bits), or of the smallest normal
+        // (2^-6 · scale, scale <= max|x| / 448) where the value is subnormal.
+        auto bound = x.narrow(2, 0, 32).abs() * (1.0 / 16) + x.abs().max() / 448 * std::ldexp(1.0, -10);
+        EXPECT_TRUE((diff <= bound * 1.0001).all().item<bool>()) << "e4m3 per_channel " << pc;
+      } else {
+        // Each value within half a step of its group (+ the f16 rounding of zero), the residual exact.
+        const double range = (x.max() - x.min()).item<double>();
+        const double half_step = range / ((1 << bits) - 1) / 2;
+        EXPECT_LE(err, half_step * 1.01 + 4e-3) << "bits " << bits << " per_channel " << pc;
+      }
       EXPECT_GT(err, 0.0);
       EXPECT_TRUE(back.narrow(2, 32, 8).equal(x.narrow(2, 32, 8)));
     }
@@ -66,7 +74,7 @@ TEST(KernelQuantAttention, DecodeMatchesReference) {
   };
   for (auto dt : {torch::kFloat32, torch::kBFloat16}) {
     for (const auto& c : cases) {
-      for (int bits : {8, 4, 2}) {
+      for (int bits : {8, 4, 2, testutil::kE4M3}) {
         for (bool pc_keys : {false, true}) {
           torch::manual_seed(c.S + bits);
           auto q = torch::randn({c.B, c.Hq, c.T, c.D}).to(dt);
@@ -161,7 +169,7 @@ TEST(KernelQuantAttention, MlaDecodeMatchesReference) {
   };
   for (auto dt : {torch::kFloat32, torch::kBFloat16}) {
     for (const auto& c : cases) {
-      for (int bits : {8, 4, 2}) {
+      for (int bits : {8, 4, 2, testutil::kE4M3}) {
         torch::manual_seed(c.S + c.L + bits);
         auto q_lat = torch::randn({c.B, c.Hq, c.T, c.L}).to(dt), q_rope = torch::randn({c.B, c.Hq, c.T, c.r}).to(dt);
         auto cq = quantize(torch::randn({c.B, 1, c.S, c.L}), bits, c.group, false, c.n_quant, dt);

@@ -116,36 +116,49 @@ TEST(Absorbed, AutoAgreesWithBothPaths) {
 // Over a quantized cache, absorbed decoding reads the blocks in place (the fused kernel dequantizes in
 // registers); the reference path dequantizes the whole cache every step. Same cache contents, so the same
 // logits up to summation order, for joint and split latents, with blocks handed over every 16 tokens.
+// FP8 latents too: fp8 (E4M3 c and k_r), fp8-flashmla (E4M3 c in groups of 128, k_r in bf16, which an f32 model
+// dequantizes), and an E4M3 latent beside f32 rotary keys, which the kernel reads in place as a float buffer.
 TEST(Absorbed, QuantizedCacheReadInPlaceEqualsDequantizedReference) {
+  using model::CacheType;
+  const std::vector<std::pair<CacheType, CacheType>> types = {{CacheType::Int4, CacheType::Int4},
+                                                              {CacheType::Fp8, CacheType::Fp8},
+                                                              {CacheType::Fp8FlashMla, CacheType::BF16},
+                                                              {CacheType::Fp8, CacheType::F32}};
   for (const std::string svd : {"joint", "split"}) {
     auto base = converted("llama-gqa", svd, 13);
-    auto m = model::load_model(base + "/mla", torch::kFloat32);
-    m->set_attn_mode(model::AttnMode::Absorbed);
-    model::CacheOptions co;
-    co.type = model::CacheType::Int4;
-    co.residual = 16;
-    co.group = 16;
-    std::vector<int64_t> ids;
-    for (int64_t i = 0; i < 120; ++i) ids.push_back((i * 37 + 5) % 90 + 1);
-    auto run = [&](bool reference) {
-      torch::NoGradGuard ng;
-      m->set_reference_attention(reference);
-      auto all = torch::tensor(ids, torch::kInt64).unsqueeze(0);
-      auto cache = m->make_cache(1, co);
-      std::vector<torch::Tensor> out{m->forward(all.narrow(1, 0, 8), cache.get())[0]};
-      for (int64_t t = 8; t < all.size(1); ++t) out.push_back(m->forward(all.narrow(1, t, 1), cache.get())[0]);
-      EXPECT_EQ(cache->layer(0)[0].quantized_tokens(), 120 / co.residual * co.residual) << svd;  // blocks handed over
-      return torch::cat(out, 0);
-    };
-    auto fused = run(false), ref = run(true);
-    // The kernel dequantizes with one fused multiply-add, the reference with a multiply and an add: values
-    // differ in the last bit, which four layers grow to ~1e-5 of the logits' scale.
-    const double scale = ref.abs().max().item<double>();
-    EXPECT_LE((fused - ref).abs().max().item<double>(), 1e-4 * scale) << svd << " logit scale " << scale;
-    EXPECT_GT(scale, 0.1) << svd;
-    // Not vacuous: quantizing other blocks (residual 32) moves the logits by far more than the tolerance.
-    co.residual = 32;
-    EXPECT_GT((run(true) - ref).abs().max().item<double>(), 1e-3 * scale) << svd;
+    for (auto [type, kr] : types) {
+      auto m = model::load_model(base + "/mla", torch::kFloat32);
+      m->set_attn_mode(model::AttnMode::Absorbed);
+      model::CacheOptions co;
+      co.type = type;
+      if (kr != type) co.type_of["k_r"] = kr;
+      co.residual = 16;
+      co.group = 16;
+      std::vector<int64_t> ids;
+      for (int64_t i = 0; i < 120; ++i) ids.push_back((i * 37 + 5) % 90 + 1);
+      auto run = [&](bool reference) {
+        torch::NoGradGuard ng;
+        m->set_reference_attention(reference);
+        auto all = torch::tensor(ids, torch::kInt64).unsqueeze(0);
+        auto cache = m->make_cache(1, co);
+        std::vector<torch::Tensor> out{m->forward(all.narrow(1, 0, 8), cache.get())[0]};
+        for (int64_t t = 8; t < all.size(1); ++t)
+          out.push_back(m->forward(all.narrow(1, t, 1), cache.get())[0]);
+        EXPECT_EQ(cache->layer(0)[0].quantized_tokens(), 120 / co.residual * co.residual) << svd;  // blocks handed over
+        return torch::cat(out, 0);
+      };
+      auto fused = run(false), ref = run(true);
+      // The kernel dequantizes with one fused multiply-add, the reference with a multiply and an add: values
+      // differ in the last bit, which four layers grow to ~1e-5 of the logits' scale.
+      const double scale = ref.abs().max().item<double>();
+      EXPECT_LE((fused - ref).abs().max().item<double>(), 1e-4 * scale)
+          << svd << " " << model::cache_type_name(type) << " logit scale " << scale;
+      EXPECT_GT(scale, 0.1) << svd;
+      // Not vacuous: quantizing other blocks (residual 32) moves the logits by far more than the tolerance.
+      co.residual = 32;
+      EXPECT_GT((run(true) - ref).abs().max().item<double>(), 1e-3 * scale)
+          << svd << " " << model::cache_type_name(type);
+    }
     fs::remove_all(base);
   }
 }

@@ -58,6 +58,12 @@ inline QuantSet quant_set(const AttnArgs& a) {
 
 __device__ inline float f16_bits_to_f(uint16_t x) { return __half2float(__ushort_as_half(x)); }
 
+// An E4M3 code as f32: its magnitude bits moved into an f16's exponent and mantissa (the formats differ in exponent
+// width and bias, a factor 2^8), so subnormal codes convert exactly. Codes never hold the NaN pattern (0x7f).
+__device__ inline float e4m3_to_f(uint8_t c) {
+  return f16_bits_to_f(static_cast<uint16_t>(((c & 0x80) << 8) | ((c & 0x7f) << 7))) * 256.f;
+}
+
 // Element d of slot s of head h of batch b: from the plain operand o, or, when `quant`, from the codes of q
 // (slots below n_quant) or its residual (layout in kernels/quant_attention.h).
 template <class T>
@@ -69,10 +75,11 @@ __device__ inline float kv_elem(const Operand& o, const QuantDesc& q, bool quant
     return to_f(static_cast<const T*>(r.p)[b * r.sb + h * r.sh + (s - q.n_quant) * r.sr + d]);
   }
   const uint8_t* row = q.data + b * q.d_sb + h * q.d_sh + s * q.d_sr;
-  const int per_byte = 8 / q.bits;
-  const int code = (row[d / per_byte] >> ((d % per_byte) * q.bits)) & ((1 << q.bits) - 1);
   const int64_t si =
       b * q.s_sb + h * q.s_sh + (q.per_channel ? (s / q.group) * q.s_sr + d : s * q.s_sr + d / q.group);
+  if (q.codes == Codes::E4M3) return e4m3_to_f(row[d]) * q.scale32[si];
+  const int per_byte = 8 / q.bits;
+  const int code = (row[d / per_byte] >> ((d % per_byte) * q.bits)) & ((1 << q.bits) - 1);
   return static_cast<float>(code) * f16_bits_to_f(q.scale[si]) + f16_bits_to_f(q.zero[si]);
 }
 
