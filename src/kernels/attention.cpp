@@ -84,8 +84,6 @@ Checked check_qkv(const char* fn, const torch::Tensor& q, const torch::Tensor& k
 
 thread_local const char* last_decode = "";
 
-bool on_cpu(std::initializer_list<const torch::Tensor*> ts) { return all_on(torch::kCPU, ts); }
-
 // Merges the per-split partial softmaxes of one (batch, group): part [nsplit][R][Dv + 2] (m, l, acc), into
 // out [R][Dv] of storage type t. o is f32 scratch of Dv values.
 void merge_partials(const float* part, int64_t nsplit, int64_t R, int64_t Dv, DType t, void* out, float* o) {
@@ -193,12 +191,13 @@ torch::Tensor run_decode_cuda(AttnArgs& a, const torch::TensorOptions& opt) {
 #endif
 }
 
-namespace {
-// Every defined tensor on q's CUDA device, so that one kernel launch can read them all.
-bool on_device_of(const torch::Tensor& q, std::initializer_list<const torch::Tensor*> ts) {
-  return q.device().is_cuda() && all_on(q.device(), ts);
+Route route(Variant v, const torch::Tensor& q, std::initializer_list<const torch::Tensor*> operands) {
+  v = resolve_variant(v);
+  if (v == Variant::Reference) return {Route::Reference, v};
+  if (q.device().is_cuda() && all_on(q.device(), operands)) return {Route::Cuda, v};
+  if (all_on(torch::kCPU, operands)) return {Route::Cpu, v};
+  return {Route::Reference, v};
 }
-}  // namespace
 
 torch::Tensor visibility(int64_t T, int64_t S, int64_t start, const torch::Tensor& valid, int64_t window,
                          torch::Device device) {
@@ -236,17 +235,16 @@ torch::Tensor flash_attention(const torch::Tensor& q_in, const torch::Tensor& k_
                               int64_t start, const torch::Tensor& valid_in, int64_t window, double scale,
                               Variant variant) {
   const auto c = check_qkv("flash_attention", q_in, k_in, v_in, valid_in);
-  variant = resolve_variant(variant);
-  const bool cuda = variant != Variant::Reference && on_device_of(q_in, {&k_in, &v_in, &valid_in});
-  if (cuda && c.B * c.Hq * c.T > 0 && c.Dv > 0) {
+  const Route r = route(variant, q_in, {&q_in, &k_in, &v_in, &valid_in});
+  if (r.kind == Route::Cuda && c.B * c.Hq * c.T > 0 && c.Dv > 0) {
     // The decode kernel with every query row: its blocks of rows skip the keys after their last token.
     auto q = rows_contiguous(q_in), k = rows_contiguous(k_in), v = rows_contiguous(v_in);
     auto valid = valid_in.defined() ? valid_in.contiguous() : valid_in;
     AttnArgs a = attention_args("flash_attention", q, k, v, valid, start, window, scale);
     if (auto out = run_decode_cuda(a, q.options()); out.defined()) return out;
   }
-  if (variant == Variant::Reference || !on_cpu({&q_in, &k_in, &v_in, &valid_in}))
-    return attention_reference(q_in, k_in, v_in, start, valid_in, window, scale);
+  if (r.kind != Route::Cpu) return attention_reference(q_in, k_in, v_in, start, valid_in, window, scale);
+  variant = r.variant;
   auto q = rows_contiguous(q_in), k = rows_contiguous(k_in), v = rows_contiguous(v_in);
   auto valid = valid_in.defined() ? valid_in.contiguous() : valid_in;
   auto out = torch::empty({c.B, c.Hq, c.T, c.Dv}, q.options());
@@ -277,22 +275,14 @@ torch::Tensor decode_attention(const torch::Tensor& q_in, const torch::Tensor& k
                                int64_t start, const torch::Tensor& valid_in, int64_t window, double scale,
                                Variant variant) {
   const auto c = check_qkv("decode_attention", q_in, k_in, v_in, valid_in);
-  variant = resolve_variant(variant);
-  const bool cuda = variant != Variant::Reference && on_device_of(q_in, {&k_in, &v_in, &valid_in});
-  if (variant == Variant::Reference || (!cuda && !on_cpu({&q_in, &k_in, &v_in, &valid_in}))) {
-    note_reference_decode();
-    return attention_reference(q_in, k_in, v_in, start, valid_in, window, scale);
-  }
+  const Route r = route(variant, q_in, {&q_in, &k_in, &v_in, &valid_in});
+  auto reference = [&] { return attention_reference(q_in, k_in, v_in, start, valid_in, window, scale); };
+  if (r.kind == Route::Reference) return run_reference_decode(reference);
   auto q = rows_contiguous(q_in), k = rows_contiguous(k_in), v = rows_contiguous(v_in);
   auto valid = valid_in.defined() ? valid_in.contiguous() : valid_in;
   if (c.B * c.Hq * c.T == 0 || c.Dv == 0) return torch::zeros({c.B, c.Hq, c.T, c.Dv}, q.options());
   AttnArgs a = attention_args("decode_attention", q, k, v, valid, start, window, scale);
-  if (cuda) {
-    if (auto out = run_decode_cuda(a, q.options()); out.defined()) return out;
-    note_reference_decode();
-    return attention_reference(q_in, k_in, v_in, start, valid_in, window, scale);
-  }
-  return run_decode(a, *cpu_kernels(variant).attn, q.options());
+  return run_routed_decode(r, a, q.options(), reference);
 }
 
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, int64_t start,
@@ -383,24 +373,16 @@ torch::Tensor mla_decode_attention(const torch::Tensor& q_lat_in, const torch::T
                                    const torch::Tensor& c_in, const torch::Tensor& k_r_in, int64_t start,
                                    const torch::Tensor& valid_in, int64_t window, double scale, Variant variant) {
   const auto m = check_mla("mla_decode_attention", q_lat_in, q_rope_in, c_in, k_r_in, valid_in);
-  variant = resolve_variant(variant);
-  const bool cuda = variant != Variant::Reference && on_device_of(q_lat_in, {&q_rope_in, &c_in, &k_r_in, &valid_in});
-  if (variant == Variant::Reference || (!cuda && !on_cpu({&q_lat_in, &q_rope_in, &c_in, &k_r_in, &valid_in}))) {
-    note_reference_decode();
-    return mla_decode_reference(q_lat_in, q_rope_in, c_in, k_r_in, start, valid_in, window, scale);
-  }
+  const Route r = route(variant, q_lat_in, {&q_lat_in, &q_rope_in, &c_in, &k_r_in, &valid_in});
+  auto reference = [&] { return mla_decode_reference(q_lat_in, q_rope_in, c_in, k_r_in, start, valid_in, window, scale); };
+  if (r.kind == Route::Reference) return run_reference_decode(reference);
   auto q_lat = rows_contiguous(q_lat_in), c = rows_contiguous(c_in);
   auto q_rope = q_rope_in.defined() ? rows_contiguous(q_rope_in) : q_rope_in;
   auto k_r = k_r_in.defined() ? rows_contiguous(k_r_in) : k_r_in;
   auto valid = valid_in.defined() ? valid_in.contiguous() : valid_in;
   if (m.B * m.Hq * m.T == 0 || m.L == 0) return torch::zeros({m.B, m.Hq, m.T, m.L}, q_lat.options());
   AttnArgs a = mla_decode_args(q_lat, q_rope, c, k_r, valid, start, window, scale);
-  if (cuda) {
-    if (auto out = run_decode_cuda(a, q_lat.options()); out.defined()) return out;
-    note_reference_decode();
-    return mla_decode_reference(q_lat_in, q_rope_in, c_in, k_r_in, start, valid_in, window, scale);
-  }
-  return run_decode(a, *cpu_kernels(variant).attn, q_lat.options());
+  return run_routed_decode(r, a, q_lat.options(), reference);
 }
 
 }  // namespace mha2mla::kernels

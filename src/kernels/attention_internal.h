@@ -6,6 +6,7 @@
 
 #include "kernels/attention_args.h"
 #include "kernels/cpu_features.h"
+#include "kernels/cpu_kernels.h"
 #include "kernels/decode_splits.h"
 
 namespace mha2mla::kernels {
@@ -49,5 +50,36 @@ torch::Tensor run_decode(AttnArgs& a, const AttnKernels& kern, const torch::Tens
 torch::Tensor run_decode_cuda(AttnArgs& a, const torch::TensorOptions& opt);
 // Records that a decode call took its reference (last_decode_kernel()).
 void note_reference_decode();
+
+// Where an attention call runs, decided here for every front end (flash, decode, MLA, quantized): the libtorch
+// reference when the variant is Reference or the operands are on neither the CPU nor all on q's CUDA device;
+// else that device, with the CPU variant resolved (Auto -> what the CPU and MHA2MLA_KERNELS / --kernels allow).
+struct Route {
+  enum Kind { Reference, Cpu, Cuda } kind;
+  Variant variant;  // Cpu: the resolved variant
+};
+Route route(Variant v, const torch::Tensor& q, std::initializer_list<const torch::Tensor*> operands);
+
+// A decode call by its route: the CPU's split-KV kernels, or the CUDA kernel. A route of Reference, and a CUDA
+// device with no kernel for these shapes, run `reference` and say so in last_decode_kernel() (the front ends
+// call run_reference_decode directly where they have no arguments to build).
+template <class Reference>
+torch::Tensor run_reference_decode(const Reference& reference);
+template <class Reference>
+torch::Tensor run_routed_decode(const Route& r, AttnArgs& a, const torch::TensorOptions& opt, const Reference& reference);
+
+template <class Reference>
+torch::Tensor run_reference_decode(const Reference& reference) {
+  note_reference_decode();
+  return reference();
+}
+
+template <class Reference>
+torch::Tensor run_routed_decode(const Route& r, AttnArgs& a, const torch::TensorOptions& opt, const Reference& reference) {
+  if (r.kind == Route::Cpu) return run_decode(a, *cpu_kernels(r.variant).attn, opt);
+  if (r.kind == Route::Cuda)
+    if (auto out = run_decode_cuda(a, opt); out.defined()) return out;
+  return run_reference_decode(reference);
+}
 
 }  // namespace mha2mla::kernels

@@ -53,12 +53,22 @@ std::string variant_name(Variant v) {
   return "?";
 }
 
+namespace {
+constexpr Variant kAllVariants[] = {Variant::Auto,   Variant::Reference, Variant::Generic,
+                                    Variant::Avx2,   Variant::Avx512,    Variant::Avx512Bf16};
+
+// "unknown variant 'x' (expected auto, reference, ...)", for the flag and the variable alike.
+std::string unknown_variant(const std::string& name) {
+  std::string list;
+  for (auto v : kAllVariants) list += (list.empty() ? "" : ", ") + variant_name(v);
+  return "unknown variant '" + name + "' (expected " + list + ")";
+}
+}  // namespace
+
 Variant parse_variant(const std::string& name) {
-  for (auto v : {Variant::Auto, Variant::Reference, Variant::Generic, Variant::Avx2, Variant::Avx512,
-                 Variant::Avx512Bf16})
+  for (auto v : kAllVariants)
     if (name == variant_name(v)) return v;
-  throw std::runtime_error("kernels: unknown variant '" + name +
-                           "' (expected auto, reference, generic, avx2, avx512 or avx512bf16)");
+  throw std::runtime_error("kernels: " + unknown_variant(name));
 }
 
 namespace {
@@ -83,12 +93,9 @@ Variant variant_cap() {
   if (set != Variant::Auto) return set;
   const char* env = std::getenv("MHA2MLA_KERNELS");
   if (!env || !*env) return Variant::Auto;
-  try {
-    return parse_variant(env);
-  } catch (const std::runtime_error&) {
-    throw std::runtime_error(std::string("MHA2MLA_KERNELS: unknown variant '") + env +
-                             "' (expected auto, reference, generic, avx2, avx512 or avx512bf16)");
-  }
+  for (auto v : kAllVariants)
+    if (variant_name(v) == env) return v;
+  throw std::runtime_error("MHA2MLA_KERNELS: " + unknown_variant(env));
 }
 
 VariantCapScope::VariantCapScope(Variant cap) : saved_(g_cap.load()) { set_variant_cap(cap); }

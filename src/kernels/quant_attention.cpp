@@ -79,14 +79,6 @@ void check_valid(const torch::Tensor& valid, int64_t B, int64_t S) {
     fail_arg("quantized_decode", "valid must be bool [B, S] with S = " + std::to_string(S));
 }
 
-// Every defined tensor and every tensor of the buffers on `device`.
-bool on_device(std::initializer_list<const torch::Tensor*> ts, std::initializer_list<const QuantizedKV*> kvs,
-               const torch::Device& device) {
-  for (const auto* kv : kvs)
-    if (!all_on(device, {&kv->data, &kv->scale, &kv->zero, &kv->residual})) return false;
-  return all_on(device, ts);
-}
-
 // A buffer's descriptor over tensors whose rows are contiguous; `keep` holds any copies made for that.
 QuantDesc buffer_desc(const QuantizedKV& kv, std::vector<torch::Tensor>& keep) {
   auto d = rows_contiguous(kv.data), sc = rows_contiguous(kv.scale), r = rows_contiguous(kv.residual);
@@ -144,24 +136,16 @@ torch::Tensor quantized_decode_attention(const torch::Tensor& q_in, const Quanti
   if (k.residual.scalar_type() != q_in.scalar_type() || v.residual.scalar_type() != q_in.scalar_type())
     fail_arg("quantized_decode", "residual buffers must have q's dtype");
   check_valid(valid_in, B, S);
-  variant = resolve_variant(variant);
-  const bool cpu = on_device({&q_in, &valid_in}, {&k, &v}, torch::kCPU);
-  const bool cuda = q_in.device().is_cuda() && on_device({&q_in, &valid_in}, {&k, &v}, q_in.device());
-  if (variant == Variant::Reference || !(cpu || cuda)) {
-    note_reference_decode();
-    return quantized_decode_reference(q_in, k, v, start, valid_in, window, scale);
-  }
+  const Route r = route(variant, q_in, {&q_in, &valid_in, &k.data, &k.scale, &k.zero, &k.residual, &v.data, &v.scale,
+                                        &v.zero, &v.residual});
+  auto reference = [&] { return quantized_decode_reference(q_in, k, v, start, valid_in, window, scale); };
+  if (r.kind == Route::Reference) return run_reference_decode(reference);
   if (q_in.scalar_type() != torch::kFloat32 && q_in.scalar_type() != torch::kBFloat16 &&
       q_in.scalar_type() != torch::kFloat16)
     fail_arg("quantized_decode", "q must be f32, bf16 or f16");
   QuantArgs qa;
   quantized_decode_args(qa, q_in, k, v, valid_in, start, window, scale);
-  if (cuda) {
-    if (auto out = run_decode_cuda(qa.a, q_in.options()); out.defined()) return out;
-    note_reference_decode();
-    return quantized_decode_reference(q_in, k, v, start, valid_in, window, scale);
-  }
-  return run_decode(qa.a, *cpu_kernels(variant).attn, q_in.options());
+  return run_routed_decode(r, qa.a, q_in.options(), reference);
 }
 
 void quantized_decode_args(QuantArgs& qa, const torch::Tensor& q_in, const QuantizedKV& k, const QuantizedKV& v,
@@ -209,25 +193,18 @@ torch::Tensor quantized_mla_decode_attention(const torch::Tensor& q_lat_in, cons
       q_rope_in.scalar_type() != q_lat_in.scalar_type())
     fail_arg("quantized_decode", "q_lat, q_rope and the residual buffers must share one dtype");
   check_valid(valid_in, B, S);
-  variant = resolve_variant(variant);
-  const bool cpu = on_device({&q_lat_in, &q_rope_in, &valid_in}, {&c, &k_r}, torch::kCPU);
-  const bool cuda =
-      q_lat_in.device().is_cuda() && on_device({&q_lat_in, &q_rope_in, &valid_in}, {&c, &k_r}, q_lat_in.device());
-  if (variant == Variant::Reference || !(cpu || cuda)) {
-    note_reference_decode();
+  const Route where = route(variant, q_lat_in, {&q_lat_in, &q_rope_in, &valid_in, &c.data, &c.scale, &c.zero,
+                                                &c.residual, &k_r.data, &k_r.scale, &k_r.zero, &k_r.residual});
+  auto reference = [&] {
     return quantized_mla_decode_reference(q_lat_in, q_rope_in, c, k_r, start, valid_in, window, scale);
-  }
+  };
+  if (where.kind == Route::Reference) return run_reference_decode(reference);
   if (q_lat_in.scalar_type() != torch::kFloat32 && q_lat_in.scalar_type() != torch::kBFloat16 &&
       q_lat_in.scalar_type() != torch::kFloat16)
     fail_arg("quantized_decode", "q must be f32, bf16 or f16");
   QuantArgs qa;
   quantized_mla_decode_args(qa, q_lat_in, q_rope_in, c, k_r, valid_in, start, window, scale);
-  if (cuda) {
-    if (auto out = run_decode_cuda(qa.a, q_lat_in.options()); out.defined()) return out;
-    note_reference_decode();
-    return quantized_mla_decode_reference(q_lat_in, q_rope_in, c, k_r, start, valid_in, window, scale);
-  }
-  return run_decode(qa.a, *cpu_kernels(variant).attn, q_lat_in.options());
+  return run_routed_decode(where, qa.a, q_lat_in.options(), reference);
 }
 
 void quantized_mla_decode_args(QuantArgs& qa, const torch::Tensor& q_lat_in, const torch::Tensor& q_rope_in,

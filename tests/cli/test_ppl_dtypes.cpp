@@ -13,15 +13,15 @@
 
 #include "kernels/variants.h"
 #include "testing/files.h"
+#include "testing/env.h"
 
 using namespace mha2mla;
 namespace fs = std::filesystem;
 
 namespace {
 
-struct KernelEnv {  // MHA2MLA_KERNELS for the children started in one scope
-  explicit KernelEnv(const std::string& v) { setenv("MHA2MLA_KERNELS", v.c_str(), 1); }
-  ~KernelEnv() { unsetenv("MHA2MLA_KERNELS"); }
+struct KernelEnv : testutil::EnvGuard {  // MHA2MLA_KERNELS for the children started in one scope
+  explicit KernelEnv(const std::string& v) : testutil::EnvGuard("MHA2MLA_KERNELS", v.c_str()) {}
 };
 
 class PplDtypes : public ::testing::TestWithParam<std::string> {};

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "kernels/cpu_features.h"
+#include "testing/env.h"
 
 using namespace mha2mla;
 
@@ -38,18 +39,9 @@ std::set<std::string> proc_cpu_flags() {
   return flags;
 }
 
-struct EnvGuard {  // sets MHA2MLA_KERNELS for one scope (nullptr: unset), restoring what the suite ran under
-  explicit EnvGuard(const char* v) {
-    if (const char* old = std::getenv("MHA2MLA_KERNELS")) saved = old, had = true;
-    if (v) setenv("MHA2MLA_KERNELS", v, 1);
-    else unsetenv("MHA2MLA_KERNELS");
-  }
-  ~EnvGuard() {
-    if (had) setenv("MHA2MLA_KERNELS", saved.c_str(), 1);
-    else unsetenv("MHA2MLA_KERNELS");
-  }
-  std::string saved;
-  bool had = false;
+// MHA2MLA_KERNELS for one scope (nullptr: unset), restoring what the suite ran under.
+struct EnvGuard : testutil::EnvGuard {
+  explicit EnvGuard(const char* v) : testutil::EnvGuard("MHA2MLA_KERNELS", v) {}
 };
 }  // namespace
 
