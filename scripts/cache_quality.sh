@@ -5,8 +5,10 @@
 #   scripts/cache_quality.sh [OUT_DIR]     (default runs/cache-quality; run after scripts/build.sh)
 #
 # Environment: TYPES (cache types of the main table, default "f32 bf16 int8 int4 int2"; empty: none), AXES=0 skips the MLA
-# axis table, STEPS (recovery fine-tune steps of the converted models, default 200; 0 keeps them as converted).
-# The quantizer table (min-max against HQQ zero points, --cache-quant) always covers int4 and int2.
+# axis table, FP8=0 skips the FP8 table, STEPS (recovery fine-tune steps of the converted models, default 200; 0 keeps
+# them as converted), REUSE=1 keeps cells whose JSON is already in OUT_DIR (default: every cell is run again).
+# The quantizer table (min-max against HQQ zero points, --cache-quant) always covers int4 and int2; the FP8 table
+# sets int8, fp8 (E4M3, f32 scale per group) and, on the MLA models, fp8-flashmla beside int4.
 #
 # Windows of 512 tokens advance by 511 (each held-out token is scored once, with 1-511 tokens of context).
 # Writes OUT_DIR/cache_quality.md (docs/serving.md's table), OUT_DIR/*.json (one ppl report per cell) and, when
@@ -42,15 +44,20 @@ done
 run() {  # name model type [extra flags...]
   local name=$1 model=$2 type=$3
   shift 3
+  [ "${REUSE:-0}" = 1 ] && [ -s "$out/$name.json" ] && return 0
   $B ppl --model "$model" --text data/kjv/val.txt --ctx "$ctx" --stride "$ctx" --chunk 64 \
     --cache-type "$type" --cache-residual 128 "$@" --json >"$out/$name.json"
 }
 models="kjv-mha:models/kjv-mha kjv-gqa:models/kjv-gqa mla-mha:$out/mla-mha/model mla-gqa:$out/mla-gqa/model"
 for mt in $models; do
   for t in $types; do run "${mt%%:*}-$t" "${mt#*:}" "$t"; done
+  in_types() { case " $types " in *" $1 "*) return 0 ;; esac; return 1; }  # already run above
   for t in int4 int2; do
-    [ -f "$out/${mt%%:*}-$t.json" ] || run "${mt%%:*}-$t" "${mt#*:}" "$t"
+    in_types "$t" || run "${mt%%:*}-$t" "${mt#*:}" "$t"
     run "${mt%%:*}-$t-hqq" "${mt#*:}" "$t" --cache-quant hqq
+  done
+  [ "${FP8:-1}" = 0 ] || for t in int8 fp8 $(case $mt in mla-*) echo fp8-flashmla ;; esac); do
+    in_types "$t" || run "${mt%%:*}-$t" "${mt#*:}" "$t"
   done
 done
 [ "${AXES:-1}" = 0 ] || {
@@ -64,31 +71,40 @@ for kind in mha gqa; do
 done
 }
 
+cell() {  # cell FILE DIGITS BYTES: " ppl |" of one ppl report (BYTES=1: " ppl (bytes B) |"), " — |" where missing
+  if [ -f "$1" ]; then
+    grep -o '"ppl":[0-9.e+-]*' "$1" | cut -d: -f2 | xargs printf " %.${2}f"
+    [ "$3" = 1 ] && grep -o '"cache_bytes_per_token":[0-9.e+-]*' "$1" | cut -d: -f2 | xargs printf " (%.0f B)"
+    printf " |"
+  else
+    printf " — |"
+  fi
+}
+rows() {  # rows DIGITS BYTES SUFFIX...: a table row per model, a cell per OUT_DIR/MODEL-SUFFIX.json
+  local digits=$1 bytes=$2
+  shift 2
+  for mt in $models; do
+    printf "| %s |" "${mt%%:*}"
+    for t in "$@"; do cell "$out/${mt%%:*}-$t.json" "$digits" "$bytes"; done
+    echo
+  done
+}
 {
   [ -n "$types" ] && {
   echo "| model | $(echo $types | sed 's/ / | /g') |"
   echo "|---|$(for t in $types; do printf -- '---:|'; done)"
-  for mt in $models; do
-    name=${mt%%:*}
-    printf "| %s |" "$name"
-    for t in $types; do
-      grep -o '"ppl":[0-9.e+-]*' "$out/$name-$t.json" | cut -d: -f2 | xargs printf " %.2f"
-      grep -o '"cache_bytes_per_token":[0-9.e+-]*' "$out/$name-$t.json" | cut -d: -f2 | xargs printf " (%.0f B) |"
-    done
-    echo
-  done
+  rows 2 1 $types
   echo
   }
   echo "| model | int4 min-max | int4 HQQ | int2 min-max | int2 HQQ |"
   echo "|---|---:|---:|---:|---:|"
-  for mt in $models; do
-    name=${mt%%:*}
-    printf "| %s |" "$name"
-    for f in int4 int4-hqq int2 int2-hqq; do
-      grep -o '"ppl":[0-9.e+-]*' "$out/$name-$f.json" | cut -d: -f2 | xargs printf " %.3f |"
-    done
+  rows 3 0 int4 int4-hqq int2 int2-hqq
+  if [ "${FP8:-1}" != 0 ]; then
     echo
-  done
+    echo "| model | int8 | fp8 | fp8-flashmla | int4 |"
+    echo "|---|---:|---:|---:|---:|"
+    rows 3 1 int8 fp8 fp8-flashmla int4
+  fi
   if [ "${AXES:-1}" != 0 ]; then
     echo
     echo "| MLA int4 axes (c, k_r) | mla-mha ppl | mla-gqa ppl |"
