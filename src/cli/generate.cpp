@@ -8,6 +8,7 @@
 #include "cli/options.h"
 #include "cli/runtime_flags.h"
 #include "io/model_folder.h"
+#include "kernels/attention.h"
 #include "infer/generate.h"
 #include "model/transformer.h"
 #include "tokenizer/tokenizer.h"
@@ -23,7 +24,7 @@ namespace {
 constexpr const char* kJsonKeys =
     "text, tokens, prompt_tokens, new_tokens,\n"
     "stop_reason, prefill_s, decode_s, decode_tokens_per_s, runtime, peak_rss_bytes, cache_bytes,\n"
-    "cache_bytes_per_token, cache_capacity_bytes, cache_tokens, cache_residual_tokens";
+    "cache_bytes_per_token, cache_capacity_bytes, cache_tokens, cache_residual_tokens, execution";
 
 std::string stop_text(infer::StopReason r, int64_t max_new, int64_t max_pos) {
   switch (r) {
@@ -144,6 +145,11 @@ int cmd_generate(const Args& a) {
                      {"runtime", runtime_json(rt)},
                      {"peak_rss_bytes", peak_rss_bytes()}};
     o.update(stats.to_json());
+    // What ran: the decode steps of the fused step and of the layers (and why), and the last attention kernel.
+    o["execution"] = {{"decode_steps_fused", m->fused_decode_steps},
+                      {"decode_steps_layers", m->layer_decode_steps},
+                      {"layers_because", m->layer_decode_reason},
+                      {"attention", kernels::last_decode_kernel()}};
     std::cout << o.dump() << "\n";
   } else {
     if (printed < text.size()) std::fwrite(text.data() + printed, 1, text.size() - printed, stdout);

@@ -117,13 +117,18 @@ torch::Tensor TransformerImpl::hidden(const torch::Tensor& ids, KVCache* cache, 
   ctx.new_tokens = T, ctx.dtype = dtype_, ctx.device = device_;
   std::tie(ctx.cos, ctx.sin) = rope_cos_sin(inv_freq_, positions, dtype_);
 
-  if (cache && B == 1 && T == 1 && runtime_.decode_step == DecodeStepMode::Fused &&
-      DecodeStep::unsupported(*this, *cache, ctx).empty()) {
-    if (!decode_step_) decode_step_ = std::make_unique<DecodeStep>();
-    auto out = decode_step_->run(*this, dev_ids.item<int64_t>(), *cache, ctx);
-    cache->end_step(T);
-    ++fused_decode_steps;
-    return out;
+  if (cache && B == 1 && T == 1) {
+    std::string why = runtime_.decode_step == DecodeStepMode::Fused ? DecodeStep::unsupported(*this, *cache, ctx)
+                                                                    : "--decode-step layers";
+    if (why.empty()) {
+      if (!decode_step_) decode_step_ = std::make_unique<DecodeStep>();
+      auto out = decode_step_->run(*this, dev_ids.item<int64_t>(), *cache, ctx);
+      cache->end_step(T);
+      ++fused_decode_steps;
+      return out;
+    }
+    ++layer_decode_steps;
+    layer_decode_reason = std::move(why);
   }
   auto h = model->embed_tokens(dev_ids);
   for (int64_t i = 0; i < cfg_.num_layers; ++i) {

@@ -70,8 +70,11 @@ class TransformerImpl : public torch::nn::Module {
   std::function<void(int64_t layer, const torch::Tensor& x)> attn_input_hook;
   // When set, accumulates the seconds spent in attention over the cache (see AttnTimer); null = off.
   double* attn_seconds = nullptr;
-  // Decode steps that ran as one fused step (DecodeStep) rather than layer by layer.
+  // Decode steps of one sequence that ran as one fused step (DecodeStep), and those that ran layer by layer with
+  // the reason the fused step did not apply the last time (DecodeStep::unsupported, or "--decode-step layers").
   int64_t fused_decode_steps = 0;
+  int64_t layer_decode_steps = 0;
+  std::string layer_decode_reason;
 
  private:
   io::ModelConfig cfg_;

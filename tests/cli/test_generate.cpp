@@ -123,6 +123,25 @@ TEST_F(Generate, CacheLineCountsQuantizedAndResidualTokens) {
   EXPECT_NE(f.err.find("holds " + std::to_string(tokens) + " tokens"), std::string::npos) << f.err;
 }
 
+// --json says what ran: a float cache in the compute dtype decodes through the fused step, a quantized one layer by
+// layer with the reason; the attention kernel is named.
+TEST_F(Generate, JsonSaysWhichPathsRan) {
+  const std::string args = "--model " + dir_ + " --prompt 'the thread' --max-new 12 ";
+  auto fused = run_json(args);
+  EXPECT_EQ(fused["execution"]["decode_steps_fused"].get<int64_t>(), 11) << fused.dump();
+  EXPECT_EQ(fused["execution"]["decode_steps_layers"].get<int64_t>(), 0);
+  auto q = run_json(args + "--cache-type fp8 --cache-residual 0 --cache-axis k=token");
+  EXPECT_EQ(q["execution"]["decode_steps_fused"].get<int64_t>(), 0);
+  EXPECT_EQ(q["execution"]["decode_steps_layers"].get<int64_t>(), 11);
+  EXPECT_EQ(q["execution"]["layers_because"], "the cache is not stored in the compute dtype");
+  EXPECT_EQ(q["execution"]["attention"], "cpu");  // the FP8 codes read in place by the CPU kernels
+  auto l = run_json(args + "--decode-step layers");
+  EXPECT_EQ(l["execution"]["layers_because"], "--decode-step layers");
+  // fp8-flashmla is for MLA caches: on this GQA model, one clear error.
+  testutil::expect_one_line_error(run_cli("generate " + args + "--cache-type fp8-flashmla"),
+                                  "fp8-flashmla stores MLA caches only");
+}
+
 // The key list in --help is the one the JSON has.
 std::set<std::string> help_keys(const std::string& help, const std::string& after) {
   const size_t at = help.find(after);
