@@ -181,4 +181,35 @@ std::shared_ptr<AttentionImpl> make_attention(const io::ModelConfig& cfg, int64_
   return std::make_shared<GQAAttentionImpl>(cfg, opt);
 }
 
+std::string GQAAttentionImpl::step_unsupported(const AttnContext& ctx, torch::ScalarType t) {
+  (void)ctx;
+  if (q_norm) return "normalises q and k per head";
+  if (!streamable(q_proj, t) || !streamable(k_proj, t) || !streamable(v_proj, t) || !streamable(o_proj, t))
+    return "has a matrix the GEMV cannot stream";
+  return "";
+}
+
+StepScratch GQAAttentionImpl::step_scratch() const {
+  return {(n_h_ + 2 * n_kv_) * d_h_, n_h_ * d_h_, n_h_ * d_h_, 0};  // q | k | v, rotated q, output
+}
+
+// q, k, v by one GEMV group; q rotated into scratch, k rotated and v copied into the token's cache slots; split-KV
+// attention of every query head against its KV head.
+void GQAAttentionImpl::plan_step(const StepIO& io, SlotBuffer& b0, SlotBuffer& b1, const AttnStepPlan& p) {
+  const int64_t Hq = n_h_, Hkv = n_kv_, D = d_h_, es = io.es;
+  char *q = io.qkv, *k = q + Hq * D * es, *v = k + Hkv * D * es;
+  p.qkv->add(step_gemv(q_proj, io.dt, io.xn, q));
+  p.qkv->add(step_gemv(k_proj, io.dt, io.xn, k));
+  p.qkv->add(step_gemv(v_proj, io.dt, io.xn, v));
+  p.o->add(step_gemv(o_proj, io.dt, io.att, io.h, io.x));
+  for (int64_t j = 0; j < Hq; ++j) p.rows->push_back({q + j * D * es, io.qr + j * D * es, io.cos, io.sin, D});
+  for (int64_t j = 0; j < Hkv; ++j) p.rows->push_back({k + j * D * es, slot_of(b0, j, io.slot, es), io.cos, io.sin, D});
+  for (int64_t j = 0; j < Hkv; ++j) p.rows->push_back({v + j * D * es, slot_of(b1, j, io.slot, es), nullptr, nullptr, D});
+  auto& at = *p.attn;
+  at.groups = Hkv, at.D1 = D, at.Dv = D;
+  at.q1 = kernels::Operand{io.qr, Hq * D, D, D};
+  at.k1 = operand_of(b0, false);
+  at.v = operand_of(b1, false);
+}
+
 }  // namespace mha2mla::model

@@ -11,6 +11,7 @@
 #include "kernels/quant_attention.h"
 #include "model/kv_cache.h"
 #include "model/layers.h"
+#include "model/step_plan.h"
 
 namespace mha2mla::model {
 
@@ -80,6 +81,18 @@ class AttentionImpl : public torch::nn::Module {
   virtual torch::Tensor forward(const torch::Tensor& x, const AttnContext& ctx, const torch::Tensor& residual) = 0;
   // The per-token buffers this layer caches, in the order forward() uses them.
   virtual std::vector<BufferSpec> cache_spec() const = 0;
+
+  // This layer's part of the fused decode step (model/step_plan.h): why it cannot take part in a step of one
+  // token under ctx (ctx.cache set) in dtype t, "" when it can; the scratch its part needs; and its part of the
+  // plan, over its two cache buffers b0 and b1 (room for the token reserved). By default a layer cannot.
+  virtual std::string step_unsupported(const AttnContext& ctx, torch::ScalarType t) {
+    (void)ctx, (void)t;
+    return "has an attention without a fused decode step";
+  }
+  virtual StepScratch step_scratch() const { return {}; }
+  virtual void plan_step(const StepIO& io, SlotBuffer& b0, SlotBuffer& b1, const AttnStepPlan& p) {
+    (void)io, (void)b0, (void)b1, (void)p;
+  }
 };
 
 // Standard HF Llama/Mistral/Qwen2/Qwen3 attention (MHA when n_kv == n_h, else GQA).
@@ -88,6 +101,9 @@ class GQAAttentionImpl : public AttentionImpl {
   GQAAttentionImpl(const io::ModelConfig& cfg, const torch::TensorOptions& opt);
   torch::Tensor forward(const torch::Tensor& x, const AttnContext& ctx, const torch::Tensor& residual) override;
   std::vector<BufferSpec> cache_spec() const override { return spec(n_kv_, d_h_); }
+  std::string step_unsupported(const AttnContext& ctx, torch::ScalarType t) override;
+  StepScratch step_scratch() const override;
+  void plan_step(const StepIO& io, SlotBuffer& b0, SlotBuffer& b1, const AttnStepPlan& p) override;
   // k and v, [n_kv, d_h] each; KIVI's axes: keys per channel, values per token.
   static std::vector<BufferSpec> spec(int64_t n_kv, int64_t d_h) {
     return {{"k", n_kv, d_h, QuantAxis::Channel, BufferRole::Key}, {"v", n_kv, d_h, QuantAxis::Token, BufferRole::Value}};

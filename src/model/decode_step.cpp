@@ -12,33 +12,14 @@
 #include "kernels/elementwise.h"
 #include "kernels/gemv.h"
 #include "kernels/storage_dtype.h"
-#include "model/mla_attention.h"
+#include "model/step_plan.h"
 #include "model/transformer.h"
 
 namespace mha2mla::model {
 namespace {
 
-const GQAAttentionImpl* gqa_of(const TransformerImpl& m, int64_t layer) {
-  return dynamic_cast<const GQAAttentionImpl*>(m.model->layers->at<DecoderLayerImpl>(layer).self_attn.get());
-}
-
-MLAAttentionImpl* mla_of(const TransformerImpl& m, int64_t layer) {
-  return dynamic_cast<MLAAttentionImpl*>(m.model->layers->at<DecoderLayerImpl>(layer).self_attn.get());
-}
-
-// A matrix the GEMV kernel can stream: rows contiguous, in the compute dtype (parameters always are, unless
-// a caller swapped in a view of another layout).
-bool streamable(const Dense& d, torch::ScalarType t) {
-  return d->weight.scalar_type() == t && d->weight.dim() == 2 && d->weight.stride(1) == 1 &&
-         (!d->bias.defined() || (d->bias.scalar_type() == t && d->bias.is_contiguous()));
-}
-
-kernels::GemvArgs gemv(const torch::Tensor& w, const torch::Tensor& b, kernels::DType t, const void* x, void* y,
-                       const void* residual = nullptr) {
-  return kernels::gemv_args(t, 1, x, w, b.defined() ? b.data_ptr() : nullptr, y, residual);
-}
-kernels::GemvArgs gemv(const Dense& d, kernels::DType t, const void* x, void* y, const void* residual = nullptr) {
-  return gemv(d->weight, d->bias, t, x, y, residual);
+AttentionImpl& attention_of(const TransformerImpl& m, int64_t layer) {
+  return *m.model->layers->at<DecoderLayerImpl>(layer).self_attn;
 }
 
 void reset(kernels::GemvGroup& g, kernels::GemvRows rows) {
@@ -46,16 +27,6 @@ void reset(kernels::GemvGroup& g, kernels::GemvRows rows) {
   g.args.clear();
   g.start.assign(1, 0);
 }
-
-// One row of the step between the projections and attention: a head of q or k rotated (into scratch or straight
-// into its cache slot), or a row copied into its cache slot (v, the MLA latent).
-struct RowOp {
-  const char* src;
-  char* dst;
-  const char* cos;  // null: a plain copy
-  const char* sin;
-  int64_t width;
-};
 
 // What one layer's step reads and writes; pointers into the weights, the cache and DecodeStep's scratch.
 struct LayerPlan {
@@ -70,17 +41,6 @@ struct LayerPlan {
   kernels::GemvGroup gate_up;   // xn -> gate | up
   kernels::GemvGroup down;      // act -> x = h + down_proj(act)
 };
-
-// Slot `slot` of head h of a float cache buffer [1, heads, capacity, width].
-char* slot_of(const SlotBuffer& b, int64_t h, int64_t slot, int64_t es) {
-  const auto& f = b.full();
-  return static_cast<char*>(f.data_ptr()) + (h * f.stride(1) + slot * f.stride(2)) * es;
-}
-
-kernels::Operand operand_of(const SlotBuffer& b, bool shared_head) {
-  const auto& f = b.full();
-  return kernels::Operand{f.data_ptr(), f.stride(0), shared_head ? 0 : f.stride(1), f.stride(2)};
-}
 
 }  // namespace
 
@@ -104,24 +64,15 @@ std::string DecodeStep::unsupported(const TransformerImpl& m, const KVCache& cac
   if (m.model->embed_tokens->weight.stride(1) != 1) return "the embedding rows are not contiguous";
   // Runs before every step: no allocation unless it fails.
   auto layer = [](int64_t i) { return "layer " + std::to_string(i); };
+  AttnContext c = ctx;
+  c.cache = const_cast<KVCache*>(&cache);
   for (int64_t i = 0; i < m.config().num_layers; ++i) {
     const auto& mlp = m.model->layers->at<DecoderLayerImpl>(i).mlp;
-    bool ok = streamable(mlp->gate_proj, t) && streamable(mlp->up_proj, t) && streamable(mlp->down_proj, t);
-    if (const auto* a = gqa_of(m, i)) {
-      if (a->q_norm) return layer(i) + " normalises q and k per head";
-      ok = ok && streamable(a->q_proj, t) && streamable(a->k_proj, t) && streamable(a->v_proj, t) &&
-           streamable(a->o_proj, t);
-    } else if (const auto* a = mla_of(m, i)) {
-      AttnContext c = ctx;
-      c.cache = const_cast<KVCache*>(&cache);
-      if (!a->decodes_absorbed(c)) return layer(i) + " decodes MLA without absorbed weights";
-      const auto& kv = a->kv_proj;
-      ok = ok && streamable(a->k_r_proj, t);
-      for (const auto* d : {&kv->down_kv, &kv->down_k, &kv->down_v}) ok = ok && (!*d || streamable(*d, t));
-    } else {
-      return layer(i) + " is neither MHA/GQA nor MLA";
-    }
-    if (!ok) return layer(i) + " has a matrix the GEMV cannot stream";
+    if (!streamable(mlp->gate_proj, t) || !streamable(mlp->up_proj, t) || !streamable(mlp->down_proj, t))
+      return layer(i) + " has a matrix the GEMV cannot stream";
+    c.layer = i;
+    if (auto why = attention_of(m, i).step_unsupported(c, t); !why.empty()) return layer(i) + " " + why;
+    if (cache.layer(i).size() != 2) return layer(i) + " caches " + std::to_string(cache.layer(i).size()) + " buffers";
     for (const auto& b : cache.layer(i))
       if (b.storage().type != compute_cache_type(t)) return "the cache is not stored in the compute dtype";
   }
@@ -131,9 +82,7 @@ std::string DecodeStep::unsupported(const TransformerImpl& m, const KVCache& cac
 torch::Tensor DecodeStep::run(TransformerImpl& m, int64_t id, KVCache& cache, const AttnContext& ctx) {
   const auto& cfg = m.config();
   const int64_t L = cfg.num_layers, d = cfg.hidden_size, I = cfg.intermediate_size;
-  const int64_t Hq = cfg.num_heads, Hkv = cfg.num_kv_heads, D = cfg.head_dim, g = Hq / Hkv;
-  const bool mla = cfg.is_mla;
-  const int64_t r = mla ? cfg.mla.rope_dim : 0, Lat = mla ? cfg.mla.latent_dim(Hkv, D) : 0;
+  const int64_t Hq = cfg.num_heads, Hkv = cfg.num_kv_heads, D = cfg.head_dim;
   const auto dt = kernels::storage_dtype(m.dtype());
   const int64_t es = static_cast<int64_t>(c10::elementSize(m.dtype()));
   const int64_t threads = at::get_num_threads();
@@ -143,23 +92,28 @@ torch::Tensor DecodeStep::run(TransformerImpl& m, int64_t id, KVCache& cache, co
   const auto gemv_rows = cpu.gemv;
   const auto& kern = *cpu.attn;
 
-  // Scratch, compute dtype: x [d] (the residual stream), xn [d] (normed), h [d] (after attention), the
-  // projections qkv (GQA: q | k | v, [(Hq + 2 Hkv) D]; MLA: q (RoPE rows, then latent queries) | k_r | c,
-  // [Hq (r + Lat) + Hkv r + Lat]), qr (rotated queries, [Hq D] or [Hq r]), att (attention output in o_proj's
-  // order, [Hq D] or [Hq Lat]), gu [2 I] (gate | up), act [I], and for MLA each layer's cos/sin gathered at
-  // its kept RoPE dims, [L][Hkv][2][r].
-  const int64_t qkv_n = mla ? Hq * (r + Lat) + Hkv * r + Lat : (Hq + 2 * Hkv) * D;
-  const int64_t qr_n = mla ? Hq * r : Hq * D, att_n = mla ? Hq * Lat : Hq * D, cs_n = mla ? L * Hkv * 2 * r : 0;
-  const int64_t need = 3 * d + qkv_n + qr_n + att_n + 3 * I + cs_n;
+  // Scratch, compute dtype: x [d] (the residual stream), xn [d] (normed), h [d] (after attention), then what the
+  // layers' attentions ask for (StepScratch: their projections qkv, rotated queries qr and output att, shared by
+  // the layers, the largest of each), gu [2 I] (gate | up), act [I], and the attentions' cos/sin, a slab per layer.
+  StepScratch need_attn;
+  cs_at_.assign(static_cast<size_t>(L) + 1, 0);  // layer i's cos/sin slab: [cs_at_[i], cs_at_[i + 1])
+  for (int64_t i = 0; i < L; ++i) {
+    const auto s = attention_of(m, i).step_scratch();
+    need_attn.qkv = std::max(need_attn.qkv, s.qkv);
+    need_attn.qr = std::max(need_attn.qr, s.qr);
+    need_attn.att = std::max(need_attn.att, s.att);
+    cs_at_[static_cast<size_t>(i) + 1] = cs_at_[static_cast<size_t>(i)] + s.cs;
+  }
+  const int64_t need = 3 * d + need_attn.qkv + need_attn.qr + need_attn.att + 3 * I + cs_at_.back();
   if (!scratch_.defined() || scratch_.numel() < need || scratch_.scalar_type() != m.dtype())
     scratch_ = torch::empty({need}, torch::TensorOptions().dtype(m.dtype()));
   char* x = static_cast<char*>(scratch_.data_ptr());
   char* xn = x + d * es;
   char* h = xn + d * es;
   char* qkv = h + d * es;
-  char* qr = qkv + qkv_n * es;
-  char* att = qr + qr_n * es;
-  char* gu = att + att_n * es;
+  char* qr = qkv + need_attn.qkv * es;
+  char* att = qr + need_attn.qr * es;
+  char* gu = att + need_attn.att * es;
   char* act = gu + 2 * I * es;
   char* cs = act + I * es;
   auto out = torch::empty({1, 1, d}, torch::TensorOptions().dtype(m.dtype()));
@@ -173,7 +127,7 @@ torch::Tensor DecodeStep::run(TransformerImpl& m, int64_t id, KVCache& cache, co
 
   auto& plans = plans_->layers;
   plans.resize(static_cast<size_t>(L));
-  int64_t max_groups = 1;
+  int64_t max_groups = 1, Dv = 1;
   size_t max_partials = 0;
   for (int64_t i = 0; i < L; ++i) {
     auto& layer = m.model->layers->at<DecoderLayerImpl>(i);
@@ -184,10 +138,10 @@ torch::Tensor DecodeStep::run(TransformerImpl& m, int64_t id, KVCache& cache, co
     reset(p.qkv, gemv_rows);
     reset(p.o, gemv_rows);
     reset(p.gate_up, gemv_rows);
-    p.gate_up.add(gemv(layer.mlp->gate_proj, dt, xn, gu));
-    p.gate_up.add(gemv(layer.mlp->up_proj, dt, xn, gu + I * es));
+    p.gate_up.add(step_gemv(layer.mlp->gate_proj, dt, xn, gu));
+    p.gate_up.add(step_gemv(layer.mlp->up_proj, dt, xn, gu + I * es));
     reset(p.down, gemv_rows);
-    p.down.add(gemv(layer.mlp->down_proj, dt, act, x, h));
+    p.down.add(step_gemv(layer.mlp->down_proj, dt, act, x, h));
     p.rows.clear();
 
     auto& b0 = cache.buffer(i, 0);  // GQA: k; MLA: c
@@ -202,60 +156,16 @@ torch::Tensor DecodeStep::run(TransformerImpl& m, int64_t id, KVCache& cache, co
     at.start = ctx.start, at.window = ctx.window, at.scale = scale;
     at.valid = valid.defined() ? valid.data_ptr<bool>() : nullptr;
     at.out = att;
-    if (!mla) {
-      const auto* a = gqa_of(m, i);
-      char *q = qkv, *k = q + Hq * D * es, *v = k + Hkv * D * es;
-      p.qkv.add(gemv(a->q_proj, dt, xn, q));
-      p.qkv.add(gemv(a->k_proj, dt, xn, k));
-      p.qkv.add(gemv(a->v_proj, dt, xn, v));
-      p.o.add(gemv(a->o_proj, dt, att, h, x));
-      for (int64_t j = 0; j < Hq; ++j) p.rows.push_back({q + j * D * es, qr + j * D * es, cos, sin, D});
-      for (int64_t j = 0; j < Hkv; ++j) p.rows.push_back({k + j * D * es, slot_of(b0, j, slot, es), cos, sin, D});
-      for (int64_t j = 0; j < Hkv; ++j) p.rows.push_back({v + j * D * es, slot_of(b1, j, slot, es), nullptr, nullptr, D});
-      at.groups = Hkv, at.D1 = D, at.Dv = D;
-      at.q1 = kernels::Operand{qr, Hq * D, D, D};
-      at.k1 = operand_of(b0, false);
-      at.v = operand_of(b1, false);
-    } else {
-      auto* a = mla_of(m, i);
-      const auto& aw = a->absorbed_weights();  // rebuilt here, outside the region, if a source weight changed
-      char *q = qkv, *kr = q + Hq * (r + Lat) * es, *c = kr + Hkv * r * es;
-      p.qkv.add(gemv(aw.w_q, aw.b_q, dt, xn, q));
-      p.qkv.add(gemv(a->k_r_proj, dt, xn, kr));
-      const auto& kv = a->kv_proj;
-      if (kv->down_kv) {
-        p.qkv.add(gemv(kv->down_kv, dt, xn, c));
-      } else {  // split latent: c = [c_k | c_v]
-        p.qkv.add(gemv(kv->down_k, dt, xn, c));
-        p.qkv.add(gemv(kv->down_v, dt, xn, c + kv->down_k->weight.size(0) * es));
-      }
-      p.o.add(gemv(aw.w_o, aw.b_o, dt, att, h, x));
-      // cos/sin at each KV head's kept dims (query head j rotates as KV head j / g).
-      char* csl = cs + i * Hkv * 2 * r * es;
-      const auto dims = a->k_rope_dims().accessor<int64_t, 2>();  // [Hkv, r]
-      for (int64_t kh = 0; kh < Hkv; ++kh)
-        for (int64_t e = 0; e < r; ++e) {
-          std::memcpy(csl + (kh * 2 * r + e) * es, cos + dims[kh][e] * es, static_cast<size_t>(es));
-          std::memcpy(csl + ((kh * 2 + 1) * r + e) * es, sin + dims[kh][e] * es, static_cast<size_t>(es));
-        }
-      auto cos_of = [&](int64_t kh) { return csl + kh * 2 * r * es; };
-      auto sin_of = [&](int64_t kh) { return csl + (kh * 2 + 1) * r * es; };
-      for (int64_t j = 0; j < Hq; ++j) p.rows.push_back({q + j * r * es, qr + j * r * es, cos_of(j / g), sin_of(j / g), r});
-      for (int64_t j = 0; j < Hkv; ++j) p.rows.push_back({kr + j * r * es, slot_of(b1, j, slot, es), cos_of(j), sin_of(j), r});
-      p.rows.push_back({c, slot_of(b0, 0, slot, es), nullptr, nullptr, Lat});
-      // Every head scores against the one latent c; the RoPE part against its KV head's k_r.
-      at.groups = 1, at.D1 = Lat, at.D2 = r, at.Dv = Lat;
-      at.q1 = kernels::Operand{q + Hq * r * es, Hq * (r + Lat), Lat, Hq * (r + Lat)};
-      at.q2 = kernels::Operand{qr, Hq * r, r, r};
-      at.k1 = operand_of(b0, true);
-      at.v = at.k1;
-      at.k2 = operand_of(b1, false);
-    }
+    StepIO io;
+    io.dt = dt, io.es = es, io.xn = xn, io.x = x, io.h = h;
+    io.qkv = qkv, io.qr = qr, io.att = att, io.cs = cs + cs_at_[static_cast<size_t>(i)] * es;
+    io.cos = cos, io.sin = sin, io.slot = slot;
+    layer.self_attn->plan_step(io, b0, b1, AttnStepPlan{&p.qkv, &p.o, &p.rows, &at});
     p.splits = kernels::DecodeSplits::plan(at, threads);
     max_groups = std::max(max_groups, p.splits.groups);
     max_partials = std::max(max_partials, static_cast<size_t>(p.splits.partial_floats()));
+    Dv = std::max(Dv, at.Dv);
   }
-  const int64_t Dv = mla ? Lat : D;
   if (partials_.size() < max_partials + static_cast<size_t>((threads + 1) * Dv))
     partials_.resize(max_partials + static_cast<size_t>((threads + 1) * Dv));
 

@@ -45,6 +45,7 @@ class DecodeStep {
   std::unique_ptr<Plans> plans_; // rebuilt at every step (weights may be reloaded, cache buffers move as they
                                  // grow) into vectors kept between steps, so a warm step allocates nothing
   torch::Tensor scratch_;                      // the activations of one layer, compute dtype (see run())
+  std::vector<int64_t> cs_at_;                 // where each layer's cos/sin slab starts in scratch_, in values
   std::vector<float> partials_;                // attention's per-split partial softmaxes, then merge scratch
   std::unique_ptr<std::atomic<int64_t>[]> counters_;  // per layer: GEMV tails, attention items and groups
   size_t n_counters_ = 0;

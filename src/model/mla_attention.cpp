@@ -1,6 +1,7 @@
 #include "model/mla_attention.h"
 
 #include <cmath>
+#include <cstring>
 
 #include "kernels/attention.h"
 #include "kernels/gemv.h"
@@ -263,6 +264,60 @@ torch::Tensor MLAAttentionImpl::attend_absorbed(const torch::Tensor& q_r, const 
   auto o = kernels::matmul(o_latent, w_uv.transpose(1, 2));                                       // [B, n_kv, g·T, d_h]
   if (kv_proj->up_v->bias.defined()) o = o + kv_proj->up_v->bias.view({1, n_kv_, 1, d_h_});
   return o.view({B, n_h_, T, d_h_});
+}
+
+std::string MLAAttentionImpl::step_unsupported(const AttnContext& ctx, torch::ScalarType t) {
+  if (!decodes_absorbed(ctx)) return "decodes MLA without absorbed weights";
+  bool ok = streamable(k_r_proj, t);
+  for (const auto* d : {&kv_proj->down_kv, &kv_proj->down_k, &kv_proj->down_v}) ok = ok && (!*d || streamable(*d, t));
+  return ok ? "" : "has a matrix the GEMV cannot stream";
+}
+
+StepScratch MLAAttentionImpl::step_scratch() const {
+  const int64_t Lat = kv_proj->latent_dim();
+  // q (RoPE rows, then latent queries) | k_r | c; rotated RoPE queries; the latent output per head; cos/sin at
+  // each KV head's kept dims.
+  return {n_h_ * (r_ + Lat) + n_kv_ * r_ + Lat, n_h_ * r_, n_h_ * Lat, n_kv_ * 2 * r_};
+}
+
+// q (absorbed), k_r and c by one GEMV group; the RoPE rows of q and k_r rotated at each head's kept dims, c copied
+// into its slot; every head scores against the one latent c and, for the RoPE part, its KV head's k_r.
+void MLAAttentionImpl::plan_step(const StepIO& io, SlotBuffer& b0, SlotBuffer& b1, const AttnStepPlan& p) {
+  const int64_t Hq = n_h_, Hkv = n_kv_, r = r_, g = Hq / Hkv, es = io.es, Lat = kv_proj->latent_dim();
+  const auto& aw = absorbed_weights();  // rebuilt here, outside the step's parallel region, if a weight changed
+  char *q = io.qkv, *kr = q + Hq * (r + Lat) * es, *c = kr + Hkv * r * es;
+  p.qkv->add(step_gemv(aw.w_q, aw.b_q, io.dt, io.xn, q));
+  p.qkv->add(step_gemv(k_r_proj, io.dt, io.xn, kr));
+  const auto& kv = kv_proj;
+  if (kv->down_kv) {
+    p.qkv->add(step_gemv(kv->down_kv, io.dt, io.xn, c));
+  } else {  // split latent: c = [c_k | c_v]
+    p.qkv->add(step_gemv(kv->down_k, io.dt, io.xn, c));
+    p.qkv->add(step_gemv(kv->down_v, io.dt, io.xn, c + kv->down_k->weight.size(0) * es));
+  }
+  p.o->add(step_gemv(aw.w_o, aw.b_o, io.dt, io.att, io.h, io.x));
+  // cos/sin at each KV head's kept dims (query head j rotates as KV head j / g).
+  char* csl = io.cs;
+  const auto dims = k_dims_.accessor<int64_t, 2>();  // [Hkv, r]
+  for (int64_t kh = 0; kh < Hkv; ++kh)
+    for (int64_t e = 0; e < r; ++e) {
+      std::memcpy(csl + (kh * 2 * r + e) * es, io.cos + dims[kh][e] * es, static_cast<size_t>(es));
+      std::memcpy(csl + ((kh * 2 + 1) * r + e) * es, io.sin + dims[kh][e] * es, static_cast<size_t>(es));
+    }
+  auto cos_of = [&](int64_t kh) { return csl + kh * 2 * r * es; };
+  auto sin_of = [&](int64_t kh) { return csl + (kh * 2 + 1) * r * es; };
+  for (int64_t j = 0; j < Hq; ++j)
+    p.rows->push_back({q + j * r * es, io.qr + j * r * es, cos_of(j / g), sin_of(j / g), r});
+  for (int64_t j = 0; j < Hkv; ++j)
+    p.rows->push_back({kr + j * r * es, slot_of(b1, j, io.slot, es), cos_of(j), sin_of(j), r});
+  p.rows->push_back({c, slot_of(b0, 0, io.slot, es), nullptr, nullptr, Lat});
+  auto& at = *p.attn;
+  at.groups = 1, at.D1 = Lat, at.D2 = r, at.Dv = Lat;
+  at.q1 = kernels::Operand{q + Hq * r * es, Hq * (r + Lat), Lat, Hq * (r + Lat)};
+  at.q2 = kernels::Operand{io.qr, Hq * r, r, r};
+  at.k1 = operand_of(b0, true);
+  at.v = at.k1;
+  at.k2 = operand_of(b1, false);
 }
 
 }  // namespace mha2mla::model

@@ -45,6 +45,9 @@ class MLAAttentionImpl : public AttentionImpl {
   MLAAttentionImpl(const io::ModelConfig& cfg, int64_t layer, const torch::TensorOptions& opt);
   torch::Tensor forward(const torch::Tensor& x, const AttnContext& ctx, const torch::Tensor& residual) override;
   std::vector<BufferSpec> cache_spec() const override { return spec_; }
+  std::string step_unsupported(const AttnContext& ctx, torch::ScalarType t) override;
+  StepScratch step_scratch() const override;
+  void plan_step(const StepIO& io, SlotBuffer& b0, SlotBuffer& b1, const AttnStepPlan& p) override;
   // c [1, latent_dim] (shared by all heads) and k_r [n_kv, r]. Default axes chosen by measured perplexity (docs/serving.md).
   static std::vector<BufferSpec> spec(const io::ModelConfig& cfg) {
     return {{"c", 1, cfg.mla.latent_dim(cfg.num_kv_heads, cfg.head_dim), QuantAxis::Token, BufferRole::Latent},
