@@ -3,5 +3,5 @@
 #include "kernels/attention_avx512_impl.h"
 
 namespace mha2mla::kernels::avx512 {
-const AttnKernels kAttnF32{prefill_tile, decode_split};
+const AttnKernels kAttnF32{prefill_tile<false>, decode_split<false>};
 }  // namespace mha2mla::kernels::avx512

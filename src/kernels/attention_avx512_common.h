@@ -45,7 +45,6 @@ inline void pv_f32(const float* St, int64_t Rp, int64_t r0, int64_t nb, const fl
     for (int c = 0; c < NC; ++c) _mm512_storeu_ps(acc + (r0 + r) * Dvp + dv0 + 16 * c, a[r][c]);
 }
 
-#ifdef __AVX512BF16__
 // As pv_f32 with bf16 pairs of keys: Pp[j/2][rows] and Vp[j/2][Dvp] hold (x[j], x[j+1]).
 template <int RB, int NC>
 inline void pv_bf16(const uint32_t* Pp, int64_t Rp, int64_t r0, int64_t npairs, const uint32_t* Vp, int64_t Dvp,
@@ -72,7 +71,6 @@ inline __m512i interleave_bf16(__m512i lo_hi) {
                                        21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
   return _mm512_permutexvar_epi16(idx, lo_hi);
 }
-#endif
 
 struct PVF32 {
   const float* St; int64_t Rp, r0, nb; const float* const* vrow; float* acc; int64_t Dvp;
@@ -80,13 +78,11 @@ struct PVF32 {
   void operator()(int64_t dv0, __mmask16 last) const { pv_f32<RB, NC>(St, Rp, r0, nb, vrow, dv0, last, acc, Dvp); }
 };
 
-#ifdef __AVX512BF16__
 struct PVBf16 {
   const uint32_t* Pp; int64_t Rp, r0, npairs; const uint32_t* Vp; int64_t Dvp; float* acc;
   template <int RB, int NC>
   void operator()(int64_t dv0, __mmask16) const { pv_bf16<RB, NC>(Pp, Rp, r0, npairs, Vp, Dvp, dv0, acc); }
 };
-#endif
 
 template <class F>
 inline void for_row_blocks(int64_t R, F&& f) {
@@ -138,7 +134,6 @@ inline void dot16(const float* q, const float* const* k, int64_t Dr, __m512* acc
   }
 }
 
-#ifdef __AVX512BF16__
 // dot16 on bf16 rows as stored: pairs multiply exactly and accumulate in f32 (vdpbf16ps), with no conversion.
 inline void dot16_bf16(const uint16_t* q, const uint16_t* const* k, int64_t D, __m512* acc) {
   for (int64_t d = 0; d < D; d += 32) {
@@ -147,9 +142,7 @@ inline void dot16_bf16(const uint16_t* q, const uint16_t* const* k, int64_t D, _
       acc[j] = _mm512_dpbf16_ps(acc[j], (__m512bh)_mm512_loadu_si512(k[j] + d), (__m512bh)qv);
   }
 }
-#endif
 
-#ifdef __AVX512BF16__
 // 4-bit codes as bf16: exact (0..15), turned into bf16 pairs through tables; shared by the in-place 4-bit paths
 // of the MLA lanes (attention_avx512_mla_lanes.h) and of the split decode (attention_avx512_split_bf16.h).
 struct Q4Tables {
@@ -198,7 +191,6 @@ inline void bf16_rows_to_pairs(const uint16_t* rowa, const uint16_t* rowb, int64
   }
 }
 
-#endif
 
 // One query row (position pos) against a block of kDecBlock keys from j0, nb of them real: masks the scores
 // (log2 domain) of keys the row does not see unless the whole block is visible, writes the block's

@@ -13,10 +13,11 @@ namespace {
 // reduced per key; K/V rows shared by every row of the work item are converted once per block.
 // (kDecBlock, the keys per block, is in attention_avx512_common.h.)
 
+// kBf16: the CPU has vdpbf16ps (bf16 and 4-bit caches on their pairs paths, bf16 keys scored as stored).
+template <bool kBf16>
 void decode_split(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, int64_t s1, const Partial& out) {
-  if (lanes_apply(a)) return decode_lanes(a, b, s0, s1, out);
-#ifdef __AVX512BF16__
-  if (split_bf16_apply(a)) {
+  if (lanes_apply(a)) return decode_lanes<kBf16>(a, b, s0, s1, out);
+  if constexpr (kBf16) if (split_bf16_apply(a)) {
     if (a.kq) return decode_split_bf16(a, *a.kq, *a.vq, b, grp, s0, s1, out);
     // A bf16 cache is the in-place path's residual from slot 0 (1.2x faster than the f32 sums below at 32K).
     QuantDesc kd, vd;
@@ -24,17 +25,12 @@ void decode_split(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, int64_t
     kd.group = 1, vd.group = a.Dv;
     return decode_split_bf16(a, kd, vd, b, grp, s0, s1, out);
   }
-#endif
   const int64_t g = a.Hq / a.groups, R = g * a.T, hdiv = a.Hq / a.Hkv;
   const int64_t D1r = round_up(a.D1, 16), D2r = round_up(a.D2, 16), Dv = a.Dv, Dvp = round_up(Dv, 16);
   const bool f32 = a.dtype == DType::F32 && a.D1 % 16 == 0 && Dv % 16 == 0 && !a.kq && !a.vq;
   const bool v_is_k = a.v.p != nullptr && a.v.p == a.k1.p && a.v.sb == a.k1.sb && a.v.sh == a.k1.sh && a.v.sr == a.k1.sr && Dv == a.D1;
-#ifdef __AVX512BF16__
   // bf16 keys are scored as stored; the scale is applied to the sums instead of to q.
-  const bool bf16dot = a.dtype == DType::BF16 && !a.kq && a.D1 % 32 == 0;
-#else
-  const bool bf16dot = false;
-#endif
+  const bool bf16dot = kBf16 && a.dtype == DType::BF16 && !a.kq && a.D1 % 32 == 0;
   Scratch sc(R * (D1r + D2r) * 4 + R * kDecBlock * 4 + R * Dvp * 4 + R * 8 * 4 + kDecBlock * (D1r + Dvp) * 4 +
              kDecBlock * R * D2r * 4 + (D1r + Dvp + D2r) * 4 + R * 8 + 64 * 16);
   if (!sc.ok()) return;
@@ -137,12 +133,12 @@ void decode_split(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, int64_t
       float* pr = P + r * kDecBlock;
       __m512 dacc[kDecBlock];
       for (int j = 0; j < kDecBlock; ++j) dacc[j] = _mm512_setzero_ps();
-#ifdef __AVX512BF16__
-      if (bf16dot)
-        dot16_bf16(Qb[r], kbrow, a.D1, dacc);
-      else
-#endif
+      if constexpr (kBf16) {
+        if (bf16dot) dot16_bf16(Qb[r], kbrow, a.D1, dacc);
+        else dot16(Q1 + r * D1r, krow, D1r, dacc);
+      } else {
         dot16(Q1 + r * D1r, krow, D1r, dacc);
+      }
       if (a.D2) dot16(Q2 + r * D2r, k2row, D2r, dacc);
       __m512 sums = reduce16(dacc);
       if (bf16dot) sums = _mm512_mul_ps(sums, _mm512_set1_ps(c));

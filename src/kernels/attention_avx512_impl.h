@@ -1,7 +1,8 @@
 #pragma once
 // The AVX-512 attention kernels, one file per algorithm; included by attention_avx512.cpp (f32 math for every
-// storage type) and attention_avx512bf16.cpp (adds vdpbf16ps where __AVX512BF16__ is defined), which instantiate
-// them as AttnKernels. Everything has internal linkage.
+// storage type) and attention_avx512bf16.cpp (compiled with -mavx512bf16), which instantiate them as AttnKernels.
+// The vdpbf16ps paths are a template parameter (kBf16) of each algorithm, not an #ifdef: the plain instantiation
+// discards them (if constexpr), so its file never emits an instruction its CPU lacks. Internal linkage throughout.
 //   attention_avx512_common.h      masking, P·V tiles, block dot products, a row's block softmax, 4-bit tables
 //   attention_avx512_prefill.h     flash prefill tiles (prefill_tile)
 //   attention_avx512_mla_lanes.h   absorbed MLA decode, query rows as lanes (decode_lanes, 4-bit in place)

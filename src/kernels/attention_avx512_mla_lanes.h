@@ -47,7 +47,6 @@ inline void lane_pv(const float* P, int64_t nb, const float* K, int64_t ks, int6
   for (int c = 0; c < NC; ++c) _mm512_store_ps(acc + (d0 + c) * 16, o[c]);
 }
 
-#ifdef __AVX512BF16__
 // Scores on bf16 keys as stored, read in place: Qp[dp][lanes] holds the pair (q[2dp], q[2dp+1]) of each
 // row, each vdpbf16ps does two multiply-adds, and the log2-domain scale c is applied to the sums. Segment i
 // holds pairs qoff[i]/2.. of the concatenated key, at row p[i] + s * stride[i] of its cache buffer (no gather:
@@ -90,7 +89,6 @@ inline void lane_pv_bf16(const uint32_t* P2, int64_t npairs, const uint32_t* V2,
   for (int c = 0; c < NC; ++c) _mm512_store_ps(acc + (d0 + c) * 16, o[c]);
 }
 
-#endif
 
 // The lanes' running max, sum and accumulator acc[Dv][16] as the Partial of rows 0..R-1.
 inline void store_lane_partial(__m512 m, __m512 l, const float* acc, int64_t R, int64_t Dv, const Partial& out) {
@@ -136,7 +134,6 @@ inline __m512 lanes_block_softmax(const AttnArgs& a, const bool* valid, int64_t 
   return al;
 }
 
-#ifdef __AVX512BF16__
 // ---------------------------------------------------------------------------------------------
 // decode_lanes over a 4-bit latent (per-token groups) and 4-bit rotary keys (per channel, KIVI), read in
 // place. Codes 0..15 are exact in bf16, so every byte becomes the bf16 pair of its two codes (a 256-entry
@@ -368,22 +365,19 @@ void decode_lanes_q4(const AttnArgs& a, int64_t b, int64_t s0, int64_t s1, const
     _mm512_store_ps(acc + d * 16, _mm512_add_ps(_mm512_load_ps(acc + d * 16), _mm512_load_ps(pz + (d / G) * 16)));
   store_lane_partial(m, l, acc, R, L, out);
 }
-#endif
 
+// kBf16: the CPU has vdpbf16ps (bf16 caches scored and summed on pairs, 4-bit ones in place).
+template <bool kBf16>
 void decode_lanes(const AttnArgs& a, int64_t b, int64_t s0, int64_t s1, const Partial& out) {
-#ifdef __AVX512BF16__
-  if (lanes_q4_apply(a)) return decode_lanes_q4(a, b, s0, s1, out);
-#endif
+  if constexpr (kBf16)
+    if (lanes_q4_apply(a)) return decode_lanes_q4(a, b, s0, s1, out);
   const int64_t R = a.Hq * a.T, hdiv = a.Hq / a.Hkv, Dv = a.Dv;
   const int64_t nh2 = a.D2 ? a.Hkv : 0;             // every RoPE head has rows (R = Hq * T)
   const int64_t Dt = a.D1 + nh2 * a.D2;             // concatenated key length
-#ifdef __AVX512BF16__
   // bf16 keys are scored and summed as stored, two per instruction, read in place: every piece must hold
   // whole pairs and every RoPE head fit the segment table. Other shapes take the f32 path (about 6 % slower).
-  const bool pairs = a.dtype == DType::BF16 && !a.kq && !a.k2q && a.D1 % 2 == 0 && a.D2 % 2 == 0 && nh2 <= 16;
-#else
-  const bool pairs = false;
-#endif
+  const bool pairs =
+      kBf16 && a.dtype == DType::BF16 && !a.kq && !a.k2q && a.D1 % 2 == 0 && a.D2 % 2 == 0 && nh2 <= 16;
   const int64_t Dp = (Dt + 1) / 2;                  // pairs per key (pairs mode)
   const int64_t ks = round_up(Dt, 16) + 16;         // row_to_f32 pads each piece to 16
   const int64_t vs = round_up(Dv, 16);              // V2 row stride (pairs mode)
@@ -426,8 +420,7 @@ void decode_lanes(const AttnArgs& a, int64_t b, int64_t s0, int64_t s1, const Pa
   const bool* valid = a.valid ? a.valid + b * a.S : nullptr;
   const __m512i posv = _mm512_load_si512(pos);
   __m512 m = _mm512_set1_ps(kNegInf), l = _mm512_setzero_ps();
-#ifdef __AVX512BF16__
-  KeySegs segs;
+  [[maybe_unused]] KeySegs segs;
   if (pairs) {
     segs.p[0] = reinterpret_cast<const uint16_t*>(row_ptr(a.k1, a.dtype, b, 0, 0));
     segs.stride[0] = a.k1.sr, segs.n[0] = a.D1, segs.qoff[0] = 0;
@@ -437,7 +430,6 @@ void decode_lanes(const AttnArgs& a, int64_t b, int64_t s0, int64_t s1, const Pa
     }
     segs.count = static_cast<int>(1 + nh2);
   }
-#endif
   for (int64_t j0 = lo; j0 < hi; j0 += kLaneBlock) {
     const int64_t nb = imin(kLaneBlock, hi - j0), nb8 = round_up(nb, 8);
     // Gather the block's key rows [c | k_r of each RoPE head].
@@ -453,21 +445,20 @@ void decode_lanes(const AttnArgs& a, int64_t b, int64_t s0, int64_t s1, const Pa
       }
     }
     // Rows nb..nb8 hold the zeros of the first memset or keys of an earlier block: finite, and masked below.
-#ifdef __AVX512BF16__
     if (pairs) {
-      int64_t j = 0;
-      for (; j + 8 <= nb; j += 8) lane_scores_bf16_rows<8>(Qp, segs, j0 + j, St + j * 16, _mm512_set1_ps(c));
-      for (; j < nb; ++j) lane_scores_bf16_rows<1>(Qp, segs, j0 + j, St + j * 16, _mm512_set1_ps(c));
-    } else
-#endif
-    {
+      if constexpr (kBf16) {
+        int64_t j = 0;
+        for (; j + 8 <= nb; j += 8) lane_scores_bf16_rows<8>(Qp, segs, j0 + j, St + j * 16, _mm512_set1_ps(c));
+        for (; j < nb; ++j) lane_scores_bf16_rows<1>(Qp, segs, j0 + j, St + j * 16, _mm512_set1_ps(c));
+      }
+    } else {
       for (int64_t j = 0; j < nb8; j += 8) lane_scores<8>(Qt, Dt, Kb + j * ks, ks, St + j * 16);
     }
     const __m512 al = lanes_block_softmax(a, valid, j0, nb, nb8, pmin, pmax, posv, St, m, l);
     for (int64_t d = 0; d < Dv; ++d) _mm512_store_ps(acc + d * 16, _mm512_mul_ps(al, _mm512_load_ps(acc + d * 16)));
     int64_t d0 = 0;
-#ifdef __AVX512BF16__
     if (pairs) {
+      if constexpr (kBf16) {
       // Pairs of keys: probabilities rounded to bf16 (as prefill does), latent rows interleaved.
       const int64_t npairs = (nb + 1) / 2;  // probabilities past nb are 0
       for (int64_t jp = 0; jp < npairs; ++jp) {
@@ -481,9 +472,9 @@ void decode_lanes(const AttnArgs& a, int64_t b, int64_t s0, int64_t s1, const Pa
       for (; d0 + 16 <= Dv; d0 += 16) lane_pv_bf16<16>(P2, npairs, V2, vs, d0, acc);
       for (; d0 + 8 <= Dv; d0 += 8) lane_pv_bf16<8>(P2, npairs, V2, vs, d0, acc);
       for (; d0 < Dv; ++d0) lane_pv_bf16<1>(P2, npairs, V2, vs, d0, acc);
+      }
       continue;
     }
-#endif
     for (; d0 + 16 <= Dv; d0 += 16) lane_pv<16>(St, nb8, Kb, ks, d0, acc);
     for (; d0 + 8 <= Dv; d0 += 8) lane_pv<8>(St, nb8, Kb, ks, d0, acc);
     for (; d0 < Dv; ++d0) lane_pv<1>(St, nb8, Kb, ks, d0, acc);

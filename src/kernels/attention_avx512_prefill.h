@@ -30,7 +30,6 @@ inline void qk_f32(const float* Qt, int64_t Rp, int64_t D, const float* const* k
     for (int v = 0; v < NV; ++v) _mm512_storeu_ps(St + j * Rp + (rv0 + v) * 16, _mm512_mul_ps(acc[j][v], cv));
 }
 
-#ifdef __AVX512BF16__
 // As qk_f32 with bf16 pairs: Qp[d/2][rows] holds (q[d], q[d+1]) per row; K pairs are broadcast.
 template <int NV, int KJ>
 inline void qk_bf16(const uint32_t* Qp, int64_t Rp, int64_t D, const uint16_t* const* krow, float* St, int64_t rv0,
@@ -54,16 +53,13 @@ inline void qk_bf16(const uint32_t* Qp, int64_t Rp, int64_t D, const uint16_t* c
   for (int j = 0; j < KJ; ++j)
     for (int v = 0; v < NV; ++v) _mm512_storeu_ps(St + j * Rp + (rv0 + v) * 16, _mm512_mul_ps(acc[j][v], cv));
 }
-#endif
 
+// kBf16: the CPU has vdpbf16ps, and bf16 tiles are scored and summed on pairs as stored.
+template <bool kBf16>
 void prefill_tile(const AttnArgs& a, int64_t b, int64_t kvh, int64_t t0, int64_t tq) {
   const int64_t g = a.Hq / a.Hkv, R = g * tq, NV = (R + 15) / 16, Rp = NV * 16;
   const int64_t D = a.D1, Dv = a.Dv, Dvp = round_up(Dv, 16);
-#ifdef __AVX512BF16__
-  const bool pairs = a.dtype == DType::BF16;  // D even is checked by the front end
-#else
-  const bool pairs = false;
-#endif
+  const bool pairs = kBf16 && a.dtype == DType::BF16;  // D even is checked by the front end
   const bool conv_k = !pairs && a.dtype != DType::F32, conv_v = a.dtype != DType::F32 || (Dv % 16) != 0;
   Scratch sc(Rp * D * 4 + kBc * Rp * 4 * 2 + Rp * Dvp * 4 + Rp * 4 * 4 + kBc * round_up(D, 16) * 4 +
              kBc * Dvp * 4 + 64 * 12);
@@ -134,12 +130,11 @@ void prefill_tile(const AttnArgs& a, int64_t b, int64_t kvh, int64_t t0, int64_t
       qk_f32<NVV, KJ>(Qt, Rp, D, krow + j, St + j * Rp, rv0, c);                                             \
     }                                                                                                        \
   } while (0)
-#ifdef __AVX512BF16__
-#define MHA2MLA_QK_BF16(NVV, KJ) \
-  qk_bf16<NVV, KJ>(reinterpret_cast<const uint32_t*>(Qt), Rp, D, krow16 + j, St + j * Rp, rv0, c)
-#else
-#define MHA2MLA_QK_BF16(NVV, KJ) (void)0
-#endif
+#define MHA2MLA_QK_BF16(NVV, KJ)                                                                          \
+  do {                                                                                                    \
+    if constexpr (kBf16)                                                                                  \
+      qk_bf16<NVV, KJ>(reinterpret_cast<const uint32_t*>(Qt), Rp, D, krow16 + j, St + j * Rp, rv0, c); \
+  } while (0)
 #define MHA2MLA_QK_NV(KJ)                  \
   switch (nv) {                            \
     case 1: MHA2MLA_QK(1, KJ); break;      \
@@ -197,7 +192,7 @@ void prefill_tile(const AttnArgs& a, int64_t b, int64_t kvh, int64_t t0, int64_t
     }
     // acc += P V.
     if (pairs) {
-#ifdef __AVX512BF16__
+      if constexpr (kBf16) {
       const int64_t npairs = (nb + 1) / 2;
       auto* Vp = reinterpret_cast<uint32_t*>(Vf);
       for (int64_t jp = 0; jp < npairs; ++jp) {
@@ -223,7 +218,7 @@ void prefill_tile(const AttnArgs& a, int64_t b, int64_t kvh, int64_t t0, int64_t
         PVBf16 pv{Pp, Rp, r0, npairs, Vp, Dvp, acc};
         if (rb == 4) dispatch_chunks<4>(Dvp, pv); else dispatch_chunks<1>(Dvp, pv);
       });
-#endif
+      }
     } else {
       for (int64_t j = 0; j < nb; ++j) {
         const char* vr = row_ptr(a.v, a.dtype, b, kvh, j0 + j);

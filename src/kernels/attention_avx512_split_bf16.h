@@ -5,7 +5,6 @@
 
 namespace mha2mla::kernels {
 namespace {
-#ifdef __AVX512BF16__
 // ---------------------------------------------------------------------------------------------
 // decode_split in bf16 over 4-bit keys quantized per channel (KIVI) and values quantized per token, read in
 // place, or over a bf16 cache. Codes 0..15 are exact in bf16, so scale and zero point act on sums:
@@ -194,7 +193,6 @@ void decode_split_bf16(const AttnArgs& a, const QuantDesc& kq, const QuantDesc& 
     for (int64_t d = 0; d < Dv; ++d) out.acc[r * Dv + d] = acc[r * Da + d] + (v4 ? acc[r * Da + Dvp + d / Gv] : 0.f);
   }
 }
-#endif
 
 }  // namespace
 }  // namespace mha2mla::kernels

@@ -3,5 +3,5 @@
 #include "kernels/attention_avx512_impl.h"
 
 namespace mha2mla::kernels::avx512bf16 {
-const AttnKernels kAttn{prefill_tile, decode_split};
+const AttnKernels kAttn{prefill_tile<true>, decode_split<true>};
 }  // namespace mha2mla::kernels::avx512bf16
