@@ -5,6 +5,7 @@
 #include "io/safetensors.h"
 #include "kernels/cache_format.h"
 #include "kernels/cpu_features.h"
+#include "model/execution_plan.h"
 #include "util/error.h"
 
 namespace mha2mla::cli {
@@ -107,7 +108,8 @@ nlohmann::json runtime_json(const model::RuntimeOptions& rt) {
                    {"attn", model::attn_mode_name(rt.attn)},
                    {"attn_kernel", rt.reference_attention ? "reference" : "fused"},
                    {"decode_step", rt.decode_step == model::DecodeStepMode::Fused ? "fused" : "layers"},
-                   {"kernels", kernels::variant_name(kernels::resolve_variant(kernels::Variant::Auto))}};
+                   {"kernels", kernels::variant_name(kernels::resolve_variant(kernels::Variant::Auto))},
+                   {"plan", model::plan_execution(rt).to_json()}};
   j["cache_type"] = rt.cache.type ? model::cache_type_name(*rt.cache.type) : "compute dtype";
   if (rt.cache.type && model::is_quantized(*rt.cache.type)) {
     const auto& f = kernels::cache_format(*rt.cache.type);

@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "kernels/gemv.h"
+#include "model/execution_plan.h"
 #include "model/rope.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
@@ -175,6 +176,7 @@ void load_weights(TransformerImpl& m, const io::Checkpoint& ckpt) {
 }
 
 Transformer load_model(const std::string& dir, const RuntimeOptions& rt) {
+  plan_execution(rt);  // contradictory runtime choices fail before anything loads
   auto cfg = io::ModelConfig::load(dir);
   auto ckpt = io::Checkpoint::open(dir);
   Transformer m(cfg, rt.dtype, rt.device);

@@ -130,6 +130,7 @@ TEST_F(Generate, JsonSaysWhichPathsRan) {
   auto fused = run_json(args);
   EXPECT_EQ(fused["execution"]["decode_steps_fused"].get<int64_t>(), 11) << fused.dump();
   EXPECT_EQ(fused["execution"]["decode_steps_layers"].get<int64_t>(), 0);
+  EXPECT_EQ(fused["runtime"]["plan"]["attention"], "cpu " + fused["runtime"]["kernels"].get<std::string>());
   auto q = run_json(args + "--cache-type fp8 --cache-residual 0 --cache-axis k=token");
   EXPECT_EQ(q["execution"]["decode_steps_fused"].get<int64_t>(), 0);
   EXPECT_EQ(q["execution"]["decode_steps_layers"].get<int64_t>(), 11);
