@@ -158,6 +158,18 @@ inline const Q4Tables& q4_tables() {
   return t;
 }
 
+// E4M3 code -> its bf16 value, exactly (bf16 holds every E4M3 value: 8 exponent bits to 4, 7 mantissa bits to 3).
+struct E4M3Tables {
+  uint16_t bf[256];
+  E4M3Tables() {
+    for (int c = 0; c < 256; ++c) bf[c] = f32_to_bf16(e4m3_to_f32(static_cast<uint8_t>(c)));
+  }
+};
+inline const E4M3Tables& e4m3_tables() {
+  static const E4M3Tables t;
+  return t;
+}
+
 // One f16 scale or zero point: vcvtph2ps (F16C), not the portable bit-twiddling of scalar_convert.h.
 inline float half_to_f32(uint16_t h) { return _cvtsh_ss(h); }
 
@@ -178,6 +190,17 @@ inline void codes_to_pairs(const uint8_t* rowa, const uint8_t* rowb, int64_t L, 
     const __m512i x = _mm512_broadcast_i32x4(_mm_unpacklo_epi64(xa, xb));
     const __m512i w = _mm512_and_si512(_mm512_srlv_epi32(_mm512_shuffle_epi8(x, idx), shift), nib);
     _mm512_mask_storeu_epi32(v2 + d, tail_mask(L - d), _mm512_permutexvar_epi16(w, tbl));
+  }
+}
+
+// V2[d] = bf16 pair (e4m3(rowa[d]), e4m3(rowb[d])) of two E4M3 code rows (a missing second row: 0), exact.
+inline void e4m3_rows_to_pairs(const uint8_t* rowa, const uint8_t* rowb, int64_t L, uint32_t* v2) {
+  const __m512 k256 = _mm512_set1_ps(256.f);
+  for (int64_t d = 0; d < L; d += 16) {
+    const int64_t n = imin(16, L - d);
+    const __m512 fa = _mm512_mul_ps(e4m3x16_over256(rowa + d, n), k256);
+    const __m512 fb = rowb ? _mm512_mul_ps(e4m3x16_over256(rowb + d, n), k256) : _mm512_setzero_ps();
+    _mm512_mask_storeu_epi32(v2 + d, tail_mask(L - d), interleave_bf16((__m512i)_mm512_cvtne2ps_pbh(fb, fa)));
   }
 }
 

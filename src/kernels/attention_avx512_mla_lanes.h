@@ -143,13 +143,20 @@ inline __m512 lanes_block_softmax(const AttnArgs& a, const bool* valid, int64_t 
 //   values, per latent group:  Σ_j p_j x_jd = Σ_j (p_j scale_gj) code_jd + Σ_j p_j zero_gj
 // so a key costs a bf16 key's multiply-adds plus the table lookups and scale terms, from a quarter of the bytes
 // (about 1.5x the bf16 kernel's time where both are compute-bound, docs/performance.md). Slots past a buffer's n_quant are
-// read from its bf16 residual.
-// Whether decode_lanes_q4 handles this decode_lanes call.
-inline bool lanes_q4_apply(const AttnArgs& a) {
+// read from its bf16 residual. E4M3 latents and rotary keys (fp8, fp8-flashmla) take the same path (C = E4M3):
+// every E4M3 value is exact in bf16 too (a 256-entry table per byte), and there is no zero point.
+// The codes decode_lanes_codes reads for this decode_lanes call (a 4-bit or an E4M3 latent per token, rotary keys
+// none, all in the bf16 residual, or per channel in the same codes), or -1 where it does not apply.
+inline int lanes_codes_apply(const AttnArgs& a) {
   const QuantDesc* c = a.kq;
   const QuantDesc* r = a.k2q;
-  return a.dtype == DType::BF16 && c && c->bits == 4 && !c->per_channel && c->group % 2 == 0 && a.D1 % 2 == 0 &&
-         a.D2 % 2 == 0 && a.Hkv <= 16 && (a.D2 == 0 || (r && r->bits == 4 && r->per_channel && r->group > 0));
+  if (a.dtype != DType::BF16 || !c || c->per_channel || c->group % 2 != 0 || a.D1 % 2 != 0 || a.D2 % 2 != 0 ||
+      a.Hkv > 16)
+    return -1;
+  if (!(c->codes == Codes::Uint && c->bits == 4) && c->codes != Codes::E4M3) return -1;
+  const bool rotary = a.D2 == 0 || (r && (r->n_quant == 0 || (r->codes == c->codes && r->bits == c->bits &&
+                                                                r->per_channel && r->group > 0)));
+  return rotary ? static_cast<int>(c->codes) : -1;
 }
 
 // Everything a block's score and value loops read, fixed per call.
@@ -178,18 +185,30 @@ inline void dp_bf16_rows(const uint32_t* Q, const uint16_t* base, int64_t rs, in
     }
   }
 }
-template <int KJ>
+template <int KJ, Codes C>
 inline void dp_code_rows(const uint32_t* Q, const uint8_t* base, int64_t rs, int64_t n, __m512* acc) {
-  const uint32_t* tab = q4_tables().pair;
-  for (int64_t i = 0; i < n; ++i) {
-    const __m512bh qv = (__m512bh)_mm512_load_si512(Q + i * 16);
-    for (int j = 0; j < KJ; ++j)
-      acc[j] = _mm512_dpbf16_ps(acc[j], qv, (__m512bh)_mm512_set1_epi32(static_cast<int32_t>(tab[base[j * rs + i]])));
+  if constexpr (C == Codes::Uint) {  // a byte holds the pair
+    const uint32_t* tab = q4_tables().pair;
+    for (int64_t i = 0; i < n; ++i) {
+      const __m512bh qv = (__m512bh)_mm512_load_si512(Q + i * 16);
+      for (int j = 0; j < KJ; ++j)
+        acc[j] = _mm512_dpbf16_ps(acc[j], qv, (__m512bh)_mm512_set1_epi32(static_cast<int32_t>(tab[base[j * rs + i]])));
+    }
+  } else {  // two bytes hold the pair
+    const uint16_t* tab = e4m3_tables().bf;
+    for (int64_t i = 0; i < n; ++i) {
+      const __m512bh qv = (__m512bh)_mm512_load_si512(Q + i * 16);
+      for (int j = 0; j < KJ; ++j) {
+        const uint8_t* p = base + j * rs + 2 * i;
+        const uint32_t pair = tab[p[0]] | static_cast<uint32_t>(tab[p[1]]) << 16;
+        acc[j] = _mm512_dpbf16_ps(acc[j], qv, (__m512bh)_mm512_set1_epi32(static_cast<int32_t>(pair)));
+      }
+    }
   }
 }
 
 // St[j][lanes] for KJ keys from slot s: latent then rotary heads, in the log2 domain (c).
-template <int KJ>
+template <int KJ, Codes C>
 inline void lane_scores_q4(const Q4Call& k, bool cq, bool rq, int64_t s, int64_t n_c, int64_t n_r,
                            const uint32_t* Qp, const uint32_t* Qr, const float* sumq, const float* ksc,
                            const float* kzr, const float* bias, float* St, __m512 c) {
@@ -200,7 +219,8 @@ inline void lane_scores_q4(const Q4Call& k, bool cq, bool rq, int64_t s, int64_t
       const int64_t p0 = g * k.G2, p1 = imin(k.Lp, p0 + k.G2);
       __m512 acc[KJ];
       for (int j = 0; j < KJ; ++j) acc[j] = _mm512_setzero_ps();
-      dp_code_rows<KJ>(Qp + p0 * 16, k.c_codes + s * k.c_sr + p0, k.c_sr, p1 - p0, acc);
+      constexpr int64_t kBytesPerPair = C == Codes::Uint ? 1 : 2;
+      dp_code_rows<KJ, C>(Qp + p0 * 16, k.c_codes + s * k.c_sr + p0 * kBytesPerPair, k.c_sr, p1 - p0, acc);
       const __m512 sq = _mm512_load_ps(sumq + g * 16);
       for (int j = 0; j < KJ; ++j)
         tot[j] = _mm512_fmadd_ps(acc[j], _mm512_set1_ps(ksc[j * k.ng + g]),
@@ -211,14 +231,15 @@ inline void lane_scores_q4(const Q4Call& k, bool cq, bool rq, int64_t s, int64_t
   }
   for (int64_t h = 0; h < k.nh2; ++h) {
     const uint32_t* q = Qr + h * k.Rp2 * 16;
-    if (rq) dp_code_rows<KJ>(q, k.r_codes[h] + s * k.r_sr, k.r_sr, k.Rp2, tot);
+    if (rq) dp_code_rows<KJ, C>(q, k.r_codes[h] + s * k.r_sr, k.r_sr, k.Rp2, tot);
     else dp_bf16_rows<KJ>(q, k.r_res[h] + (s - n_r) * k.r_rsr, k.r_rsr, k.Rp2, tot);
   }
   const __m512 bv = rq ? _mm512_load_ps(bias) : _mm512_setzero_ps();
   for (int j = 0; j < KJ; ++j) _mm512_store_ps(St + j * 16, _mm512_mul_ps(_mm512_add_ps(tot[j], bv), c));
 }
 
-void decode_lanes_q4(const AttnArgs& a, int64_t b, int64_t s0, int64_t s1, const Partial& out) {
+template <Codes C>
+void decode_lanes_codes(const AttnArgs& a, int64_t b, int64_t s0, int64_t s1, const Partial& out) {
   const QuantDesc& cq = *a.kq;
   const QuantDesc* rq = a.k2q;
   const int64_t R = a.Hq * a.T, hdiv = a.Hq / a.Hkv, L = a.D1, r2 = a.D2;
@@ -298,11 +319,17 @@ void decode_lanes_q4(const AttnArgs& a, int64_t b, int64_t s0, int64_t s1, const
         for (int64_t i = 0; i < k.Rp2; ++i) {
           const float* q0 = qrf + (h * r2 + 2 * i) * 16;
           const __m512 x0 = _mm512_load_ps(q0), x1 = _mm512_load_ps(q0 + 16);
-          const __m512 v0 = _mm512_mul_ps(x0, _mm512_set1_ps(half_to_f32(rq->scale[so + 2 * i])));
-          const __m512 v1 = _mm512_mul_ps(x1, _mm512_set1_ps(half_to_f32(rq->scale[so + 2 * i + 1])));
-          _mm512_store_si512(Qrs + (h * k.Rp2 + i) * 16, interleave_bf16((__m512i)_mm512_cvtne2ps_pbh(v1, v0)));
-          bz = _mm512_fmadd_ps(x0, _mm512_set1_ps(half_to_f32(rq->zero[so + 2 * i])), bz);
-          bz = _mm512_fmadd_ps(x1, _mm512_set1_ps(half_to_f32(rq->zero[so + 2 * i + 1])), bz);
+          if constexpr (C == Codes::Uint) {
+            const __m512 v0 = _mm512_mul_ps(x0, _mm512_set1_ps(half_to_f32(rq->scale[so + 2 * i])));
+            const __m512 v1 = _mm512_mul_ps(x1, _mm512_set1_ps(half_to_f32(rq->scale[so + 2 * i + 1])));
+            _mm512_store_si512(Qrs + (h * k.Rp2 + i) * 16, interleave_bf16((__m512i)_mm512_cvtne2ps_pbh(v1, v0)));
+            bz = _mm512_fmadd_ps(x0, _mm512_set1_ps(half_to_f32(rq->zero[so + 2 * i])), bz);
+            bz = _mm512_fmadd_ps(x1, _mm512_set1_ps(half_to_f32(rq->zero[so + 2 * i + 1])), bz);
+          } else {  // f32 scales, no zero point
+            const __m512 v0 = _mm512_mul_ps(x0, _mm512_set1_ps(rq->scale32[so + 2 * i]));
+            const __m512 v1 = _mm512_mul_ps(x1, _mm512_set1_ps(rq->scale32[so + 2 * i + 1]));
+            _mm512_store_si512(Qrs + (h * k.Rp2 + i) * 16, interleave_bf16((__m512i)_mm512_cvtne2ps_pbh(v1, v0)));
+          }
         }
       }
       _mm512_store_ps(bias, bz);
@@ -311,18 +338,22 @@ void decode_lanes_q4(const AttnArgs& a, int64_t b, int64_t s0, int64_t s1, const
       for (int64_t j = 0; j < nb; ++j) {
         const int64_t so = b * cq.s_sb + (j0 + j) * cq.s_sr;
         for (int64_t g = 0; g < ng; ++g) {
-          ksc[j * ng + g] = half_to_f32(cq.scale[so + g]);
-          kzr[j * ng + g] = half_to_f32(cq.zero[so + g]);
+          if constexpr (C == Codes::Uint) {
+            ksc[j * ng + g] = half_to_f32(cq.scale[so + g]);
+            kzr[j * ng + g] = half_to_f32(cq.zero[so + g]);
+          } else {
+            ksc[j * ng + g] = cq.scale32[so + g];  // kzr stays 0
+          }
         }
       }
     }
     const uint32_t* Qrot = rqb ? Qrs : Qr;
     int64_t j = 0;
     for (; j + 8 <= nb; j += 8)
-      lane_scores_q4<8>(k, cqb, rqb, j0 + j, cq.n_quant, rq ? rq->n_quant : 0, Qp, Qrot, sumq, ksc + j * ng,
+      lane_scores_q4<8, C>(k, cqb, rqb, j0 + j, cq.n_quant, rq ? rq->n_quant : 0, Qp, Qrot, sumq, ksc + j * ng,
                         kzr + j * ng, bias, St + j * 16, cv);
     for (; j < nb; ++j)
-      lane_scores_q4<1>(k, cqb, rqb, j0 + j, cq.n_quant, rq ? rq->n_quant : 0, Qp, Qrot, sumq, ksc + j * ng,
+      lane_scores_q4<1, C>(k, cqb, rqb, j0 + j, cq.n_quant, rq ? rq->n_quant : 0, Qp, Qrot, sumq, ksc + j * ng,
                         kzr + j * ng, bias, St + j * 16, cv);
     const __m512 al = lanes_block_softmax(a, valid, j0, nb, nb8, pmin, pmax, posv, St, m, l);
     for (int64_t d = 0; d < L; ++d) _mm512_store_ps(acc + d * 16, _mm512_mul_ps(al, _mm512_load_ps(acc + d * 16)));
@@ -343,7 +374,8 @@ void decode_lanes_q4(const AttnArgs& a, int64_t b, int64_t s0, int64_t s1, const
           _mm512_store_ps(pz + g * 16, z);
         }
         const uint8_t* ra = k.c_codes + (j0 + 2 * jp) * k.c_sr;
-        codes_to_pairs(ra, two ? ra + k.c_sr : nullptr, L, V2 + jp * vs);
+        if constexpr (C == Codes::Uint) codes_to_pairs(ra, two ? ra + k.c_sr : nullptr, L, V2 + jp * vs);
+        else e4m3_rows_to_pairs(ra, two ? ra + k.c_sr : nullptr, L, V2 + jp * vs);
       } else {
         _mm512_store_si512(P2 + jp * 16, interleave_bf16((__m512i)_mm512_cvtne2ps_pbh(p1, p0)));
         const uint16_t* v0 = k.c_res + (j0 + 2 * jp - cq.n_quant) * k.c_rsr;
@@ -369,8 +401,11 @@ void decode_lanes_q4(const AttnArgs& a, int64_t b, int64_t s0, int64_t s1, const
 // kBf16: the CPU has vdpbf16ps (bf16 caches scored and summed on pairs, 4-bit ones in place).
 template <bool kBf16>
 void decode_lanes(const AttnArgs& a, int64_t b, int64_t s0, int64_t s1, const Partial& out) {
-  if constexpr (kBf16)
-    if (lanes_q4_apply(a)) return decode_lanes_q4(a, b, s0, s1, out);
+  if constexpr (kBf16) {
+    const int codes = lanes_codes_apply(a);
+    if (codes == static_cast<int>(Codes::Uint)) return decode_lanes_codes<Codes::Uint>(a, b, s0, s1, out);
+    if (codes == static_cast<int>(Codes::E4M3)) return decode_lanes_codes<Codes::E4M3>(a, b, s0, s1, out);
+  }
   const int64_t R = a.Hq * a.T, hdiv = a.Hq / a.Hkv, Dv = a.Dv;
   const int64_t nh2 = a.D2 ? a.Hkv : 0;             // every RoPE head has rows (R = Hq * T)
   const int64_t Dt = a.D1 + nh2 * a.D2;             // concatenated key length

@@ -235,3 +235,34 @@ TEST(KernelQuantAttention, MlaInt4LayoutsMatchReference) {
     }
   }
 }
+
+// FlashMLA's FP8 layout: an E4M3 latent (f32 scale per group of 128, or per row where it is shorter) beside rotary
+// keys kept in bf16, which the kernels read as a buffer with every slot in its residual; bf16 compute takes the
+// vdpbf16ps lanes path where the CPU has it. Every variant against the reference.
+TEST(KernelQuantAttention, MlaE4M3LatentBesideBf16RotaryKeys) {
+  struct M {
+    int64_t B, Hq, Hkv, T, S, n_quant, L, r, group;
+  };
+  for (const M& c : {M{1, 9, 3, 1, 700, 640, 24, 8, 128}, M{2, 8, 2, 2, 300, 256, 160, 16, 128},
+                     M{1, 16, 16, 1, 200, 192, 64, 4, 32}}) {
+    for (auto dt : {torch::kBFloat16, torch::kFloat32}) {
+      torch::manual_seed(c.S + c.L);
+      auto q_lat = torch::randn({c.B, c.Hq, c.T, c.L}).to(dt), q_rope = torch::randn({c.B, c.Hq, c.T, c.r}).to(dt);
+      auto cq = quantize(torch::randn({c.B, 1, c.S, c.L}), testutil::kE4M3, c.group, false, c.n_quant, dt);
+      QuantizedKV kr;  // no codes: every slot in the residual
+      kr.residual = torch::randn({c.B, c.Hkv, c.S, c.r}).to(dt);
+      kr.data = torch::empty({c.B, c.Hkv, 0, c.r}, torch::kUInt8);
+      kr.scale = torch::empty({c.B, c.Hkv, 0, 1}, torch::kFloat16);
+      kr.zero = kr.scale;
+      kr.group = c.r;
+      const double scale = 1.0 / std::sqrt(static_cast<double>(c.L + c.r));
+      const int64_t start = c.S - c.T;
+      auto want = kernels::quantized_mla_decode_reference(q_lat, q_rope, cq, kr, start, {}, 0, scale);
+      for (auto var : cpu_variants()) {
+        auto got = kernels::quantized_mla_decode_attention(q_lat, q_rope, cq, kr, start, {}, 0, scale, var);
+        expect_close(got, want, dt, kernels::variant_name(var) + " " + c10::toString(dt) + " L " + std::to_string(c.L));
+      }
+    }
+  }
+}
+
