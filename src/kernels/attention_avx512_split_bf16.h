@@ -1,5 +1,5 @@
 #pragma once
-// AVX-512 split-KV decode on vdpbf16ps over bf16 caches and 4-bit KIVI caches read in place (decode_split_bf16).
+// AVX-512 split-KV decode on vdpbf16ps over bf16 caches and 4-bit or E4M3 KIVI caches read in place (decode_split_bf16).
 // Part of the AVX-512 attention kernels (attention_avx512_impl.h); internal linkage, compiled with -mavx512* only.
 #include "kernels/attention_avx512_common.h"
 
@@ -16,12 +16,23 @@ namespace {
 // Values of other widths, or groups that do not split the row into whole vectors, are dequantized to bf16
 // pairs instead. Blocks never straddle a buffer's n_quant or a key group; slots past a buffer's n_quant are
 // read from its bf16 residual.
-// A bf16 cache takes the same path, as the residual of a buffer with nothing quantized.
+// A bf16 cache takes the same path, as the residual of a buffer with nothing quantized. So do E4M3 keys per
+// channel and values per token (C = E4M3): every E4M3 value is exact in bf16, the scales are f32 and there is no
+// zero point.
 inline bool split_bf16_apply(const AttnArgs& a) {
   const QuantDesc* k = a.kq;
   const QuantDesc* v = a.vq;
-  const bool q4 = k && v && k != v && k->bits == 4 && k->per_channel && k->group > 0 && !v->per_channel;
-  return a.dtype == DType::BF16 && (q4 || (!k && !v)) && a.D2 == 0 && a.D1 % 32 == 0 && a.Hq / a.groups * a.T <= 64;
+  const bool kivi = k && v && k != v && k->per_channel && k->group > 0 && !v->per_channel;
+  const bool codes = kivi && ((k->codes == Codes::Uint && k->bits == 4) || k->codes == Codes::E4M3);
+  return a.dtype == DType::BF16 && (codes || (!k && !v)) && a.D2 == 0 && a.D1 % 32 == 0 && a.Hq / a.groups * a.T <= 64;
+}
+
+// 32 E4M3 codes -> their bf16 values, in order (exact).
+inline __m512i e4m3x32_to_bf16(const uint8_t* p) {
+  const __m512 k256 = _mm512_set1_ps(256.f);
+  const __m512 lo = _mm512_mul_ps(e4m3x16_over256(p, 16), k256);
+  const __m512 hi = _mm512_mul_ps(e4m3x16_over256(p + 16, 16), k256);
+  return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
 }
 
 // 32 codes (16 bytes, low nibble first) -> their bf16 values, in order.
@@ -33,11 +44,15 @@ inline __m512i codes32_to_bf16(const uint8_t* p) {
   return _mm512_permutexvar_epi16(idx, tbl);
 }
 
+// C: the keys' codes (Uint: 4-bit; a bf16 cache has none and takes Uint).
+template <Codes C>
 void decode_split_bf16(const AttnArgs& a, const QuantDesc& kq, const QuantDesc& vq, int64_t b, int64_t grp, int64_t s0,
                        int64_t s1, const Partial& out) {
   const int64_t g = a.Hq / a.groups, R = g * a.T, hdiv = a.Hq / a.Hkv, D = a.D1, Dv = a.Dv, Dvp = round_up(Dv, 16);
   const int64_t kv0 = grp * g / hdiv;
-  const bool v4 = vq.bits == 4 && (vq.group >= Dv || vq.group % 16 == 0);  // values summed on their codes
+  // Values summed on their codes (4-bit, or E4M3 beside E4M3 keys).
+  const bool v4 = (C == Codes::Uint ? vq.codes == Codes::Uint && vq.bits == 4 : vq.codes == Codes::E4M3) &&
+                  (vq.group >= Dv || vq.group % 16 == 0);
   const int64_t Gv = v4 ? imin(vq.group, Dv) : Dv, ngv = (Dv + Gv - 1) / Gv;
   // acc rows: Σ p·scale·code (or Σ p·x) over Dvp columns, then Σ p·zero of each value group, so that the
   // running-max rescale covers both.
@@ -98,25 +113,42 @@ void decode_split_bf16(const AttnArgs& a, const QuantDesc& kq, const QuantDesc& 
     }
     if (kqb && j0 / kq.group != key_group) {
       key_group = j0 / kq.group;
-      const uint16_t* scl = kq.scale + ksb + key_group * kq.s_sr;
-      const uint16_t* zr = kq.zero + ksb + key_group * kq.s_sr;
-      for (int64_t r = 0; r < R; ++r) {
-        __m512 bz = _mm512_setzero_ps();
-        for (int64_t d = 0; d < D; d += 16) {
-          const __m512 x = _mm512_castsi512_ps(_mm512_slli_epi32(
-              _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(Qb[r] + d))), 16));
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(Qs + r * D + d),
-                              (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(x, load_f16x16(scl + d, 0xffff))));
-          bz = _mm512_fmadd_ps(x, load_f16x16(zr + d, 0xffff), bz);
+      if constexpr (C == Codes::E4M3) {  // q times the f32 scales; no zero point
+        const float* scl = kq.scale32 + ksb + key_group * kq.s_sr;
+        for (int64_t r = 0; r < R; ++r) {
+          for (int64_t d = 0; d < D; d += 16) {
+            const __m512 x = _mm512_castsi512_ps(_mm512_slli_epi32(
+                _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(Qb[r] + d))), 16));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(Qs + r * D + d),
+                                (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(x, _mm512_loadu_ps(scl + d))));
+          }
+          bias[r] = 0.f;
         }
-        bias[r] = _mm512_reduce_add_ps(bz);
+      } else {
+        const uint16_t* scl = kq.scale + ksb + key_group * kq.s_sr;
+        const uint16_t* zr = kq.zero + ksb + key_group * kq.s_sr;
+        for (int64_t r = 0; r < R; ++r) {
+          __m512 bz = _mm512_setzero_ps();
+          for (int64_t d = 0; d < D; d += 16) {
+            const __m512 x = _mm512_castsi512_ps(_mm512_slli_epi32(
+                _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(Qb[r] + d))), 16));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(Qs + r * D + d),
+                                (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(x, load_f16x16(scl + d, 0xffff))));
+            bz = _mm512_fmadd_ps(x, load_f16x16(zr + d, 0xffff), bz);
+          }
+          bias[r] = _mm512_reduce_add_ps(bz);
+        }
       }
     }
     const uint16_t* kbrow[kDecBlock];
     for (int64_t j = 0; j < nb; ++j) {
       if (kqb) {
-        for (int64_t d = 0; d < D; d += 32)
-          _mm512_storeu_si512(Kb + j * D + d, codes32_to_bf16(kcodes + (j0 + j) * kq.d_sr + d / 2));
+        for (int64_t d = 0; d < D; d += 32) {
+          if constexpr (C == Codes::Uint)
+            _mm512_storeu_si512(Kb + j * D + d, codes32_to_bf16(kcodes + (j0 + j) * kq.d_sr + d / 2));
+          else
+            _mm512_storeu_si512(Kb + j * D + d, e4m3x32_to_bf16(kcodes + (j0 + j) * kq.d_sr + d));
+        }
         kbrow[j] = Kb + j * D;
       } else {
         kbrow[j] = reinterpret_cast<const uint16_t*>(row_ptr(kq.residual, DType::BF16, b, kv0, j0 + j - kq.n_quant));
@@ -140,14 +172,17 @@ void decode_split_bf16(const AttnArgs& a, const QuantDesc& kq, const QuantDesc& 
       // Per value group: each row's p·scale as bf16 pairs of keys, and Σ p·zero into the group's column.
       for (int64_t gv = 0; gv < ngv; ++gv) {
         alignas(32) uint16_t sh[kDecBlock] = {}, zh[kDecBlock] = {};
+        alignas(64) float sf[kDecBlock] = {};
         for (int64_t j = 0; j < nb; ++j) {
           const int64_t so = vsb + (j0 + j) * vq.s_sr + gv;
-          sh[j] = vq.scale[so], zh[j] = vq.zero[so];
+          if constexpr (C == Codes::Uint) sh[j] = vq.scale[so], zh[j] = vq.zero[so];
+          else sf[j] = vq.scale32[so];
         }
-        const __m512 sv = load_f16x16(sh, 0xffff), zv = load_f16x16(zh, 0xffff);
+        const __m512 sv = C == Codes::Uint ? load_f16x16(sh, 0xffff) : _mm512_load_ps(sf);
+        const __m512 zv = load_f16x16(zh, 0xffff);
         for (int64_t r = 0; r < R; ++r) {
           const __m512 p = _mm512_loadu_ps(P + r * kDecBlock);
-          acc[r * Da + Dvp + gv] += _mm512_reduce_add_ps(_mm512_mul_ps(p, zv));
+          if constexpr (C == Codes::Uint) acc[r * Da + Dvp + gv] += _mm512_reduce_add_ps(_mm512_mul_ps(p, zv));
           alignas(32) uint32_t pairs[kDecBlock / 2];
           _mm256_store_si256(reinterpret_cast<__m256i*>(pairs), (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(p, sv)));
           for (int64_t jp = 0; jp < npairs; ++jp) Pp[(gv * kDecBlock / 2 + jp) * R + r] = pairs[jp];
@@ -159,7 +194,8 @@ void decode_split_bf16(const AttnArgs& a, const QuantDesc& kq, const QuantDesc& 
       const int64_t sa = j0 + 2 * jp;
       if (codes) {
         const uint8_t* ra = vcodes + sa * vq.d_sr;
-        codes_to_pairs(ra, two ? ra + vq.d_sr : nullptr, Dv, V2 + jp * Da);
+        if constexpr (C == Codes::Uint) codes_to_pairs(ra, two ? ra + vq.d_sr : nullptr, Dv, V2 + jp * Da);
+        else e4m3_rows_to_pairs(ra, two ? ra + vq.d_sr : nullptr, Dv, V2 + jp * Da);
         continue;
       }
       if (!vqb) {
