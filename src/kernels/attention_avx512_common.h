@@ -170,6 +170,38 @@ inline const E4M3Tables& e4m3_tables() {
   return t;
 }
 
+// Byte code -> its bf16 value (0..255, exact).
+struct U8Tables {
+  uint16_t bf[256];
+  U8Tables() {
+    for (int c = 0; c < 256; ++c) bf[c] = f32_to_bf16(static_cast<float>(c));
+  }
+};
+inline const U8Tables& u8_tables() {
+  static const U8Tables t;
+  return t;
+}
+
+// The codes the vdpbf16ps in-place paths read, each exact in bf16: 4-bit and 8-bit unsigned codes (f16 scale and
+// zero point per group) and E4M3 (f32 scale, no zero point).
+enum class PairCodes { Uint4, Uint8, E4M3 };
+constexpr bool has_zero(PairCodes p) { return p != PairCodes::E4M3; }
+constexpr int64_t bytes_per_pair(PairCodes p) { return p == PairCodes::Uint4 ? 1 : 2; }
+// A buffer's codes as PairCodes, or -1 (2-bit codes).
+inline int pair_codes(const QuantDesc& q) {
+  if (q.codes == Codes::E4M3) return static_cast<int>(PairCodes::E4M3);
+  if (q.bits == 4) return static_cast<int>(PairCodes::Uint4);
+  if (q.bits == 8) return static_cast<int>(PairCodes::Uint8);
+  return -1;
+}
+// The bf16 value of each byte code, for the two formats with one code per byte.
+template <PairCodes P>
+inline const uint16_t* byte_code_table() {
+  static_assert(P != PairCodes::Uint4, "4-bit codes pack two per byte");
+  if constexpr (P == PairCodes::E4M3) return e4m3_tables().bf;
+  else return u8_tables().bf;
+}
+
 // One f16 scale or zero point: vcvtph2ps (F16C), not the portable bit-twiddling of scalar_convert.h.
 inline float half_to_f32(uint16_t h) { return _cvtsh_ss(h); }
 
@@ -201,6 +233,17 @@ inline void e4m3_rows_to_pairs(const uint8_t* rowa, const uint8_t* rowb, int64_t
     const __m512 fa = _mm512_mul_ps(e4m3x16_over256(rowa + d, n), k256);
     const __m512 fb = rowb ? _mm512_mul_ps(e4m3x16_over256(rowb + d, n), k256) : _mm512_setzero_ps();
     _mm512_mask_storeu_epi32(v2 + d, tail_mask(L - d), interleave_bf16((__m512i)_mm512_cvtne2ps_pbh(fb, fa)));
+  }
+}
+
+// V2[d] = bf16 pair (rowa[d], rowb[d]) of two 8-bit code rows (a missing second row: 0), exact.
+inline void u8_rows_to_pairs(const uint8_t* rowa, const uint8_t* rowb, int64_t L, uint32_t* v2) {
+  for (int64_t d = 0; d < L; d += 16) {
+    const __mmask16 mk = tail_mask(L - d);
+    const __m512 fa = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mk, rowa + d)));
+    const __m512 fb =
+        rowb ? _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mk, rowb + d))) : _mm512_setzero_ps();
+    _mm512_mask_storeu_epi32(v2 + d, mk, interleave_bf16((__m512i)_mm512_cvtne2ps_pbh(fb, fa)));
   }
 }
 

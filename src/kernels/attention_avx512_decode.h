@@ -13,18 +13,24 @@ namespace {
 // reduced per key; K/V rows shared by every row of the work item are converted once per block.
 // (kDecBlock, the keys per block, is in attention_avx512_common.h.)
 
-// kBf16: the CPU has vdpbf16ps (bf16 and 4-bit caches on their pairs paths, bf16 keys scored as stored).
+// kBf16: the CPU has vdpbf16ps (bf16, 4-bit, 8-bit and E4M3 caches on their pairs paths, bf16 keys scored as
+// stored).
 template <bool kBf16>
 void decode_split(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, int64_t s1, const Partial& out) {
   if (lanes_apply(a)) return decode_lanes<kBf16>(a, b, s0, s1, out);
   if constexpr (kBf16) if (split_bf16_apply(a)) {
-    if (a.kq && a.kq->codes == Codes::E4M3) return decode_split_bf16<Codes::E4M3>(a, *a.kq, *a.vq, b, grp, s0, s1, out);
-    if (a.kq) return decode_split_bf16<Codes::Uint>(a, *a.kq, *a.vq, b, grp, s0, s1, out);
+    using P = PairCodes;
+    switch (a.kq ? pair_codes(*a.kq) : -1) {  // split_bf16_apply: codes the pairs path reads, or no codes at all
+      case static_cast<int>(P::Uint4): return decode_split_bf16<P::Uint4>(a, *a.kq, *a.vq, b, grp, s0, s1, out);
+      case static_cast<int>(P::Uint8): return decode_split_bf16<P::Uint8>(a, *a.kq, *a.vq, b, grp, s0, s1, out);
+      case static_cast<int>(P::E4M3): return decode_split_bf16<P::E4M3>(a, *a.kq, *a.vq, b, grp, s0, s1, out);
+      default: break;
+    }
     // A bf16 cache is the in-place path's residual from slot 0 (1.2x faster than the f32 sums below at 32K).
     QuantDesc kd, vd;
     kd.residual = a.k1, vd.residual = a.v;
     kd.group = 1, vd.group = a.Dv;
-    return decode_split_bf16<Codes::Uint>(a, kd, vd, b, grp, s0, s1, out);
+    return decode_split_bf16<PairCodes::Uint4>(a, kd, vd, b, grp, s0, s1, out);
   }
   const int64_t g = a.Hq / a.groups, R = g * a.T, hdiv = a.Hq / a.Hkv;
   const int64_t D1r = round_up(a.D1, 16), D2r = round_up(a.D2, 16), Dv = a.Dv, Dvp = round_up(Dv, 16);

@@ -143,20 +143,21 @@ inline __m512 lanes_block_softmax(const AttnArgs& a, const bool* valid, int64_t 
 //   values, per latent group:  Σ_j p_j x_jd = Σ_j (p_j scale_gj) code_jd + Σ_j p_j zero_gj
 // so a key costs a bf16 key's multiply-adds plus the table lookups and scale terms, from a quarter of the bytes
 // (about 1.5x the bf16 kernel's time where both are compute-bound, docs/performance.md). Slots past a buffer's n_quant are
-// read from its bf16 residual. E4M3 latents and rotary keys (fp8, fp8-flashmla) take the same path (C = E4M3):
-// every E4M3 value is exact in bf16 too (a 256-entry table per byte), and there is no zero point.
-// The codes decode_lanes_codes reads for this decode_lanes call (a 4-bit or an E4M3 latent per token, rotary keys
-// none, all in the bf16 residual, or per channel in the same codes), or -1 where it does not apply.
+// read from its bf16 residual. 8-bit and E4M3 latents and rotary keys (int8; fp8, fp8-flashmla) take the same
+// path: their values are exact in bf16 too (a 256-entry table per byte), two bytes a pair; E4M3 has no zero point.
+// The codes (PairCodes) decode_lanes_codes reads for this decode_lanes call (a 4-bit, 8-bit or E4M3 latent per
+// token; rotary keys none, all in the bf16 residual, or per channel in the same codes), or -1 where it does not
+// apply.
 inline int lanes_codes_apply(const AttnArgs& a) {
   const QuantDesc* c = a.kq;
   const QuantDesc* r = a.k2q;
   if (a.dtype != DType::BF16 || !c || c->per_channel || c->group % 2 != 0 || a.D1 % 2 != 0 || a.D2 % 2 != 0 ||
       a.Hkv > 16)
     return -1;
-  if (!(c->codes == Codes::Uint && c->bits == 4) && c->codes != Codes::E4M3) return -1;
+  const int codes = pair_codes(*c);
   const bool rotary = a.D2 == 0 || (r && (r->n_quant == 0 || (r->codes == c->codes && r->bits == c->bits &&
                                                                 r->per_channel && r->group > 0)));
-  return rotary ? static_cast<int>(c->codes) : -1;
+  return rotary ? codes : -1;
 }
 
 // Everything a block's score and value loops read, fixed per call.
@@ -185,9 +186,9 @@ inline void dp_bf16_rows(const uint32_t* Q, const uint16_t* base, int64_t rs, in
     }
   }
 }
-template <int KJ, Codes C>
+template <int KJ, PairCodes C>
 inline void dp_code_rows(const uint32_t* Q, const uint8_t* base, int64_t rs, int64_t n, __m512* acc) {
-  if constexpr (C == Codes::Uint) {  // a byte holds the pair
+  if constexpr (C == PairCodes::Uint4) {  // a byte holds the pair
     const uint32_t* tab = q4_tables().pair;
     for (int64_t i = 0; i < n; ++i) {
       const __m512bh qv = (__m512bh)_mm512_load_si512(Q + i * 16);
@@ -195,7 +196,7 @@ inline void dp_code_rows(const uint32_t* Q, const uint8_t* base, int64_t rs, int
         acc[j] = _mm512_dpbf16_ps(acc[j], qv, (__m512bh)_mm512_set1_epi32(static_cast<int32_t>(tab[base[j * rs + i]])));
     }
   } else {  // two bytes hold the pair
-    const uint16_t* tab = e4m3_tables().bf;
+    const uint16_t* tab = byte_code_table<C>();
     for (int64_t i = 0; i < n; ++i) {
       const __m512bh qv = (__m512bh)_mm512_load_si512(Q + i * 16);
       for (int j = 0; j < KJ; ++j) {
@@ -208,7 +209,7 @@ inline void dp_code_rows(const uint32_t* Q, const uint8_t* base, int64_t rs, int
 }
 
 // St[j][lanes] for KJ keys from slot s: latent then rotary heads, in the log2 domain (c).
-template <int KJ, Codes C>
+template <int KJ, PairCodes C>
 inline void lane_scores_q4(const Q4Call& k, bool cq, bool rq, int64_t s, int64_t n_c, int64_t n_r,
                            const uint32_t* Qp, const uint32_t* Qr, const float* sumq, const float* ksc,
                            const float* kzr, const float* bias, float* St, __m512 c) {
@@ -219,8 +220,7 @@ inline void lane_scores_q4(const Q4Call& k, bool cq, bool rq, int64_t s, int64_t
       const int64_t p0 = g * k.G2, p1 = imin(k.Lp, p0 + k.G2);
       __m512 acc[KJ];
       for (int j = 0; j < KJ; ++j) acc[j] = _mm512_setzero_ps();
-      constexpr int64_t kBytesPerPair = C == Codes::Uint ? 1 : 2;
-      dp_code_rows<KJ, C>(Qp + p0 * 16, k.c_codes + s * k.c_sr + p0 * kBytesPerPair, k.c_sr, p1 - p0, acc);
+      dp_code_rows<KJ, C>(Qp + p0 * 16, k.c_codes + s * k.c_sr + p0 * bytes_per_pair(C), k.c_sr, p1 - p0, acc);
       const __m512 sq = _mm512_load_ps(sumq + g * 16);
       for (int j = 0; j < KJ; ++j)
         tot[j] = _mm512_fmadd_ps(acc[j], _mm512_set1_ps(ksc[j * k.ng + g]),
@@ -238,7 +238,7 @@ inline void lane_scores_q4(const Q4Call& k, bool cq, bool rq, int64_t s, int64_t
   for (int j = 0; j < KJ; ++j) _mm512_store_ps(St + j * 16, _mm512_mul_ps(_mm512_add_ps(tot[j], bv), c));
 }
 
-template <Codes C>
+template <PairCodes C>
 void decode_lanes_codes(const AttnArgs& a, int64_t b, int64_t s0, int64_t s1, const Partial& out) {
   const QuantDesc& cq = *a.kq;
   const QuantDesc* rq = a.k2q;
@@ -319,7 +319,7 @@ void decode_lanes_codes(const AttnArgs& a, int64_t b, int64_t s0, int64_t s1, co
         for (int64_t i = 0; i < k.Rp2; ++i) {
           const float* q0 = qrf + (h * r2 + 2 * i) * 16;
           const __m512 x0 = _mm512_load_ps(q0), x1 = _mm512_load_ps(q0 + 16);
-          if constexpr (C == Codes::Uint) {
+          if constexpr (has_zero(C)) {
             const __m512 v0 = _mm512_mul_ps(x0, _mm512_set1_ps(half_to_f32(rq->scale[so + 2 * i])));
             const __m512 v1 = _mm512_mul_ps(x1, _mm512_set1_ps(half_to_f32(rq->scale[so + 2 * i + 1])));
             _mm512_store_si512(Qrs + (h * k.Rp2 + i) * 16, interleave_bf16((__m512i)_mm512_cvtne2ps_pbh(v1, v0)));
@@ -338,7 +338,7 @@ void decode_lanes_codes(const AttnArgs& a, int64_t b, int64_t s0, int64_t s1, co
       for (int64_t j = 0; j < nb; ++j) {
         const int64_t so = b * cq.s_sb + (j0 + j) * cq.s_sr;
         for (int64_t g = 0; g < ng; ++g) {
-          if constexpr (C == Codes::Uint) {
+          if constexpr (has_zero(C)) {
             ksc[j * ng + g] = half_to_f32(cq.scale[so + g]);
             kzr[j * ng + g] = half_to_f32(cq.zero[so + g]);
           } else {
@@ -374,7 +374,8 @@ void decode_lanes_codes(const AttnArgs& a, int64_t b, int64_t s0, int64_t s1, co
           _mm512_store_ps(pz + g * 16, z);
         }
         const uint8_t* ra = k.c_codes + (j0 + 2 * jp) * k.c_sr;
-        if constexpr (C == Codes::Uint) codes_to_pairs(ra, two ? ra + k.c_sr : nullptr, L, V2 + jp * vs);
+        if constexpr (C == PairCodes::Uint4) codes_to_pairs(ra, two ? ra + k.c_sr : nullptr, L, V2 + jp * vs);
+        else if constexpr (C == PairCodes::Uint8) u8_rows_to_pairs(ra, two ? ra + k.c_sr : nullptr, L, V2 + jp * vs);
         else e4m3_rows_to_pairs(ra, two ? ra + k.c_sr : nullptr, L, V2 + jp * vs);
       } else {
         _mm512_store_si512(P2 + jp * 16, interleave_bf16((__m512i)_mm512_cvtne2ps_pbh(p1, p0)));
@@ -403,8 +404,10 @@ template <bool kBf16>
 void decode_lanes(const AttnArgs& a, int64_t b, int64_t s0, int64_t s1, const Partial& out) {
   if constexpr (kBf16) {
     const int codes = lanes_codes_apply(a);
-    if (codes == static_cast<int>(Codes::Uint)) return decode_lanes_codes<Codes::Uint>(a, b, s0, s1, out);
-    if (codes == static_cast<int>(Codes::E4M3)) return decode_lanes_codes<Codes::E4M3>(a, b, s0, s1, out);
+    using P = PairCodes;
+    if (codes == static_cast<int>(P::Uint4)) return decode_lanes_codes<P::Uint4>(a, b, s0, s1, out);
+    if (codes == static_cast<int>(P::Uint8)) return decode_lanes_codes<P::Uint8>(a, b, s0, s1, out);
+    if (codes == static_cast<int>(P::E4M3)) return decode_lanes_codes<P::E4M3>(a, b, s0, s1, out);
   }
   const int64_t R = a.Hq * a.T, hdiv = a.Hq / a.Hkv, Dv = a.Dv;
   const int64_t nh2 = a.D2 ? a.Hkv : 0;             // every RoPE head has rows (R = Hq * T)

@@ -1,5 +1,6 @@
 #pragma once
-// AVX-512 split-KV decode on vdpbf16ps over bf16 caches and 4-bit or E4M3 KIVI caches read in place (decode_split_bf16).
+// AVX-512 split-KV decode on vdpbf16ps over bf16 caches and 4-bit, 8-bit or E4M3 KIVI caches read in place
+// (decode_split_bf16).
 // Part of the AVX-512 attention kernels (attention_avx512_impl.h); internal linkage, compiled with -mavx512* only.
 #include "kernels/attention_avx512_common.h"
 
@@ -23,17 +24,26 @@ inline bool split_bf16_apply(const AttnArgs& a) {
   const QuantDesc* k = a.kq;
   const QuantDesc* v = a.vq;
   const bool kivi = k && v && k != v && k->per_channel && k->group > 0 && !v->per_channel;
-  const bool codes = kivi && ((k->codes == Codes::Uint && k->bits == 4) || k->codes == Codes::E4M3);
+  const bool codes = kivi && pair_codes(*k) >= 0;
   return a.dtype == DType::BF16 && (codes || (!k && !v)) && a.D2 == 0 && a.D1 % 32 == 0 && a.Hq / a.groups * a.T <= 64;
 }
 
-// 32 E4M3 codes -> their bf16 values, in order (exact).
-inline __m512i e4m3x32_to_bf16(const uint8_t* p) {
-  const __m512 k256 = _mm512_set1_ps(256.f);
-  const __m512 lo = _mm512_mul_ps(e4m3x16_over256(p, 16), k256);
-  const __m512 hi = _mm512_mul_ps(e4m3x16_over256(p + 16, 16), k256);
-  return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+// 32 byte codes (8-bit or E4M3) -> their bf16 values, in order (exact).
+template <PairCodes C>
+inline __m512i bytes32_to_bf16(const uint8_t* p) {
+  if constexpr (C == PairCodes::Uint8) {
+    const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+    const __m512 hi =
+        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16))));
+    return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+  } else {
+    const __m512 k256 = _mm512_set1_ps(256.f);
+    const __m512 lo = _mm512_mul_ps(e4m3x16_over256(p, 16), k256);
+    const __m512 hi = _mm512_mul_ps(e4m3x16_over256(p + 16, 16), k256);
+    return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+  }
 }
+
 
 // 32 codes (16 bytes, low nibble first) -> their bf16 values, in order.
 inline __m512i codes32_to_bf16(const uint8_t* p) {
@@ -44,15 +54,14 @@ inline __m512i codes32_to_bf16(const uint8_t* p) {
   return _mm512_permutexvar_epi16(idx, tbl);
 }
 
-// C: the keys' codes (Uint: 4-bit; a bf16 cache has none and takes Uint).
-template <Codes C>
+// C: the keys' codes (a bf16 cache has none and takes Uint4).
+template <PairCodes C>
 void decode_split_bf16(const AttnArgs& a, const QuantDesc& kq, const QuantDesc& vq, int64_t b, int64_t grp, int64_t s0,
                        int64_t s1, const Partial& out) {
   const int64_t g = a.Hq / a.groups, R = g * a.T, hdiv = a.Hq / a.Hkv, D = a.D1, Dv = a.Dv, Dvp = round_up(Dv, 16);
   const int64_t kv0 = grp * g / hdiv;
   // Values summed on their codes (4-bit, or E4M3 beside E4M3 keys).
-  const bool v4 = (C == Codes::Uint ? vq.codes == Codes::Uint && vq.bits == 4 : vq.codes == Codes::E4M3) &&
-                  (vq.group >= Dv || vq.group % 16 == 0);
+  const bool v4 = pair_codes(vq) == static_cast<int>(C) && (vq.group >= Dv || vq.group % 16 == 0);
   const int64_t Gv = v4 ? imin(vq.group, Dv) : Dv, ngv = (Dv + Gv - 1) / Gv;
   // acc rows: Σ p·scale·code (or Σ p·x) over Dvp columns, then Σ p·zero of each value group, so that the
   // running-max rescale covers both.
@@ -113,7 +122,7 @@ void decode_split_bf16(const AttnArgs& a, const QuantDesc& kq, const QuantDesc& 
     }
     if (kqb && j0 / kq.group != key_group) {
       key_group = j0 / kq.group;
-      if constexpr (C == Codes::E4M3) {  // q times the f32 scales; no zero point
+      if constexpr (!has_zero(C)) {  // q times the f32 scales
         const float* scl = kq.scale32 + ksb + key_group * kq.s_sr;
         for (int64_t r = 0; r < R; ++r) {
           for (int64_t d = 0; d < D; d += 16) {
@@ -144,10 +153,10 @@ void decode_split_bf16(const AttnArgs& a, const QuantDesc& kq, const QuantDesc& 
     for (int64_t j = 0; j < nb; ++j) {
       if (kqb) {
         for (int64_t d = 0; d < D; d += 32) {
-          if constexpr (C == Codes::Uint)
+          if constexpr (C == PairCodes::Uint4)
             _mm512_storeu_si512(Kb + j * D + d, codes32_to_bf16(kcodes + (j0 + j) * kq.d_sr + d / 2));
           else
-            _mm512_storeu_si512(Kb + j * D + d, e4m3x32_to_bf16(kcodes + (j0 + j) * kq.d_sr + d));
+            _mm512_storeu_si512(Kb + j * D + d, bytes32_to_bf16<C>(kcodes + (j0 + j) * kq.d_sr + d));
         }
         kbrow[j] = Kb + j * D;
       } else {
@@ -175,14 +184,14 @@ void decode_split_bf16(const AttnArgs& a, const QuantDesc& kq, const QuantDesc& 
         alignas(64) float sf[kDecBlock] = {};
         for (int64_t j = 0; j < nb; ++j) {
           const int64_t so = vsb + (j0 + j) * vq.s_sr + gv;
-          if constexpr (C == Codes::Uint) sh[j] = vq.scale[so], zh[j] = vq.zero[so];
+          if constexpr (has_zero(C)) sh[j] = vq.scale[so], zh[j] = vq.zero[so];
           else sf[j] = vq.scale32[so];
         }
-        const __m512 sv = C == Codes::Uint ? load_f16x16(sh, 0xffff) : _mm512_load_ps(sf);
+        const __m512 sv = has_zero(C) ? load_f16x16(sh, 0xffff) : _mm512_load_ps(sf);
         const __m512 zv = load_f16x16(zh, 0xffff);
         for (int64_t r = 0; r < R; ++r) {
           const __m512 p = _mm512_loadu_ps(P + r * kDecBlock);
-          if constexpr (C == Codes::Uint) acc[r * Da + Dvp + gv] += _mm512_reduce_add_ps(_mm512_mul_ps(p, zv));
+          if constexpr (has_zero(C)) acc[r * Da + Dvp + gv] += _mm512_reduce_add_ps(_mm512_mul_ps(p, zv));
           alignas(32) uint32_t pairs[kDecBlock / 2];
           _mm256_store_si256(reinterpret_cast<__m256i*>(pairs), (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(p, sv)));
           for (int64_t jp = 0; jp < npairs; ++jp) Pp[(gv * kDecBlock / 2 + jp) * R + r] = pairs[jp];
@@ -194,7 +203,8 @@ void decode_split_bf16(const AttnArgs& a, const QuantDesc& kq, const QuantDesc& 
       const int64_t sa = j0 + 2 * jp;
       if (codes) {
         const uint8_t* ra = vcodes + sa * vq.d_sr;
-        if constexpr (C == Codes::Uint) codes_to_pairs(ra, two ? ra + vq.d_sr : nullptr, Dv, V2 + jp * Da);
+        if constexpr (C == PairCodes::Uint4) codes_to_pairs(ra, two ? ra + vq.d_sr : nullptr, Dv, V2 + jp * Da);
+        else if constexpr (C == PairCodes::Uint8) u8_rows_to_pairs(ra, two ? ra + vq.d_sr : nullptr, Dv, V2 + jp * Da);
         else e4m3_rows_to_pairs(ra, two ? ra + vq.d_sr : nullptr, Dv, V2 + jp * Da);
         continue;
       }
