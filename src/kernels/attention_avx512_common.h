@@ -158,27 +158,19 @@ inline const Q4Tables& q4_tables() {
   return t;
 }
 
-// E4M3 code -> its bf16 value, exactly (bf16 holds every E4M3 value: 8 exponent bits to 4, 7 mantissa bits to 3).
-struct E4M3Tables {
-  uint16_t bf[256];
-  E4M3Tables() {
-    for (int c = 0; c < 256; ++c) bf[c] = f32_to_bf16(e4m3_to_f32(static_cast<uint8_t>(c)));
+// Byte code -> its bf16 value, exactly, for the two formats with one code per byte: 8-bit unsigned (0..255) and
+// E4M3 (bf16 holds every E4M3 value: 8 exponent bits to 4, 7 mantissa bits to 3).
+struct ByteCodeTables {
+  uint16_t u8[256], e4m3[256];
+  ByteCodeTables() {
+    for (int c = 0; c < 256; ++c) {
+      u8[c] = f32_to_bf16(static_cast<float>(c));
+      e4m3[c] = f32_to_bf16(e4m3_to_f32(static_cast<uint8_t>(c)));
+    }
   }
 };
-inline const E4M3Tables& e4m3_tables() {
-  static const E4M3Tables t;
-  return t;
-}
-
-// Byte code -> its bf16 value (0..255, exact).
-struct U8Tables {
-  uint16_t bf[256];
-  U8Tables() {
-    for (int c = 0; c < 256; ++c) bf[c] = f32_to_bf16(static_cast<float>(c));
-  }
-};
-inline const U8Tables& u8_tables() {
-  static const U8Tables t;
+inline const ByteCodeTables& byte_code_tables() {
+  static const ByteCodeTables t;
   return t;
 }
 
@@ -198,8 +190,16 @@ inline int pair_codes(const QuantDesc& q) {
 template <PairCodes P>
 inline const uint16_t* byte_code_table() {
   static_assert(P != PairCodes::Uint4, "4-bit codes pack two per byte");
-  if constexpr (P == PairCodes::E4M3) return e4m3_tables().bf;
-  else return u8_tables().bf;
+  if constexpr (P == PairCodes::E4M3) return byte_code_tables().e4m3;
+  else return byte_code_tables().u8;
+}
+
+// 16 byte codes (the first n valid, the rest 0) as their f32 values, exactly.
+template <PairCodes P>
+inline __m512 byte_codes16(const uint8_t* p, int64_t n) {
+  static_assert(P != PairCodes::Uint4, "4-bit codes pack two per byte");
+  if constexpr (P == PairCodes::E4M3) return _mm512_mul_ps(e4m3x16_over256(p, n), _mm512_set1_ps(256.f));
+  else return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(tail_mask(n), p)));
 }
 
 // One f16 scale or zero point: vcvtph2ps (F16C), not the portable bit-twiddling of scalar_convert.h.
@@ -225,25 +225,15 @@ inline void codes_to_pairs(const uint8_t* rowa, const uint8_t* rowb, int64_t L, 
   }
 }
 
-// V2[d] = bf16 pair (e4m3(rowa[d]), e4m3(rowb[d])) of two E4M3 code rows (a missing second row: 0), exact.
-inline void e4m3_rows_to_pairs(const uint8_t* rowa, const uint8_t* rowb, int64_t L, uint32_t* v2) {
-  const __m512 k256 = _mm512_set1_ps(256.f);
+// V2[d] = bf16 pair (x(rowa[d]), x(rowb[d])) of two rows of byte codes (8-bit or E4M3; a missing second row: 0),
+// exact.
+template <PairCodes P>
+inline void byte_rows_to_pairs(const uint8_t* rowa, const uint8_t* rowb, int64_t L, uint32_t* v2) {
   for (int64_t d = 0; d < L; d += 16) {
     const int64_t n = imin(16, L - d);
-    const __m512 fa = _mm512_mul_ps(e4m3x16_over256(rowa + d, n), k256);
-    const __m512 fb = rowb ? _mm512_mul_ps(e4m3x16_over256(rowb + d, n), k256) : _mm512_setzero_ps();
-    _mm512_mask_storeu_epi32(v2 + d, tail_mask(L - d), interleave_bf16((__m512i)_mm512_cvtne2ps_pbh(fb, fa)));
-  }
-}
-
-// V2[d] = bf16 pair (rowa[d], rowb[d]) of two 8-bit code rows (a missing second row: 0), exact.
-inline void u8_rows_to_pairs(const uint8_t* rowa, const uint8_t* rowb, int64_t L, uint32_t* v2) {
-  for (int64_t d = 0; d < L; d += 16) {
-    const __mmask16 mk = tail_mask(L - d);
-    const __m512 fa = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mk, rowa + d)));
-    const __m512 fb =
-        rowb ? _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mk, rowb + d))) : _mm512_setzero_ps();
-    _mm512_mask_storeu_epi32(v2 + d, mk, interleave_bf16((__m512i)_mm512_cvtne2ps_pbh(fb, fa)));
+    const __m512 fa = byte_codes16<P>(rowa + d, n);
+    const __m512 fb = rowb ? byte_codes16<P>(rowb + d, n) : _mm512_setzero_ps();
+    _mm512_mask_storeu_epi32(v2 + d, tail_mask(n), interleave_bf16((__m512i)_mm512_cvtne2ps_pbh(fb, fa)));
   }
 }
 

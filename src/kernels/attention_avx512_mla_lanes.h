@@ -375,8 +375,7 @@ void decode_lanes_codes(const AttnArgs& a, int64_t b, int64_t s0, int64_t s1, co
         }
         const uint8_t* ra = k.c_codes + (j0 + 2 * jp) * k.c_sr;
         if constexpr (C == PairCodes::Uint4) codes_to_pairs(ra, two ? ra + k.c_sr : nullptr, L, V2 + jp * vs);
-        else if constexpr (C == PairCodes::Uint8) u8_rows_to_pairs(ra, two ? ra + k.c_sr : nullptr, L, V2 + jp * vs);
-        else e4m3_rows_to_pairs(ra, two ? ra + k.c_sr : nullptr, L, V2 + jp * vs);
+        else byte_rows_to_pairs<C>(ra, two ? ra + k.c_sr : nullptr, L, V2 + jp * vs);
       } else {
         _mm512_store_si512(P2 + jp * 16, interleave_bf16((__m512i)_mm512_cvtne2ps_pbh(p1, p0)));
         const uint16_t* v0 = k.c_res + (j0 + 2 * jp - cq.n_quant) * k.c_rsr;

@@ -31,19 +31,8 @@ inline bool split_bf16_apply(const AttnArgs& a) {
 // 32 byte codes (8-bit or E4M3) -> their bf16 values, in order (exact).
 template <PairCodes C>
 inline __m512i bytes32_to_bf16(const uint8_t* p) {
-  if constexpr (C == PairCodes::Uint8) {
-    const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
-    const __m512 hi =
-        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16))));
-    return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
-  } else {
-    const __m512 k256 = _mm512_set1_ps(256.f);
-    const __m512 lo = _mm512_mul_ps(e4m3x16_over256(p, 16), k256);
-    const __m512 hi = _mm512_mul_ps(e4m3x16_over256(p + 16, 16), k256);
-    return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
-  }
+  return (__m512i)_mm512_cvtne2ps_pbh(byte_codes16<C>(p + 16, 16), byte_codes16<C>(p, 16));
 }
-
 
 // 32 codes (16 bytes, low nibble first) -> their bf16 values, in order.
 inline __m512i codes32_to_bf16(const uint8_t* p) {
@@ -204,8 +193,7 @@ void decode_split_bf16(const AttnArgs& a, const QuantDesc& kq, const QuantDesc& 
       if (codes) {
         const uint8_t* ra = vcodes + sa * vq.d_sr;
         if constexpr (C == PairCodes::Uint4) codes_to_pairs(ra, two ? ra + vq.d_sr : nullptr, Dv, V2 + jp * Da);
-        else if constexpr (C == PairCodes::Uint8) u8_rows_to_pairs(ra, two ? ra + vq.d_sr : nullptr, Dv, V2 + jp * Da);
-        else e4m3_rows_to_pairs(ra, two ? ra + vq.d_sr : nullptr, Dv, V2 + jp * Da);
+        else byte_rows_to_pairs<C>(ra, two ? ra + vq.d_sr : nullptr, Dv, V2 + jp * Da);
         continue;
       }
       if (!vqb) {

@@ -48,11 +48,14 @@ int64_t check_quant(const char* name, const QuantizedKV& kv, int64_t B, int64_t 
   return D;
 }
 
-// The 256 E4M3 codes' values, f32, on `device` (NaN for the two NaN codes).
+// The 256 E4M3 codes' values, f32, on `device` (NaN for the two NaN codes); built once.
 torch::Tensor e4m3_values(const torch::Device& device) {
-  std::vector<float> v(256);
-  for (int c = 0; c < 256; ++c) v[c] = e4m3_value(static_cast<uint8_t>(c));
-  return torch::tensor(v).to(device);
+  static const torch::Tensor values = [] {
+    std::vector<float> v(256);
+    for (int c = 0; c < 256; ++c) v[c] = e4m3_value(static_cast<uint8_t>(c));
+    return torch::tensor(v);
+  }();
+  return values.to(device);
 }
 
 QuantDesc desc_of(const QuantizedKV& kv, const torch::Tensor& data, const torch::Tensor& scale,

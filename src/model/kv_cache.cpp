@@ -2,19 +2,13 @@
 
 #include <cstring>
 
+#include "kernels/storage_dtype.h"
 #include "util/error.h"
 
 namespace mha2mla::model {
 namespace {
 
-torch::ScalarType float_storage(CacheType t) {
-  switch (kernels::cache_format(t).dtype) {
-    case kernels::DType::F32: return torch::kFloat32;
-    case kernels::DType::BF16: return torch::kBFloat16;
-    case kernels::DType::F16: return torch::kFloat16;
-  }
-  return torch::kFloat32;
-}
+torch::ScalarType float_storage(CacheType t) { return kernels::torch_dtype(kernels::cache_format(t).dtype); }
 
 // `buf` with room for at least `need` entries on dim 2 (shaped like `like` otherwise), copying the first
 // `keep`; capacity doubles, so appends are amortised O(1).
@@ -77,9 +71,7 @@ Storage resolve_storage(const BufferSpec& spec, const CacheOptions& opt, torch::
   s.quant = opt.quant;
   check(s.group >= 1, "--cache-group must be at least 1");
   check(s.residual >= 0, "--cache-residual must not be negative");
-  if (f.kind == kernels::ValueKind::Fp8)
-    check(s.quant == QuantMethod::MinMax, std::string("--cache-quant hqq fits zero points, which ") + f.name +
-                                              " (symmetric, scale only) has none: use --cache-quant minmax");
+  check_quantizer(s.type, s.quant);
   if (is_quantized(s.type) && s.axis == QuantAxis::Channel)
     check(s.residual > 0 && s.residual % s.group == 0,
           "cache buffer \"" + spec.name + "\" is quantized per channel in groups of " + std::to_string(s.group) +

@@ -90,43 +90,21 @@ torch::Tensor e4m3_codes(const torch::Tensor& x) {
   return (c + x.lt(0).to(c.scalar_type()) * 128).to(torch::kUInt8);
 }
 
-namespace {
-
-QuantBlock quantize_e4m3(const torch::Tensor& xf, int64_t group, QuantAxis axis) {
-  const int64_t B = xf.size(0), H = xf.size(1), N = xf.size(2), D = xf.size(3);
-  torch::Tensor amax, s_spread;
-  if (axis == QuantAxis::Token) {
-    const int64_t ng = kernels::token_groups(D, group);
-    amax = pad_repeat_last(xf.abs(), ng * group).view({B, H, N, ng, group}).amax(-1);
-  } else {
-    check(N % group == 0, "quantize: per-channel blocks need a multiple of the group size in tokens");
-    amax = xf.abs().view({B, H, N / group, group, D}).amax(3);
-  }
-  auto scale = amax / kernels::kE4M3Max;
-  auto safe = torch::where(scale > 0, scale, torch::ones_like(scale));
-  if (axis == QuantAxis::Token)
-    s_spread = safe.repeat_interleave(group, 3).narrow(3, 0, D);
-  else
-    s_spread = safe.repeat_interleave(group, 2);
-  // A zero scale (an all-zero group) stores code 0.
-  return {e4m3_codes(xf / s_spread).contiguous(), scale.contiguous(), torch::Tensor()};
+void check_quantizer(CacheType type, QuantMethod method) {
+  const auto& f = kernels::cache_format(type);
+  check(f.kind != kernels::ValueKind::Fp8 || method == QuantMethod::MinMax,
+        std::string("--cache-quant hqq fits zero points, which ") + f.name +
+            " (symmetric, scale only) has none: use --cache-quant minmax");
 }
-
-}  // namespace
 
 QuantBlock quantize(const torch::Tensor& x, CacheType type, int64_t group, QuantAxis axis, QuantMethod method) {
   const auto& f = kernels::cache_format(type);
   check(f.kind != kernels::ValueKind::Float, std::string("quantize: ") + f.name + " is not a quantized cache type");
   check(x.dim() == 4, "quantize: expects [B, H, N, D]");
   check(group >= 1, "quantize: the group must hold at least one value");
+  const bool fp8 = f.kind == kernels::ValueKind::Fp8;
+  check_quantizer(type, method);
   auto xf = x.to(torch::kFloat32);
-  if (f.kind == kernels::ValueKind::Fp8) {
-    check(method == QuantMethod::MinMax, std::string("the hqq quantizer fits zero points, which ") + f.name +
-                                             " (symmetric, scale only) has none: use --cache-quant minmax");
-    return quantize_e4m3(xf, group, axis);
-  }
-  const int bits = f.bits;
-  const double qmax = (1 << bits) - 1;
   const int64_t B = x.size(0), H = x.size(1), N = x.size(2), D = x.size(3);
   const int64_t ng = kernels::token_groups(D, group);
   torch::Tensor mn, mx;
@@ -150,6 +128,13 @@ QuantBlock quantize(const torch::Tensor& x, CacheType type, int64_t group, Quant
     if (axis == QuantAxis::Channel) return t.view({B, H, N / group, group, D}).sum(3);
     return torch::constant_pad_nd(t, {0, ng * group - D}, 0).view({B, H, N, ng, group}).sum(-1);
   };
+  if (fp8) {  // symmetric: the group's largest magnitude maps to 448; an all-zero group (scale 0) stores code 0
+    auto scale = torch::maximum(mn.abs(), mx.abs()) / kernels::kE4M3Max;
+    auto safe = spread(torch::where(scale > 0, scale, torch::ones_like(scale)));
+    return {e4m3_codes(xf / safe).contiguous(), scale.contiguous(), torch::Tensor()};
+  }
+  const int bits = f.bits;
+  const double qmax = (1 << bits) - 1;
   auto zero = mn.clamp(-kF16Max, kF16Max).to(torch::kFloat16);
   auto scale = ((mx - zero.to(torch::kFloat32)) / qmax).clamp(0, kF16Max).to(torch::kFloat16);
   auto s = scale.to(torch::kFloat32);

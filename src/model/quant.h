@@ -19,6 +19,9 @@ struct QuantBlock {
   torch::Tensor data, scale, zero;  // zero undefined for E4M3 codes
 };
 
+// Fails with one clear message where `method` cannot quantize `type` (hqq fits zero points, which FP8 lacks).
+void check_quantizer(CacheType type, QuantMethod method);
+
 // `type` must be quantized (is_quantized); `group` is the format's own where it fixes one.
 QuantBlock quantize(const torch::Tensor& x, CacheType type, int64_t group, QuantAxis axis,
                     QuantMethod method = QuantMethod::MinMax);

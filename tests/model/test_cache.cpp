@@ -164,7 +164,9 @@ TEST(CacheFormat, TableNamesEveryType) {
     EXPECT_EQ(static_cast<size_t>(all[i].type), i);
     EXPECT_EQ(model::parse_cache_type(all[i].name), all[i].type);
     EXPECT_EQ(model::cache_type_name(all[i].type), all[i].name);
-    if (*all[i].alias) EXPECT_EQ(model::parse_cache_type(all[i].alias), all[i].type);
+    if (*all[i].alias) {
+      EXPECT_EQ(model::parse_cache_type(all[i].alias), all[i].type);
+    }
     EXPECT_EQ(model::is_quantized(all[i].type), all[i].kind != kernels::ValueKind::Float);
   }
   testutil::expect_error([] { model::parse_cache_type("fp4"); }, "int2, fp8, fp8-flashmla");
