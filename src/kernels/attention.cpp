@@ -39,13 +39,9 @@ namespace {
 std::string shape_str(const torch::Tensor& t) { return t.defined() ? mha2mla::shape_str(t.sizes()) : "undefined"; }
 
 DType dtype_of(const char* fn, const torch::Tensor& t) {
-  const auto s = t.scalar_type();
-  if (s != torch::kFloat32 && s != torch::kBFloat16 && s != torch::kFloat16)
-    fail_arg(fn, std::string("unsupported dtype ") + c10::toString(s));
-  return storage_dtype(s);
+  if (!is_float_storage(t)) fail_arg(fn, std::string("unsupported dtype ") + c10::toString(t.scalar_type()));
+  return storage_dtype(t.scalar_type());
 }
-
-
 
 // Runs f(item) for item in [0, n) on every intra-op thread, handing items out in order; callers put
 // the most expensive items first so that the threads finish together.
@@ -73,8 +69,8 @@ Checked check_qkv(const char* fn, const torch::Tensor& q, const torch::Tensor& k
     fail_arg(fn, "shapes disagree: q " + shape_str(q) + ", k " + shape_str(k) + ", v " + shape_str(v));
   if (c.Hkv == 0 || c.Hq % c.Hkv != 0)
     fail_arg(fn, "query heads (" + std::to_string(c.Hq) + ") must be a multiple of KV heads (" + std::to_string(c.Hkv) + ")");
-  if (k.scalar_type() != q.scalar_type() || v.scalar_type() != q.scalar_type())
-    fail_arg(fn, "q, k and v must share one dtype");
+  // q may be wider than the cache (f32 compute over a bf16 or f16 cache): the kernels widen k and v as they read.
+  if (v.scalar_type() != k.scalar_type()) fail_arg(fn, "k and v must share one dtype");
   if (valid.defined() && (valid.scalar_type() != torch::kBool || valid.dim() != 2 || valid.size(0) != c.B ||
                           valid.size(1) != c.S))
     fail_arg(fn, "valid must be bool [B, S] = [" + std::to_string(c.B) + ", " + std::to_string(c.S) + "]; got " +
@@ -313,10 +309,9 @@ MlaChecked check_mla(const char* fn, const torch::Tensor& q_lat, const torch::Te
     m.r = q_rope.size(3);
     m.Hkv = k_r.size(1);
     if (m.Hkv == 0 || m.Hq % m.Hkv != 0) fail_arg(fn, "query heads must be a multiple of k_r heads");
-    if (q_rope.scalar_type() != q_lat.scalar_type() || k_r.scalar_type() != q_lat.scalar_type())
-      fail_arg(fn, "all operands must share one dtype");
+    if (q_rope.scalar_type() != q_lat.scalar_type()) fail_arg(fn, "q_lat and q_rope must share one dtype");
+    if (k_r.scalar_type() != c.scalar_type()) fail_arg(fn, "c and k_r must share one dtype");
   }
-  if (c.scalar_type() != q_lat.scalar_type()) fail_arg(fn, "all operands must share one dtype");
   if (valid.defined() && (valid.scalar_type() != torch::kBool || valid.dim() != 2 || valid.size(0) != m.B ||
                           valid.size(1) != m.S))
     fail_arg(fn, "valid must be bool [B, S]; got " + shape_str(valid));
@@ -329,6 +324,7 @@ AttnArgs attention_args(const char* fn, const torch::Tensor& q, const torch::Ten
   const auto c = check_qkv(fn, q, k, v, valid);
   AttnArgs a;
   a.dtype = dtype_of(fn, q);
+  a.kv_dtype = dtype_of(fn, k);
   a.B = c.B, a.Hq = c.Hq, a.Hkv = c.Hkv, a.groups = c.Hkv, a.T = c.T, a.S = c.S;
   a.D1 = c.D, a.Dv = c.Dv, a.start = start, a.window = window, a.scale = static_cast<float>(scale);
   a.q1 = operand(q), a.k1 = operand(k), a.v = operand(v);
@@ -342,6 +338,7 @@ AttnArgs mla_decode_args(const torch::Tensor& q_lat, const torch::Tensor& q_rope
   const auto m = check_mla("mla_decode_attention", q_lat, q_rope, c, k_r, valid);
   AttnArgs a;
   a.dtype = dtype_of("mla_decode_attention", q_lat);
+  a.kv_dtype = dtype_of("mla_decode_attention", c);
   a.B = m.B, a.Hq = m.Hq, a.Hkv = m.Hkv, a.groups = 1, a.T = m.T, a.S = m.S;
   a.D1 = m.L, a.D2 = m.r, a.Dv = m.L, a.start = start, a.window = window, a.scale = static_cast<float>(scale);
   a.q1 = operand(q_lat);

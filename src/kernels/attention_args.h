@@ -22,7 +22,7 @@ struct Operand {
 };
 
 // A quantized K or V cache (layout in kernels/quant_attention.h): slots [0, n_quant) are stored as codes with
-// their scales (and zero points), slots [n_quant, S) in `residual` (compute dtype).
+// their scales (and zero points), slots [n_quant, S) in `residual` (AttnArgs::kv_dtype).
 struct QuantDesc {
   Codes codes = Codes::Uint;
   const uint8_t* data = nullptr;  // [B, H, >= n_quant, row_bytes]
@@ -44,7 +44,9 @@ struct QuantDesc {
 // Key slot s is visible to query t iff s <= start+t, (window <= 0 or s > start+t-window) and
 // valid[b, s] (when given). A query row that sees no key gets zeros.
 struct AttnArgs {
-  DType dtype = DType::F32;        // q, k, v, out share it
+  DType dtype = DType::F32;        // q1, q2 and out: the compute dtype
+  DType kv_dtype = DType::F32;     // k1, k2, v and the QuantDesc residuals: the cache's float storage (a bf16 or
+                                   // f16 cache under f32 compute is read where it lies and widened in registers)
   int64_t B = 0, Hq = 0, Hkv = 0;  // Hkv: heads of k1/k2/v (k1/v may have sh = 0); head h uses h / (Hq/Hkv)
   int64_t groups = 0;              // work items per batch row: Hkv for GQA, 1 for MLA (all heads share c)
   int64_t T = 0, S = 0;
@@ -75,6 +77,9 @@ inline void visible_range(const AttnArgs& a, int64_t pos, int64_t* lo, int64_t* 
   *lo = l < 0 ? 0 : l;
   *hi = h;
 }
+
+// Whether q and the cache are both bf16 (the vdpbf16ps paths score and sum pairs as stored).
+inline bool all_bf16(const AttnArgs& a) { return a.dtype == DType::BF16 && a.kv_dtype == DType::BF16; }
 
 // Whether the value rows are the key rows (MLA: the latent is key and value, converted once per block).
 inline bool values_are_keys(const AttnArgs& a) {

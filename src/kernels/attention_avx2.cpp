@@ -140,11 +140,11 @@ void decode_split_narrow(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, 
     const int64_t nb = s1 - j0 < kBlk ? s1 - j0 : kBlk;
     __m256 key_ok;
     key_masks(a, b, j0, nb, 1, &key_ok);
-    block_rows(it.k1, a.dtype, b, kv0, j0, nb, a.D1, K1b, zeros, &K1);
+    block_rows(it.k1, a.kv_dtype, b, kv0, j0, nb, a.D1, K1b, zeros, &K1);
     if (it.v_is_k) V = K1;
-    else block_rows(it.v, a.dtype, b, kv0, j0, nb, a.Dv, Vb, zeros, &V);
+    else block_rows(it.v, a.kv_dtype, b, kv0, j0, nb, a.Dv, Vb, zeros, &V);
     for (int64_t i = 0; i < static_cast<int64_t>(k2.size()); ++i)
-      block_rows(it.k2, a.dtype, b, kv0 + i, j0, nb, a.D2, K2b + i * kBlk * D2p, zeros, &k2[i]);
+      block_rows(it.k2, a.kv_dtype, b, kv0 + i, j0, nb, a.D2, K2b + i * kBlk * D2p, zeros, &k2[i]);
     const __m256 idx = _mm256_add_ps(_mm256_set1_ps(static_cast<float>(j0)), iota);
     for (int64_t r = 0; r < R; ++r) {
       const int64_t l = rs.lo[r], hh = rs.hi[r] < j0 + nb ? rs.hi[r] : j0 + nb;
@@ -323,20 +323,20 @@ RowSet wide_rows(const AttnArgs& a, const Item& it, int64_t b, int64_t t0, int64
     key_masks(a, b, j0, nb, 4, key_ok);
     // Keys (and the latent values) as f32: in one pass where rows split into 8-value chunks, else row by row.
     if (chunked(it.k1, a.D1)) {
-      load_block_T(it.k1, a.dtype, b, kv0, j0, nb, a.D1, zeros, K1T, K1b, it.v_is_k && !pv_T ? &K1 : nullptr);
+      load_block_T(it.k1, a.kv_dtype, b, kv0, j0, nb, a.D1, zeros, K1T, K1b, it.v_is_k && !pv_T ? &K1 : nullptr);
     } else {
-      block_rows(it.k1, a.dtype, b, kv0, j0, nb, a.D1, K1b, zeros, &K1);
+      block_rows(it.k1, a.kv_dtype, b, kv0, j0, nb, a.D1, K1b, zeros, &K1);
       transpose_block(K1, D1p, K1T);
     }
     if (it.v_is_k) V = K1;
-    else block_rows(it.v, a.dtype, b, kv0, j0, nb, a.Dv, Vb, zeros, &V);
+    else block_rows(it.v, a.kv_dtype, b, kv0, j0, nb, a.Dv, Vb, zeros, &V);
     // S = Q1·K1ᵀ + Q2·K2ᵀ, the second term over the rows of each RoPE key head.
     for (int64_t i = 0; i < nk2; ++i) {
       float* kt = K2T + i * D2p * kWide;
       if (chunked(it.k2, a.D2)) {
-        load_block_T(it.k2, a.dtype, b, kv0 + i, j0, nb, a.D2, zeros, kt, nullptr, nullptr);
+        load_block_T(it.k2, a.kv_dtype, b, kv0 + i, j0, nb, a.D2, zeros, kt, nullptr, nullptr);
       } else {
-        block_rows(it.k2, a.dtype, b, kv0 + i, j0, nb, a.D2, K2b, zeros, &K2);
+        block_rows(it.k2, a.kv_dtype, b, kv0 + i, j0, nb, a.D2, K2b, zeros, &K2);
         transpose_block(K2, D2p, kt);
       }
       const int64_t r0 = std::max<int64_t>(0, ((kv0 + i) * per_kv - h0) * nt);

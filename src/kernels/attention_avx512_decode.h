@@ -34,10 +34,11 @@ void decode_split(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, int64_t
   }
   const int64_t g = a.Hq / a.groups, R = g * a.T, hdiv = a.Hq / a.Hkv;
   const int64_t D1r = round_up(a.D1, 16), D2r = round_up(a.D2, 16), Dv = a.Dv, Dvp = round_up(Dv, 16);
-  const bool f32 = a.dtype == DType::F32 && a.D1 % 16 == 0 && Dv % 16 == 0 && !a.kq && !a.vq;
+  const DType kt = a.kv_dtype;  // k1, k2, v and the residuals
+  const bool f32 = kt == DType::F32 && a.D1 % 16 == 0 && Dv % 16 == 0 && !a.kq && !a.vq;
   const bool v_is_k = a.v.p != nullptr && a.v.p == a.k1.p && a.v.sb == a.k1.sb && a.v.sh == a.k1.sh && a.v.sr == a.k1.sr && Dv == a.D1;
   // bf16 keys are scored as stored; the scale is applied to the sums instead of to q.
-  const bool bf16dot = kBf16 && a.dtype == DType::BF16 && !a.kq && a.D1 % 32 == 0;
+  const bool bf16dot = kBf16 && all_bf16(a) && !a.kq && a.D1 % 32 == 0;
   Scratch sc(R * (D1r + D2r) * 4 + R * kDecBlock * 4 + R * Dvp * 4 + R * 8 * 4 + kDecBlock * (D1r + Dvp) * 4 +
              kDecBlock * R * D2r * 4 + (D1r + Dvp + D2r) * 4 + R * 8 + 64 * 16);
   if (!sc.ok()) return;
@@ -85,7 +86,7 @@ void decode_split(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, int64_t
   const float* krow[kDecBlock];
   const float* vrow[kDecBlock];
   const uint16_t* kbrow[kDecBlock];
-  const int64_t kbytes = a.D1 * elem_size(a.dtype), vbytes = Dv * elem_size(a.dtype);
+  const int64_t kbytes = a.D1 * elem_size(kt), vbytes = Dv * elem_size(kt);
   for (int64_t j0 = lo; j0 < hi; j0 += kDecBlock) {
     const int64_t nb = imin(kDecBlock, hi - j0);
     // Prefetch the K and V rows four blocks ahead: the rows of one head are contiguous, but a split streams
@@ -94,26 +95,26 @@ void decode_split(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, int64_t
     // Quantized rows are not prefetched: their dequantization, not memory, bounds them (no gain measured).
     if (!a.kq && !a.vq && j0 + 4 * kDecBlock < hi)
       for (int64_t j = 0; j < kDecBlock; ++j) {
-        const char* kr = row_ptr(a.k1, a.dtype, b, kv0, j0 + 4 * kDecBlock + j);
-        const char* vr = row_ptr(a.v, a.dtype, b, kv0, j0 + 4 * kDecBlock + j);
+        const char* kr = row_ptr(a.k1, kt, b, kv0, j0 + 4 * kDecBlock + j);
+        const char* vr = row_ptr(a.v, kt, b, kv0, j0 + 4 * kDecBlock + j);
         for (int64_t o = 0; o < kbytes; o += 64) _mm_prefetch(kr + o, _MM_HINT_T0);
         for (int64_t o = 0; o < vbytes; o += 64) _mm_prefetch(vr + o, _MM_HINT_T0);
       }
     for (int64_t j = 0; j < nb; ++j) {
       if (bf16dot) {
-        kbrow[j] = reinterpret_cast<const uint16_t*>(row_ptr(a.k1, a.dtype, b, kv0, j0 + j));
+        kbrow[j] = reinterpret_cast<const uint16_t*>(row_ptr(a.k1, kt, b, kv0, j0 + j));
         continue;
       }
       if (a.kq) {
-        dequant_row(Kf + j * D1r, *a.kq, a.dtype, b, kv0, j0 + j, a.D1, kgroup);
+        dequant_row(Kf + j * D1r, *a.kq, kt, b, kv0, j0 + j, a.D1, kgroup);
         krow[j] = Kf + j * D1r;
         continue;
       }
-      const char* kr = row_ptr(a.k1, a.dtype, b, kv0, j0 + j);
+      const char* kr = row_ptr(a.k1, kt, b, kv0, j0 + j);
       if (f32) {
         krow[j] = reinterpret_cast<const float*>(kr);
       } else {
-        row_to_f32(Kf + j * D1r, kr, a.dtype, a.D1);
+        row_to_f32(Kf + j * D1r, kr, kt, a.D1);
         krow[j] = Kf + j * D1r;
       }
     }
@@ -125,9 +126,9 @@ void decode_split(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, int64_t
       if (r > 0 && kvh[r] == kvh[r - 1]) continue;
       for (int64_t j = 0; j < nb; ++j) {
         if (a.k2q)
-          dequant_row(K2f + (r * kDecBlock + j) * D2r, *a.k2q, a.dtype, b, kvh[r], j0 + j, a.D2, k2group);
+          dequant_row(K2f + (r * kDecBlock + j) * D2r, *a.k2q, kt, b, kvh[r], j0 + j, a.D2, k2group);
         else
-          row_to_f32(K2f + (r * kDecBlock + j) * D2r, row_ptr(a.k2, a.dtype, b, kvh[r], j0 + j), a.dtype, a.D2);
+          row_to_f32(K2f + (r * kDecBlock + j) * D2r, row_ptr(a.k2, kt, b, kvh[r], j0 + j), kt, a.D2);
       }
     }
     int64_t k2base = 0;
@@ -155,16 +156,16 @@ void decode_split(const AttnArgs& a, int64_t b, int64_t grp, int64_t s0, int64_t
       if (a.vq && a.vq == a.kq && Dv == a.D1) {
         vrow[j] = krow[j];  // quantized MLA latent: dequantized once, as key and as value
       } else if (a.vq) {
-        dequant_row(Vf + j * Dvp, *a.vq, a.dtype, b, kv0, j0 + j, Dv, vgroup);
+        dequant_row(Vf + j * Dvp, *a.vq, kt, b, kv0, j0 + j, Dv, vgroup);
         vrow[j] = Vf + j * Dvp;
       } else if (v_is_k && !f32 && !bf16dot) {
         vrow[j] = krow[j];  // MLA: the latent is both key and value
       } else {
-        const char* vr = row_ptr(a.v, a.dtype, b, kv0, j0 + j);
+        const char* vr = row_ptr(a.v, kt, b, kv0, j0 + j);
         if (f32) {
           vrow[j] = reinterpret_cast<const float*>(vr);
         } else {
-          row_to_f32(Vf + j * Dvp, vr, a.dtype, Dv);
+          row_to_f32(Vf + j * Dvp, vr, kt, Dv);
           vrow[j] = Vf + j * Dvp;
         }
       }

@@ -151,7 +151,7 @@ inline __m512 lanes_block_softmax(const AttnArgs& a, const bool* valid, int64_t 
 inline int lanes_codes_apply(const AttnArgs& a) {
   const QuantDesc* c = a.kq;
   const QuantDesc* r = a.k2q;
-  if (a.dtype != DType::BF16 || !c || c->per_channel || c->group % 2 != 0 || a.D1 % 2 != 0 || a.D2 % 2 != 0 ||
+  if (!all_bf16(a) || !c || c->per_channel || c->group % 2 != 0 || a.D1 % 2 != 0 || a.D2 % 2 != 0 ||
       a.Hkv > 16)
     return -1;
   const int codes = pair_codes(*c);
@@ -414,7 +414,7 @@ void decode_lanes(const AttnArgs& a, int64_t b, int64_t s0, int64_t s1, const Pa
   // bf16 keys are scored and summed as stored, two per instruction, read in place: every piece must hold
   // whole pairs and every RoPE head fit the segment table. Other shapes take the f32 path (about 6 % slower).
   const bool pairs =
-      kBf16 && a.dtype == DType::BF16 && !a.kq && !a.k2q && a.D1 % 2 == 0 && a.D2 % 2 == 0 && nh2 <= 16;
+      kBf16 && all_bf16(a) && !a.kq && !a.k2q && a.D1 % 2 == 0 && a.D2 % 2 == 0 && nh2 <= 16;
   const int64_t Dp = (Dt + 1) / 2;                  // pairs per key (pairs mode)
   const int64_t ks = round_up(Dt, 16) + 16;         // row_to_f32 pads each piece to 16
   const int64_t vs = round_up(Dv, 16);              // V2 row stride (pairs mode)
@@ -459,10 +459,10 @@ void decode_lanes(const AttnArgs& a, int64_t b, int64_t s0, int64_t s1, const Pa
   __m512 m = _mm512_set1_ps(kNegInf), l = _mm512_setzero_ps();
   [[maybe_unused]] KeySegs segs;
   if (pairs) {
-    segs.p[0] = reinterpret_cast<const uint16_t*>(row_ptr(a.k1, a.dtype, b, 0, 0));
+    segs.p[0] = reinterpret_cast<const uint16_t*>(row_ptr(a.k1, a.kv_dtype, b, 0, 0));
     segs.stride[0] = a.k1.sr, segs.n[0] = a.D1, segs.qoff[0] = 0;
     for (int64_t h2 = 0; h2 < nh2; ++h2) {
-      segs.p[1 + h2] = reinterpret_cast<const uint16_t*>(row_ptr(a.k2, a.dtype, b, h2, 0));
+      segs.p[1 + h2] = reinterpret_cast<const uint16_t*>(row_ptr(a.k2, a.kv_dtype, b, h2, 0));
       segs.stride[1 + h2] = a.k2.sr, segs.n[1 + h2] = a.D2, segs.qoff[1 + h2] = a.D1 + h2 * a.D2;
     }
     segs.count = static_cast<int>(1 + nh2);
@@ -473,12 +473,12 @@ void decode_lanes(const AttnArgs& a, int64_t b, int64_t s0, int64_t s1, const Pa
     for (int64_t j = 0; j < nb && !pairs; ++j) {
       // f32 pieces are written in increasing offset, each over the last one's padding.
       float* kr = Kb + j * ks;
-      if (a.kq) dequant_row(kr, *a.kq, a.dtype, b, 0, j0 + j, a.D1, kgroup);
-      else row_to_f32(kr, row_ptr(a.k1, a.dtype, b, 0, j0 + j), a.dtype, a.D1);
+      if (a.kq) dequant_row(kr, *a.kq, a.kv_dtype, b, 0, j0 + j, a.D1, kgroup);
+      else row_to_f32(kr, row_ptr(a.k1, a.kv_dtype, b, 0, j0 + j), a.kv_dtype, a.D1);
       for (int64_t h2 = 0; h2 < nh2; ++h2) {
         float* dst = kr + a.D1 + h2 * a.D2;
-        if (a.k2q) dequant_row(dst, *a.k2q, a.dtype, b, h2, j0 + j, a.D2, k2group);
-        else row_to_f32(dst, row_ptr(a.k2, a.dtype, b, h2, j0 + j), a.dtype, a.D2);
+        if (a.k2q) dequant_row(dst, *a.k2q, a.kv_dtype, b, h2, j0 + j, a.D2, k2group);
+        else row_to_f32(dst, row_ptr(a.k2, a.kv_dtype, b, h2, j0 + j), a.kv_dtype, a.D2);
       }
     }
     // Rows nb..nb8 hold the zeros of the first memset or keys of an earlier block: finite, and masked below.

@@ -59,8 +59,9 @@ template <bool kBf16>
 void prefill_tile(const AttnArgs& a, int64_t b, int64_t kvh, int64_t t0, int64_t tq) {
   const int64_t g = a.Hq / a.Hkv, R = g * tq, NV = (R + 15) / 16, Rp = NV * 16;
   const int64_t D = a.D1, Dv = a.Dv, Dvp = round_up(Dv, 16);
-  const bool pairs = kBf16 && a.dtype == DType::BF16;  // D even is checked by the front end
-  const bool conv_k = !pairs && a.dtype != DType::F32, conv_v = a.dtype != DType::F32 || (Dv % 16) != 0;
+  const bool pairs = kBf16 && all_bf16(a);  // D even is checked by the front end
+  const DType kt = a.kv_dtype;
+  const bool conv_k = !pairs && kt != DType::F32, conv_v = kt != DType::F32 || (Dv % 16) != 0;
   Scratch sc(Rp * D * 4 + kBc * Rp * 4 * 2 + Rp * Dvp * 4 + Rp * 4 * 4 + kBc * round_up(D, 16) * 4 +
              kBc * Dvp * 4 + 64 * 12);
   if (!sc.ok()) return;
@@ -109,10 +110,10 @@ void prefill_tile(const AttnArgs& a, int64_t b, int64_t kvh, int64_t t0, int64_t
     const int64_t nb = imin(kBc, hi - j0);
     // K rows: straight from the cache, or converted to f32.
     for (int64_t j = 0; j < nb; ++j) {
-      const char* kr = row_ptr(a.k1, a.dtype, b, kvh, j0 + j);
+      const char* kr = row_ptr(a.k1, kt, b, kvh, j0 + j);
       krow16[j] = reinterpret_cast<const uint16_t*>(kr);
       if (conv_k) {
-        row_to_f32(Kf + j * Dr, kr, a.dtype, D);
+        row_to_f32(Kf + j * Dr, kr, kt, D);
         krow[j] = Kf + j * Dr;
       } else {
         krow[j] = reinterpret_cast<const float*>(kr);
@@ -198,8 +199,8 @@ void prefill_tile(const AttnArgs& a, int64_t b, int64_t kvh, int64_t t0, int64_t
       for (int64_t jp = 0; jp < npairs; ++jp) {
         const int64_t j = 2 * jp;
         const bool two = j + 1 < nb;
-        const auto* v0 = reinterpret_cast<const uint16_t*>(row_ptr(a.v, a.dtype, b, kvh, j0 + j));
-        const auto* v1 = two ? reinterpret_cast<const uint16_t*>(row_ptr(a.v, a.dtype, b, kvh, j0 + j + 1)) : v0;
+        const auto* v0 = reinterpret_cast<const uint16_t*>(row_ptr(a.v, kt, b, kvh, j0 + j));
+        const auto* v1 = two ? reinterpret_cast<const uint16_t*>(row_ptr(a.v, kt, b, kvh, j0 + j + 1)) : v0;
         for (int64_t d = 0; d < Dvp; d += 16) {
           const __mmask16 mk = tail_mask(Dv - d);
           const __m256i x0 = _mm256_maskz_loadu_epi16(mk, v0 + d);
@@ -221,9 +222,9 @@ void prefill_tile(const AttnArgs& a, int64_t b, int64_t kvh, int64_t t0, int64_t
       }
     } else {
       for (int64_t j = 0; j < nb; ++j) {
-        const char* vr = row_ptr(a.v, a.dtype, b, kvh, j0 + j);
+        const char* vr = row_ptr(a.v, kt, b, kvh, j0 + j);
         if (conv_v) {
-          row_to_f32(Vf + j * Dvp, vr, a.dtype, Dv);
+          row_to_f32(Vf + j * Dvp, vr, kt, Dv);
           vrow[j] = Vf + j * Dvp;
         } else {
           vrow[j] = reinterpret_cast<const float*>(vr);

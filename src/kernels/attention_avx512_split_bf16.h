@@ -25,7 +25,7 @@ inline bool split_bf16_apply(const AttnArgs& a) {
   const QuantDesc* v = a.vq;
   const bool kivi = k && v && k != v && k->per_channel && k->group > 0 && !v->per_channel;
   const bool codes = kivi && pair_codes(*k) >= 0;
-  return a.dtype == DType::BF16 && (codes || (!k && !v)) && a.D2 == 0 && a.D1 % 32 == 0 && a.Hq / a.groups * a.T <= 64;
+  return all_bf16(a) && (codes || (!k && !v)) && a.D2 == 0 && a.D1 % 32 == 0 && a.Hq / a.groups * a.T <= 64;
 }
 
 // 32 byte codes (8-bit or E4M3) -> their bf16 values, in order (exact).

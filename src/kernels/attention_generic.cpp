@@ -30,16 +30,16 @@ void row_partial(const AttnArgs& a, int64_t b, int64_t h, int64_t t, int64_t s0,
     if (a.valid && !a.valid[b * a.S + s]) continue;
     float dot = 0.f;
     if (a.kq) {
-      for (int64_t d = 0; d < a.D1; ++d) dot += load_elem(q1, d, a.dtype) * quant_elem(*a.kq, a.dtype, b, kvh, s, d);
+      for (int64_t d = 0; d < a.D1; ++d) dot += load_elem(q1, d, a.dtype) * quant_elem(*a.kq, a.kv_dtype, b, kvh, s, d);
     } else {
-      const void* k1 = row_ptr(a.k1, a.dtype, b, kvh, s);
-      for (int64_t d = 0; d < a.D1; ++d) dot += load_elem(q1, d, a.dtype) * load_elem(k1, d, a.dtype);
+      const void* k1 = row_ptr(a.k1, a.kv_dtype, b, kvh, s);
+      for (int64_t d = 0; d < a.D1; ++d) dot += load_elem(q1, d, a.dtype) * load_elem(k1, d, a.kv_dtype);
     }
     if (q2 && a.k2q) {
-      for (int64_t d = 0; d < a.D2; ++d) dot += load_elem(q2, d, a.dtype) * quant_elem(*a.k2q, a.dtype, b, kvh, s, d);
+      for (int64_t d = 0; d < a.D2; ++d) dot += load_elem(q2, d, a.dtype) * quant_elem(*a.k2q, a.kv_dtype, b, kvh, s, d);
     } else if (q2) {
-      const void* k2 = row_ptr(a.k2, a.dtype, b, kvh, s);
-      for (int64_t d = 0; d < a.D2; ++d) dot += load_elem(q2, d, a.dtype) * load_elem(k2, d, a.dtype);
+      const void* k2 = row_ptr(a.k2, a.kv_dtype, b, kvh, s);
+      for (int64_t d = 0; d < a.D2; ++d) dot += load_elem(q2, d, a.dtype) * load_elem(k2, d, a.kv_dtype);
     }
     sc[s - lo] = dot * c;
     m = std::max(m, sc[s - lo]);
@@ -52,10 +52,10 @@ void row_partial(const AttnArgs& a, int64_t b, int64_t h, int64_t t, int64_t s0,
       const float p = std::exp2(sc[s - lo] - m);
       l += p;
       if (a.vq) {
-        for (int64_t d = 0; d < a.Dv; ++d) acc[d] += p * quant_elem(*a.vq, a.dtype, b, kvh, s, d);
+        for (int64_t d = 0; d < a.Dv; ++d) acc[d] += p * quant_elem(*a.vq, a.kv_dtype, b, kvh, s, d);
       } else {
-        const void* v = row_ptr(a.v, a.dtype, b, kvh, s);
-        for (int64_t d = 0; d < a.Dv; ++d) acc[d] += p * load_elem(v, d, a.dtype);
+        const void* v = row_ptr(a.v, a.kv_dtype, b, kvh, s);
+        for (int64_t d = 0; d < a.Dv; ++d) acc[d] += p * load_elem(v, d, a.kv_dtype);
       }
     }
   }

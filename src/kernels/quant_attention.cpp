@@ -136,8 +136,8 @@ torch::Tensor quantized_decode_attention(const torch::Tensor& q_in, const Quanti
   if (q_in.size(3) != D) fail_arg("quantized_decode", "q's last dim must equal the key width " + std::to_string(D));
   const int64_t S = k.n_quant + k.residual.size(2);
   if (v.n_quant + v.residual.size(2) != S) fail_arg("quantized_decode", "k and v must hold the same number of slots");
-  if (k.residual.scalar_type() != q_in.scalar_type() || v.residual.scalar_type() != q_in.scalar_type())
-    fail_arg("quantized_decode", "residual buffers must have q's dtype");
+  if (!is_float_storage(k.residual) || v.residual.scalar_type() != k.residual.scalar_type())
+    fail_arg("quantized_decode", "the residual buffers must share one float dtype (f32, bf16 or f16)");
   check_valid(valid_in, B, S);
   const Route r = route(variant, q_in, {&q_in, &valid_in, &k.data, &k.scale, &k.zero, &k.residual, &v.data, &v.scale,
                                         &v.zero, &v.residual});
@@ -159,6 +159,7 @@ void quantized_decode_args(QuantArgs& qa, const torch::Tensor& q_in, const Quant
   qa.k = buffer_desc(k, qa.keep), qa.v = buffer_desc(v, qa.keep);
   AttnArgs& a = qa.a;
   a.dtype = storage_dtype(q.scalar_type());
+  a.kv_dtype = storage_dtype(k.residual.scalar_type());
   a.B = q.size(0), a.Hq = q.size(1), a.Hkv = k.residual.size(1), a.groups = a.Hkv, a.T = q.size(2);
   a.S = k.n_quant + k.residual.size(2);
   a.D1 = k.residual.size(3), a.Dv = v.residual.size(3), a.start = start, a.window = window;
@@ -192,9 +193,9 @@ torch::Tensor quantized_mla_decode_attention(const torch::Tensor& q_lat_in, cons
     fail_arg("quantized_decode", "q_lat / q_rope do not match the latent width " + std::to_string(L) + " and rotary width " + std::to_string(r));
   const int64_t S = c.n_quant + c.residual.size(2);
   if (k_r.n_quant + k_r.residual.size(2) != S) fail_arg("quantized_decode", "c and k_r must hold the same number of slots");
-  if (c.residual.scalar_type() != q_lat_in.scalar_type() || k_r.residual.scalar_type() != q_lat_in.scalar_type() ||
-      q_rope_in.scalar_type() != q_lat_in.scalar_type())
-    fail_arg("quantized_decode", "q_lat, q_rope and the residual buffers must share one dtype");
+  if (q_rope_in.scalar_type() != q_lat_in.scalar_type()) fail_arg("quantized_decode", "q_lat and q_rope must share one dtype");
+  if (!is_float_storage(c.residual) || k_r.residual.scalar_type() != c.residual.scalar_type())
+    fail_arg("quantized_decode", "the residual buffers must share one float dtype (f32, bf16 or f16)");
   check_valid(valid_in, B, S);
   const Route where = route(variant, q_lat_in, {&q_lat_in, &q_rope_in, &valid_in, &c.data, &c.scale, &c.zero,
                                                 &c.residual, &k_r.data, &k_r.scale, &k_r.zero, &k_r.residual});
@@ -221,6 +222,7 @@ void quantized_mla_decode_args(QuantArgs& qa, const torch::Tensor& q_lat_in, con
   qa.k2 = buffer_desc(k_r, qa.keep);
   AttnArgs& a = qa.a;
   a.dtype = storage_dtype(q_lat.scalar_type());
+  a.kv_dtype = storage_dtype(c.residual.scalar_type());
   a.B = q_lat.size(0), a.Hq = q_lat.size(1), a.Hkv = k_r.residual.size(1), a.groups = 1, a.T = q_lat.size(2);
   a.S = c.n_quant + c.residual.size(2);
   a.D1 = c.residual.size(3), a.D2 = k_r.residual.size(3), a.Dv = a.D1, a.start = start, a.window = window;

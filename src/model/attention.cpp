@@ -1,6 +1,7 @@
 #include "model/attention.h"
 
 #include <cmath>
+#include <tuple>
 
 #include "kernels/attention.h"
 #include "kernels/gemv.h"
@@ -72,9 +73,12 @@ torch::Tensor attention_core(const torch::Tensor& q, const torch::Tensor& k, con
   const bool blockwise = !ctx.fused && ctx.causal && torch::GradMode::is_enabled();
   if (!ctx.fused && !blockwise) return grouped_attention(q, k, v, ctx.mask(), scale);
   // Under autocast (bf16 in training) q comes out of a linear in bf16 while rotated keys may be f32: compute in
-  // q's type, as the reference's autocast matmuls would.
+  // q's type, as the reference's autocast matmuls would. Under f32 the kernels widen a narrower cache themselves
+  // (SlotBuffer::read_for_kernels), to the same values.
   const auto t = q.scalar_type();
-  const auto kt = k.scalar_type() == t ? k : k.to(t), vt = v.scalar_type() == t ? v : v.to(t);
+  const bool widened_by_kernels = !blockwise && t == torch::kFloat32;
+  auto as_q = [&](const torch::Tensor& x) { return x.scalar_type() == t || widened_by_kernels ? x : x.to(t); };
+  const auto kt = as_q(k), vt = as_q(v);
   if (blockwise) return causal_attention_blockwise(q, kt, vt, scale);
   return kernels::attention(q, kt, vt, ctx.start, ctx.slot_valid, ctx.window, scale);
 }
@@ -161,8 +165,7 @@ torch::Tensor GQAAttentionImpl::forward(const torch::Tensor& x, const AttnContex
         o = kernels::quantized_decode_attention(q.contiguous(), quantized_kv(kb), quantized_kv(vb), ctx.start,
                                                 ctx.slot_valid, ctx.window, scale);
       } else {
-        k = kb.read();  // [B, n_kv, S, d_h]
-        v = vb.read();
+        std::tie(k, v) = ctx.fused ? read_for_kernels(kb, vb) : std::make_pair(kb.read(), vb.read());  // [B, n_kv, S, d_h]
       }
     }
     if (!o.defined()) o = attention_core(q.contiguous(), k, v, ctx, scale);

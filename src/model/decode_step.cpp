@@ -151,7 +151,7 @@ torch::Tensor DecodeStep::run(TransformerImpl& m, int64_t id, KVCache& cache, co
     const int64_t slot = b0.tokens();
     auto& at = p.attn;
     at = kernels::AttnArgs{};
-    at.dtype = dt;
+    at.dtype = at.kv_dtype = dt;  // step_unsupported: the cache is stored in the compute dtype
     at.B = 1, at.Hq = Hq, at.Hkv = Hkv, at.T = 1, at.S = slot + 1;
     at.start = ctx.start, at.window = ctx.window, at.scale = scale;
     at.valid = valid.defined() ? valid.data_ptr<bool>() : nullptr;

@@ -184,6 +184,16 @@ torch::Tensor SlotBuffer::read() const {
   return parts.size() == 1 ? parts[0] : torch::cat(parts, 2);
 }
 
+torch::Tensor SlotBuffer::read_for_kernels() const {
+  if (is_quantized(st_.type) || compute_ != torch::kFloat32 || !device_.is_cpu() || !full_.defined()) return read();
+  return full_.narrow(2, 0, full_n_);
+}
+
+std::pair<torch::Tensor, torch::Tensor> read_for_kernels(const SlotBuffer& a, const SlotBuffer& b) {
+  if (a.storage().type == b.storage().type) return {a.read_for_kernels(), b.read_for_kernels()};
+  return {a.read(), b.read()};
+}
+
 int64_t SlotBuffer::bytes() const {
   const int64_t rows = batch_ * spec_.heads;
   if (!is_quantized(st_.type)) return rows * full_n_ * kernels::row_bytes(format_, spec_.width);

@@ -7,6 +7,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "model/quant.h"
@@ -55,6 +56,10 @@ class SlotBuffer {
   void append(const torch::Tensor& x);
   // Every cached slot, [B, heads, tokens(), width] in the compute dtype (quantized blocks dequantized).
   torch::Tensor read() const;
+  // read() for the attention kernels (kernels::attention, mla_decode_attention) on the CPU: a float cache stored
+  // narrower than an f32 compute dtype (bf16, f16) as it lies, which they widen in registers to the same values
+  // read() would copy out; anything else read(). See read_for_kernels(a, b) for the buffers a kernel reads together.
+  torch::Tensor read_for_kernels() const;
 
   const BufferSpec& spec() const { return spec_; }
   const Storage& storage() const { return st_; }
@@ -91,6 +96,10 @@ class SlotBuffer {
   torch::Tensor residual_;               // [B, heads, residual, width], compute dtype
   int64_t full_n_ = 0, quantized_ = 0, residual_n_ = 0;
 };
+
+// The two buffers one attention kernel reads (k and v; c and k_r), which it takes in one dtype: each
+// read_for_kernels() where both are stored alike, else each read().
+std::pair<torch::Tensor, torch::Tensor> read_for_kernels(const SlotBuffer& a, const SlotBuffer& b);
 
 struct CacheStats {
   int64_t bytes = 0;            // holding the cached tokens, scales, zero points and residual included

@@ -1,6 +1,7 @@
 #include "model/mla_attention.h"
 
 #include <cmath>
+#include <tuple>
 #include <cstring>
 
 #include "kernels/attention.h"
@@ -108,8 +109,10 @@ torch::Tensor MLAAttentionImpl::forward(const torch::Tensor& x, const AttnContex
       if (use_absorbed(ctx, T) && reads_quantized_in_place(ctx, T, cb, kb)) {
         o = attend_absorbed(q_r, q_c, {}, {}, ctx, &cb, &kb);
       } else {
-        c = cb.read().squeeze(1);  // [B, S, L]
-        k_r = kb.read();           // [B, n_kv, S, r]
+        // mla_decode_attention widens a narrower cache in registers.
+        std::tie(c, k_r) = ctx.fused && use_absorbed(ctx, T) ? read_for_kernels(cb, kb)
+                                                             : std::make_pair(cb.read(), kb.read());
+        c = c.squeeze(1);  // [B, S, L]; k_r [B, n_kv, S, r]
       }
     }
     if (!o.defined())
@@ -195,11 +198,14 @@ torch::Tensor MLAAttentionImpl::decode_absorbed(const torch::Tensor& x, const At
     auto& kb = ctx.cache->buffer(ctx.layer, 1);
     cb.append(c.unsqueeze(1));
     kb.append(k_r);
-    o_lat = reads_quantized_in_place(ctx, T, cb, kb)
-                ? kernels::quantized_mla_decode_attention(q_lat, q_r.contiguous(), quantized_kv(cb), quantized_kv(kb),
-                                                          ctx.start, ctx.slot_valid, ctx.window, scale)
-                : kernels::mla_decode_attention(q_lat, q_r, cb.read().squeeze(1), kb.read(), ctx.start, ctx.slot_valid,
-                                                ctx.window, scale);
+    if (reads_quantized_in_place(ctx, T, cb, kb)) {
+      o_lat = kernels::quantized_mla_decode_attention(q_lat, q_r.contiguous(), quantized_kv(cb), quantized_kv(kb),
+                                                      ctx.start, ctx.slot_valid, ctx.window, scale);
+    } else {
+      auto [c_all, k_r_all] = read_for_kernels(cb, kb);  // [B, 1, S, L], [B, n_kv, S, r]
+      o_lat = kernels::mla_decode_attention(q_lat, q_r, c_all.squeeze(1), k_r_all, ctx.start, ctx.slot_valid,
+                                            ctx.window, scale);
+    }
   }
   return kernels::linear_add(o_lat.transpose(1, 2).reshape({B, T, n_h_ * L}), aw.w_o, aw.b_o, residual);   // [B, T, hidden]
 }

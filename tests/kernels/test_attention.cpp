@@ -95,6 +95,53 @@ TEST(KernelAttention, DecodeMatchesReference) {
   }
 }
 
+// The cache stored in another float type than q (AttnArgs::kv_dtype). Under f32 compute a bf16 or f16 cache is
+// widened in registers: every variant must give exactly what it gives on the cache widened beforehand. A cache
+// wider than q (f32 under bf16) is read as stored: within q's tolerance of the reference.
+TEST(KernelAttention, CacheInAnotherDtypeThanQ) {
+  const auto f32 = torch::kFloat32;
+  for (auto qdt : {torch::kFloat32, torch::kBFloat16, torch::kFloat16})
+    for (auto kdt : {torch::kFloat32, torch::kBFloat16, torch::kFloat16}) {
+      if (qdt == kdt) continue;
+      for (const auto* cases : {&kPrefillCases, &kDecodeCases})
+        for (const auto& c : *cases) {
+          auto in = make_inputs(c, kdt, 19);
+          auto q = in.q.to(qdt);
+          const double scale = 1.0 / std::sqrt(static_cast<double>(c.D));
+          const std::string what = std::string(c10::toString(qdt)) + " q over a " + c10::toString(kdt) + " cache " + c.name();
+          auto want = kernels::attention_reference(q, in.k, in.v, c.start, in.valid, c.window, scale);
+          for (auto var : cpu_variants()) {
+            auto got = kernels::attention(q, in.k, in.v, c.start, in.valid, c.window, scale, var);
+            expect_close(got, want, tol_for(qdt == f32 ? kdt : qdt), kernels::variant_name(var) + " " + what);
+            if (qdt == f32) {
+              EXPECT_TRUE(got.equal(kernels::attention(q, in.k.to(f32), in.v.to(f32), c.start, in.valid, c.window,
+                                                       scale, var)))
+                  << kernels::variant_name(var) << " " << what << ": not what the widened cache gives";
+            }
+          }
+        }
+      for (const auto& m : kMlaCases) {
+        auto [q_lat, q_rope, lat, k_r, valid] = make_mla_inputs(m, kdt, 23);
+        q_lat = q_lat.to(qdt);
+        if (q_rope.defined()) q_rope = q_rope.to(qdt);
+        const double scale = 1.0 / std::sqrt(static_cast<double>(m.L + m.r));
+        const std::string what = std::string(c10::toString(qdt)) + " q over a " + c10::toString(kdt) + " latent L" +
+                                 std::to_string(m.L) + " r" + std::to_string(m.r) + " S" + std::to_string(m.S);
+        auto want = kernels::mla_decode_reference(q_lat, q_rope, lat, k_r, m.start, valid, m.window, scale);
+        for (auto var : cpu_variants()) {
+          auto got = kernels::mla_decode_attention(q_lat, q_rope, lat, k_r, m.start, valid, m.window, scale, var);
+          expect_close(got, want, tol_for(qdt == f32 ? kdt : qdt), "mla " + kernels::variant_name(var) + " " + what);
+          if (qdt == f32) {
+            EXPECT_TRUE(got.equal(kernels::mla_decode_attention(q_lat, q_rope, lat.to(f32),
+                                                                k_r.defined() ? k_r.to(f32) : k_r, m.start, valid,
+                                                                m.window, scale, var)))
+                << "mla " << kernels::variant_name(var) << " " << what << ": not what the widened cache gives";
+          }
+        }
+      }
+    }
+}
+
 TEST(KernelAttention, StridedCacheViewsAreRead) {
   // A cache buffer with spare capacity, viewed as its filled slots (what KVLayerCache::append returns).
   torch::manual_seed(3);
@@ -136,6 +183,8 @@ TEST(KernelAttention, BadShapesAreOneClearError) {
   }
   EXPECT_THROW(kernels::decode_attention(torch::randn({1, 2, 1, 8}), k, v, 3, torch::ones({1, 5}, torch::kBool), 0, 1.0),
                std::invalid_argument);
+  EXPECT_THROW(kernels::decode_attention(torch::randn({1, 2, 1, 8}), k, v.to(torch::kBFloat16), 3, {}, 0, 1.0),
+               std::invalid_argument);  // k and v in two dtypes
 }
 
 TEST(KernelAttention, MlaDecodeMatchesReference) {

@@ -102,6 +102,37 @@ TEST(KernelQuantAttention, DecodeMatchesReference) {
   }
 }
 
+// Under f32 compute the residual may stay in the cache's float type (bf16): exactly what the f32 residual of the
+// same values gives, for MHA/GQA and the MLA latent.
+TEST(KernelQuantAttention, Bf16ResidualUnderF32Compute) {
+  const auto f32 = torch::kFloat32, bf16 = torch::kBFloat16;
+  for (int bits : {8, 4, testutil::kE4M3}) {
+    torch::manual_seed(29 + bits);
+    const int64_t S = 150, nq = 128;
+    auto q = torch::randn({1, 9, 1, 64});
+    auto k = quantize(torch::randn({1, 3, S, 64}), bits, 32, false, nq, bf16);
+    auto v = quantize(torch::randn({1, 3, S, 64}), bits, 32, false, nq, bf16);
+    auto widened = [&](kernels::QuantizedKV kv) { kv.residual = kv.residual.to(f32); return kv; };
+    const auto what = " bits " + std::to_string(bits);
+    auto want = kernels::quantized_decode_reference(q, k, v, S - 1, {}, 0, 0.125);
+    auto q_lat = torch::randn({1, 8, 1, 96}) * 0.5, q_rope = torch::randn({1, 8, 1, 16});
+    auto c = quantize(torch::randn({1, 1, S, 96}), bits, 32, false, nq, bf16);
+    auto k_r = quantize(torch::randn({1, 2, S, 16}), bits, 16, false, nq, bf16);
+    auto want_mla = kernels::quantized_mla_decode_reference(q_lat, q_rope, c, k_r, S - 1, {}, 0, 0.1);
+    for (auto var : cpu_variants()) {
+      auto got = kernels::quantized_decode_attention(q, k, v, S - 1, {}, 0, 0.125, var);
+      expect_close(got, want, f32, kernels::variant_name(var) + what);
+      EXPECT_TRUE(got.equal(kernels::quantized_decode_attention(q, widened(k), widened(v), S - 1, {}, 0, 0.125, var)))
+          << kernels::variant_name(var) << what;
+      auto got_mla = kernels::quantized_mla_decode_attention(q_lat, q_rope, c, k_r, S - 1, {}, 0, 0.1, var);
+      expect_close(got_mla, want_mla, f32, "mla " + kernels::variant_name(var) + what);
+      EXPECT_TRUE(got_mla.equal(
+          kernels::quantized_mla_decode_attention(q_lat, q_rope, widened(c), widened(k_r), S - 1, {}, 0, 0.1, var)))
+          << "mla " << kernels::variant_name(var) << what;
+    }
+  }
+}
+
 // The in-place 4-bit path for MHA/GQA in bf16 (keys per channel, values per token): key groups that do not
 // match the kernel's block of 16 slots, keys and values quantized up to different slots, value groups of one
 // vector, one whole row or several, an all-residual cache, and 8-bit values beside 4-bit keys.

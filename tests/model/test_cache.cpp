@@ -267,6 +267,7 @@ TEST(SlotBuffer, ZeroResidualQuantizesEveryToken) {
   EXPECT_EQ(b.quantized_tokens(), 3);
   EXPECT_EQ(b.residual_tokens(), 0);
   EXPECT_EQ(b.bytes(), 3 * (8 + 4));
+  EXPECT_TRUE(torch::equal(b.read_for_kernels(), b.read()));  // codes: dequantized, as read() does
 }
 
 TEST(SlotBuffer, FloatStorageKeepsValuesInItsType) {
@@ -276,6 +277,9 @@ TEST(SlotBuffer, FloatStorageKeepsValuesInItsType) {
   b.append(x);
   EXPECT_TRUE(torch::equal(b.read(), x.to(torch::kBFloat16).to(torch::kFloat32)));
   EXPECT_EQ(b.read().scalar_type(), torch::kFloat32);
+  // The kernels read it as stored (and widen it in registers): the same values, in bf16.
+  EXPECT_EQ(b.read_for_kernels().scalar_type(), torch::kBFloat16);
+  EXPECT_TRUE(torch::equal(b.read_for_kernels().to(torch::kFloat32), b.read()));
   EXPECT_EQ(b.bytes(), 2 * 5 * 4 * 2);
   EXPECT_GE(b.capacity_bytes(), b.bytes());
 }

@@ -275,6 +275,7 @@ inline int merge_threads(const AttnArgs& a) {
 // plan_decode for a device of `sms` multiprocessors and `smem_max` bytes of shared memory per block.
 inline std::string plan_for(const AttnArgs& a, int64_t sms, int64_t smem_max, DecodePlan* out) {
   if (a.Dv > kThreads * kMaxAcc) return "value width above " + std::to_string(kThreads * kMaxAcc);
+  if (a.kv_dtype != a.dtype) return "the cache is stored in another dtype than q";  // the kernels read one type
   DecodePlan p;
   p.rows = a.Hq / a.groups * a.T;
   p.row_block = std::max<int64_t>(1, std::min<int64_t>(p.rows, kThreads * kMaxAcc / std::max<int64_t>(a.Dv, 1)));
