@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 export DEBIAN_FRONTEND=noninteractive
-PKGS="build-essential cmake ninja-build pkg-config libtorch-dev nlohmann-json3-dev libgtest-dev libgmock-dev googletest libbenchmark-dev python3-torch python3-numpy bible-kjv bible-kjv-text libpcre2-dev libutf8proc-dev libopenblas0-openmp libgloo-dev"
+PKGS="build-essential cmake ninja-build pkg-config libtorch-dev nlohmann-json3-dev libgtest-dev libgmock-dev googletest libbenchmark-dev python3-torch python3-numpy bible-kjv bible-kjv-text libpcre2-dev libutf8proc-dev libopenblas0-openmp libgloo-dev libcpp-httplib-dev"
 # libopenblas0-openmp replaces the reference BLAS that libtorch-dev links by default (about 100x faster fp32 matmuls).
 # clang and its runtime (libFuzzer, sanitizers) are only for scripts/fuzz.sh; MHA2MLA_FUZZ_DEPS=1 adds them.
 if [ "${MHA2MLA_FUZZ_DEPS:-0}" = 1 ]; then PKGS="$PKGS clang libclang-rt-dev"; fi

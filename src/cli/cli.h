@@ -48,6 +48,7 @@ int cmd_inspect(const Args& a);
 int cmd_tokenize(const Args& a);
 int cmd_ppl(const Args& a);
 int cmd_generate(const Args& a);
+int cmd_serve(const Args& a);
 int cmd_init(const Args& a);
 int cmd_convert(const Args& a);
 int cmd_train(const Args& a);

@@ -88,6 +88,7 @@ const Command kCommands[] = {
     {"eval", mha2mla::cli::cmd_eval, "benchmark scores: multiple choice by log-likelihood, LongBench-style generation"},
     {"reproduce", mha2mla::cli::cmd_reproduce, "the paper's ablations at small scale: one table, one plot"},
     {"generate", mha2mla::cli::cmd_generate, "generate text from a prompt, streamed"},
+    {"serve", mha2mla::cli::cmd_serve, "serve the model over HTTP with OpenAI's API and continuous batching"},
     {"convert", mha2mla::cli::cmd_convert, "convert an MHA/GQA model to MLA (partial RoPE + latent KV)"},
     {"train", mha2mla::cli::cmd_train, "train a model on token shards (one or several processes)"},
     {"finetune", mha2mla::cli::cmd_finetune, "recover a converted model by fine-tuning, with the fair baseline"},

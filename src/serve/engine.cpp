@@ -1,0 +1,249 @@
+#include "serve/engine.h"
+
+#include <algorithm>
+#include <random>
+
+#include "model/kv_cache.h"
+
+namespace mha2mla::serve {
+
+using Clock = std::chrono::steady_clock;
+
+bool Request::next(TokenEvent* e) {
+  std::unique_lock<std::mutex> l(mu_);
+  cv_.wait(l, [&] { return !events_.empty() || finish_ != Finish::None; });
+  if (events_.empty()) return false;
+  *e = std::move(events_.front());
+  events_.pop_front();
+  return true;
+}
+
+Finish Request::finish_reason() {
+  std::lock_guard<std::mutex> l(mu_);
+  return finish_;
+}
+
+std::string Request::error() {
+  std::lock_guard<std::mutex> l(mu_);
+  return error_;
+}
+
+void Request::push(TokenEvent e) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    events_.push_back(std::move(e));
+  }
+  cv_.notify_all();
+}
+
+void Request::end(Finish f, std::string error) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (finish_ != Finish::None) return;
+    finish_ = f;
+    error_ = std::move(error);
+  }
+  cv_.notify_all();
+}
+
+struct Engine::Seq {
+  std::shared_ptr<Request> req;
+  std::unique_ptr<model::KVCache> cache;
+  infer::Sampler sampler;
+  int64_t fed = 0;        // tokens in the cache
+  int64_t generated = 0;  // tokens sampled
+  int64_t pending = -1;   // the last sampled token, fed at the next step
+  int64_t blocks = 0;
+  Clock::time_point last_token;
+  Seq(std::shared_ptr<Request> r, const infer::SamplingParams& sp) : req(std::move(r)), sampler(sp) {}
+};
+
+double Engine::bytes_per_token(const model::TransformerImpl& m) {
+  double total = 0;
+  for (const auto& specs : m.cache_specs()) total += model::bytes_per_token(specs, m.runtime().cache, m.dtype());
+  return total;
+}
+
+Engine::Engine(model::TransformerImpl& m, EngineOptions o, Metrics& metrics) : m_(m), opt_(o), metrics_(metrics) {
+  block_bytes_ = static_cast<int64_t>(bytes_per_token(m) * static_cast<double>(opt_.block_tokens) + 0.5);
+  thread_ = std::thread([this] { loop(); });
+}
+
+Engine::~Engine() {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+Engine::Admit Engine::submit(std::shared_ptr<Request> r) {
+  const int64_t need = blocks_for(static_cast<int64_t>(r->prompt.size()) + r->params.max_tokens);
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (draining_ || stop_) return Admit::Draining;
+    if (need > opt_.blocks) return Admit::NeverFits;
+    if (static_cast<int64_t>(queue_.size()) >= opt_.max_queue) return Admit::QueueFull;
+    queue_.push_back(std::move(r));
+  }
+  cv_.notify_all();
+  return Admit::Queued;
+}
+
+EngineSnapshot Engine::snapshot() const {
+  std::lock_guard<std::mutex> l(mu_);
+  EngineSnapshot s;
+  s.queued = static_cast<int64_t>(queue_.size());
+  s.running = static_cast<int64_t>(running_.size());
+  s.blocks_total = opt_.blocks, s.blocks_used = blocks_used_, s.block_tokens = opt_.block_tokens;
+  s.block_bytes = block_bytes_;
+  s.cache_bytes = cache_bytes_;
+  return s;
+}
+
+void Engine::admit_locked() {
+  while (!queue_.empty() && static_cast<int64_t>(running_.size()) < opt_.parallel) {
+    auto& r = queue_.front();
+    if (r->cancel) {  // gone before it started
+      r->end(Finish::Cancelled);
+      metrics_.add(&Metrics::cancelled);
+      queue_.pop_front();
+      continue;
+    }
+    const int64_t need = blocks_for(static_cast<int64_t>(r->prompt.size()) + r->params.max_tokens);
+    if (blocks_used_ + need > opt_.blocks) break;  // first come, first served: the head waits for blocks
+    auto s = std::make_unique<Seq>(r, r->params.sampling);
+    s->blocks = need;
+    blocks_used_ += need;
+    running_.push_back(std::move(s));
+    queue_.pop_front();
+  }
+}
+
+void Engine::release(Seq& s, Finish f, const std::string& error) {
+  s.req->end(f, error);
+  if (f == Finish::Cancelled) metrics_.add(&Metrics::cancelled);
+  else if (f == Finish::Error) metrics_.add(&Metrics::failed);
+  else metrics_.add(&Metrics::completed);
+  s.cache.reset();
+  std::lock_guard<std::mutex> l(mu_);
+  blocks_used_ -= s.blocks;
+  s.blocks = 0;
+}
+
+void Engine::emit(Seq& s, const torch::Tensor& logits) {
+  // As infer::generate: sample, then stop at EOS, at the last position, or at max_tokens.
+  const int64_t id = s.sampler.sample(logits);
+  ++s.generated;
+  TokenEvent e;
+  e.id = id;
+  if (s.req->params.top_logprobs >= 0) {
+    auto lp = torch::log_softmax(logits.to(torch::kFloat32), -1);
+    e.logprob = lp[id].item<float>();
+    const int64_t k = std::min<int64_t>(s.req->params.top_logprobs, lp.size(0));
+    if (k > 0) {
+      auto [v, i] = lp.topk(k);
+      for (int64_t j = 0; j < k; ++j) e.top.emplace_back(i[j].item<int64_t>(), v[j].item<float>());
+    }
+  }
+  const auto now = Clock::now();
+  if (s.generated == 1) metrics_.ttft.observe(std::chrono::duration<double>(now - s.req->arrived).count());
+  else metrics_.token_latency.observe(std::chrono::duration<double>(now - s.last_token).count());
+  s.last_token = now;
+  metrics_.add(&Metrics::generated_tokens);
+  s.req->push(std::move(e));
+  const auto& eos = m_.config().eos_token_ids;
+  if (std::find(eos.begin(), eos.end(), id) != eos.end()) return release(s, Finish::Eos);
+  if (s.fed >= m_.config().max_position_embeddings) return release(s, Finish::Context);
+  if (s.generated >= s.req->params.max_tokens) return release(s, Finish::Length);
+  s.pending = id;
+}
+
+bool Engine::step(Seq& s) {
+  if (s.req->cancel) {
+    release(s, Finish::Cancelled);
+    return false;
+  }
+  try {
+    torch::NoGradGuard ng;
+    const int64_t P = static_cast<int64_t>(s.req->prompt.size());
+    if (!s.cache) s.cache = m_.make_cache(1);
+    if (s.fed < P) {  // the next chunk of the prompt
+      const int64_t n = std::min(opt_.prefill_chunk, P - s.fed);
+      auto ids = torch::tensor(std::vector<int64_t>(s.req->prompt.begin() + s.fed, s.req->prompt.begin() + s.fed + n),
+                               torch::kInt64)
+                     .view({1, n});
+      auto h = m_.hidden(ids.to(m_.device()), s.cache.get(), torch::ones({1, n}, torch::kBool));
+      s.fed += n;
+      metrics_.add(&Metrics::prompt_tokens, static_cast<uint64_t>(n));
+      if (s.fed == P) emit(s, m_.logits(h.select(1, n - 1))[0]);
+    } else {
+      auto ids = torch::full({1, 1}, s.pending, torch::kInt64);
+      auto h = m_.hidden(ids.to(m_.device()), s.cache.get(), torch::ones({1, 1}, torch::kBool));
+      s.fed += 1;
+      emit(s, m_.logits(h.select(1, 0))[0]);
+    }
+  } catch (const std::exception& e) {
+    release(s, Finish::Error, e.what());
+  }
+  return s.blocks > 0;
+}
+
+void Engine::loop() {
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> l(mu_);
+      admit_locked();
+      cv_.wait(l, [&] { return stop_ || !running_.empty() || (!queue_.empty() && !draining_); });
+      if (stop_ && running_.empty()) break;
+      admit_locked();
+    }
+    int64_t bytes = 0;
+    for (size_t i = 0; i < running_.size();) {
+      if (step(*running_[i])) {
+        bytes += running_[i]->cache ? running_[i]->cache->stats().bytes : 0;
+        ++i;
+        continue;
+      }
+      std::lock_guard<std::mutex> l(mu_);
+      running_.erase(running_.begin() + static_cast<std::ptrdiff_t>(i));
+    }
+    std::lock_guard<std::mutex> l(mu_);
+    cache_bytes_ = bytes;
+    if (stop_) {  // cancel whatever still runs
+      for (auto& s : running_) s->req->cancel = true;
+    }
+  }
+  std::lock_guard<std::mutex> l(mu_);
+  for (auto& r : queue_) r->end(Finish::Cancelled);
+  queue_.clear();
+}
+
+void Engine::drain(Clock::duration deadline) {
+  const auto until = Clock::now() + deadline;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    draining_ = true;
+  }
+  for (;;) {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      if (running_.empty() && queue_.empty()) break;
+      if (Clock::now() >= until) {
+        for (auto& s : running_) s->req->cancel = true;
+        for (auto& r : queue_) r->cancel = true;
+      }
+    }
+    cv_.notify_all();
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+}  // namespace mha2mla::serve
