@@ -1,7 +1,7 @@
 // AVX2 y = x W^T + b (f32 arithmetic for every storage type), for CPUs without AVX-512. Compiled with
-// -mavx2 -mfma -mf16c; called only when cpu_has_avx2(). Same structure as gemv_avx512_impl.h: W streamed
-// once per pass of up to 4 rows of x, blocks of output features kept in registers; passes over 2-4 rows of x
-// prefetch rows ahead, the one-row loop leaves its single stream to the hardware prefetcher.
+// -mavx2 -mfma -mf16c; called only when cpu_has_avx2(). W is streamed once per pass of up to 3 rows of x, one
+// row of W at a time, front to back (the hardware prefetcher follows the single stream), each row of x summed
+// in the same four chains whatever the pass holds.
 #include <vector>
 
 #include "kernels/gemv_args.h"
@@ -9,12 +9,6 @@
 
 namespace mha2mla::kernels::avx2 {
 namespace {
-
-constexpr int64_t kPrefetchRows = 16;
-
-inline void prefetch_rows(const char* w, int rows, int64_t stride_bytes, int64_t byte) {
-  for (int r = 0; r < rows; ++r) _mm_prefetch(w + (kPrefetchRows + r) * stride_bytes + byte, _MM_HINT_T0);
-}
 
 // bf16 -> f32 by interleaving with zeros: 16 weights become two vectors in the order
 // [0-3, 8-11] and [4-7, 12-15] (vpunpck works within 128-bit lanes), so x is stored permuted to match.
@@ -47,41 +41,6 @@ inline void finish_output(const GemvArgs& a, const char* w, int64_t in16, int64_
   store_output(a, j, o, s);
 }
 
-// acc[r][j] = sum_i W[o+r][i] x[j][i] over i in [0, in16) (a multiple of 16); X holds the N rows of x as f32,
-// permuted per 16 for bf16. Returns the sums in out.
-template <int RB, int N>
-inline void block(const GemvArgs& a, const float* X, int64_t xs, int64_t in16, int64_t o, float out[RB][N]) {
-  __m256 acc[RB][N];
-  for (int r = 0; r < RB; ++r)
-    for (int j = 0; j < N; ++j) acc[r][j] = _mm256_setzero_ps();
-  const int64_t es = elem_size(a.dtype), rs = a.w_stride * es;
-  const char* w = static_cast<const char*>(a.w) + o * rs;
-  for (int64_t i = 0; i < in16; i += 16) {
-    if ((i * es) % 64 == 0) prefetch_rows(w, RB, rs, i * es);
-    for (int r = 0; r < RB; ++r) {
-      __m256 w0, w1;
-      load16(w + r * rs + i * es, a.dtype, w0, w1);
-      for (int j = 0; j < N; ++j) {  // x from L1: 16 ymm registers do not hold x as well for N > 1
-        acc[r][j] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(X + j * xs + i), acc[r][j]);
-        acc[r][j] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(X + j * xs + i + 8), acc[r][j]);
-      }
-    }
-  }
-  for (int r = 0; r < RB; ++r)
-    for (int j = 0; j < N; ++j) out[r][j] = hsum8(acc[r][j]);
-}
-
-template <int RB, int N>
-inline void block_store(const GemvArgs& a, const float* X, int64_t xs, int64_t in16, int64_t j0, int64_t o) {
-  float out[RB][N];
-  block<RB, N>(a, X, xs, in16, o, out);
-  const int64_t es = elem_size(a.dtype);
-  for (int r = 0; r < RB; ++r) {
-    const char* w = static_cast<const char*>(a.w) + (o + r) * a.w_stride * es;
-    for (int j = 0; j < N; ++j) finish_output(a, w, in16, j0 + j, o + r, out[r][j]);
-  }
-}
-
 // One row of W against one row of x, read front to back: a single sequential stream per thread, which the
 // hardware prefetcher follows on its own. Four accumulator chains hide the FMA latency; the storage type is a
 // template argument, so the loop holds loads and FMAs only. On a Zen 3 the software prefetch two rows ahead
@@ -104,6 +63,50 @@ inline float row_dot1(const float* X, int64_t in16, const char* w) {
   return hsum8(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
 }
 
+// row_dot1 for N rows of x against one row of W, read once: each row keeps row_dot1's four chains and order, so
+// its sums are bit-identical to row_dot1's (a row's result never depends on how many rows share the pass: a
+// server batches sequences and promises each one what it gets alone). 4N accumulators: N <= 3 fits 16 ymm.
+template <DType T, int N>
+inline void rows_dot(const float* X, int64_t xs, int64_t in16, const char* w, float out[N]) {
+  constexpr int64_t es = T == DType::F32 ? 4 : 2;
+  __m256 acc[N][4];
+  for (int j = 0; j < N; ++j)
+    for (int k = 0; k < 4; ++k) acc[j][k] = _mm256_setzero_ps();
+  auto step = [&](int64_t i, int k) {
+    __m256 w0, w1;
+    load16_t<T>(w + i * es, w0, w1);
+    for (int j = 0; j < N; ++j) {
+      acc[j][k] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(X + j * xs + i), acc[j][k]);
+      acc[j][k + 1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(X + j * xs + i + 8), acc[j][k + 1]);
+    }
+  };
+  int64_t i = 0;
+  for (; i + 32 <= in16; i += 32) step(i, 0), step(i + 16, 2);
+  if (i < in16) step(i, 0);
+  for (int j = 0; j < N; ++j)
+    out[j] = hsum8(_mm256_add_ps(_mm256_add_ps(acc[j][0], acc[j][1]), _mm256_add_ps(acc[j][2], acc[j][3])));
+}
+
+template <DType T, int N>
+void rows_seqn_t(const GemvArgs& a, const float* X, int64_t xs, int64_t in16, int64_t j0, int64_t o0, int64_t o1) {
+  const int64_t rs = a.w_stride * elem_size(T);
+  for (int64_t o = o0; o < o1; ++o) {
+    const char* w = static_cast<const char*>(a.w) + o * rs;
+    float out[N];
+    rows_dot<T, N>(X, xs, in16, w, out);
+    for (int j = 0; j < N; ++j) finish_output(a, w, in16, j0 + j, o, out[j]);
+  }
+}
+
+template <int N>
+void rows_seqn(const GemvArgs& a, const float* X, int64_t xs, int64_t in16, int64_t j0, int64_t o0, int64_t o1) {
+  switch (a.dtype) {
+    case DType::BF16: return rows_seqn_t<DType::BF16, N>(a, X, xs, in16, j0, o0, o1);
+    case DType::F16: return rows_seqn_t<DType::F16, N>(a, X, xs, in16, j0, o0, o1);
+    case DType::F32: return rows_seqn_t<DType::F32, N>(a, X, xs, in16, j0, o0, o1);
+  }
+}
+
 template <DType T>
 void rows_seq1_t(const GemvArgs& a, const float* X, int64_t in16, int64_t j0, int64_t o0, int64_t o1) {
   const int64_t rs = a.w_stride * elem_size(T);
@@ -121,24 +124,16 @@ void rows_seq1(const GemvArgs& a, const float* X, int64_t in16, int64_t j0, int6
   }
 }
 
-template <int N>
-void rows_pass(const GemvArgs& a, const float* X, int64_t xs, int64_t in16, int64_t j0, int64_t o0, int64_t o1) {
-  constexpr int RB = N == 2 ? 4 : 3;  // one row of x: rows_seq1
-  int64_t o = o0;
-  for (; o + RB <= o1; o += RB) block_store<RB, N>(a, X, xs, in16, j0, o);
-  for (; o < o1; ++o) block_store<1, N>(a, X, xs, in16, j0, o);
-}
-
 }  // namespace
 
 void gemv_rows(const GemvArgs& a, int64_t o0, int64_t o1) {
   const int64_t in16 = a.in / 16 * 16, es = elem_size(a.dtype);
-  // x as f32 (permuted for bf16), up to 4 rows of in16 values; grown once per thread and reused.
+  // x as f32 (permuted for bf16), up to 3 rows of in16 values; grown once per thread and reused.
   thread_local std::vector<float> xbuf;
-  if (static_cast<int64_t>(xbuf.size()) < in16 * 4) xbuf.resize(in16 * 4);
+  if (static_cast<int64_t>(xbuf.size()) < in16 * 3) xbuf.resize(in16 * 3);
   float* X = xbuf.data();
-  for (int64_t j0 = 0; j0 < a.n; j0 += 4) {
-    const int64_t nr = a.n - j0 >= 4 ? 4 : a.n - j0;
+  for (int64_t j0 = 0; j0 < a.n; j0 += 3) {
+    const int64_t nr = a.n - j0 >= 3 ? 3 : a.n - j0;
     for (int64_t j = 0; j < nr; ++j) {
       float* xr = X + j * in16;
       row_to_f32(static_cast<const char*>(a.x) + (j0 + j) * a.in * es, a.dtype, in16, xr);
@@ -150,9 +145,8 @@ void gemv_rows(const GemvArgs& a, int64_t o0, int64_t o1) {
     }
     switch (nr) {
       case 1: rows_seq1(a, X, in16, j0, o0, o1); break;
-      case 2: rows_pass<2>(a, X, in16, in16, j0, o0, o1); break;
-      case 3: rows_pass<3>(a, X, in16, in16, j0, o0, o1); break;
-      default: rows_pass<4>(a, X, in16, in16, j0, o0, o1); break;
+      case 2: rows_seqn<2>(a, X, in16, in16, j0, o0, o1); break;
+      default: rows_seqn<3>(a, X, in16, in16, j0, o0, o1); break;
     }
   }
 }

@@ -23,6 +23,17 @@ DecoderLayerImpl::DecoderLayerImpl(const io::ModelConfig& c, int64_t layer, cons
   post_attention_layernorm = register_module("post_attention_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps, opt));
 }
 
+torch::Tensor DecoderLayerImpl::forward_many(const torch::Tensor& x, const std::vector<AttnContext>& ctxs) {
+  auto xn = input_layernorm(x);
+  std::vector<torch::Tensor> h;
+  for (size_t b = 0; b < ctxs.size(); ++b) {
+    const auto r = static_cast<int64_t>(b);
+    h.push_back(self_attn->forward(xn.narrow(0, r, 1), ctxs[b], x.narrow(0, r, 1)));  // x + attention(xn), its cache
+  }
+  auto hb = torch::cat(h, 0);
+  return mlp->forward(post_attention_layernorm(hb), hb);
+}
+
 torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const AttnContext& ctx) {
   auto xn = input_layernorm(x);
   if (ctx.on_attn_input && *ctx.on_attn_input) (*ctx.on_attn_input)(ctx.layer, xn);
@@ -69,14 +80,7 @@ void check_token_ids(const torch::Tensor& ids, int64_t vocab_size) {
                                         " is outside the vocabulary (size " + std::to_string(vocab_size) + ")");
 }
 
-torch::Tensor TransformerImpl::hidden(const torch::Tensor& ids, KVCache* cache, const torch::Tensor& valid) {
-  check(ids.dim() == 2, "token ids must be [batch, time]");
-  const int64_t B = ids.size(0), T = ids.size(1);
-  check(T > 0, "no tokens to run");
-  // Ids still on the host are checked here at no cost; ids already on the device were checked by whoever put
-  // them there (check_token_ids), so a decode step never waits for the device.
-  if (ids.device().is_cpu()) check_token_ids(ids, cfg_.vocab_size);
-  auto dev_ids = ids.to(device_, torch::kInt64);
+AttnContext TransformerImpl::context(int64_t B, int64_t T, KVCache* cache, const torch::Tensor& valid) {
   AttnContext ctx;
   ctx.on_attn_input = &attn_input_hook;
   ctx.attn = runtime_.attn;
@@ -117,6 +121,18 @@ torch::Tensor TransformerImpl::hidden(const torch::Tensor& ids, KVCache* cache, 
   ctx.causal = !cache && all_valid && (ctx.window <= 0 || T <= ctx.window);
   ctx.new_tokens = T, ctx.dtype = dtype_, ctx.device = device_;
   std::tie(ctx.cos, ctx.sin) = rope_cos_sin(inv_freq_, positions, dtype_);
+  return ctx;
+}
+
+torch::Tensor TransformerImpl::hidden(const torch::Tensor& ids, KVCache* cache, const torch::Tensor& valid) {
+  check(ids.dim() == 2, "token ids must be [batch, time]");
+  const int64_t B = ids.size(0), T = ids.size(1);
+  check(T > 0, "no tokens to run");
+  // Ids still on the host are checked here at no cost; ids already on the device were checked by whoever put
+  // them there (check_token_ids), so a decode step never waits for the device.
+  if (ids.device().is_cpu()) check_token_ids(ids, cfg_.vocab_size);
+  auto dev_ids = ids.to(device_, torch::kInt64);
+  AttnContext ctx = context(B, T, cache, valid);
 
   if (cache && B == 1 && T == 1) {
     std::string why = runtime_.decode_step == DecodeStepMode::Fused ? DecodeStep::unsupported(*this, *cache, ctx)
@@ -137,6 +153,31 @@ torch::Tensor TransformerImpl::hidden(const torch::Tensor& ids, KVCache* cache, 
     h = model->layers->at<DecoderLayerImpl>(i).forward(h, ctx);
   }
   if (cache) cache->end_step(T);
+  return model->norm(h);
+}
+
+static_assert(TransformerImpl::kMaxDecodeBatch <= kernels::kGemvMaxRows,
+              "a batched step's matrices must go through the GEMV, whose rows do not depend on each other");
+
+torch::Tensor TransformerImpl::decode_many(const std::vector<int64_t>& ids, const std::vector<KVCache*>& caches) {
+  const int64_t B = static_cast<int64_t>(ids.size());
+  check(B > 0 && B <= kMaxDecodeBatch && caches.size() == ids.size(),
+        "decode_many: 1 to " + std::to_string(kMaxDecodeBatch) + " sequences, one cache each");
+  auto id_t = torch::tensor(ids, torch::kInt64).view({B, 1});
+  const auto one = torch::ones({1, 1}, torch::kBool);
+  if (B == 1) return hidden(id_t, caches[0], one);  // as a sequence alone decodes (the fused step where it applies)
+  check_token_ids(id_t, cfg_.vocab_size);
+  std::vector<AttnContext> ctxs;
+  for (auto* c : caches) {
+    check(c && c->batch() == 1, "decode_many: each sequence needs a cache of one row");
+    ctxs.push_back(context(1, 1, c, one));
+  }
+  auto h = model->embed_tokens(id_t.to(device_));  // [B, 1, d]
+  for (int64_t i = 0; i < cfg_.num_layers; ++i) {
+    for (auto& c : ctxs) c.layer = i;
+    h = model->layers->at<DecoderLayerImpl>(i).forward_many(h, ctxs);
+  }
+  for (auto* c : caches) c->end_step(1);
   return model->norm(h);
 }
 

@@ -20,6 +20,10 @@ class DecoderLayerImpl : public torch::nn::Module {
  public:
   DecoderLayerImpl(const io::ModelConfig& cfg, int64_t layer, const torch::TensorOptions& opt);
   torch::Tensor forward(const torch::Tensor& x, const AttnContext& ctx);
+  // One new token of each of B sequences, x [B, 1, d], sequence b over its own cache (ctxs[b]): attention one
+  // sequence at a time, the MLP for all at once. Each row's result is what forward() gives it alone (the kernels'
+  // per-row arithmetic does not depend on the rows beside it).
+  torch::Tensor forward_many(const torch::Tensor& x, const std::vector<AttnContext>& ctxs);
 
   std::shared_ptr<AttentionImpl> self_attn;
   MLP mlp{nullptr};
@@ -45,6 +49,11 @@ class TransformerImpl : public torch::nn::Module {
   torch::Tensor hidden(const torch::Tensor& ids, KVCache* cache = nullptr, const torch::Tensor& valid = {});
   // Logits [.., V] in fp32 from hidden states.
   torch::Tensor logits(const torch::Tensor& hidden);
+  // One decode step of up to kMaxDecodeBatch sequences, each with its own one-row cache: ids[b] is appended to
+  // caches[b]. Returns the final-norm hidden states [B, 1, d]; row b is bit for bit what hidden() gives that
+  // sequence alone on the CPU (the matrices are read once for every few rows: the server's batched step).
+  static constexpr int64_t kMaxDecodeBatch = 8;
+  torch::Tensor decode_many(const std::vector<int64_t>& ids, const std::vector<KVCache*>& caches);
   torch::Tensor forward(const torch::Tensor& ids, KVCache* cache = nullptr, const torch::Tensor& valid = {}) {
     return logits(hidden(ids, cache, valid));
   }
@@ -77,6 +86,10 @@ class TransformerImpl : public torch::nn::Module {
   std::string layer_decode_reason;
 
  private:
+  // The attention context of a forward over B x T tokens: positions, validity, masks, RoPE tables. With a
+  // cache it begins the cache's step (the caller ends it with end_step(T) after the layers).
+  AttnContext context(int64_t B, int64_t T, KVCache* cache, const torch::Tensor& valid);
+
   io::ModelConfig cfg_;
   torch::ScalarType dtype_;
   torch::Device device_;

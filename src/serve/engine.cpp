@@ -53,7 +53,7 @@ struct Engine::Seq {
   int64_t fed = 0;        // tokens in the cache
   int64_t generated = 0;  // tokens sampled
   int64_t pending = -1;   // the last sampled token, fed at the next step
-  int64_t blocks = 0;
+  int64_t blocks = 0;        // reserved in the pool; 0 once released
   Clock::time_point last_token;
   Seq(std::shared_ptr<Request> r, const infer::SamplingParams& sp) : req(std::move(r)), sampler(sp) {}
 };
@@ -128,6 +128,7 @@ void Engine::release(Seq& s, Finish f, const std::string& error) {
   else metrics_.add(&Metrics::completed);
   s.cache.reset();
   std::lock_guard<std::mutex> l(mu_);
+  // blocks == 0 marks the sequence as ended: the loop drops it after this step.
   blocks_used_ -= s.blocks;
   s.blocks = 0;
 }
@@ -160,34 +161,47 @@ void Engine::emit(Seq& s, const torch::Tensor& logits) {
   s.pending = id;
 }
 
-bool Engine::step(Seq& s) {
+// Runs the next chunk of s's prompt, if any is left (its first token comes with the last chunk). True when s is
+// prefilled and still running at the start of the step: it decodes this step.
+bool Engine::prefill(Seq& s) {
   if (s.req->cancel) {
     release(s, Finish::Cancelled);
     return false;
   }
+  const int64_t P = static_cast<int64_t>(s.req->prompt.size());
+  if (s.fed >= P) return true;
   try {
     torch::NoGradGuard ng;
-    const int64_t P = static_cast<int64_t>(s.req->prompt.size());
     if (!s.cache) s.cache = m_.make_cache(1);
-    if (s.fed < P) {  // the next chunk of the prompt
-      const int64_t n = std::min(opt_.prefill_chunk, P - s.fed);
-      auto ids = torch::tensor(std::vector<int64_t>(s.req->prompt.begin() + s.fed, s.req->prompt.begin() + s.fed + n),
-                               torch::kInt64)
-                     .view({1, n});
-      auto h = m_.hidden(ids.to(m_.device()), s.cache.get(), torch::ones({1, n}, torch::kBool));
-      s.fed += n;
-      metrics_.add(&Metrics::prompt_tokens, static_cast<uint64_t>(n));
-      if (s.fed == P) emit(s, m_.logits(h.select(1, n - 1))[0]);
-    } else {
-      auto ids = torch::full({1, 1}, s.pending, torch::kInt64);
-      auto h = m_.hidden(ids.to(m_.device()), s.cache.get(), torch::ones({1, 1}, torch::kBool));
-      s.fed += 1;
-      emit(s, m_.logits(h.select(1, 0))[0]);
-    }
+    const int64_t n = std::min(opt_.prefill_chunk, P - s.fed);
+    auto ids = torch::tensor(std::vector<int64_t>(s.req->prompt.begin() + s.fed, s.req->prompt.begin() + s.fed + n),
+                             torch::kInt64)
+                   .view({1, n});
+    auto h = m_.hidden(ids, s.cache.get(), torch::ones({1, n}, torch::kBool));
+    s.fed += n;
+    metrics_.add(&Metrics::prompt_tokens, static_cast<uint64_t>(n));
+    if (s.fed == P) emit(s, m_.logits(h.select(1, n - 1))[0]);  // its first token: this step's
   } catch (const std::exception& e) {
     release(s, Finish::Error, e.what());
   }
-  return s.blocks > 0;
+  return false;
+}
+
+void Engine::decode(const std::vector<Seq*>& batch) {
+  std::vector<int64_t> ids;
+  std::vector<model::KVCache*> caches;
+  for (auto* s : batch) ids.push_back(s->pending), caches.push_back(s->cache.get());
+  try {
+    torch::NoGradGuard ng;
+    auto logits = m_.logits(m_.decode_many(ids, caches).select(1, 0));  // [n, V]
+    for (size_t j = 0; j < batch.size(); ++j) {
+      batch[j]->fed += 1;
+      emit(*batch[j], logits[static_cast<int64_t>(j)]);
+    }
+  } catch (const std::exception& e) {
+    for (auto* s : batch)
+      if (s->blocks > 0) release(*s, Finish::Error, e.what());
+  }
 }
 
 void Engine::loop() {
@@ -199,21 +213,23 @@ void Engine::loop() {
       if (stop_ && running_.empty()) break;
       admit_locked();
     }
+    // One step: a prompt chunk for each sequence still prefilling, one token for each of the others, decoded
+    // together in batches of up to kMaxDecodeBatch (the weights are read once per batch, not per sequence).
+    std::vector<Seq*> ready;
+    for (auto& s : running_)
+      if (prefill(*s)) ready.push_back(s.get());
+    const size_t per = static_cast<size_t>(model::TransformerImpl::kMaxDecodeBatch);
+    for (size_t i = 0; i < ready.size(); i += per)
+      decode(std::vector<Seq*>(ready.begin() + static_cast<std::ptrdiff_t>(i),
+                               ready.begin() + static_cast<std::ptrdiff_t>(std::min(ready.size(), i + per))));
     int64_t bytes = 0;
-    for (size_t i = 0; i < running_.size();) {
-      if (step(*running_[i])) {
-        bytes += running_[i]->cache ? running_[i]->cache->stats().bytes : 0;
-        ++i;
-        continue;
-      }
-      std::lock_guard<std::mutex> l(mu_);
-      running_.erase(running_.begin() + static_cast<std::ptrdiff_t>(i));
-    }
     std::lock_guard<std::mutex> l(mu_);
+    running_.erase(std::remove_if(running_.begin(), running_.end(), [](const auto& s) { return s->blocks == 0; }),
+                   running_.end());
+    for (auto& s : running_) bytes += s->cache ? s->cache->stats().bytes : 0;
     cache_bytes_ = bytes;
-    if (stop_) {  // cancel whatever still runs
+    if (stop_)  // cancel whatever still runs
       for (auto& s : running_) s->req->cancel = true;
-    }
   }
   std::lock_guard<std::mutex> l(mu_);
   for (auto& r : queue_) r->end(Finish::Cancelled);

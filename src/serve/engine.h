@@ -2,12 +2,15 @@
 // The scheduler behind the server: continuous batching over one model. Requests wait in a bounded queue and are
 // admitted at the next step when a running slot (--parallel) and their cache blocks are free; finished or
 // cancelled sequences leave at once and return their blocks. Every step advances each running sequence by one
-// prefill chunk or one token, so a long prompt never stalls the others' decoding for more than a chunk.
+// prefill chunk or one token, so a long prompt never stalls the others' decoding for more than a chunk; the
+// decoding sequences run through the layers together, in batches of up to 8, so the matrices are read once per
+// batch.
 //
 // Cache blocks: the pool (--cache-memory) is counted in blocks of `block_tokens` tokens of every layer's cache
 // (bytes per token from the cache-format table). A sequence reserves the blocks its prompt plus max_tokens can
 // fill when it is admitted, so a running sequence never runs out. Each sequence's cache is its own batch-1
-// KVCache, so its tokens and log-probabilities are those `generate` computes for it alone, whatever else runs.
+// KVCache, and a batched step gives each row what it gets alone (TransformerImpl::decode_many), so its tokens
+// and log-probabilities are those `generate` computes for it alone, whatever else runs.
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -98,7 +101,8 @@ class Engine {
   struct Seq;
   void loop();
   void admit_locked();
-  bool step(Seq& s);  // false once the sequence has ended
+  bool prefill(Seq& s);                         // a prompt chunk, or true: ready to decode
+  void decode(const std::vector<Seq*>& batch);  // one token of each, at most kMaxDecodeBatch
   void emit(Seq& s, const torch::Tensor& logits);
   void release(Seq& s, Finish f, const std::string& error = "");
 

@@ -56,6 +56,30 @@ TEST(KernelGemv, MatchesTorchLinear) {
   }
 }
 
+// A row's result does not depend on how many rows share the call (the server batches sequences and promises
+// each one, bit for bit, what it gets alone): every row of an n-row call equals the one-row call, for every
+// variant, dtype and n up to the GEMV's limit, with and without a residual.
+TEST(KernelGemv, EachRowIsWhatItIsAlone) {
+  for (auto dt : {torch::kFloat32, torch::kBFloat16, torch::kFloat16})
+    for (int64_t in : {576, 77}) {
+      torch::manual_seed(in);
+      auto x = torch::randn({8, in}).to(dt);
+      auto w = (torch::randn({50, in}) * 0.05).to(dt);
+      auto b = torch::randn({50}).to(dt), r = torch::randn({8, 50}).to(dt);
+      for (auto var : cpu_variants())
+        for (int64_t n = 2; n <= 8; ++n) {
+          auto many = kernels::linear(x.narrow(0, 0, n), w, b, var);
+          auto many_add = kernels::linear_add(x.narrow(0, 0, n), w, b, r.narrow(0, 0, n), var);
+          for (int64_t j = 0; j < n; ++j) {
+            const std::string what = kernels::variant_name(var) + " " + c10::toString(dt) + " in " + std::to_string(in) +
+                                     " row " + std::to_string(j) + " of " + std::to_string(n);
+            EXPECT_TRUE(many[j].equal(kernels::linear(x.narrow(0, j, 1), w, b, var)[0])) << what;
+            EXPECT_TRUE(many_add[j].equal(kernels::linear_add(x.narrow(0, j, 1), w, b, r.narrow(0, j, 1), var)[0])) << what;
+          }
+        }
+    }
+}
+
 TEST(KernelGemv, KeepsLeadingDimsAndStridedWeights) {
   torch::manual_seed(2);
   auto x = torch::randn({1, 1, 96});

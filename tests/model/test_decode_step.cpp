@@ -198,5 +198,73 @@ TEST(FusedStepApplies, UnsupportedCacheFallsBackToLayers) {
   EXPECT_TRUE(torch::equal(fused, layers));
 }
 
+
+// Several sequences decoded together (TransformerImpl::decode_many, the server's batched step): each row's
+// logits are bit for bit what the sequence gets decoding alone, step after step, whatever its neighbours' lengths,
+// on every variant, for MHA, GQA, absorbed MLA and a quantized cache.
+using ManyCase = std::tuple<std::string, torch::ScalarType, std::string>;  // kind, dtype, cache type
+class DecodeMany : public ::testing::TestWithParam<std::pair<ManyCase, kernels::Variant>> {};
+
+TEST_P(DecodeMany, EachRowIsWhatItGetsAlone) {
+  const auto [kind, dtype, cache_type] = GetParam().first;
+  kernels::VariantCapScope cap(GetParam().second);
+  torch::NoGradGuard ng;
+  auto m = kind == "mla" ? converted("joint", 3, dtype) : make_random_model(tiny_config(kind), 5, dtype);
+  CacheOptions co;
+  if (!cache_type.empty()) co.type = parse_cache_type(cache_type), co.residual = 8, co.group = 8;
+  const std::vector<int64_t> prompts = {9, 3, 17, 1, 12};
+  const int64_t steps = 6, V = m->config().vocab_size;
+  // ids of sequence s: a fixed random prompt; each then continues with its own greedy tokens.
+  auto prompt_ids = [&](size_t s) {
+    auto gen = at::detail::createCPUGenerator(100 + s);
+    return at::randint(0, V, {1, prompts[s]}, gen, torch::kInt64);
+  };
+  std::vector<torch::Tensor> alone;  // [steps, V] per sequence
+  for (size_t s = 0; s < prompts.size(); ++s) {
+    auto cache = m->make_cache(1, co);
+    auto tok = m->logits(m->hidden(prompt_ids(s), cache.get()).select(1, prompts[s] - 1)).argmax(-1, true);
+    std::vector<torch::Tensor> out;
+    for (int64_t i = 0; i < steps; ++i) {
+      auto logits = m->logits(m->hidden(tok, cache.get(), torch::ones({1, 1}, torch::kBool)).select(1, 0));
+      out.push_back(logits);
+      tok = logits.argmax(-1, true);
+    }
+    alone.push_back(torch::cat(out, 0));
+  }
+  std::vector<std::unique_ptr<KVCache>> caches;
+  std::vector<int64_t> next;
+  for (size_t s = 0; s < prompts.size(); ++s) {
+    caches.push_back(m->make_cache(1, co));
+    next.push_back(m->logits(m->hidden(prompt_ids(s), caches.back().get()).select(1, prompts[s] - 1)).argmax(-1).item<int64_t>());
+  }
+  std::vector<KVCache*> ptrs;
+  for (auto& c : caches) ptrs.push_back(c.get());
+  for (int64_t i = 0; i < steps; ++i) {
+    auto logits = m->logits(m->decode_many(next, ptrs).select(1, 0));  // [5, V]
+    for (size_t s = 0; s < prompts.size(); ++s) {
+      EXPECT_TRUE(logits[static_cast<int64_t>(s)].equal(alone[s][i]))
+          << kind << " " << cache_type << " sequence " << s << " step " << i << ": max abs diff "
+          << (logits[static_cast<int64_t>(s)] - alone[s][i]).abs().max().item<double>();
+      next[s] = logits[static_cast<int64_t>(s)].argmax().item<int64_t>();
+    }
+  }
+  EXPECT_THROW(m->decode_many(std::vector<int64_t>(9, 1), std::vector<KVCache*>(9, ptrs[0])), Error);
+}
+
+INSTANTIATE_TEST_SUITE_P(Tiny, DecodeMany,
+                         ::testing::ValuesIn(on_each_variant<ManyCase>(
+                             {{"llama-mha", torch::kFloat32, ""}, {"llama-gqa", torch::kBFloat16, ""},
+                              {"mla", torch::kBFloat16, ""}, {"mla", torch::kFloat32, "int4"},
+                              {"llama-mha", torch::kFloat32, "int8"}, {"qwen2", torch::kFloat16, ""}})),
+                         [](const auto& info) {
+                           const auto& c = info.param.first;
+                           std::string s = std::get<0>(c) + "_" + dtype_name(std::get<1>(c)) + "_" +
+                                           (std::get<2>(c).empty() ? "float" : std::get<2>(c)) + "_" +
+                                           kernels::variant_name(info.param.second);
+                           for (auto& ch : s)
+                             if (ch == '-') ch = '_';
+                           return s;
+                         });
+
 }  // namespace
 }  // namespace mha2mla::model
