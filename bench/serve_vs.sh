@@ -1,24 +1,29 @@
 #!/usr/bin/env bash
 # The server's MHA vs MLA numbers on one machine, run alternately in one script (docs/serving.md, Serving):
-#   1. 4K-token sequences admitted at once within one --cache-memory (the most running at any moment while 48
-#      requests of 4,000 prompt + 96 new tokens arrive together), per cache type;
+#   1. 4K-token sequences admitted at once within one --cache-memory: the room the pool has (a request of 4,000
+#      prompt + 96 new tokens reserves 64 blocks of 64 tokens) and the most running at any moment while 48 such
+#      requests arrive together, per cache type;
 #   2. output tokens/s, TTFT and time per output token at concurrency 16 with 2K-token prompts (bench/serve_load).
-# usage: bench/serve_vs.sh [OUT_DIR]   (models: models/kjv-mha-4k and its -87.5 % MLA conversion, made here)
+# usage: bench/serve_vs.sh [OUT_DIR]
+#   PARTS="admission throughput" (default both); MHA=DIR (default models/kjv-mha-4k), converted here to MLA
+#   -87.5 % (r = 8, d_kv = 8 per KV head: head_dim 64); DTYPE (bf16); MEM (128M, the admission pool).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/serve-vs}
 BIN=build/mha2mla
 LOAD=build/serve_load
 MEM=${MEM:-128M}
+DTYPE=${DTYPE:-bf16}
+PARTS=${PARTS:-admission throughput}
 mkdir -p "$OUT"
-MHA=models/kjv-mha-4k
-MLA=$OUT/kjv-mla-4k
-[ -f "$MLA/config.json" ] || $BIN convert --model $MHA --out "$MLA" --rope high --rope-dims 8 --dkv 8 --svd joint >/dev/null
+MHA=${MHA:-models/kjv-mha-4k}
+MLA=$OUT/mla
+[ -f "$MLA/config.json" ] || $BIN convert --model "$MHA" --out "$MLA" --rope high --rope-dims 8 --dkv 8 --svd joint >/dev/null
 
 start() {  # MODEL CACHE_TYPE PARALLEL -> sets PID, PORT
   rm -f "$OUT/port"
   $BIN serve --model "$1" --alias m --port 0 --port-file "$OUT/port" --cache-memory "$MEM" --cache-type "$2" \
-    --parallel "$3" --max-queue 256 2>"$OUT/serve.log" &
+    --parallel "$3" --max-queue 256 --dtype "$DTYPE" 2>"$OUT/serve.log" &
   PID=$!
   for _ in $(seq 600); do [ -s "$OUT/port" ] && curl -sf "localhost:$(cat "$OUT/port")/health" >/dev/null && break; sleep 0.1; done
   PORT=$(cat "$OUT/port")
@@ -26,8 +31,9 @@ start() {  # MODEL CACHE_TYPE PARALLEL -> sets PID, PORT
 stop() { kill -TERM "$PID"; wait "$PID" || true; }
 metric() { curl -s "localhost:$PORT/metrics" | awk -v k="$1" '$1 == k {print $2}'; }
 
-echo "| model | cache | KV bytes/token | blocks in $MEM | 4K sequences admitted at once |" >"$OUT/admission.md"
-echo "|---|---|---:|---:|---:|" >>"$OUT/admission.md"
+if [[ " $PARTS " == *" admission "* ]]; then
+echo "| model | cache | KV bytes/token | blocks in $MEM | room for (blocks / 64 per sequence) | most running at once (48 sent) |" >"$OUT/admission.md"
+echo "|---|---|---:|---:|---:|---:|" >>"$OUT/admission.md"
 for ct in bf16 int4; do
   for name in mha mla; do
     model=$MHA; [ $name = mla ] && model=$MLA
@@ -40,11 +46,14 @@ for ct in bf16 int4; do
     done
     wait $LPID || true
     bpt=$(awk "BEGIN {printf \"%.0f\", $(metric mha2mla_cache_block_bytes) / $(metric mha2mla_cache_block_tokens)}")
-    echo "| $name | $ct | $bpt | $(metric mha2mla_cache_blocks_total) | $peak |" >>"$OUT/admission.md"
+    blocks=$(metric mha2mla_cache_blocks_total)
+    echo "| $name | $ct | $bpt | $blocks | $((blocks / 64)) | $peak |" >>"$OUT/admission.md"
     stop
   done
 done
 cat "$OUT/admission.md"
+fi
+[[ " $PARTS " == *" throughput "* ]] || exit 0
 
 echo "| round | model | output tok/s | TTFT p50 s | TTFT p99 s | TPOT p50 ms | TPOT p99 ms |" >"$OUT/throughput.md"
 echo "|---|---|---:|---:|---:|---:|---:|" >>"$OUT/throughput.md"

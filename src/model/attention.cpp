@@ -138,13 +138,41 @@ GQAAttentionImpl::GQAAttentionImpl(const io::ModelConfig& c, const torch::Tensor
   }
 }
 
+torch::Tensor AttentionImpl::forward_many(const torch::Tensor& x, const std::vector<AttnContext>& ctxs,
+                                         const torch::Tensor& residual) {
+  std::vector<torch::Tensor> rows;
+  for (size_t b = 0; b < ctxs.size(); ++b) {
+    const auto r = static_cast<int64_t>(b);
+    rows.push_back(forward(x.narrow(0, r, 1), ctxs[b], residual.narrow(0, r, 1)));
+  }
+  return torch::cat(rows, 0);
+}
+
 torch::Tensor GQAAttentionImpl::forward(const torch::Tensor& x, const AttnContext& ctx, const torch::Tensor& residual) {
-  const int64_t B = x.size(0), T = x.size(1);
   auto qkv = kernels::linear_many(x, {q_proj->weight, k_proj->weight, v_proj->weight},
                                   {q_proj->bias, k_proj->bias, v_proj->bias});
-  auto q = qkv[0].view({B, T, n_h_, d_h_});
-  auto k = qkv[1].view({B, T, n_kv_, d_h_});
-  auto v = qkv[2].view({B, T, n_kv_, d_h_}).transpose(1, 2);
+  auto o = attend(qkv[0], qkv[1], qkv[2], ctx);
+  return o_proj->forward_add(o, residual);
+}
+
+torch::Tensor GQAAttentionImpl::forward_many(const torch::Tensor& x, const std::vector<AttnContext>& ctxs,
+                                             const torch::Tensor& residual) {
+  auto qkv = kernels::linear_many(x, {q_proj->weight, k_proj->weight, v_proj->weight},
+                                  {q_proj->bias, k_proj->bias, v_proj->bias});  // [B, 1, .] each
+  std::vector<torch::Tensor> o;
+  for (size_t b = 0; b < ctxs.size(); ++b) {
+    const auto r = static_cast<int64_t>(b);
+    o.push_back(attend(qkv[0].narrow(0, r, 1), qkv[1].narrow(0, r, 1), qkv[2].narrow(0, r, 1), ctxs[b]));
+  }
+  return o_proj->forward_add(torch::cat(o, 0), residual);
+}
+
+torch::Tensor GQAAttentionImpl::attend(const torch::Tensor& q_in, const torch::Tensor& k_in, const torch::Tensor& v_in,
+                                       const AttnContext& ctx) {
+  const int64_t B = q_in.size(0), T = q_in.size(1);
+  auto q = q_in.view({B, T, n_h_, d_h_});
+  auto k = k_in.view({B, T, n_kv_, d_h_});
+  auto v = v_in.view({B, T, n_kv_, d_h_}).transpose(1, 2);
   if (q_norm) {  // qwen3 normalises each head before RoPE
     q = q_norm(q);
     k = k_norm(k);
@@ -153,7 +181,7 @@ torch::Tensor GQAAttentionImpl::forward(const torch::Tensor& x, const AttnContex
   k = apply_rope(k.transpose(1, 2), ctx.cos, ctx.sin);
   torch::Tensor o;
   {
-    AttnTimer timer(ctx.attn_seconds, x.device());
+    AttnTimer timer(ctx.attn_seconds, q_in.device());
     const double scale = 1.0 / std::sqrt(static_cast<double>(d_h_));
     if (ctx.cache) {
       auto& kb = ctx.cache->buffer(ctx.layer, 0);
@@ -170,7 +198,7 @@ torch::Tensor GQAAttentionImpl::forward(const torch::Tensor& x, const AttnContex
     }
     if (!o.defined()) o = attention_core(q.contiguous(), k, v, ctx, scale);
   }
-  return o_proj->forward_add(o.transpose(1, 2).reshape({B, T, n_h_ * d_h_}), residual);
+  return o.transpose(1, 2).reshape({B, T, n_h_ * d_h_});
 }
 
 std::vector<BufferSpec> cache_spec_for(const io::ModelConfig& cfg) {

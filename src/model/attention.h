@@ -81,6 +81,11 @@ class AttentionImpl : public torch::nn::Module {
   virtual torch::Tensor forward(const torch::Tensor& x, const AttnContext& ctx, const torch::Tensor& residual) = 0;
   // The per-token buffers this layer caches, in the order forward() uses them.
   virtual std::vector<BufferSpec> cache_spec() const = 0;
+  // One new token of each of B sequences, x [B, 1, d] and residual [B, 1, d], row b over its own cache
+  // (ctxs[b]); row b of the result is bit for bit what forward() gives it alone. By default one forward() per
+  // row; GQA and MLA run their projections on all rows at once (the GEMV's rows are independent).
+  virtual torch::Tensor forward_many(const torch::Tensor& x, const std::vector<AttnContext>& ctxs,
+                                     const torch::Tensor& residual);
 
   // This layer's part of the fused decode step (model/step_plan.h): why it cannot take part in a step of one
   // token under ctx (ctx.cache set) in dtype t, "" when it can; the scratch its part needs; and its part of the
@@ -100,6 +105,8 @@ class GQAAttentionImpl : public AttentionImpl {
  public:
   GQAAttentionImpl(const io::ModelConfig& cfg, const torch::TensorOptions& opt);
   torch::Tensor forward(const torch::Tensor& x, const AttnContext& ctx, const torch::Tensor& residual) override;
+  torch::Tensor forward_many(const torch::Tensor& x, const std::vector<AttnContext>& ctxs,
+                             const torch::Tensor& residual) override;
   std::vector<BufferSpec> cache_spec() const override { return spec(n_kv_, d_h_); }
   std::string step_unsupported(const AttnContext& ctx, torch::ScalarType t) override;
   StepScratch step_scratch() const override;
@@ -113,6 +120,9 @@ class GQAAttentionImpl : public AttentionImpl {
   RMSNorm q_norm{nullptr}, k_norm{nullptr};  // qwen3 only
 
  private:
+  // The attention of B sequences' T tokens from their projections qkv ([B, T, n_h·d_h], [B, T, n_kv·d_h] twice)
+  // under ctx: [B, T, n_h·d_h], before the output projection.
+  torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const AttnContext& ctx);
   int64_t n_h_, n_kv_, d_h_;
 };
 

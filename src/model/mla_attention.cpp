@@ -128,8 +128,12 @@ torch::Tensor MLAAttentionImpl::rotated_queries(const torch::Tensor& q, const At
 }
 
 torch::Tensor MLAAttentionImpl::rotated_keys(const torch::Tensor& x, const AttnContext& ctx) {
-  const int64_t B = x.size(0), T = x.size(1);
-  auto k_r = k_r_proj(x).view({B, T, n_kv_, r_}).transpose(1, 2);
+  return rotate_keys(k_r_proj(x), ctx);
+}
+
+torch::Tensor MLAAttentionImpl::rotate_keys(const torch::Tensor& k_r_lin, const AttnContext& ctx) const {
+  const int64_t B = k_r_lin.size(0), T = k_r_lin.size(1);
+  auto k_r = k_r_lin.view({B, T, n_kv_, r_}).transpose(1, 2);
   return rope_sel(k_r, gather_heads(ctx.cos, k_dims_), gather_heads(ctx.sin, k_dims_));
 }
 
@@ -183,17 +187,40 @@ const MLAAttentionImpl::AbsorbedWeights& MLAAttentionImpl::absorbed_weights() {
 }
 
 torch::Tensor MLAAttentionImpl::decode_absorbed(const torch::Tensor& x, const AttnContext& ctx, const torch::Tensor& residual) {
-  const int64_t B = x.size(0), T = x.size(1), L = kv_proj->latent_dim();
   const auto& aw = absorbed_weights();
-  auto q = kernels::linear(x, aw.w_q, aw.b_q);                                                 // [B, T, n_h·(r + L)]
+  auto q = kernels::linear(x, aw.w_q, aw.b_q);  // [B, T, n_h·(r + L)]
+  auto o_lat = absorbed_attend(q, k_r_proj(x), kv_proj->latent(x), ctx);
+  return kernels::linear_add(o_lat, aw.w_o, aw.b_o, residual);  // [B, T, hidden]
+}
+
+torch::Tensor MLAAttentionImpl::forward_many(const torch::Tensor& x, const std::vector<AttnContext>& ctxs,
+                                             const torch::Tensor& residual) {
+  const auto& c0 = ctxs.at(0);
+  if (!(folds_weights() && c0.fused && c0.cache && use_absorbed(c0, 1) && !torch::GradMode::is_enabled()))
+    return AttentionImpl::forward_many(x, ctxs, residual);
+  // The projections of every row at once, then each sequence's RoPE, cache and attention.
+  const auto& aw = absorbed_weights();
+  auto q = kernels::linear(x, aw.w_q, aw.b_q);  // [B, 1, n_h·(r + L)]
+  auto k_r = k_r_proj(x);                       // [B, 1, n_kv·r]
+  auto c = kv_proj->latent(x);                  // [B, 1, L]
+  std::vector<torch::Tensor> o;
+  for (size_t b = 0; b < ctxs.size(); ++b) {
+    const auto r = static_cast<int64_t>(b);
+    o.push_back(absorbed_attend(q.narrow(0, r, 1), k_r.narrow(0, r, 1), c.narrow(0, r, 1), ctxs[b]));
+  }
+  return kernels::linear_add(torch::cat(o, 0), aw.w_o, aw.b_o, residual);
+}
+
+torch::Tensor MLAAttentionImpl::absorbed_attend(const torch::Tensor& q, const torch::Tensor& k_r_lin,
+                                                const torch::Tensor& c, const AttnContext& ctx) {
+  const int64_t B = q.size(0), T = q.size(1), L = kv_proj->latent_dim();
   auto q_r = rotated_queries(q, ctx);                                                          // [B, n_h, T, r]
   auto q_lat = q.narrow(-1, n_h_ * r_, n_h_ * L).view({B, T, n_h_, L}).transpose(1, 2);        // [B, n_h, T, L]
-  auto k_r = rotated_keys(x, ctx);                                                             // [B, n_kv, T, r]
-  auto c = kv_proj->latent(x);                                                                  // [B, T, L]
+  auto k_r = rotate_keys(k_r_lin, ctx);                                                        // [B, n_kv, T, r]
   const double scale = 1.0 / std::sqrt(static_cast<double>(d_h_));
   torch::Tensor o_lat;                                                                          // [B, n_h, T, L]
   {
-    AttnTimer timer(ctx.attn_seconds, x.device());
+    AttnTimer timer(ctx.attn_seconds, q.device());
     auto& cb = ctx.cache->buffer(ctx.layer, 0);
     auto& kb = ctx.cache->buffer(ctx.layer, 1);
     cb.append(c.unsqueeze(1));
@@ -207,7 +234,7 @@ torch::Tensor MLAAttentionImpl::decode_absorbed(const torch::Tensor& x, const At
                                             ctx.window, scale);
     }
   }
-  return kernels::linear_add(o_lat.transpose(1, 2).reshape({B, T, n_h_ * L}), aw.w_o, aw.b_o, residual);   // [B, T, hidden]
+  return o_lat.transpose(1, 2).reshape({B, T, n_h_ * L});
 }
 
 bool MLAAttentionImpl::use_absorbed(const AttnContext& ctx, int64_t T) const {

@@ -44,6 +44,8 @@ class MLAAttentionImpl : public AttentionImpl {
  public:
   MLAAttentionImpl(const io::ModelConfig& cfg, int64_t layer, const torch::TensorOptions& opt);
   torch::Tensor forward(const torch::Tensor& x, const AttnContext& ctx, const torch::Tensor& residual) override;
+  torch::Tensor forward_many(const torch::Tensor& x, const std::vector<AttnContext>& ctxs,
+                             const torch::Tensor& residual) override;
   std::vector<BufferSpec> cache_spec() const override { return spec_; }
   std::string step_unsupported(const AttnContext& ctx, torch::ScalarType t) override;
   StepScratch step_scratch() const override;
@@ -86,10 +88,15 @@ class MLAAttentionImpl : public AttentionImpl {
 
   AbsorbedWeights absorbed_;
   torch::Tensor decode_absorbed(const torch::Tensor& x, const AttnContext& ctx, const torch::Tensor& residual);
+  // decode_absorbed's middle for one sequence: from its absorbed query q [1, T, n_h·(r + L)], the projection
+  // of its k_r [1, T, n_kv·r] and its latent c [1, T, L], appended to its cache: o_lat [1, T, n_h·L].
+  torch::Tensor absorbed_attend(const torch::Tensor& q, const torch::Tensor& k_r_lin, const torch::Tensor& c,
+                                const AttnContext& ctx);
 
   // q [B, T, n_h·r + ...] (RoPE rows first) -> rotated q_r [B, n_h, T, r]; x -> rotated k_r [B, n_kv, T, r].
   torch::Tensor rotated_queries(const torch::Tensor& q, const AttnContext& ctx) const;
   torch::Tensor rotated_keys(const torch::Tensor& x, const AttnContext& ctx);
+  torch::Tensor rotate_keys(const torch::Tensor& k_r_lin, const AttnContext& ctx) const;  // k_r_proj(x) -> rotated
 
   bool use_absorbed(const AttnContext& ctx, int64_t T) const;
   // q_r [B, n_h, T, r] (rotated), q_c [B, n_h, T, d_c]; c [B, S, L], k_r [B, n_kv, S, r] -> [B, n_h, T, d_h].

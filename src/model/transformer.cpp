@@ -24,14 +24,8 @@ DecoderLayerImpl::DecoderLayerImpl(const io::ModelConfig& c, int64_t layer, cons
 }
 
 torch::Tensor DecoderLayerImpl::forward_many(const torch::Tensor& x, const std::vector<AttnContext>& ctxs) {
-  auto xn = input_layernorm(x);
-  std::vector<torch::Tensor> h;
-  for (size_t b = 0; b < ctxs.size(); ++b) {
-    const auto r = static_cast<int64_t>(b);
-    h.push_back(self_attn->forward(xn.narrow(0, r, 1), ctxs[b], x.narrow(0, r, 1)));  // x + attention(xn), its cache
-  }
-  auto hb = torch::cat(h, 0);
-  return mlp->forward(post_attention_layernorm(hb), hb);
+  auto h = self_attn->forward_many(input_layernorm(x), ctxs, x);  // x + attention(xn), each row over its cache
+  return mlp->forward(post_attention_layernorm(h), h);
 }
 
 torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const AttnContext& ctx) {

@@ -20,9 +20,9 @@ class DecoderLayerImpl : public torch::nn::Module {
  public:
   DecoderLayerImpl(const io::ModelConfig& cfg, int64_t layer, const torch::TensorOptions& opt);
   torch::Tensor forward(const torch::Tensor& x, const AttnContext& ctx);
-  // One new token of each of B sequences, x [B, 1, d], sequence b over its own cache (ctxs[b]): attention one
-  // sequence at a time, the MLP for all at once. Each row's result is what forward() gives it alone (the kernels'
-  // per-row arithmetic does not depend on the rows beside it).
+  // One new token of each of B sequences, x [B, 1, d], sequence b over its own cache (ctxs[b]): the matrices for
+  // all rows at once, RoPE, cache and attention per sequence. Each row's result is what forward() gives it alone
+  // (the kernels' per-row arithmetic does not depend on the rows beside it).
   torch::Tensor forward_many(const torch::Tensor& x, const std::vector<AttnContext>& ctxs);
 
   std::shared_ptr<AttentionImpl> self_attn;
