@@ -76,7 +76,7 @@ torch::Tensor attention_core(const torch::Tensor& q, const torch::Tensor& k, con
   // q's type, as the reference's autocast matmuls would. Under f32 the kernels widen a narrower cache themselves
   // (SlotBuffer::read_for_kernels), to the same values.
   const auto t = q.scalar_type();
-  const bool widened_by_kernels = !blockwise && t == torch::kFloat32;
+  const bool widened_by_kernels = !blockwise && t == torch::kFloat32 && k.scalar_type() == v.scalar_type();
   auto as_q = [&](const torch::Tensor& x) { return x.scalar_type() == t || widened_by_kernels ? x : x.to(t); };
   const auto kt = as_q(k), vt = as_q(v);
   if (blockwise) return causal_attention_blockwise(q, kt, vt, scale);
