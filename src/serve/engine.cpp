@@ -95,7 +95,7 @@ EngineSnapshot Engine::snapshot() const {
   std::lock_guard<std::mutex> l(mu_);
   EngineSnapshot s;
   s.queued = static_cast<int64_t>(queue_.size());
-  s.running = static_cast<int64_t>(running_.size());
+  s.running = std::count_if(running_.begin(), running_.end(), [](const auto& q) { return q->blocks > 0; });
   s.blocks_total = opt_.blocks, s.blocks_used = blocks_used_, s.block_tokens = opt_.block_tokens;
   s.block_bytes = block_bytes_;
   s.cache_bytes = cache_bytes_;
@@ -122,15 +122,17 @@ void Engine::admit_locked() {
 }
 
 void Engine::release(Seq& s, Finish f, const std::string& error) {
-  s.req->end(f, error);
   if (f == Finish::Cancelled) metrics_.add(&Metrics::cancelled);
   else if (f == Finish::Error) metrics_.add(&Metrics::failed);
   else metrics_.add(&Metrics::completed);
   s.cache.reset();
-  std::lock_guard<std::mutex> l(mu_);
-  // blocks == 0 marks the sequence as ended: the loop drops it after this step.
-  blocks_used_ -= s.blocks;
-  s.blocks = 0;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    // blocks == 0 marks the sequence as ended: the loop drops it after this step.
+    blocks_used_ -= s.blocks;
+    s.blocks = 0;
+  }
+  s.req->end(f, error);  // last: a client that sees its answer end sees the pool and the counters updated
 }
 
 void Engine::emit(Seq& s, const torch::Tensor& logits) {
