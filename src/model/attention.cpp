@@ -159,16 +159,21 @@ torch::Tensor GQAAttentionImpl::forward_many(const torch::Tensor& x, const std::
                                              const torch::Tensor& residual) {
   auto qkv = kernels::linear_many(x, {q_proj->weight, k_proj->weight, v_proj->weight},
                                   {q_proj->bias, k_proj->bias, v_proj->bias});  // [B, 1, .] each
+  // RoPE for every row at once, each at its own position (the kernel rotates row by row).
+  std::vector<torch::Tensor> cos, sin;
+  for (const auto& c : ctxs) cos.push_back(c.cos), sin.push_back(c.sin);
+  auto [q, k, v] = rotated(qkv[0], qkv[1], qkv[2], torch::cat(cos, 0), torch::cat(sin, 0));
   std::vector<torch::Tensor> o;
   for (size_t b = 0; b < ctxs.size(); ++b) {
     const auto r = static_cast<int64_t>(b);
-    o.push_back(attend(qkv[0].narrow(0, r, 1), qkv[1].narrow(0, r, 1), qkv[2].narrow(0, r, 1), ctxs[b]));
+    o.push_back(cached_attention(q.narrow(0, r, 1), k.narrow(0, r, 1), v.narrow(0, r, 1), ctxs[b]));
   }
   return o_proj->forward_add(torch::cat(o, 0), residual);
 }
 
-torch::Tensor GQAAttentionImpl::attend(const torch::Tensor& q_in, const torch::Tensor& k_in, const torch::Tensor& v_in,
-                                       const AttnContext& ctx) {
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> GQAAttentionImpl::rotated(
+    const torch::Tensor& q_in, const torch::Tensor& k_in, const torch::Tensor& v_in, const torch::Tensor& cos,
+    const torch::Tensor& sin) {
   const int64_t B = q_in.size(0), T = q_in.size(1);
   auto q = q_in.view({B, T, n_h_, d_h_});
   auto k = k_in.view({B, T, n_kv_, d_h_});
@@ -177,11 +182,21 @@ torch::Tensor GQAAttentionImpl::attend(const torch::Tensor& q_in, const torch::T
     q = q_norm(q);
     k = k_norm(k);
   }
-  q = apply_rope(q.transpose(1, 2), ctx.cos, ctx.sin);
-  k = apply_rope(k.transpose(1, 2), ctx.cos, ctx.sin);
+  return {apply_rope(q.transpose(1, 2), cos, sin), apply_rope(k.transpose(1, 2), cos, sin), v};
+}
+
+torch::Tensor GQAAttentionImpl::attend(const torch::Tensor& q_in, const torch::Tensor& k_in, const torch::Tensor& v_in,
+                                       const AttnContext& ctx) {
+  auto [q, k, v] = rotated(q_in, k_in, v_in, ctx.cos, ctx.sin);
+  return cached_attention(q, k, v, ctx);
+}
+
+torch::Tensor GQAAttentionImpl::cached_attention(const torch::Tensor& q, torch::Tensor k, torch::Tensor v,
+                                                 const AttnContext& ctx) {
+  const int64_t B = q.size(0), T = q.size(2);
   torch::Tensor o;
   {
-    AttnTimer timer(ctx.attn_seconds, q_in.device());
+    AttnTimer timer(ctx.attn_seconds, q.device());
     const double scale = 1.0 / std::sqrt(static_cast<double>(d_h_));
     if (ctx.cache) {
       auto& kb = ctx.cache->buffer(ctx.layer, 0);

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <tuple>
 
 #include "io/config.h"
 #include "kernels/quant_attention.h"
@@ -123,6 +124,12 @@ class GQAAttentionImpl : public AttentionImpl {
   // The attention of B sequences' T tokens from their projections qkv ([B, T, n_h·d_h], [B, T, n_kv·d_h] twice)
   // under ctx: [B, T, n_h·d_h], before the output projection.
   torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const AttnContext& ctx);
+  // Its two halves: the heads normed (qwen3) and rotated by cos/sin [B, T, d_h] -> q [B, n_h, T, d_h], k and v
+  // [B, n_kv, T, d_h]; then appended to ctx's cache and attended -> [B, T, n_h·d_h].
+  std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> rotated(const torch::Tensor& q, const torch::Tensor& k,
+                                                                  const torch::Tensor& v, const torch::Tensor& cos,
+                                                                  const torch::Tensor& sin);
+  torch::Tensor cached_attention(const torch::Tensor& q, torch::Tensor k, torch::Tensor v, const AttnContext& ctx);
   int64_t n_h_, n_kv_, d_h_;
 };
 

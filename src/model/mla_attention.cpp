@@ -94,7 +94,7 @@ torch::Tensor MLAAttentionImpl::forward(const torch::Tensor& x, const AttnContex
   if (folds_weights() && ctx.fused && ctx.cache && use_absorbed(ctx, T) && !torch::GradMode::is_enabled())
     return decode_absorbed(x, ctx, residual);
   auto q = q_proj(x);
-  auto q_r = rotated_queries(q, ctx);                                                      // [B, n_h, T, r]
+  auto q_r = rotated_queries(q, ctx.cos, ctx.sin);                                         // [B, n_h, T, r]
   auto q_c = q.narrow(-1, n_h_ * r_, n_h_ * d_c).view({B, T, n_h_, d_c}).transpose(1, 2);  // [B, n_h, T, d_c]
   auto k_r = rotated_keys(x, ctx);                                                         // [B, n_kv, T, r]
   auto c = kv_proj->latent(x);  // [B, T, L]
@@ -121,20 +121,22 @@ torch::Tensor MLAAttentionImpl::forward(const torch::Tensor& x, const AttnContex
   return o_proj->forward_add(o.transpose(1, 2).reshape({B, T, n_h_ * d_h_}), residual);
 }
 
-torch::Tensor MLAAttentionImpl::rotated_queries(const torch::Tensor& q, const AttnContext& ctx) const {
+torch::Tensor MLAAttentionImpl::rotated_queries(const torch::Tensor& q, const torch::Tensor& cos,
+                                                const torch::Tensor& sin) const {
   const int64_t B = q.size(0), T = q.size(1);
   auto q_r = q.narrow(-1, 0, n_h_ * r_).view({B, T, n_h_, r_}).transpose(1, 2);
-  return rope_sel(q_r, gather_heads(ctx.cos, q_dims_), gather_heads(ctx.sin, q_dims_));
+  return rope_sel(q_r, gather_heads(cos, q_dims_), gather_heads(sin, q_dims_));
 }
 
 torch::Tensor MLAAttentionImpl::rotated_keys(const torch::Tensor& x, const AttnContext& ctx) {
-  return rotate_keys(k_r_proj(x), ctx);
+  return rotate_keys(k_r_proj(x), ctx.cos, ctx.sin);
 }
 
-torch::Tensor MLAAttentionImpl::rotate_keys(const torch::Tensor& k_r_lin, const AttnContext& ctx) const {
+torch::Tensor MLAAttentionImpl::rotate_keys(const torch::Tensor& k_r_lin, const torch::Tensor& cos,
+                                            const torch::Tensor& sin) const {
   const int64_t B = k_r_lin.size(0), T = k_r_lin.size(1);
   auto k_r = k_r_lin.view({B, T, n_kv_, r_}).transpose(1, 2);
-  return rope_sel(k_r, gather_heads(ctx.cos, k_dims_), gather_heads(ctx.sin, k_dims_));
+  return rope_sel(k_r, gather_heads(cos, k_dims_), gather_heads(sin, k_dims_));
 }
 
 const MLAAttentionImpl::AbsorbedWeights& MLAAttentionImpl::absorbed_weights() {
@@ -201,22 +203,30 @@ torch::Tensor MLAAttentionImpl::forward_many(const torch::Tensor& x, const std::
   // The projections of every row at once, then each sequence's RoPE, cache and attention.
   const auto& aw = absorbed_weights();
   auto q = kernels::linear(x, aw.w_q, aw.b_q);  // [B, 1, n_h·(r + L)]
-  auto k_r = k_r_proj(x);                       // [B, 1, n_kv·r]
   auto c = kv_proj->latent(x);                  // [B, 1, L]
+  // RoPE for every row at once, each at its own position (elementwise, so each row as alone).
+  std::vector<torch::Tensor> cos, sin;
+  for (const auto& cx : ctxs) cos.push_back(cx.cos), sin.push_back(cx.sin);
+  const auto cs = torch::cat(cos, 0), sn = torch::cat(sin, 0);  // [B, 1, d_h]
+  auto q_r = rotated_queries(q, cs, sn);                        // [B, n_h, 1, r]
+  auto k_r = rotate_keys(k_r_proj(x), cs, sn);                  // [B, n_kv, 1, r]
   std::vector<torch::Tensor> o;
   for (size_t b = 0; b < ctxs.size(); ++b) {
     const auto r = static_cast<int64_t>(b);
-    o.push_back(absorbed_attend(q.narrow(0, r, 1), k_r.narrow(0, r, 1), c.narrow(0, r, 1), ctxs[b]));
+    o.push_back(absorbed_cached(q.narrow(0, r, 1), q_r.narrow(0, r, 1), k_r.narrow(0, r, 1), c.narrow(0, r, 1), ctxs[b]));
   }
   return kernels::linear_add(torch::cat(o, 0), aw.w_o, aw.b_o, residual);
 }
 
 torch::Tensor MLAAttentionImpl::absorbed_attend(const torch::Tensor& q, const torch::Tensor& k_r_lin,
                                                 const torch::Tensor& c, const AttnContext& ctx) {
+  return absorbed_cached(q, rotated_queries(q, ctx.cos, ctx.sin), rotate_keys(k_r_lin, ctx.cos, ctx.sin), c, ctx);
+}
+
+torch::Tensor MLAAttentionImpl::absorbed_cached(const torch::Tensor& q, const torch::Tensor& q_r,
+                                                const torch::Tensor& k_r, const torch::Tensor& c, const AttnContext& ctx) {
   const int64_t B = q.size(0), T = q.size(1), L = kv_proj->latent_dim();
-  auto q_r = rotated_queries(q, ctx);                                                          // [B, n_h, T, r]
   auto q_lat = q.narrow(-1, n_h_ * r_, n_h_ * L).view({B, T, n_h_, L}).transpose(1, 2);        // [B, n_h, T, L]
-  auto k_r = rotate_keys(k_r_lin, ctx);                                                        // [B, n_kv, T, r]
   const double scale = 1.0 / std::sqrt(static_cast<double>(d_h_));
   torch::Tensor o_lat;                                                                          // [B, n_h, T, L]
   {

@@ -92,11 +92,15 @@ class MLAAttentionImpl : public AttentionImpl {
   // of its k_r [1, T, n_kv·r] and its latent c [1, T, L], appended to its cache: o_lat [1, T, n_h·L].
   torch::Tensor absorbed_attend(const torch::Tensor& q, const torch::Tensor& k_r_lin, const torch::Tensor& c,
                                 const AttnContext& ctx);
+  // Its second half, from the rotated q_r [1, n_h, T, r] and k_r [1, n_kv, T, r].
+  torch::Tensor absorbed_cached(const torch::Tensor& q, const torch::Tensor& q_r, const torch::Tensor& k_r,
+                                const torch::Tensor& c, const AttnContext& ctx);
 
   // q [B, T, n_h·r + ...] (RoPE rows first) -> rotated q_r [B, n_h, T, r]; x -> rotated k_r [B, n_kv, T, r].
-  torch::Tensor rotated_queries(const torch::Tensor& q, const AttnContext& ctx) const;
+  torch::Tensor rotated_queries(const torch::Tensor& q, const torch::Tensor& cos, const torch::Tensor& sin) const;
   torch::Tensor rotated_keys(const torch::Tensor& x, const AttnContext& ctx);
-  torch::Tensor rotate_keys(const torch::Tensor& k_r_lin, const AttnContext& ctx) const;  // k_r_proj(x) -> rotated
+  torch::Tensor rotate_keys(const torch::Tensor& k_r_lin, const torch::Tensor& cos,
+                            const torch::Tensor& sin) const;  // k_r_proj(x) [B, T, n_kv·r] -> rotated
 
   bool use_absorbed(const AttnContext& ctx, int64_t T) const;
   // q_r [B, n_h, T, r] (rotated), q_c [B, n_h, T, d_c]; c [B, S, L], k_r [B, n_kv, S, r] -> [B, n_h, T, d_h].
