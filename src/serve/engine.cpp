@@ -1,7 +1,6 @@
 #include "serve/engine.h"
 
 #include <algorithm>
-#include <random>
 
 #include "model/kv_cache.h"
 
@@ -79,7 +78,7 @@ Engine::~Engine() {
 }
 
 Engine::Admit Engine::submit(std::shared_ptr<Request> r) {
-  const int64_t need = blocks_for(static_cast<int64_t>(r->prompt.size()) + r->params.max_tokens);
+  const int64_t need = blocks_for(*r);
   {
     std::lock_guard<std::mutex> l(mu_);
     if (draining_ || stop_) return Admit::Draining;
@@ -111,7 +110,7 @@ void Engine::admit_locked() {
       queue_.pop_front();
       continue;
     }
-    const int64_t need = blocks_for(static_cast<int64_t>(r->prompt.size()) + r->params.max_tokens);
+    const int64_t need = blocks_for(*r);
     if (blocks_used_ + need > opt_.blocks) break;  // first come, first served: the head waits for blocks
     auto s = std::make_unique<Seq>(r, r->params.sampling);
     s->blocks = need;

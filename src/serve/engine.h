@@ -86,7 +86,11 @@ class Engine {
 
   // Bytes of one token in every layer's cache, as the model's runtime stores it.
   static double bytes_per_token(const model::TransformerImpl& m);
-  int64_t blocks_for(int64_t tokens) const { return (tokens + opt_.block_tokens - 1) / opt_.block_tokens; }
+  // The blocks a request reserves: its prompt and max_tokens, rounded up to whole blocks.
+  int64_t blocks_for(const Request& r) const {
+    const int64_t tokens = static_cast<int64_t>(r.prompt.size()) + r.params.max_tokens;
+    return (tokens + opt_.block_tokens - 1) / opt_.block_tokens;
+  }
   const EngineOptions& options() const { return opt_; }
 
   enum class Admit { Queued, QueueFull, NeverFits, Draining };

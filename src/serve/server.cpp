@@ -366,7 +366,7 @@ void Server::routes() {
         throw ApiError(503, "the server is shutting down", "server_error");
       case Engine::Admit::NeverFits:
         bad("the prompt and max_tokens need " +
-            std::to_string(b.engine->blocks_for(static_cast<int64_t>(r->prompt.size()) + r->params.max_tokens)) +
+            std::to_string(b.engine->blocks_for(*r)) +
             " cache blocks; the whole pool has " + std::to_string(b.engine->options().blocks) + " (--cache-memory)");
     }
 
