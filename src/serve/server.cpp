@@ -389,7 +389,8 @@ void Server::routes() {
           break;
         }
       }
-      std::string out = text.text() + text.finish();
+      text.finish();  // appends what it held back to text(): one call, then read (not both in one expression)
+      const std::string out = text.text();
       const Finish f = r->finish_reason();
       if (f == Finish::Error) throw ApiError(500, "generation failed: " + r->error(), "server_error");
       const std::string finish = finish_name(f, text.stopped());

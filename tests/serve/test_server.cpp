@@ -139,6 +139,11 @@ TEST(Server, StopStringsEchoAndTokenIdPrompts) {
   ASSERT_EQ(st2, 200);
   EXPECT_EQ(cut["choices"][0]["text"], text.substr(0, text.find(stop)));
   EXPECT_EQ(cut["choices"][0]["finish_reason"], "stop");
+  // A stop string whose start ends the text but never completes: the held-back tail comes back, once.
+  req["stop"] = {text.substr(text.size() - 3) + "\x01zz"};
+  auto [st4, whole] = ts.post("/v1/completions", req.dump());
+  ASSERT_EQ(st4, 200);
+  EXPECT_EQ(whole["choices"][0]["text"], text);
   // The prompt as token ids, echoed.
   const auto ids = Loaded::get().tokenizer.encode(kPrompts[0], true);
   auto [st3, echo] = ts.post("/v1/completions", json{{"prompt", ids}, {"max_tokens", 30}, {"temperature", 0}, {"echo", true}}.dump());

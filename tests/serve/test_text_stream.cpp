@@ -54,3 +54,19 @@ TEST(TextStream, SkippedIdsAddNoText) {
   for (auto id : ids_of("Amen.")) got += ts.push(id);
   EXPECT_EQ(got + ts.finish(), tokenizer().decode(tokenizer().encode("Amen.", false), true));
 }
+
+TEST(TextStream, FinishReleasesTheHeldBackTailOnce) {
+  // The text ends in the start of a stop string that never completes: held back, then released by finish(),
+  // after which text() is the whole decoded text, the tail once.
+  const std::string text = "In the beginning God created";
+  serve::TextStream ts(tokenizer(), {"created the heaven"}, {});
+  std::string got;
+  for (auto id : ids_of(text)) got += ts.push(id);
+  const std::string full = tokenizer().decode(tokenizer().encode(text, false), true);
+  EXPECT_LT(got.size(), full.size());  // "created" waits: it may still become the stop string
+  const std::string rest = ts.finish();
+  EXPECT_FALSE(rest.empty());
+  EXPECT_EQ(got + rest, full);
+  EXPECT_EQ(ts.text(), full);
+  EXPECT_FALSE(ts.stopped());
+}
