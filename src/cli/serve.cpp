@@ -66,7 +66,7 @@ int cmd_serve(const Args& a) {
       .integer("parallel", "N", "sequences running at once; more wait in the queue", eo.parallel, 1)
       .text("cache-memory", "SIZE", "memory for the KV caches of running sequences: bytes with K/M/G, or N% of RAM",
             memory)
-      .integer("cache-block", "N", "tokens per cache block (admission counts blocks)", eo.block_tokens, 1)
+      .integer("cache-block", "N", "tokens per cache block: the pool's unit of allocation (a multiple of a per-channel quantization group)", eo.block_tokens, 1)
       .integer("max-queue", "N", "requests waiting at most; beyond, 503 with Retry-After", eo.max_queue, 0)
       .integer("prefill-chunk", "N", "prompt tokens a sequence prefills per step (long prompts do not stall others)",
                eo.prefill_chunk, 1)
@@ -111,6 +111,7 @@ int cmd_serve(const Args& a) {
   eo.blocks = static_cast<int64_t>(static_cast<double>(cache_bytes) / (per_token * static_cast<double>(eo.block_tokens)));
   check(eo.blocks >= 1, "--cache-memory " + memory + " holds no block of " + std::to_string(eo.block_tokens) +
                             " tokens (" + format_bytes(static_cast<int64_t>(per_token * eo.block_tokens)) + ")");
+  if (auto why = serve::Engine::unsupported(*m, eo); !why.empty()) fail("serve: " + dir + ": " + why);
   serve::Engine engine(*m, eo, metrics);
   serve::Backend backend{m.get(), &tok, &engine, serve::model_chat_format(dir)};
   server.ready(backend);

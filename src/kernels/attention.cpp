@@ -43,17 +43,6 @@ DType dtype_of(const char* fn, const torch::Tensor& t) {
   return storage_dtype(t.scalar_type());
 }
 
-// Runs f(item) for item in [0, n) on every intra-op thread, handing items out in order; callers put
-// the most expensive items first so that the threads finish together.
-template <class F>
-void run_items(int64_t n, const F& f) {
-  std::atomic<int64_t> next{0};
-  const int64_t workers = std::min<int64_t>(n, at::get_num_threads());
-  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
-    for (int64_t i; (i = next.fetch_add(1)) < n;) f(i);
-  });
-}
-
 struct Checked {
   int64_t B, Hq, Hkv, T, S, D, Dv;
 };
@@ -80,8 +69,8 @@ Checked check_qkv(const char* fn, const torch::Tensor& q, const torch::Tensor& k
 
 thread_local const char* last_decode = "";
 
-// Merges the per-split partial softmaxes of one (batch, group): part [nsplit][R][Dv + 2] (m, l, acc), into
-// out [R][Dv] of storage type t. o is f32 scratch of Dv values.
+}  // namespace
+
 void merge_partials(const float* part, int64_t nsplit, int64_t R, int64_t Dv, DType t, void* out, float* o) {
   const int64_t stride = R * (Dv + 2);
   for (int64_t r = 0; r < R; ++r) {
@@ -102,7 +91,6 @@ void merge_partials(const float* part, int64_t nsplit, int64_t R, int64_t Dv, DT
   }
 }
 
-}  // namespace
 
 Operand operand(const torch::Tensor& t) {  // [B, H, rows, dim]
   return Operand{t.data_ptr(), t.stride(0), t.stride(1), t.stride(2)};
@@ -136,7 +124,7 @@ void DecodeSplits::run(const AttnArgs& a, const AttnKernels& kern, int64_t i, fl
 }
 
 torch::Tensor run_decode(AttnArgs& a, const AttnKernels& kern, const torch::TensorOptions& opt) {
-  last_decode = "cpu";
+  note_cpu_decode();
   const int64_t threads = at::get_num_threads();
   const auto p = DecodeSplits::plan(a, threads);
   // One buffer: the partials, then f32 scratch of Dv per thread for the merge.
@@ -168,6 +156,7 @@ bool cuda_kernels_built() {
 const char* last_decode_kernel() { return last_decode; }
 
 void note_reference_decode() { last_decode = "reference"; }
+void note_cpu_decode() { last_decode = "cpu"; }
 
 torch::Tensor run_decode_cuda(AttnArgs& a, const torch::TensorOptions& opt) {
 #ifdef MHA2MLA_CUDA_KERNELS

@@ -1,6 +1,10 @@
 #pragma once
 // Shared by the attention front ends (attention.cpp, quant_attention.cpp); not a public interface.
+#include <ATen/Parallel.h>
 #include <torch/torch.h>
+
+#include <algorithm>
+#include <atomic>
 
 #include <vector>
 
@@ -43,13 +47,28 @@ void quantized_mla_decode_args(QuantArgs& out, const torch::Tensor& q_lat, const
                                const QuantizedKV& c, const QuantizedKV& k_r, const torch::Tensor& valid,
                                int64_t start, int64_t window, double scale);
 
+// Runs f(item) for item in [0, n) on every intra-op thread, handing items out in order; callers put
+// the most expensive items first so that the threads finish together.
+template <class F>
+void run_items(int64_t n, const F& f) {
+  std::atomic<int64_t> next{0};
+  const int64_t workers = std::min<int64_t>(n, at::get_num_threads());
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    for (int64_t i; (i = next.fetch_add(1)) < n;) f(i);
+  });
+}
+// Merges the per-split partial softmaxes of one (batch, group): part [nsplit][R][Dv + 2] (m, l, acc), into
+// out [R][Dv] of storage type t, splits in order. o is f32 scratch of Dv values.
+void merge_partials(const float* part, int64_t nsplit, int64_t R, int64_t Dv, DType t, void* out, float* o);
+
 // Split-KV decoding: `a` filled except `out`; returns [B, Hq, T, Dv] in opt's dtype.
 torch::Tensor run_decode(AttnArgs& a, const AttnKernels& kern, const torch::TensorOptions& opt);
 // The same on a CUDA device (pointers in `a` on opt's device); undefined when this build or these shapes have
 // no CUDA kernel, and the caller takes its reference.
 torch::Tensor run_decode_cuda(AttnArgs& a, const torch::TensorOptions& opt);
-// Records that a decode call took its reference (last_decode_kernel()).
+// Records that a decode call took its reference, or the CPU kernels (last_decode_kernel()).
 void note_reference_decode();
+void note_cpu_decode();
 
 // Where an attention call runs, decided here for every front end (flash, decode, MLA, quantized): the libtorch
 // reference when the variant is Reference or the operands are on neither the CPU nor all on q's CUDA device;

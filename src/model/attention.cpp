@@ -7,6 +7,7 @@
 #include "kernels/gemv.h"
 #include "model/causal_attention.h"
 #include "model/mla_attention.h"
+#include "model/paged_cache.h"
 #include "model/rope.h"
 
 namespace mha2mla::model {
@@ -138,37 +139,11 @@ GQAAttentionImpl::GQAAttentionImpl(const io::ModelConfig& c, const torch::Tensor
   }
 }
 
-torch::Tensor AttentionImpl::forward_many(const torch::Tensor& x, const std::vector<AttnContext>& ctxs,
-                                         const torch::Tensor& residual) {
-  std::vector<torch::Tensor> rows;
-  for (size_t b = 0; b < ctxs.size(); ++b) {
-    const auto r = static_cast<int64_t>(b);
-    rows.push_back(forward(x.narrow(0, r, 1), ctxs[b], residual.narrow(0, r, 1)));
-  }
-  return torch::cat(rows, 0);
-}
-
 torch::Tensor GQAAttentionImpl::forward(const torch::Tensor& x, const AttnContext& ctx, const torch::Tensor& residual) {
   auto qkv = kernels::linear_many(x, {q_proj->weight, k_proj->weight, v_proj->weight},
                                   {q_proj->bias, k_proj->bias, v_proj->bias});
   auto o = attend(qkv[0], qkv[1], qkv[2], ctx);
   return o_proj->forward_add(o, residual);
-}
-
-torch::Tensor GQAAttentionImpl::forward_many(const torch::Tensor& x, const std::vector<AttnContext>& ctxs,
-                                             const torch::Tensor& residual) {
-  auto qkv = kernels::linear_many(x, {q_proj->weight, k_proj->weight, v_proj->weight},
-                                  {q_proj->bias, k_proj->bias, v_proj->bias});  // [B, 1, .] each
-  // RoPE for every row at once, each at its own position (the kernel rotates row by row).
-  std::vector<torch::Tensor> cos, sin;
-  for (const auto& c : ctxs) cos.push_back(c.cos), sin.push_back(c.sin);
-  auto [q, k, v] = rotated(qkv[0], qkv[1], qkv[2], torch::cat(cos, 0), torch::cat(sin, 0));
-  std::vector<torch::Tensor> o;
-  for (size_t b = 0; b < ctxs.size(); ++b) {
-    const auto r = static_cast<int64_t>(b);
-    o.push_back(cached_attention(q.narrow(0, r, 1), k.narrow(0, r, 1), v.narrow(0, r, 1), ctxs[b]));
-  }
-  return o_proj->forward_add(torch::cat(o, 0), residual);
 }
 
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> GQAAttentionImpl::rotated(
@@ -198,7 +173,11 @@ torch::Tensor GQAAttentionImpl::cached_attention(const torch::Tensor& q, torch::
   {
     AttnTimer timer(ctx.attn_seconds, q.device());
     const double scale = 1.0 / std::sqrt(static_cast<double>(d_h_));
-    if (ctx.cache) {
+    if (ctx.paged) {
+      ctx.paged->append(ctx.layer, 0, k);
+      ctx.paged->append(ctx.layer, 1, v);
+      o = ctx.paged->attend(ctx.layer, q, ctx.window, scale);
+    } else if (ctx.cache) {
       auto& kb = ctx.cache->buffer(ctx.layer, 0);
       auto& vb = ctx.cache->buffer(ctx.layer, 1);
       kb.append(k);

@@ -16,6 +16,8 @@
 
 namespace mha2mla::model {
 
+struct PagedBatch;
+
 // What a layer needs besides its input; built once per forward by the transformer.
 struct AttnContext {
   torch::Tensor cos, sin;   // [B, T, head_dim] for the new tokens' positions, compute dtype
@@ -33,6 +35,7 @@ struct AttnContext {
   int64_t start = 0;        // first slot of the new tokens (tokens already cached)
   int64_t layer = 0;
   KVCache* cache = nullptr; // null: no caching (training, scoring)
+  const PagedBatch* paged = nullptr;  // instead of cache: one new token of each of B sequences in a block pool
   AttnMode attn = AttnMode::Auto;
   bool fused = false;              // attention_core runs the fused kernels (inference), else the reference
   bool causal = false;             // visibility is plain causal over the new tokens alone (no cache, padding, window)
@@ -82,12 +85,6 @@ class AttentionImpl : public torch::nn::Module {
   virtual torch::Tensor forward(const torch::Tensor& x, const AttnContext& ctx, const torch::Tensor& residual) = 0;
   // The per-token buffers this layer caches, in the order forward() uses them.
   virtual std::vector<BufferSpec> cache_spec() const = 0;
-  // One new token of each of B sequences, x [B, 1, d] and residual [B, 1, d], row b over its own cache
-  // (ctxs[b]); row b of the result is bit for bit what forward() gives it alone. By default one forward() per
-  // row; GQA and MLA run their projections on all rows at once (the GEMV's rows are independent).
-  virtual torch::Tensor forward_many(const torch::Tensor& x, const std::vector<AttnContext>& ctxs,
-                                     const torch::Tensor& residual);
-
   // This layer's part of the fused decode step (model/step_plan.h): why it cannot take part in a step of one
   // token under ctx (ctx.cache set) in dtype t, "" when it can; the scratch its part needs; and its part of the
   // plan, over its two cache buffers b0 and b1 (room for the token reserved). By default a layer cannot.
@@ -106,8 +103,6 @@ class GQAAttentionImpl : public AttentionImpl {
  public:
   GQAAttentionImpl(const io::ModelConfig& cfg, const torch::TensorOptions& opt);
   torch::Tensor forward(const torch::Tensor& x, const AttnContext& ctx, const torch::Tensor& residual) override;
-  torch::Tensor forward_many(const torch::Tensor& x, const std::vector<AttnContext>& ctxs,
-                             const torch::Tensor& residual) override;
   std::vector<BufferSpec> cache_spec() const override { return spec(n_kv_, d_h_); }
   std::string step_unsupported(const AttnContext& ctx, torch::ScalarType t) override;
   StepScratch step_scratch() const override;

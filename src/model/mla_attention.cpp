@@ -6,6 +6,7 @@
 
 #include "kernels/attention.h"
 #include "kernels/gemv.h"
+#include "model/paged_cache.h"
 #include "model/rope.h"
 #include "util/error.h"
 
@@ -91,8 +92,11 @@ MLAAttentionImpl::MLAAttentionImpl(const io::ModelConfig& c, int64_t layer, cons
 
 torch::Tensor MLAAttentionImpl::forward(const torch::Tensor& x, const AttnContext& ctx, const torch::Tensor& residual) {
   const int64_t B = x.size(0), T = x.size(1), d_c = d_h_ - r_;
-  if (folds_weights() && ctx.fused && ctx.cache && use_absorbed(ctx, T) && !torch::GradMode::is_enabled())
+  if (folds_weights() && ctx.fused && (ctx.cache || ctx.paged) && use_absorbed(ctx, T) && !torch::GradMode::is_enabled())
     return decode_absorbed(x, ctx, residual);
+  check(!ctx.paged || use_absorbed(ctx, T),
+        "the paged cache decodes MLA absorbed: this model caches no latent to absorb (--svd none), or --attn "
+        "materialize is set");
   auto q = q_proj(x);
   auto q_r = rotated_queries(q, ctx.cos, ctx.sin);                                         // [B, n_h, T, r]
   auto q_c = q.narrow(-1, n_h_ * r_, n_h_ * d_c).view({B, T, n_h_, d_c}).transpose(1, 2);  // [B, n_h, T, d_c]
@@ -101,7 +105,10 @@ torch::Tensor MLAAttentionImpl::forward(const torch::Tensor& x, const AttnContex
   torch::Tensor o;  // [B, n_h, T, d_h]
   {
     AttnTimer timer(ctx.attn_seconds, x.device());
-    if (ctx.cache) {
+    if (ctx.paged) {
+      ctx.paged->append(ctx.layer, 0, c.unsqueeze(1));
+      ctx.paged->append(ctx.layer, 1, k_r);
+    } else if (ctx.cache) {
       auto& cb = ctx.cache->buffer(ctx.layer, 0);
       auto& kb = ctx.cache->buffer(ctx.layer, 1);
       cb.append(c.unsqueeze(1));
@@ -195,29 +202,6 @@ torch::Tensor MLAAttentionImpl::decode_absorbed(const torch::Tensor& x, const At
   return kernels::linear_add(o_lat, aw.w_o, aw.b_o, residual);  // [B, T, hidden]
 }
 
-torch::Tensor MLAAttentionImpl::forward_many(const torch::Tensor& x, const std::vector<AttnContext>& ctxs,
-                                             const torch::Tensor& residual) {
-  const auto& c0 = ctxs.at(0);
-  if (!(folds_weights() && c0.fused && c0.cache && use_absorbed(c0, 1) && !torch::GradMode::is_enabled()))
-    return AttentionImpl::forward_many(x, ctxs, residual);
-  // The projections of every row at once, then each sequence's RoPE, cache and attention.
-  const auto& aw = absorbed_weights();
-  auto q = kernels::linear(x, aw.w_q, aw.b_q);  // [B, 1, n_h·(r + L)]
-  auto c = kv_proj->latent(x);                  // [B, 1, L]
-  // RoPE for every row at once, each at its own position (elementwise, so each row as alone).
-  std::vector<torch::Tensor> cos, sin;
-  for (const auto& cx : ctxs) cos.push_back(cx.cos), sin.push_back(cx.sin);
-  const auto cs = torch::cat(cos, 0), sn = torch::cat(sin, 0);  // [B, 1, d_h]
-  auto q_r = rotated_queries(q, cs, sn);                        // [B, n_h, 1, r]
-  auto k_r = rotate_keys(k_r_proj(x), cs, sn);                  // [B, n_kv, 1, r]
-  std::vector<torch::Tensor> o;
-  for (size_t b = 0; b < ctxs.size(); ++b) {
-    const auto r = static_cast<int64_t>(b);
-    o.push_back(absorbed_cached(q.narrow(0, r, 1), q_r.narrow(0, r, 1), k_r.narrow(0, r, 1), c.narrow(0, r, 1), ctxs[b]));
-  }
-  return kernels::linear_add(torch::cat(o, 0), aw.w_o, aw.b_o, residual);
-}
-
 torch::Tensor MLAAttentionImpl::absorbed_attend(const torch::Tensor& q, const torch::Tensor& k_r_lin,
                                                 const torch::Tensor& c, const AttnContext& ctx) {
   return absorbed_cached(q, rotated_queries(q, ctx.cos, ctx.sin), rotate_keys(k_r_lin, ctx.cos, ctx.sin), c, ctx);
@@ -231,6 +215,11 @@ torch::Tensor MLAAttentionImpl::absorbed_cached(const torch::Tensor& q, const to
   torch::Tensor o_lat;                                                                          // [B, n_h, T, L]
   {
     AttnTimer timer(ctx.attn_seconds, q.device());
+    if (ctx.paged) {
+      ctx.paged->append(ctx.layer, 0, c.unsqueeze(1));
+      ctx.paged->append(ctx.layer, 1, k_r);
+      return ctx.paged->attend_mla(ctx.layer, q_lat, q_r, ctx.window, scale).transpose(1, 2).reshape({B, T, n_h_ * L});
+    }
     auto& cb = ctx.cache->buffer(ctx.layer, 0);
     auto& kb = ctx.cache->buffer(ctx.layer, 1);
     cb.append(c.unsqueeze(1));
@@ -252,7 +241,7 @@ bool MLAAttentionImpl::use_absorbed(const AttnContext& ctx, int64_t T) const {
   if (ctx.attn == AttnMode::Absorbed) return true;
   // auto: absorbing costs ~2·T·n_h·L per cached token, materialising ~n_kv·(d_c + d_h)·L; the latter also
   // writes K and V. So absorb for decoding and short chunks, materialise for prefill, as DeepSeek does.
-  return ctx.cache && 2 * T * n_h_ <= n_kv_ * (2 * d_h_ - r_);
+  return (ctx.cache || ctx.paged) && 2 * T * n_h_ <= n_kv_ * (2 * d_h_ - r_);
 }
 
 torch::Tensor MLAAttentionImpl::attend_materialized(const torch::Tensor& q_r, const torch::Tensor& q_c,
@@ -285,9 +274,10 @@ torch::Tensor MLAAttentionImpl::attend_absorbed(const torch::Tensor& q_r, const 
     auto q_lat = q_nope_absorbed.reshape({B, n_h_, T, Lk});
     const bool split = kv_proj->split();
     if (split) q_lat = torch::cat({q_lat, torch::zeros({B, n_h_, T, L - Lk}, q_lat.options())}, -1);
-    auto out = cb ? kernels::quantized_mla_decode_attention(q_lat, q_r.contiguous(), quantized_kv(*cb), quantized_kv(*kb),
-                                                            ctx.start, ctx.slot_valid, ctx.window, scale)
-                  : kernels::mla_decode_attention(q_lat, q_r, c, k_r, ctx.start, ctx.slot_valid, ctx.window, scale);
+    auto out = ctx.paged ? ctx.paged->attend_mla(ctx.layer, q_lat, q_r, ctx.window, scale)
+               : cb ? kernels::quantized_mla_decode_attention(q_lat, q_r.contiguous(), quantized_kv(*cb), quantized_kv(*kb),
+                                                              ctx.start, ctx.slot_valid, ctx.window, scale)
+                    : kernels::mla_decode_attention(q_lat, q_r, c, k_r, ctx.start, ctx.slot_valid, ctx.window, scale);
     if (split) out = out.narrow(-1, L - Lv, Lv);
     o_latent = out.reshape({B, n_kv_, g * T, Lv});
   } else {

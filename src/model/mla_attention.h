@@ -44,8 +44,6 @@ class MLAAttentionImpl : public AttentionImpl {
  public:
   MLAAttentionImpl(const io::ModelConfig& cfg, int64_t layer, const torch::TensorOptions& opt);
   torch::Tensor forward(const torch::Tensor& x, const AttnContext& ctx, const torch::Tensor& residual) override;
-  torch::Tensor forward_many(const torch::Tensor& x, const std::vector<AttnContext>& ctxs,
-                             const torch::Tensor& residual) override;
   std::vector<BufferSpec> cache_spec() const override { return spec_; }
   std::string step_unsupported(const AttnContext& ctx, torch::ScalarType t) override;
   StepScratch step_scratch() const override;

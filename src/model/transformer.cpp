@@ -23,11 +23,6 @@ DecoderLayerImpl::DecoderLayerImpl(const io::ModelConfig& c, int64_t layer, cons
   post_attention_layernorm = register_module("post_attention_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps, opt));
 }
 
-torch::Tensor DecoderLayerImpl::forward_many(const torch::Tensor& x, const std::vector<AttnContext>& ctxs) {
-  auto h = self_attn->forward_many(input_layernorm(x), ctxs, x);  // x + attention(xn), each row over its cache
-  return mlp->forward(post_attention_layernorm(h), h);
-}
-
 torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const AttnContext& ctx) {
   auto xn = input_layernorm(x);
   if (ctx.on_attn_input && *ctx.on_attn_input) (*ctx.on_attn_input)(ctx.layer, xn);
@@ -153,26 +148,41 @@ torch::Tensor TransformerImpl::hidden(const torch::Tensor& ids, KVCache* cache, 
 static_assert(TransformerImpl::kMaxDecodeBatch <= kernels::kGemvMaxRows,
               "a batched step's matrices must go through the GEMV, whose rows do not depend on each other");
 
-torch::Tensor TransformerImpl::decode_many(const std::vector<int64_t>& ids, const std::vector<KVCache*>& caches) {
+torch::Tensor TransformerImpl::decode_paged(const std::vector<int64_t>& ids, const PagedBatch& batch) {
   const int64_t B = static_cast<int64_t>(ids.size());
-  check(B > 0 && B <= kMaxDecodeBatch && caches.size() == ids.size(),
-        "decode_many: 1 to " + std::to_string(kMaxDecodeBatch) + " sequences, one cache each");
+  check(B > 0 && B <= kMaxDecodeBatch && batch.seqs.size() == ids.size() && batch.pool,
+        "decode_paged: 1 to " + std::to_string(kMaxDecodeBatch) + " sequences of one pool");
+  check(!runtime_.reference_attention && !torch::GradMode::is_enabled(),
+        "decode_paged: the paged cache runs the fused kernels (no --reference-attention, no autograd)");
   auto id_t = torch::tensor(ids, torch::kInt64).view({B, 1});
-  const auto one = torch::ones({1, 1}, torch::kBool);
-  if (B == 1) return hidden(id_t, caches[0], one);  // as a sequence alone decodes (the fused step where it applies)
   check_token_ids(id_t, cfg_.vocab_size);
-  std::vector<AttnContext> ctxs;
-  for (auto* c : caches) {
-    check(c && c->batch() == 1, "decode_many: each sequence needs a cache of one row");
-    ctxs.push_back(context(1, 1, c, one));
+  std::vector<int64_t> pos;
+  for (const auto* s : batch.seqs) {
+    check(s->tokens() < s->capacity(), "decode_paged: a sequence has no room left in its blocks");
+    check(s->tokens() < cfg_.max_position_embeddings,
+          "sequence position " + std::to_string(s->tokens()) + " exceeds max_position_embeddings (" +
+              std::to_string(cfg_.max_position_embeddings) + ")");
+    pos.push_back(s->tokens());
   }
+  AttnContext ctx;
+  ctx.attn = runtime_.attn;
+  ctx.attn_seconds = attn_seconds;
+  ctx.fused = true;
+  ctx.paged = &batch;
+  ctx.window = cfg_.sliding_window;
+  ctx.new_tokens = 1, ctx.dtype = dtype_, ctx.device = device_;
+  std::tie(ctx.cos, ctx.sin) = rope_cos_sin(inv_freq_, torch::tensor(pos, torch::kInt64).view({B, 1}).to(device_), dtype_);
   auto h = model->embed_tokens(id_t.to(device_));  // [B, 1, d]
   for (int64_t i = 0; i < cfg_.num_layers; ++i) {
-    for (auto& c : ctxs) c.layer = i;
-    h = model->layers->at<DecoderLayerImpl>(i).forward_many(h, ctxs);
+    ctx.layer = i;
+    h = model->layers->at<DecoderLayerImpl>(i).forward(h, ctx);
   }
-  for (auto* c : caches) c->end_step(1);
+  for (auto* s : batch.seqs) s->end_step();
   return model->norm(h);
+}
+
+std::unique_ptr<BlockPool> TransformerImpl::make_block_pool(int64_t blocks, int64_t block_tokens) const {
+  return std::make_unique<BlockPool>(cache_specs(), runtime_.cache, dtype_, device_, blocks, block_tokens);
 }
 
 torch::Tensor TransformerImpl::logits(const torch::Tensor& hidden) {

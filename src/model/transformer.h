@@ -12,6 +12,7 @@
 #include "model/decode_step.h"
 #include "model/kv_cache.h"
 #include "model/layers.h"
+#include "model/paged_cache.h"
 #include "model/runtime_options.h"
 
 namespace mha2mla::model {
@@ -20,11 +21,6 @@ class DecoderLayerImpl : public torch::nn::Module {
  public:
   DecoderLayerImpl(const io::ModelConfig& cfg, int64_t layer, const torch::TensorOptions& opt);
   torch::Tensor forward(const torch::Tensor& x, const AttnContext& ctx);
-  // One new token of each of B sequences, x [B, 1, d], sequence b over its own cache (ctxs[b]): the matrices for
-  // all rows at once, RoPE, cache and attention per sequence. Each row's result is what forward() gives it alone
-  // (the kernels' per-row arithmetic does not depend on the rows beside it).
-  torch::Tensor forward_many(const torch::Tensor& x, const std::vector<AttnContext>& ctxs);
-
   std::shared_ptr<AttentionImpl> self_attn;
   MLP mlp{nullptr};
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
@@ -49,11 +45,15 @@ class TransformerImpl : public torch::nn::Module {
   torch::Tensor hidden(const torch::Tensor& ids, KVCache* cache = nullptr, const torch::Tensor& valid = {});
   // Logits [.., V] in fp32 from hidden states.
   torch::Tensor logits(const torch::Tensor& hidden);
-  // One decode step of up to kMaxDecodeBatch sequences, each with its own one-row cache: ids[b] is appended to
-  // caches[b]. Returns the final-norm hidden states [B, 1, d]; row b is bit for bit what hidden() gives that
-  // sequence alone on the CPU (the matrices are read once for every few rows: the server's batched step).
+  // The most sequences one batched decode step (decode_paged) takes: the GEMV keeps that many rows apart.
   static constexpr int64_t kMaxDecodeBatch = 8;
-  torch::Tensor decode_many(const std::vector<int64_t>& ids, const std::vector<KVCache*>& caches);
+  // One decode step of up to kMaxDecodeBatch sequences over a block pool (the server's paged cache): ids[b] is
+  // appended to batch.seqs[b], whose prompt was prefilled into a KVCache and loaded (PagedSequence::load).
+  // Returns the final-norm hidden states [B, 1, d]. Row b is bit for bit what the step gives that sequence alone:
+  // the GEMV computes each row on its own, and the paged attention each sequence over its own blocks.
+  torch::Tensor decode_paged(const std::vector<int64_t>& ids, const PagedBatch& batch);
+  // A pool of `blocks` blocks of `block_tokens` tokens for every layer's cache, stored as runtime().cache says.
+  std::unique_ptr<BlockPool> make_block_pool(int64_t blocks, int64_t block_tokens) const;
   torch::Tensor forward(const torch::Tensor& ids, KVCache* cache = nullptr, const torch::Tensor& valid = {}) {
     return logits(hidden(ids, cache, valid));
   }

@@ -47,7 +47,8 @@ void Request::end(Finish f, std::string error) {
 
 struct Engine::Seq {
   std::shared_ptr<Request> req;
-  std::unique_ptr<model::KVCache> cache;
+  std::unique_ptr<model::KVCache> cache;         // the prompt's, while it is prefilled
+  std::unique_ptr<model::PagedSequence> paged;   // its blocks, from admission to its end
   infer::Sampler sampler;
   int64_t fed = 0;        // tokens in the cache
   int64_t generated = 0;  // tokens sampled
@@ -63,8 +64,22 @@ double Engine::bytes_per_token(const model::TransformerImpl& m) {
   return total;
 }
 
+std::string Engine::unsupported(model::TransformerImpl& m, const EngineOptions& o) {
+  try {
+    torch::NoGradGuard ng;
+    auto pool = m.make_block_pool(1, o.block_tokens);
+    model::PagedSequence seq(*pool, 1);
+    model::PagedBatch batch{pool.get(), {&seq}};
+    m.decode_paged({0}, batch);  // one step of token 0 over an empty sequence: every layer's paged path
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+
 Engine::Engine(model::TransformerImpl& m, EngineOptions o, Metrics& metrics) : m_(m), opt_(o), metrics_(metrics) {
-  block_bytes_ = static_cast<int64_t>(bytes_per_token(m) * static_cast<double>(opt_.block_tokens) + 0.5);
+  pool_ = m.make_block_pool(opt_.blocks, opt_.block_tokens);
+  block_bytes_ = pool_->block_bytes();
   thread_ = std::thread([this] { loop(); });
 }
 
@@ -113,6 +128,7 @@ void Engine::admit_locked() {
     const int64_t need = blocks_for(*r);
     if (blocks_used_ + need > opt_.blocks) break;  // first come, first served: the head waits for blocks
     auto s = std::make_unique<Seq>(r, r->params.sampling);
+    s->paged = std::make_unique<model::PagedSequence>(*pool_, need);
     s->blocks = need;
     blocks_used_ += need;
     running_.push_back(std::move(s));
@@ -125,6 +141,7 @@ void Engine::release(Seq& s, Finish f, const std::string& error) {
   else if (f == Finish::Error) metrics_.add(&Metrics::failed);
   else metrics_.add(&Metrics::completed);
   s.cache.reset();
+  s.paged.reset();  // its blocks back to the pool
   {
     std::lock_guard<std::mutex> l(mu_);
     // blocks == 0 marks the sequence as ended: the loop drops it after this step.
@@ -162,15 +179,18 @@ void Engine::emit(Seq& s, const torch::Tensor& logits) {
   s.pending = id;
 }
 
-// Runs the next chunk of s's prompt, if any is left (its first token comes with the last chunk). True when s is
-// prefilled and still running at the start of the step: it decodes this step.
-bool Engine::prefill(Seq& s) {
+// Runs the next chunk of s's prompt, if any is left and the step's budget allows (its first token comes with the
+// last chunk, when the prompt moves into its blocks). True when s is prefilled and still running at the start of
+// the step: it decodes this step.
+bool Engine::prefill(Seq& s, bool* budget) {
   if (s.req->cancel) {
     release(s, Finish::Cancelled);
     return false;
   }
   const int64_t P = static_cast<int64_t>(s.req->prompt.size());
   if (s.fed >= P) return true;
+  if (!*budget) return false;
+  *budget = false;
   try {
     torch::NoGradGuard ng;
     if (!s.cache) s.cache = m_.make_cache(1);
@@ -181,7 +201,11 @@ bool Engine::prefill(Seq& s) {
     auto h = m_.hidden(ids, s.cache.get(), torch::ones({1, n}, torch::kBool));
     s.fed += n;
     metrics_.add(&Metrics::prompt_tokens, static_cast<uint64_t>(n));
-    if (s.fed == P) emit(s, m_.logits(h.select(1, n - 1))[0]);  // its first token: this step's
+    if (s.fed == P) {
+      s.paged->load(*s.cache);
+      s.cache.reset();
+      emit(s, m_.logits(h.select(1, n - 1))[0]);  // its first token: this step's
+    }
   } catch (const std::exception& e) {
     release(s, Finish::Error, e.what());
   }
@@ -190,11 +214,11 @@ bool Engine::prefill(Seq& s) {
 
 void Engine::decode(const std::vector<Seq*>& batch) {
   std::vector<int64_t> ids;
-  std::vector<model::KVCache*> caches;
-  for (auto* s : batch) ids.push_back(s->pending), caches.push_back(s->cache.get());
+  model::PagedBatch pb{pool_.get(), {}};
+  for (auto* s : batch) ids.push_back(s->pending), pb.seqs.push_back(s->paged.get());
   try {
     torch::NoGradGuard ng;
-    auto logits = m_.logits(m_.decode_many(ids, caches).select(1, 0));  // [n, V]
+    auto logits = m_.logits(m_.decode_paged(ids, pb).select(1, 0));  // [n, V]
     for (size_t j = 0; j < batch.size(); ++j) {
       batch[j]->fed += 1;
       emit(*batch[j], logits[static_cast<int64_t>(j)]);
@@ -214,11 +238,12 @@ void Engine::loop() {
       if (stop_ && running_.empty()) break;
       admit_locked();
     }
-    // One step: a prompt chunk for each sequence still prefilling, one token for each of the others, decoded
+    // One step: a prompt chunk of the oldest sequence still prefilling, one token for each prefilled one, decoded
     // together in batches of up to kMaxDecodeBatch (the weights are read once per batch, not per sequence).
     std::vector<Seq*> ready;
+    bool budget = true;
     for (auto& s : running_)
-      if (prefill(*s)) ready.push_back(s.get());
+      if (prefill(*s, &budget)) ready.push_back(s.get());
     const size_t per = static_cast<size_t>(model::TransformerImpl::kMaxDecodeBatch);
     for (size_t i = 0; i < ready.size(); i += per)
       decode(std::vector<Seq*>(ready.begin() + static_cast<std::ptrdiff_t>(i),
@@ -227,7 +252,7 @@ void Engine::loop() {
     std::lock_guard<std::mutex> l(mu_);
     running_.erase(std::remove_if(running_.begin(), running_.end(), [](const auto& s) { return s->blocks == 0; }),
                    running_.end());
-    for (auto& s : running_) bytes += s->cache ? s->cache->stats().bytes : 0;
+    for (auto& s : running_) bytes += (s->cache ? s->cache->stats().bytes : 0) + (s->paged ? s->paged->bytes() : 0);
     cache_bytes_ = bytes;
     if (stop_)  // cancel whatever still runs
       for (auto& s : running_) s->req->cancel = true;

@@ -6,11 +6,12 @@
 // decoding sequences run through the layers together, in batches of up to 8, so the matrices are read once per
 // batch.
 //
-// Cache blocks: the pool (--cache-memory) is counted in blocks of `block_tokens` tokens of every layer's cache
-// (bytes per token from the cache-format table). A sequence reserves the blocks its prompt plus max_tokens can
-// fill when it is admitted, so a running sequence never runs out. Each sequence's cache is its own batch-1
-// KVCache, and a batched step gives each row what it gets alone (TransformerImpl::decode_many), so its tokens
-// and log-probabilities are those `generate` computes for it alone, whatever else runs.
+// Cache blocks: every layer's cache lives in one pool of blocks of `block_tokens` tokens (model/paged_cache.h),
+// allocated at start (--cache-memory). A sequence takes the blocks its prompt plus max_tokens can fill when it is
+// admitted, so a running sequence never runs out, and gives them back when it ends. One prompt at a time is
+// prefilled, a chunk per step, into a contiguous cache that then moves into its blocks; decoding steps append to
+// the blocks and attend over them (kernels/paged_attention). Each sequence's arithmetic is its own, so its tokens
+// and log-probabilities are the same whatever else runs.
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -86,6 +87,8 @@ class Engine {
 
   // Bytes of one token in every layer's cache, as the model's runtime stores it.
   static double bytes_per_token(const model::TransformerImpl& m);
+  // Why the model cannot be served from a paged cache of these options, "" when it can (checked before serving).
+  static std::string unsupported(model::TransformerImpl& m, const EngineOptions& o);
   // The blocks a request reserves: its prompt and max_tokens, rounded up to whole blocks.
   int64_t blocks_for(const Request& r) const {
     const int64_t tokens = static_cast<int64_t>(r.prompt.size()) + r.params.max_tokens;
@@ -105,7 +108,8 @@ class Engine {
   struct Seq;
   void loop();
   void admit_locked();
-  bool prefill(Seq& s);                         // a prompt chunk, or true: ready to decode
+  // A prompt chunk when `budget` (one chunk per step) is left; true when s is prefilled and still running.
+  bool prefill(Seq& s, bool* budget);
   void decode(const std::vector<Seq*>& batch);  // one token of each, at most kMaxDecodeBatch
   void emit(Seq& s, const torch::Tensor& logits);
   void release(Seq& s, Finish f, const std::string& error = "");
@@ -113,6 +117,7 @@ class Engine {
   model::TransformerImpl& m_;
   EngineOptions opt_;
   Metrics& metrics_;
+  std::unique_ptr<model::BlockPool> pool_;  // touched by the engine thread only
   int64_t block_bytes_ = 0;
 
   mutable std::mutex mu_;
