@@ -3,7 +3,7 @@
 // kernel runs alternate; each side reports its fastest run. The CPU kernels by default; with --device cuda
 // the CUDA attention kernels against the libtorch reference on the GPU, and the GPU's own bandwidth.
 //
-//   bench_kernels [--quick] [--json] [--only prefill|decode|mla|mla_q4|quant|gemv|model] [--device cuda]
+//   bench_kernels [--quick] [--json] [--only prefill|decode|mla|mla_q4|quant|paged|gemv|model] [--device cuda]
 #include <ATen/Parallel.h>
 #include <torch/cuda.h>
 
@@ -21,6 +21,7 @@
 #include "infer/runtime.h"
 #include "kernels/attention.h"
 #include "kernels/gemv.h"
+#include "kernels/paged_attention.h"
 #include "kernels/quant_attention.h"
 #include "model/attention.h"
 #include "model/runtime_options.h"
@@ -245,6 +246,56 @@ void mla(bool quick) {
   }
 }
 
+// --- the server's batched step: 8 sequences of S tokens in a block pool ------------------------------------------
+// "ref": one contiguous decode call per sequence (the cache each sequence kept before the pool); "kernel": one paged
+// call over all eight, blocks taken in random order, for each block size. SmolLM-135M's layer, bf16: MHA
+// (9 query heads over 3 KV heads of 64) and MLA -87.5 % (latent 24, rotary 8 per KV head).
+void paged(bool quick) {
+  const int64_t Hq = 9, Hkv = 3, D = 64, L = 24, r = 8, B = 8;
+  const auto dt = torch::kBFloat16;
+  for (bool mla : {false, true})
+    for (int64_t S : quick ? std::vector<int64_t>{2048} : std::vector<int64_t>{2048, 8192})
+      for (int64_t bt : {64, 128, 256}) {
+        torch::manual_seed(8);
+        const int64_t per = (S + bt - 1) / bt, N = B * per;
+        const int64_t H0 = mla ? 1 : Hkv, W0 = mla ? L : D, W1 = mla ? r : D;
+        kernels::PagedBuffer b0, b1;
+        b0.data = torch::randn({N, H0, bt, W0}).to(dt), b1.data = torch::randn({N, Hkv, bt, W1}).to(dt);
+        auto ids = torch::randperm(N, torch::kInt32);
+        std::vector<kernels::PagedSeq> seqs(B);
+        for (int64_t b = 0; b < B; ++b) seqs[b].blocks = ids.data_ptr<int32_t>() + b * per, seqs[b].tokens = S;
+        // The same tokens, contiguous per sequence.
+        std::vector<torch::Tensor> c0, c1;
+        for (int64_t b = 0; b < B; ++b) {
+          auto sel = ids.narrow(0, b * per, per).to(torch::kInt64);
+          auto flat = [&](const torch::Tensor& t) {
+            auto g = t.index_select(0, sel);
+            return g.permute({1, 0, 2, 3}).reshape({1, g.size(1), per * bt, g.size(3)}).narrow(2, 0, S).contiguous();
+          };
+          c0.push_back(flat(b0.data)), c1.push_back(flat(b1.data));
+        }
+        auto q1 = torch::randn({B, Hq, 1, mla ? L : D}).to(dt), q2 = torch::randn({B, Hq, 1, r}).to(dt);
+        torch::Tensor o;
+        auto t = race({[&] {
+                         for (int64_t b = 0; b < B; ++b)
+                           o = mla ? kernels::mla_decode_attention(q1.narrow(0, b, 1), q2.narrow(0, b, 1),
+                                                                   c0[b].select(1, 0), c1[b], S - 1, {}, 0, 0.1)
+                                   : kernels::decode_attention(q1.narrow(0, b, 1), c0[b], c1[b], S - 1, {}, 0, 0.125);
+                       },
+                       [&] {
+                         o = mla ? kernels::paged_mla_decode_attention(q1, q2, b0, b1, seqs, bt, 0, 0.1)
+                                 : kernels::paged_decode_attention(q1, b0, b1, seqs, bt, 0, 0.125);
+                       }},
+                      quick ? 5 : 20, 0.2);
+        const double bytes = static_cast<double>(B) * S * (H0 * W0 + Hkv * W1) * 2;
+        char note[96];
+        std::snprintf(note, sizeof note, "%.0f%% of read bandwidth", 100.0 * bytes / t[1] / 1e9 / read_bw_gbs);
+        report({"paged_decode", std::string(mla ? "MLA L24 r8" : "MHA Hkv3 D64") + " 8 seqs S=" + std::to_string(S) +
+                                    " block " + std::to_string(bt),
+                dname(dt), t[0] * 1e3, t[1] * 1e3, bytes / t[1] / 1e9, 0, note});
+      }
+}
+
 // --- int4 absorbed MLA decode against bf16, both read in place (the "ref" column is the bf16 kernel) ----------
 // The runtime's int4 cache: latent per token (one group of 64 covers L = 24), rotary keys per channel in groups
 // of 64 tokens, the newest 128 slots in bf16.
@@ -346,6 +397,19 @@ void gemv_many(bool quick) {
     char note[96];
     std::snprintf(note, sizeof note, "ref = 3 linear() calls; %.0f%% of read bandwidth", 100.0 * bytes / t[1] / 1e9 / read_bw_gbs);
     report({"linear_many", "30 x q,k,v 576/192x576 rows=1", dname(dt), t[0] * 1e3, t[1] * 1e3, bytes / t[1] / 1e9, 0, note});
+    // The server's batched step: 8 rows in one call (W streamed once) against two calls of 4 rows (twice).
+    auto x8 = torch::randn({8, d}).to(dt);
+    auto t8 = race({[&] {
+                      for (auto& w : ws)
+                        for (auto& m : w) y = {kernels::linear(x8.narrow(0, 0, 4), m, {}), kernels::linear(x8.narrow(0, 4, 4), m, {})};
+                    },
+                    [&] {
+                      for (auto& w : ws)
+                        for (auto& m : w) y = {kernels::linear(x8, m, {})};
+                    }},
+                   quick ? 5 : 20, 0.3);
+    std::snprintf(note, sizeof note, "ref = 2 calls of 4 rows; %.0f%% of read bandwidth", 100.0 * bytes / t8[1] / 1e9 / read_bw_gbs);
+    report({"gemv_rows8", "30 x q,k,v 576/192x576 rows=8", dname(dt), t8[0] * 1e3, t8[1] * 1e3, bytes / t8[1] / 1e9, 0, note});
   }
 }
 
@@ -463,7 +527,7 @@ int main(int argc, char** argv) {
           "bench_kernels: CPU kernels (src/kernels) against their references in the same process.\n"
           "  --quick        fewer shapes and repetitions\n"
           "  --json         one JSON object on stdout instead of the table\n"
-          "  --only NAME    prefill | decode | mla | mla_q4 | quant | gemv | model\n"
+          "  --only NAME    prefill | decode | mla | mla_q4 | quant | paged | gemv | model\n"
           "  --device cuda  the CUDA attention kernels against the reference on the GPU (instead of the CPU)\n"
           "MHA2MLA_THREADS sets the thread count; MHA2MLA_KERNELS=generic|avx2|avx512 caps the variant.\n");
       return 0;
@@ -499,6 +563,7 @@ int main(int argc, char** argv) {
   if (only.empty() || only == "mla") mla(quick);
   if (only.empty() || only == "mla_q4") mla_q4(quick);
   if (only.empty() || only == "quant") quant_decode(quick);
+  if (only.empty() || only == "paged") paged(quick);
   if (only.empty() || only == "model") model_decode(quick);
   if (only.empty() || only == "prefill") prefill(quick);
   if (json) {

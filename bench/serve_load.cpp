@@ -26,6 +26,7 @@ namespace {
 
 struct Result {
   bool ok = false, cancelled = false;
+  bool finished = false;  // a streamed choice came with its finish_reason (a first token of EOS sends no token)
   double ttft = 0, tpot = 0, total = 0;
   int64_t tokens = 0;
 };
@@ -122,7 +123,11 @@ int main(int argc, char** argv) {
           buf.erase(0, p + 2);
           if (ev.rfind("data: {", 0) != 0) continue;
           const auto j = json::parse(ev.substr(6), nullptr, false);
-          if (!j.is_object() || !j.contains("choices") || !j["choices"][0]["finish_reason"].is_null()) continue;
+          if (!j.is_object() || !j.contains("choices")) continue;
+          if (!j["choices"][0]["finish_reason"].is_null()) {
+            r.finished = true;
+            continue;
+          }
           const auto now = Clock::now();
           if (r.tokens == 0) first = now;
           last = now;
@@ -144,8 +149,8 @@ int main(int argc, char** argv) {
         r.total = std::chrono::duration<double>(end - start).count();
         continue;
       }
-      r.ok = res && res->status == 200 && r.tokens > 0;
-      if (!r.ok) continue;
+      r.ok = res && res->status == 200 && (r.tokens > 0 || r.finished);
+      if (!r.ok || r.tokens == 0) continue;
       r.ttft = std::chrono::duration<double>(first - start).count();
       r.tpot = r.tokens > 1 ? std::chrono::duration<double>(last - first).count() / static_cast<double>(r.tokens - 1) : 0;
       r.total = std::chrono::duration<double>(end - start).count();
@@ -172,7 +177,7 @@ int main(int argc, char** argv) {
       continue;
     }
     tokens += r.tokens;
-    if (r.ttft == 0) continue;  // unstreamed: no per-token times
+    if (r.ttft == 0) continue;  // unstreamed, or ended before its first token: no per-token times
     ttft.push_back(r.ttft);
     if (r.tokens > 1) tpot.push_back(r.tpot);
   }

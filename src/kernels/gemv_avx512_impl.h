@@ -1,4 +1,4 @@
-// AVX-512 y = x W^T + b for n <= 4 rows of x per pass: W streamed once per pass, blocks of output
+// AVX-512 y = x W^T + b for up to 8 rows of x in one pass (kGemvMaxRows): W streamed once, blocks of output
 // features kept in registers. With __AVX512BF16__, bf16 weights use vdpbf16ps on pairs of inputs.
 #include "kernels/gemv_args.h"
 #include "kernels/scalar_convert.h"
@@ -73,22 +73,30 @@ inline void block(const GemvArgs& a, const char* x, int64_t j0, int64_t o) {
     for (int j = 0; j < N; ++j) store_output(a, j0 + j, o + r, out[r][j]);
 }
 
+// RB output features per block: RB * N accumulators, N rows of x and one row of W within the 32 vector registers.
 template <int N>
 inline void rows_pass(const GemvArgs& a, int64_t j0, int64_t o0, int64_t o1) {
-  constexpr int RB = N == 1 ? 8 : N == 2 ? 6 : N == 3 ? 4 : 3;
+  constexpr int RB = N == 1 ? 8 : N == 2 ? 6 : N == 3 ? 4 : N == 4 ? 3 : N == 5 ? 4 : N <= 7 ? 3 : 2;
   const char* x = static_cast<const char*>(a.x) + j0 * a.in * elem_size(a.dtype);
   int64_t o = o0;
   for (; o + RB <= o1; o += RB) block<RB, N>(a, x, j0, o);
   for (; o < o1; ++o) block<1, N>(a, x, j0, o);
 }
 
+// Every row of x in one pass, so that W is read once per call (the server's batched step: two passes of four rows
+// read it twice, and the GEMV was half of an 8-sequence MLA step). Each output sums in one accumulator over the
+// input in order whatever N is, so a row's result does not depend on the rows beside it.
 void gemv_rows_impl(const GemvArgs& a, int64_t o0, int64_t o1) {
-  for (int64_t j0 = 0; j0 < a.n; j0 += 4) {
-    switch (a.n - j0 >= 4 ? 4 : a.n - j0) {
+  for (int64_t j0 = 0; j0 < a.n; j0 += 8) {
+    switch (a.n - j0 >= 8 ? 8 : a.n - j0) {
       case 1: rows_pass<1>(a, j0, o0, o1); break;
       case 2: rows_pass<2>(a, j0, o0, o1); break;
       case 3: rows_pass<3>(a, j0, o0, o1); break;
-      default: rows_pass<4>(a, j0, o0, o1); break;
+      case 4: rows_pass<4>(a, j0, o0, o1); break;
+      case 5: rows_pass<5>(a, j0, o0, o1); break;
+      case 6: rows_pass<6>(a, j0, o0, o1); break;
+      case 7: rows_pass<7>(a, j0, o0, o1); break;
+      default: rows_pass<8>(a, j0, o0, o1); break;
     }
   }
 }

@@ -108,28 +108,35 @@ torch::Tensor run_paged(PagedCall& c, const std::vector<PagedSeq>& seqs, const A
   const AttnArgs& base = c.base;
   const int64_t B = static_cast<int64_t>(seqs.size()), G = base.groups;
   const int64_t rows = base.Hq / G * base.T, part = rows * (base.Dv + 2);
-  // Items (sequence, group, block), blocks innermost so that a (sequence, group)'s partials lie together.
+  const int64_t threads = at::get_num_threads(), threads_max = threads + 1;
+  // Work items: runs of consecutive blocks of one (sequence, group), enough of them to keep every thread busy.
+  // Each block still gets its own partial, merged in block order, so the runs' lengths change no result.
   struct Item {
-    int32_t seq, grp, blk;   // blk: index into the visible blocks
+    int32_t seq, grp, blk, n;  // blocks [blk, blk + n) of the visible ones
   };
   std::vector<Item> items;
   std::vector<int64_t> first_blk(static_cast<size_t>(B)), nblk(static_cast<size_t>(B)), group_base;
+  int64_t parts = 0;
   for (int64_t b = 0; b < B; ++b) {
     int64_t f, l;
     visible_blocks(seqs[b], c.bt, base.window, &f, &l);
     first_blk[b] = f, nblk[b] = l - f + 1;
-    for (int64_t g = 0; g < G; ++g) {
-      group_base.push_back(static_cast<int64_t>(items.size()));
-      for (int64_t i = 0; i < nblk[b]; ++i)
-        items.push_back({static_cast<int32_t>(b), static_cast<int32_t>(g), static_cast<int32_t>(i)});
-    }
   }
-  const int64_t threads = at::get_num_threads(), threads_max = threads + 1;
+  const int64_t runs = std::max<int64_t>(1, (4 * threads + B * G - 1) / std::max<int64_t>(B * G, 1));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t g = 0; g < G; ++g) {
+      group_base.push_back(parts);
+      const int64_t per = (nblk[b] + runs - 1) / runs;
+      for (int64_t i = 0; i < nblk[b]; i += per)
+        items.push_back({static_cast<int32_t>(b), static_cast<int32_t>(g), static_cast<int32_t>(i),
+                         static_cast<int32_t>(std::min(per, nblk[b] - i))});
+      parts += nblk[b];
+    }
   thread_local std::vector<float> buf;
-  const size_t need = static_cast<size_t>(static_cast<int64_t>(items.size()) * part + threads_max * base.Dv);
+  const size_t need = static_cast<size_t>(parts * part + threads_max * base.Dv);
   if (buf.size() < need) buf.resize(need);
   float* partials = buf.data();
-  float* scratch = partials + static_cast<int64_t>(items.size()) * part;
+  float* scratch = partials + parts * part;
   auto out = torch::empty({B, base.Hq, base.T, base.Dv}, opt);
   char* out_p = static_cast<char*>(out.data_ptr());
   const int64_t es = elem_size(base.dtype);
@@ -138,28 +145,30 @@ torch::Tensor run_paged(PagedCall& c, const std::vector<PagedSeq>& seqs, const A
   run_items(static_cast<int64_t>(items.size()), [&](int64_t n) {
     const Item it = items[static_cast<size_t>(n)];
     const PagedSeq& s = seqs[it.seq];
-    const int64_t bi = first_blk[it.seq] + it.blk, first = bi * c.bt, pos = s.tokens - 1;
+    const int64_t pos = s.tokens - 1, bg = it.seq * G + it.grp;
+    const int64_t lo = base.window > 0 ? std::max<int64_t>(0, pos - base.window + 1) : 0;
     AttnArgs a = base;
-    a.start = pos - first;  // the query's slot, counted from the block's first
     a.q1 = c.q1, a.q1.p = static_cast<const char*>(c.q1.p) + it.seq * c.q1.sb * es, a.q1.sb = 0;
     if (base.D2) a.q2 = c.q2, a.q2.p = static_cast<const char*>(c.q2.p) + it.seq * c.q2.sb * es, a.q2.sb = 0;
-    QuantDesc d0, d1;
-    if (c.quant) {
-      d0 = block_desc(c, 0, s, first), d1 = block_desc(c, 1, s, first);
-      a.kq = &d0;
-      if (c.mla) a.vq = &d0, a.k2q = &d1;
-      else a.vq = &d1;
-    } else {
-      a.k1 = c.pool[0];
-      if (c.mla) a.v = c.pool[0], a.k2 = c.pool[1];
-      else a.v = c.pool[1];
+    for (int64_t k = 0; k < it.n; ++k) {
+      const int64_t bi = first_blk[it.seq] + it.blk + k, first = bi * c.bt;
+      a.start = pos - first;  // the query's slot, counted from the block's first
+      QuantDesc d0, d1;
+      if (c.quant) {
+        d0 = block_desc(c, 0, s, first), d1 = block_desc(c, 1, s, first);
+        a.kq = &d0;
+        if (c.mla) a.vq = &d0, a.k2q = &d1;
+        else a.vq = &d1;
+      } else {
+        a.k1 = c.pool[0];
+        if (c.mla) a.v = c.pool[0], a.k2 = c.pool[1];
+        else a.v = c.pool[1];
+      }
+      const int64_t s0 = std::max<int64_t>(0, lo - first), s1 = std::min(c.bt, s.tokens - first);
+      float* p = partials + (group_base[bg] + it.blk + k) * part;
+      kern.decode_split(a, s.blocks[bi], it.grp, s0, s1, Partial{p, p + rows, p + 2 * rows});
     }
-    const int64_t lo = base.window > 0 ? std::max<int64_t>(0, pos - base.window + 1) : 0;
-    const int64_t s0 = std::max<int64_t>(0, lo - first), s1 = std::min(c.bt, s.tokens - first);
-    float* p = partials + n * part;
-    kern.decode_split(a, s.blocks[bi], it.grp, s0, s1, Partial{p, p + rows, p + 2 * rows});
-    const int64_t bg = it.seq * G + it.grp;
-    if (done[bg].fetch_add(1, std::memory_order_acq_rel) != nblk[it.seq] - 1) return;
+    if (done[bg].fetch_add(it.n, std::memory_order_acq_rel) + it.n != nblk[it.seq]) return;
     const int64_t tid = std::min<int64_t>(at::get_thread_num(), threads_max - 1);
     merge_partials(partials + group_base[bg] * part, nblk[it.seq], rows, base.Dv, base.dtype,
                    out_p + bg * rows * base.Dv * es, scratch + tid * base.Dv);
@@ -216,7 +225,7 @@ PagedCall make_call(bool mla, const torch::Tensor& q1, const torch::Tensor& q2, 
   check_seqs(seqs, bt, N, bufs);
   const int64_t B = static_cast<int64_t>(seqs.size());
   if (!q1.defined() || q1.dim() != 4 || q1.size(0) != B || q1.size(2) != 1 || q1.stride(3) != 1)
-    fail_arg(kFn, "q must be [B, Hq, 1, D] with one row per sequence, rows contiguous");
+    fail_arg(kFn, "q must be [B, Hq, 1, D] with one row per sequence");
   if (!is_float_storage(q1)) fail_arg(kFn, "q must be f32, bf16 or f16");
   PagedCall c;
   c.mla = mla, c.bt = bt;
@@ -260,9 +269,10 @@ bool all_cpu(const torch::Tensor& q1, const torch::Tensor& q2, const PagedBuffer
   return ok;
 }
 
-torch::Tensor paged_call(bool mla, const torch::Tensor& q1, const torch::Tensor& q2, const PagedBuffer& b0,
+torch::Tensor paged_call(bool mla, const torch::Tensor& q1_in, const torch::Tensor& q2_in, const PagedBuffer& b0,
                          const PagedBuffer& b1, const std::vector<PagedSeq>& seqs, int64_t bt, int64_t window,
                          double scale, Variant variant) {
+  const auto q1 = q1_in.defined() ? rows_contiguous(q1_in) : q1_in, q2 = q2_in.defined() ? rows_contiguous(q2_in) : q2_in;
   auto reference = [&] {
     return mla ? paged_mla_decode_reference(q1, q2, b0, b1, seqs, bt, window, scale)
                : paged_decode_reference(q1, b0, b1, seqs, bt, window, scale);

@@ -10,7 +10,7 @@
 // ([1, H, >= tokens - quantized, W] in the compute dtype: the newest tokens, not yet quantized); a float buffer
 // holds every slot in its blocks.
 //
-// The key axis of a sequence is split at its blocks: each (sequence, KV group, block) is one work item of the
+// The key axis of a sequence is split at its blocks: each (sequence, KV group, block) is one call of the
 // split-KV decode kernels (AttnKernels::decode_split) with the block as the batch row, and each sequence's
 // partial softmaxes are merged in block order. So a sequence's result depends on its own blocks alone, never on
 // the sequences beside it or on the thread count: the server's batch invariance.

@@ -208,23 +208,21 @@ void PagedBatch::append(int64_t layer, size_t i, const torch::Tensor& x) const {
   for (size_t b = 0; b < seqs.size(); ++b) seqs[b]->append(layer, i, x.narrow(0, static_cast<int64_t>(b), 1));
 }
 
-namespace {
-torch::Tensor rows_contiguous(const torch::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
-}  // namespace
-
-torch::Tensor PagedBatch::attend(int64_t layer, const torch::Tensor& q, int64_t window, double scale) const {
+std::vector<kernels::PagedSeq> PagedBatch::views(int64_t layer) const {
   std::vector<kernels::PagedSeq> v;
   for (auto* s : seqs) v.push_back(s->view(layer));
-  return kernels::paged_decode_attention(rows_contiguous(q), pool->buffer(layer, 0), pool->buffer(layer, 1), v,
+  return v;
+}
+
+torch::Tensor PagedBatch::attend(int64_t layer, const torch::Tensor& q, int64_t window, double scale) const {
+  return kernels::paged_decode_attention(q, pool->buffer(layer, 0), pool->buffer(layer, 1), views(layer),
                                          pool->block_tokens(), window, scale);
 }
 
 torch::Tensor PagedBatch::attend_mla(int64_t layer, const torch::Tensor& q_lat, const torch::Tensor& q_rope,
                                      int64_t window, double scale) const {
-  std::vector<kernels::PagedSeq> v;
-  for (auto* s : seqs) v.push_back(s->view(layer));
-  return kernels::paged_mla_decode_attention(rows_contiguous(q_lat), rows_contiguous(q_rope), pool->buffer(layer, 0),
-                                             pool->buffer(layer, 1), v, pool->block_tokens(), window, scale);
+  return kernels::paged_mla_decode_attention(q_lat, q_rope, pool->buffer(layer, 0), pool->buffer(layer, 1),
+                                             views(layer), pool->block_tokens(), window, scale);
 }
 
 }  // namespace mha2mla::model

@@ -105,6 +105,9 @@ struct PagedBatch {
   // Absorbed MLA: q_lat [B, Hq, 1, L], q_rope [B, Hq, 1, r] over layer's c and k_r -> [B, Hq, 1, L].
   torch::Tensor attend_mla(int64_t layer, const torch::Tensor& q_lat, const torch::Tensor& q_rope, int64_t window,
                            double scale) const;
+
+ private:
+  std::vector<kernels::PagedSeq> views(int64_t layer) const;
 };
 
 }  // namespace mha2mla::model

@@ -72,7 +72,7 @@ struct Request {
 
 struct EngineOptions {
   int64_t parallel = 8;         // sequences running at once
-  int64_t block_tokens = 64;    // tokens per cache block
+  int64_t block_tokens = 256;   // tokens per cache block (bench_kernels --only paged: smaller blocks cost the CPU kernels)
   int64_t blocks = 0;           // blocks in the pool
   int64_t max_queue = 64;       // requests waiting at most
   int64_t prefill_chunk = 512;  // prompt tokens per step of one sequence

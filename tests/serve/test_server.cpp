@@ -76,6 +76,7 @@ TEST(Server, BatchInvarianceSixteenConcurrentEqualEachAlone) {
   serve::EngineOptions eo;
   eo.parallel = 8;  // eight run, eight wait and join as others finish
   eo.prefill_chunk = 3;  // prompts are prefilled in several chunks interleaved with the others' decoding
+  eo.block_tokens = 16;  // each sequence's cache spans several blocks of the pool
   TestServer ts(eo);
   std::vector<json> alone;
   for (const auto& p : kPrompts) {
