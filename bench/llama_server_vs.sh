@@ -5,7 +5,8 @@
 # server's /v1/completions), output tokens/s, time to first token and time per output token.
 # llama.cpp reads a GGUF of the SmolLM-135M shape with random weights (bench/gguf_synth.py, through the gguf-py of
 # the checkout given); ours a random model of the same shape (mha2mla init). Nothing is downloaded: pass a llama.cpp
-# source checkout, which is built here (llama-server, CPU, native).
+# source checkout, which is built here (llama-server, CPU, native); LLAMA_CPP_COMMIT names its commit in the summary
+# when the checkout is not a git work tree.
 #
 #   bench/llama_server_vs.sh LLAMA_CPP_DIR [OUT_DIR]   (after scripts/build.sh; ROUNDS=2, CONCURRENCY="1 8 32",
 #                                                       PROMPT=256, NEW=64, DTYPE=bf16)
