@@ -203,6 +203,22 @@ json chat_logprobs(const Backend& b, const std::vector<TokenEvent>& ev, size_t f
   return {{"content", content}};
 }
 
+// Pulls r's tokens into `text` and `events` until the sequence ends, its text meets a stop string (the sequence is
+// then cancelled) or on_token, given each token's newly final text, returns false (a client gone): false then.
+template <class OnToken>
+bool pull_tokens(Request& r, TextStream& text, std::vector<TokenEvent>& events, const OnToken& on_token) {
+  TokenEvent e;
+  while (r.next(&e)) {
+    events.push_back(e);
+    if (!on_token(text.push(e.id))) return false;
+    if (text.stopped()) {
+      r.cancel = true;
+      break;
+    }
+  }
+  return true;
+}
+
 }  // namespace
 
 Server::Server(ServerOptions o, Metrics& metrics)
@@ -380,15 +396,7 @@ void Server::routes() {
     if (!job->stream) {
       TextStream text(*b.tokenizer, job->stop, b.model->config().eos_token_ids);
       std::vector<TokenEvent> events;
-      TokenEvent e;
-      while (r->next(&e)) {
-        events.push_back(e);
-        text.push(e.id);
-        if (text.stopped()) {
-          r->cancel = true;
-          break;
-        }
-      }
+      pull_tokens(*r, text, events, [](const std::string&) { return true; });
       text.finish();  // appends what it held back to text(): one call, then read (not both in one expression)
       const std::string out = text.text();
       const Finish f = r->finish_reason();
@@ -437,23 +445,16 @@ void Server::routes() {
           else if (job->echo) ok = send(chunk(job->prompt_text, nullptr, nullptr));
           TextStream text(*b.tokenizer, job->stop, b.model->config().eos_token_ids);
           std::vector<TokenEvent> events;
-          TokenEvent e;
           size_t offset = job->echo ? job->prompt_text.size() : 0;
-          while (ok && r->next(&e)) {
-            events.push_back(e);
-            const std::string delta = text.push(e.id);
-            json lp = nullptr;
-            if (job->params.top_logprobs >= 0) {
-              const size_t i = events.size() - 1;
-              lp = chat ? chat_logprobs(b, events, i, i + 1) : completion_logprobs(b, events, i, i + 1, offset);
-              offset += token_text(b, e.id).size();
-            }
-            if (!delta.empty() || !lp.is_null()) ok = send(chunk(delta, lp, nullptr));
-            if (text.stopped()) {
-              r->cancel = true;
-              break;
-            }
-          }
+          ok = ok && pull_tokens(*r, text, events, [&](const std::string& delta) {
+                 json lp = nullptr;
+                 if (job->params.top_logprobs >= 0) {
+                   const size_t i = events.size() - 1;
+                   lp = chat ? chat_logprobs(b, events, i, i + 1) : completion_logprobs(b, events, i, i + 1, offset);
+                   offset += token_text(b, events.back().id).size();
+                 }
+                 return delta.empty() && lp.is_null() ? true : send(chunk(delta, lp, nullptr));
+               });
           if (!ok) {  // the client went away: end its sequence, which returns its blocks
             r->cancel = true;
             return false;
