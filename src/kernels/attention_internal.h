@@ -30,6 +30,10 @@ AttnArgs attention_args(const char* fn, const torch::Tensor& q, const torch::Ten
 AttnArgs mla_decode_args(const torch::Tensor& q_lat, const torch::Tensor& q_rope, const torch::Tensor& c,
                          const torch::Tensor& k_r, const torch::Tensor& valid, int64_t start, int64_t window,
                          double scale);
+// The codes, scales (and zero points) of a quantized buffer as the kernels read them: [B, H, rows, .] tensors with
+// rows contiguous, zero undefined for E4M3 codes; n_quant and the residual are the caller's (quant_attention.cpp).
+QuantDesc code_desc(Codes codes, int64_t bits, int64_t group, bool per_channel, const torch::Tensor& data,
+                    const torch::Tensor& scale, const torch::Tensor& zero);
 // The arguments of quantized_decode_attention / quantized_mla_decode_attention over checked inputs. `a` points
 // at k, v and k2 (so the struct is neither copied nor moved) and `keep` holds the contiguous copies they read.
 struct QuantizedKV;

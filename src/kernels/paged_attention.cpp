@@ -43,19 +43,10 @@ Operand pool_operand(const torch::Tensor& t, bool shared_head) {
   return o;
 }
 
-QuantDesc code_desc(const PagedBuffer& b, bool shared_head) {
-  QuantDesc d;
-  d.codes = b.codes;
-  d.data = b.data.data_ptr<uint8_t>();
-  d.d_sb = b.data.stride(0), d.d_sh = shared_head ? 0 : b.data.stride(1), d.d_sr = b.data.stride(2);
-  if (b.codes == Codes::E4M3) {
-    d.scale32 = b.scale.data_ptr<float>();
-  } else {
-    d.scale = reinterpret_cast<const uint16_t*>(b.scale.data_ptr());
-    d.zero = reinterpret_cast<const uint16_t*>(b.zero.data_ptr());
-  }
-  d.s_sb = b.scale.stride(0), d.s_sh = shared_head ? 0 : b.scale.stride(1), d.s_sr = b.scale.stride(2);
-  d.bits = static_cast<int>(b.bits), d.group = b.group, d.per_channel = b.per_channel;
+// A quantized pool buffer's codes as the kernels read them (MLA's latent: one head shared by all).
+QuantDesc pool_codes(const PagedBuffer& b, bool shared_head) {
+  QuantDesc d = code_desc(b.codes, b.bits, b.group, b.per_channel, b.data, b.scale, b.zero);
+  if (shared_head) d.d_sh = d.s_sh = 0;
   return d;
 }
 
@@ -97,10 +88,14 @@ QuantDesc block_desc(const PagedCall& c, int i, const PagedSeq& s, int64_t blk_f
   return d;
 }
 
+// The first slot sequence s's query (at slot tokens - 1) sees.
+int64_t first_visible(const PagedSeq& s, int64_t window) {
+  return window > 0 ? std::max<int64_t>(0, s.tokens - window) : 0;
+}
+
 // The blocks of sequence s that its query sees: [first, last].
 void visible_blocks(const PagedSeq& s, int64_t bt, int64_t window, int64_t* first, int64_t* last) {
-  const int64_t pos = s.tokens - 1, lo = window > 0 ? std::max<int64_t>(0, pos - window + 1) : 0;
-  *first = lo / bt, *last = pos / bt;
+  *first = first_visible(s, window) / bt, *last = (s.tokens - 1) / bt;
 }
 
 torch::Tensor run_paged(PagedCall& c, const std::vector<PagedSeq>& seqs, const AttnKernels& kern,
@@ -146,7 +141,7 @@ torch::Tensor run_paged(PagedCall& c, const std::vector<PagedSeq>& seqs, const A
     const Item it = items[static_cast<size_t>(n)];
     const PagedSeq& s = seqs[it.seq];
     const int64_t pos = s.tokens - 1, bg = it.seq * G + it.grp;
-    const int64_t lo = base.window > 0 ? std::max<int64_t>(0, pos - base.window + 1) : 0;
+    const int64_t lo = first_visible(s, base.window);
     AttnArgs a = base;
     a.q1 = c.q1, a.q1.p = static_cast<const char*>(c.q1.p) + it.seq * c.q1.sb * es, a.q1.sb = 0;
     if (base.D2) a.q2 = c.q2, a.q2.p = static_cast<const char*>(c.q2.p) + it.seq * c.q2.sb * es, a.q2.sb = 0;
@@ -252,7 +247,7 @@ PagedCall make_call(bool mla, const torch::Tensor& q1, const torch::Tensor& q2, 
   for (int i = 0; i < 2; ++i) {
     const auto& b = *bufs[i];
     const bool shared = mla && i == 0;
-    if (b.quantized()) c.codes[i] = code_desc(b, shared);
+    if (b.quantized()) c.codes[i] = pool_codes(b, shared);
     else c.pool[i] = pool_operand(b.data, shared);
   }
   c.q1 = operand(q1);

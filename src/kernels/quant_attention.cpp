@@ -60,18 +60,8 @@ torch::Tensor e4m3_values(const torch::Device& device) {
 
 QuantDesc desc_of(const QuantizedKV& kv, const torch::Tensor& data, const torch::Tensor& scale,
                   const torch::Tensor& zero, const torch::Tensor& residual) {
-  QuantDesc d;
-  d.codes = kv.codes;
-  d.data = data.data_ptr<uint8_t>();
-  d.d_sb = data.stride(0), d.d_sh = data.stride(1), d.d_sr = data.stride(2);
-  if (kv.codes == Codes::E4M3) {
-    d.scale32 = scale.data_ptr<float>();
-  } else {
-    d.scale = reinterpret_cast<const uint16_t*>(scale.data_ptr());
-    d.zero = reinterpret_cast<const uint16_t*>(zero.data_ptr());
-  }
-  d.s_sb = scale.stride(0), d.s_sh = scale.stride(1), d.s_sr = scale.stride(2);
-  d.bits = static_cast<int>(kv.bits), d.group = kv.group, d.per_channel = kv.per_channel, d.n_quant = kv.n_quant;
+  QuantDesc d = code_desc(kv.codes, kv.bits, kv.group, kv.per_channel, data, scale, zero);
+  d.n_quant = kv.n_quant;
   d.residual = operand(residual);
   return d;
 }
@@ -92,6 +82,23 @@ QuantDesc buffer_desc(const QuantizedKV& kv, std::vector<torch::Tensor>& keep) {
 }
 
 }  // namespace
+
+QuantDesc code_desc(Codes codes, int64_t bits, int64_t group, bool per_channel, const torch::Tensor& data,
+                    const torch::Tensor& scale, const torch::Tensor& zero) {
+  QuantDesc d;
+  d.codes = codes;
+  d.data = data.data_ptr<uint8_t>();
+  d.d_sb = data.stride(0), d.d_sh = data.stride(1), d.d_sr = data.stride(2);
+  if (codes == Codes::E4M3) {
+    d.scale32 = scale.data_ptr<float>();
+  } else {
+    d.scale = reinterpret_cast<const uint16_t*>(scale.data_ptr());
+    d.zero = reinterpret_cast<const uint16_t*>(zero.data_ptr());
+  }
+  d.s_sb = scale.stride(0), d.s_sh = scale.stride(1), d.s_sr = scale.stride(2);
+  d.bits = static_cast<int>(bits), d.group = group, d.per_channel = per_channel;
+  return d;
+}
 
 torch::Tensor dequantize_reference(const QuantizedKV& kv) {
   const int64_t B = kv.residual.size(0), H = kv.residual.size(1);

@@ -42,8 +42,6 @@ bool copy_rows(const torch::Tensor& x, const torch::Tensor& dst, int64_t at) {
   return true;
 }
 
-int64_t nbytes(const torch::Tensor& t) { return t.defined() ? t.numel() * static_cast<int64_t>(t.element_size()) : 0; }
-
 }  // namespace
 
 CacheType compute_cache_type(torch::ScalarType t) {
@@ -100,10 +98,6 @@ SlotBuffer::SlotBuffer(BufferSpec spec, Storage st, int64_t batch, torch::Scalar
                              torch::TensorOptions().dtype(compute_).device(device_));
 }
 
-int64_t SlotBuffer::meta_rows(int64_t tokens) const {
-  return st_.axis == QuantAxis::Token ? tokens : tokens / st_.group;
-}
-
 void SlotBuffer::append(const torch::Tensor& x) {
   check(x.dim() == 4 && x.size(0) == batch_ && x.size(1) == spec_.heads && x.size(3) == spec_.width,
         "cache buffer \"" + spec_.name + "\": appended tensor has the wrong shape");
@@ -147,7 +141,7 @@ void SlotBuffer::advance(int64_t t) {
 void SlotBuffer::quantize_and_append(const torch::Tensor& block) {
   const int64_t n = block.size(2);
   auto q = quantize(block, st_.type, st_.group, st_.axis, st_.quant);
-  const int64_t rows = meta_rows(quantized_), new_rows = q.scale.size(2);
+  const int64_t rows = scale_rows(st_, quantized_), new_rows = q.scale.size(2);
   data_ = grow(data_, q.data, quantized_ + n, quantized_, 64);
   scale_ = grow(scale_, q.scale, rows + new_rows, rows, 64);
   data_.narrow(2, quantized_, n).copy_(q.data);
@@ -167,7 +161,7 @@ torch::Tensor SlotBuffer::residual_view() const {
 
 QuantBlock SlotBuffer::quantized_view() const {
   if (quantized_ == 0) return {};
-  const int64_t rows = meta_rows(quantized_);
+  const int64_t rows = scale_rows(st_, quantized_);
   return {data_.narrow(2, 0, quantized_), scale_.narrow(2, 0, rows),
           zero_.defined() ? zero_.narrow(2, 0, rows) : torch::Tensor()};
 }
@@ -205,7 +199,8 @@ int64_t SlotBuffer::bytes() const {
 }
 
 int64_t SlotBuffer::capacity_bytes() const {
-  return nbytes(full_) + nbytes(data_) + nbytes(scale_) + nbytes(zero_) + nbytes(residual_);
+  return tensor_bytes(full_) + tensor_bytes(data_) + tensor_bytes(scale_) + tensor_bytes(zero_) +
+         tensor_bytes(residual_);
 }
 
 nlohmann::json CacheStats::to_json() const {
@@ -236,7 +231,7 @@ CacheStats KVCache::stats() const {
       s.capacity_bytes += b.capacity_bytes();
       s.residual_tokens = std::max(s.residual_tokens, batch_ * b.residual_tokens());
     }
-  s.capacity_bytes += nbytes(valid_);
+  s.capacity_bytes += tensor_bytes(valid_);
   return s;
 }
 

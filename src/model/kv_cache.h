@@ -38,6 +38,15 @@ struct Storage {
 
 // The float cache type that stores `t` as it is (f32, bf16 or f16).
 CacheType compute_cache_type(torch::ScalarType t);
+// Rows of scales (and zero points) along the slot axis that `tokens` quantized slots of storage `st` take: one per
+// token, or one per per-channel group of tokens.
+inline int64_t scale_rows(const Storage& st, int64_t tokens) {
+  return st.axis == QuantAxis::Token ? tokens : tokens / st.group;
+}
+// Bytes a tensor holds (0 when undefined).
+inline int64_t tensor_bytes(const torch::Tensor& t) {
+  return t.defined() ? t.numel() * static_cast<int64_t>(t.element_size()) : 0;
+}
 
 // Resolves a buffer's storage: its own type/axis override, else --cache-type (rotary keys as that format stores
 // them), else the compute dtype. Checks the combination: a format for MLA buffers only, a per-channel axis whose
@@ -83,7 +92,6 @@ class SlotBuffer {
 
  private:
   void quantize_and_append(const torch::Tensor& block);  // [B, heads, N, width]
-  int64_t meta_rows(int64_t tokens) const;  // scale/zero rows along the slot axis for `tokens` slots
 
   BufferSpec spec_;
   Storage st_;

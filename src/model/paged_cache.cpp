@@ -9,18 +9,6 @@
 #include "util/error.h"
 
 namespace mha2mla::model {
-namespace {
-
-int64_t nbytes(const torch::Tensor& t) { return t.defined() ? t.numel() * static_cast<int64_t>(t.element_size()) : 0; }
-
-// Rows of a [blocks, heads, rows_per_block, X] pool tensor per block of tokens: one per token, or one per
-// per-channel group.
-int64_t meta_rows_per_block(const Storage& st, int64_t block_tokens) {
-  return st.axis == QuantAxis::Token ? block_tokens : block_tokens / st.group;
-}
-
-}  // namespace
-
 BlockPool::BlockPool(const std::vector<std::vector<BufferSpec>>& layer_specs, const CacheOptions& opt,
                      torch::ScalarType compute, torch::Device device, int64_t blocks, int64_t block_tokens)
     : blocks_(blocks), block_tokens_(block_tokens), compute_(compute), device_(device) {
@@ -40,7 +28,7 @@ BlockPool::BlockPool(const std::vector<std::vector<BufferSpec>>& layer_specs, co
               "cache buffer \"" + spec.name + "\" is quantized per channel in groups of " + std::to_string(b.st.group) +
                   " tokens, which must divide --cache-block (" + std::to_string(block_tokens) + ")");
         const int64_t groups = per_channel ? spec.width : kernels::token_groups(spec.width, b.st.group);
-        const int64_t meta = meta_rows_per_block(b.st, block_tokens);
+        const int64_t meta = scale_rows(b.st, block_tokens);
         b.pool.data = torch::empty({blocks, spec.heads, block_tokens, kernels::row_bytes(f, spec.width)}, o.dtype(torch::kUInt8));
         const bool e4m3 = f.codes == kernels::Codes::E4M3;
         b.pool.scale = torch::empty({blocks, spec.heads, meta, groups}, o.dtype(e4m3 ? torch::kFloat32 : torch::kFloat16));
@@ -51,18 +39,12 @@ BlockPool::BlockPool(const std::vector<std::vector<BufferSpec>>& layer_specs, co
         b.pool.per_channel = per_channel;
         b.pool.width = spec.width;
       }
+      bytes_ += tensor_bytes(b.pool.data) + tensor_bytes(b.pool.scale) + tensor_bytes(b.pool.zero);
       layers_.back().push_back(std::move(b));
     }
   }
   free_.reserve(static_cast<size_t>(blocks));
   for (int64_t i = blocks - 1; i >= 0; --i) free_.push_back(static_cast<int32_t>(i));  // block 0 on top
-}
-
-int64_t BlockPool::bytes() const {
-  int64_t n = 0;
-  for (const auto& l : layers_)
-    for (const auto& b : l) n += nbytes(b.pool.data) + nbytes(b.pool.scale) + nbytes(b.pool.zero);
-  return n;
 }
 
 std::vector<int32_t> BlockPool::take(int64_t n) {
@@ -125,8 +107,8 @@ void PagedSequence::store_codes(int64_t layer, size_t i, const torch::Tensor& x)
   const auto& buf = pool_.buffer(layer, i);
   auto& r = res_[static_cast<size_t>(layer)][i];
   auto q = quantize(x, st.type, st.group, st.axis, st.quant);
-  const int64_t bt = pool_.block_tokens(), per_block = meta_rows_per_block(st, bt);
-  const int64_t meta_at = st.axis == QuantAxis::Token ? r.quantized : r.quantized / st.group;
+  const int64_t bt = pool_.block_tokens(), per_block = scale_rows(st, bt);
+  const int64_t meta_at = scale_rows(st, r.quantized);
   write_rows(buf.data, q.data, r.quantized, bt);
   write_rows(buf.scale, q.scale, meta_at, per_block);
   if (q.zero.defined()) write_rows(buf.zero, q.zero, meta_at, per_block);
@@ -167,8 +149,8 @@ void PagedSequence::load(const KVCache& c) {
       if (nq > 0) {
         auto q = b.quantized_view();
         write_rows(buf.data, q.data, 0, bt);
-        write_rows(buf.scale, q.scale, 0, meta_rows_per_block(st, bt));
-        if (q.zero.defined()) write_rows(buf.zero, q.zero, 0, meta_rows_per_block(st, bt));
+        write_rows(buf.scale, q.scale, 0, scale_rows(st, bt));
+        if (q.zero.defined()) write_rows(buf.zero, q.zero, 0, scale_rows(st, bt));
       }
       r.quantized = nq;
       r.n = b.residual_tokens();
@@ -196,7 +178,7 @@ kernels::PagedSeq PagedSequence::view(int64_t layer) const {
 int64_t PagedSequence::residual_bytes() const {
   int64_t n = 0;
   for (const auto& l : res_)
-    for (const auto& r : l) n += nbytes(r.values);
+    for (const auto& r : l) n += tensor_bytes(r.values);
   return n;
 }
 

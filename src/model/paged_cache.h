@@ -28,8 +28,8 @@ class BlockPool {
   int64_t blocks() const { return blocks_; }
   int64_t block_tokens() const { return block_tokens_; }
   int64_t free_blocks() const { return static_cast<int64_t>(free_.size()); }
-  int64_t bytes() const;                 // allocated for the blocks
-  int64_t block_bytes() const { return blocks_ > 0 ? bytes() / blocks_ : 0; }
+  int64_t bytes() const { return bytes_; }  // allocated for the blocks
+  int64_t block_bytes() const { return bytes_ / blocks_; }
   // n free blocks, most recently freed first (their pages are already resident); fails when fewer are free.
   std::vector<int32_t> take(int64_t n);
   void give_back(std::vector<int32_t>& ids);
@@ -49,6 +49,7 @@ class BlockPool {
     kernels::PagedBuffer pool;  // [blocks, heads, block_tokens, .]
   };
   int64_t blocks_, block_tokens_;
+  int64_t bytes_ = 0;  // of every pool tensor, counted once at construction (read at every step)
   torch::ScalarType compute_;
   torch::Device device_;
   std::vector<std::vector<Buffer>> layers_;

@@ -79,7 +79,6 @@ std::string Engine::unsupported(model::TransformerImpl& m, const EngineOptions& 
 
 Engine::Engine(model::TransformerImpl& m, EngineOptions o, Metrics& metrics) : m_(m), opt_(o), metrics_(metrics) {
   pool_ = m.make_block_pool(opt_.blocks, opt_.block_tokens);
-  block_bytes_ = pool_->block_bytes();
   thread_ = std::thread([this] { loop(); });
 }
 
@@ -111,7 +110,7 @@ EngineSnapshot Engine::snapshot() const {
   s.queued = static_cast<int64_t>(queue_.size());
   s.running = std::count_if(running_.begin(), running_.end(), [](const auto& q) { return q->blocks > 0; });
   s.blocks_total = opt_.blocks, s.blocks_used = blocks_used_, s.block_tokens = opt_.block_tokens;
-  s.block_bytes = block_bytes_;
+  s.block_bytes = pool_->block_bytes();  // fixed when the pool is made: readable from any thread
   s.cache_bytes = cache_bytes_;
   return s;
 }

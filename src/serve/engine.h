@@ -117,8 +117,7 @@ class Engine {
   model::TransformerImpl& m_;
   EngineOptions opt_;
   Metrics& metrics_;
-  std::unique_ptr<model::BlockPool> pool_;  // touched by the engine thread only
-  int64_t block_bytes_ = 0;
+  std::unique_ptr<model::BlockPool> pool_;  // its blocks are taken and given back by the engine thread only
 
   mutable std::mutex mu_;
   std::condition_variable cv_;

@@ -3,6 +3,7 @@
 // `mha2mla serve`, on a free port of 127.0.0.1, with an httplib client beside it.
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -78,7 +79,10 @@ struct TestServer {
                                       const httplib::Headers& h = {}) const {
     auto c = client();
     auto r = c.Post(path.c_str(), h, body, "application/json");
-    if (!r) return {-1, nullptr};
+    if (!r) {  // a transport failure: say which, for the test that meets it
+      std::fprintf(stderr, "POST %s: %s\n", path.c_str(), httplib::to_string(r.error()).c_str());
+      return {-1, nullptr};
+    }
     return {r->status, nlohmann::json::parse(r->body, nullptr, false)};
   }
   // A streamed POST: on_data sees the body as it arrives; returning false hangs up.
