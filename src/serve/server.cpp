@@ -1,5 +1,7 @@
 #include "serve/server.h"
 
+#include <sys/socket.h>
+
 #include <chrono>
 #include <ctime>
 #include <limits>
@@ -241,6 +243,14 @@ void Server::start() {
   const int n = opt_.http_threads;
   http_->new_task_queue = [n] { return new httplib::ThreadPool(static_cast<size_t>(n)); };
   http_->set_payload_max_length(opt_.max_body);
+  // Debian's cpp-httplib listens with a backlog of 5 (CPPHTTPLIB_LISTEN_BACKLOG, compiled into the library), so a
+  // burst of new connections overflows it and the kernel drops some (16 clients at once did, on a busy machine).
+  // The socket-options hook sees the listening socket first; once bound, it listens again with the system's
+  // largest backlog, which Linux applies to a socket already listening.
+  http_->set_socket_options([this](socket_t sock) {
+    httplib::default_socket_options(sock);
+    if (listen_fd_ < 0) listen_fd_ = static_cast<int>(sock);
+  });
   if (opt_.port == 0) {
     port_ = http_->bind_to_any_port(opt_.host);
     check(port_ > 0, "serve: cannot bind to " + opt_.host + " on any port");
@@ -249,6 +259,7 @@ void Server::start() {
           "serve: cannot bind to " + opt_.host + ":" + std::to_string(opt_.port) + " (in use, or not an address here)");
     port_ = opt_.port;
   }
+  if (listen_fd_ >= 0) ::listen(listen_fd_, SOMAXCONN);
   thread_ = std::thread([this] { http_->listen_after_bind(); });
 }
 

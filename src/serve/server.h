@@ -56,6 +56,7 @@ class Server {
   Backend backend_;
   std::atomic<bool> ready_{false};
   int port_ = 0;
+  int listen_fd_ = -1;  // the listening socket, once bound (start())
   std::thread thread_;
 };
 
